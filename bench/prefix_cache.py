@@ -1,0 +1,214 @@
+"""Prefix-cache hit ratio per routing strategy, on a replay of multi-turn chats.
+
+Simulated backends keep an LRU prefix cache of 16-token blocks (as vLLM's
+automatic prefix caching does): a request reuses the longest run of leading
+blocks its backend still holds, and its hit ratio is matched tokens / prompt
+tokens. Conversations share a handful of system prompts, open with a question
+that often carries a pasted document, then alternate assistant replies and
+follow-ups; they start at random times, so many are interleaved and several
+requests are in flight at once. Each strategy is driven through its real class,
+with in-flight counts kept by a discrete-event simulation of request durations.
+
+Run from the repository root: `python -m bench.prefix_cache` (or the file path).
+Prints a table and writes bench/results/prefix_cache.json.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import random
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):      # run as a file: make the gateway package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.routing import RouteRequest, make_strategy  # noqa: E402
+from gateway.routing.prefix_affinity import prefix_key  # noqa: E402
+
+SEED = 20240611
+BLOCK = 16                          # tokens per cached block
+PARAMS = {
+    "seed": SEED,
+    "backends": 4,
+    "conversations": 200,
+    "system_prompts": 10,
+    "turns": [3, 8],
+    "block_tokens": BLOCK,
+    "cache_blocks_per_backend": 2048,      # 32k tokens, a few conversations' worth
+    "arrival_window_s": 600.0,
+    "think_time_mean_s": 8.0,
+    "prefill_s_per_token": 0.0001,         # only uncached tokens are prefilled
+    "decode_s_per_token": 0.015,
+}
+STRATEGIES = ("weighted", "least_busy", "prefix_affinity", "session_affinity")
+RESULTS = Path(__file__).resolve().parent / "results" / "prefix_cache.json"
+
+
+# -- workload -----------------------------------------------------------------
+
+@dataclass
+class Turn:
+    user: list[int]            # the user message's tokens
+    reply: list[int]           # the assistant reply's tokens
+
+
+@dataclass
+class Conversation:
+    cid: int
+    system: list[int]
+    system_id: int
+    start: float
+    turns: list[Turn]
+
+
+def _tokens(rng: random.Random, n: int) -> list[int]:
+    return [rng.randrange(32_000) for _ in range(n)]
+
+
+def make_workload(rng: random.Random) -> list[Conversation]:
+    systems = [_tokens(rng, rng.randint(150, 600)) for _ in range(PARAMS["system_prompts"])]
+    low, high = PARAMS["turns"]
+    convs = []
+    for cid in range(PARAMS["conversations"]):
+        sid = rng.randrange(len(systems))
+        turns = []
+        for t in range(rng.randint(low, high)):
+            # The opening question often carries a document or code (RAG, "explain this").
+            user_len = rng.randint(300, 2500) if t == 0 and rng.random() < 0.7 else rng.randint(20, 250)
+            turns.append(Turn(_tokens(rng, user_len), _tokens(rng, rng.randint(50, 500))))
+        start = rng.uniform(0, PARAMS["arrival_window_s"])
+        convs.append(Conversation(cid, systems[sid], sid, start, turns))
+    return convs
+
+
+def prompt_tokens(conv: Conversation, turn: int) -> list[int]:
+    tokens = list(conv.system)
+    for i in range(turn):
+        tokens += conv.turns[i].user + conv.turns[i].reply
+    return tokens + conv.turns[turn].user
+
+
+def chat_body(conv: Conversation, turn: int) -> dict:
+    """The OpenAI body of this turn, for prefix_key (token ids stand in for text)."""
+    messages = [{"role": "system", "content": f"system prompt {conv.system_id}"}]
+    for i in range(turn + 1):
+        messages.append({"role": "user", "content": f"conv {conv.cid} user {i}"})
+        if i < turn:
+            messages.append({"role": "assistant", "content": f"conv {conv.cid} reply {i}"})
+    return {"messages": messages}
+
+
+def block_hashes(tokens: list[int]) -> list[int]:
+    """Chained hashes of the full blocks: a block matches only with all blocks before it."""
+    hashes, prev = [], 0
+    for i in range(0, len(tokens) - BLOCK + 1, BLOCK):
+        prev = hash((prev, tuple(tokens[i:i + BLOCK])))
+        hashes.append(prev)
+    return hashes
+
+
+# -- simulated backends -------------------------------------------------------
+
+@dataclass(eq=False)
+class SimBackend:
+    name: str
+    weight: float = 1.0
+    in_flight: int = 0
+    served: int = 0
+    cache: OrderedDict = field(default_factory=OrderedDict)
+
+    def lookup(self, blocks: list[int]) -> int:
+        """Leading blocks already cached (touched as used)."""
+        matched = 0
+        for block in blocks:
+            if block not in self.cache:
+                break
+            self.cache.move_to_end(block)
+            matched += 1
+        return matched
+
+    def store(self, blocks: list[int]) -> None:
+        cache = self.cache
+        for block in blocks:
+            cache[block] = None
+            cache.move_to_end(block)
+        while len(cache) > PARAMS["cache_blocks_per_backend"]:
+            cache.popitem(last=False)
+
+
+# -- replay -------------------------------------------------------------------
+
+def replay(strategy_name: str, convs: list[Conversation], rng: random.Random) -> dict:
+    strategy = make_strategy(strategy_name)
+    backends = [SimBackend(f"b{i}") for i in range(PARAMS["backends"])]
+    # Events: (time, seq, kind, conversation, turn, backend); seq keeps ties ordered.
+    events: list = [(c.start, c.cid, "send", c, 0, None) for c in convs]
+    heapq.heapify(events)
+    seq = len(convs)
+    ratios, matched_total, prompt_total, peak = [], 0, 0, 0
+    while events:
+        now, _, kind, conv, turn, backend = heapq.heappop(events)
+        if kind == "done":
+            backend.in_flight -= 1
+            tokens = prompt_tokens(conv, turn) + conv.turns[turn].reply
+            backend.store(block_hashes(tokens))       # the reply's KV is cached too
+            if turn + 1 < len(conv.turns):
+                think = rng.expovariate(1 / PARAMS["think_time_mean_s"])
+                seq += 1
+                heapq.heappush(events, (now + think, seq, "send", conv, turn + 1, None))
+            continue
+        request = RouteRequest(prefix=prefix_key("chat", chat_body(conv, turn)),
+                               session=f"conv-{conv.cid}")
+        backend = strategy.pick(backends, request)
+        tokens = prompt_tokens(conv, turn)
+        blocks = block_hashes(tokens)
+        matched = backend.lookup(blocks) * BLOCK
+        backend.store(blocks)
+        backend.in_flight += 1
+        backend.served += 1
+        peak = max(peak, sum(b.in_flight for b in backends))
+        ratios.append(matched / len(tokens))
+        matched_total += matched
+        prompt_total += len(tokens)
+        duration = ((len(tokens) - matched) * PARAMS["prefill_s_per_token"]
+                    + len(conv.turns[turn].reply) * PARAMS["decode_s_per_token"])
+        seq += 1
+        heapq.heappush(events, (now + duration, seq, "done", conv, turn, backend))
+    served = [b.served for b in backends]
+    return {
+        "requests": len(ratios),
+        "hit_ratio": sum(ratios) / len(ratios),
+        "token_hit_ratio": matched_total / prompt_total,
+        "served": served,
+        "max_mean_load": max(served) / (sum(served) / len(served)),
+        "peak_in_flight": peak,
+    }
+
+
+def main() -> None:
+    started = time.perf_counter()
+    convs = make_workload(random.Random(SEED))
+    results = {name: replay(name, convs, random.Random(SEED + 1)) for name in STRATEGIES}
+    base = results["weighted"]["hit_ratio"]
+    for res in results.values():
+        res["vs_weighted"] = res["hit_ratio"] / base if base else float("inf")
+    print(f"{'strategy':<18}{'requests':>9}{'hit ratio':>11}{'token hit':>11}"
+          f"{'x weighted':>12}{'max/mean':>10}{'peak in flight':>16}")
+    for name, res in results.items():
+        print(f"{name:<18}{res['requests']:>9}{res['hit_ratio']:>11.3f}"
+              f"{res['token_hit_ratio']:>11.3f}{res['vs_weighted']:>12.2f}"
+              f"{res['max_mean_load']:>10.3f}{res['peak_in_flight']:>16}")
+    elapsed = time.perf_counter() - started
+    print(f"({elapsed:.1f}s)")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"params": PARAMS, "results": results,
+                                   "elapsed_s": round(elapsed, 2)}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

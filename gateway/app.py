@@ -1,0 +1,62 @@
+"""create_app(): the only place where the gateway's parts are wired together."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import aiohttp_cors
+from aiohttp import web
+
+from . import handlers
+from .config import Config
+from .health import health_checks
+from .metrics import Metrics
+from .middlewares import gateway_middleware
+from .state import Gateway
+from .typedefs import CONFIG_PATH, GATEWAY
+from .upstream import Upstream, make_session
+
+# The gateway reads bodies itself and answers 413 with an OpenAI-shaped error as soon
+# as max_body_mb is passed; aiohttp's own cap must not cut in first.
+AIOHTTP_BODY_CAP = 1024 ** 4
+
+
+def create_app(config: Config, config_path: str | None = None) -> web.Application:
+    app = web.Application(middlewares=[gateway_middleware], client_max_size=AIOHTTP_BODY_CAP,
+                          handler_args={"max_field_size": 16 * 1024, "max_headers": 128})
+    session = make_session()
+    app[GATEWAY] = Gateway(config, Upstream(session), Metrics())
+    if config_path:
+        app[CONFIG_PATH] = config_path
+    app.cleanup_ctx.append(_client_session)
+    app.cleanup_ctx.append(health_checks)
+    _add_routes(app, config)
+    return app
+
+
+async def _client_session(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[GATEWAY].upstream.session.close()
+
+
+def _add_routes(app: web.Application, config: Config) -> None:
+    proxied = [
+        app.router.add_post("/v1/chat/completions", handlers.chat_completions),
+        app.router.add_post("/v1/completions", handlers.completions),
+        app.router.add_post("/v1/embeddings", handlers.embeddings),
+        app.router.add_get("/v1/models", handlers.list_models),
+    ]
+    app.router.add_get("/health", handlers.health)
+    app.router.add_get("/ready", handlers.ready)
+    app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/admin/backends", handlers.admin_backends)
+    origins = config.server.cors_origins
+    if origins:
+        # Browsers send no credentials to an LLM API; "*" with credentials is refused by
+        # browsers and a leak risk, so credentials are never allowed.
+        options = aiohttp_cors.ResourceOptions(allow_credentials=False, expose_headers=(
+            "X-Request-ID", "X-Gateway-Backend", "Retry-After"), allow_headers="*",
+            allow_methods=["GET", "POST"])
+        cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
+        for route in proxied:
+            cors.add(route)

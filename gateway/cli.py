@@ -1,0 +1,65 @@
+"""`gateway serve` and `gateway check`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .config import ConfigError, check, load_config
+
+DEFAULT_CONFIG = "gateway.yaml"
+
+
+def config_path(arg: str | None) -> str:
+    return arg or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="path to gateway.yaml "
+                       "(default: $GATEWAY_CONFIG, else ./gateway.yaml)")
+    serve.add_argument("--host", help="listen address (default: server.host)")
+    serve.add_argument("--port", type=int, help="listen port (default: server.port)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes sharing the port (default: 1)")
+    chk = sub.add_parser("check", help="validate a config file and exit")
+    chk.add_argument("--config", help="path to gateway.yaml")
+    args = parser.parse_args(argv)
+    path = config_path(args.config)
+    if args.command == "check":
+        return check(path)
+    return serve_command(path, args.host, args.port, args.workers)
+
+
+def serve_command(path: str, host: str | None, port: int | None, workers: int) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    if workers < 1:
+        print("--workers: must be at least 1", file=sys.stderr)
+        return 1
+    setup_logging()
+    from .serve import run   # imports aiohttp and the whole app: not needed by `check`
+    return run(config, path, host or config.server.host, port or config.server.port, workers)
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access = logging.getLogger("gateway.access")
+    access.addHandler(handler)
+    access.propagate = False
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format='{"time": "%(asctime)s", "level": "%(levelname)s", '
+                               '"logger": "%(name)s", "message": "%(message)s"}')
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Choosing a backend and getting a first answer from it: retries, fallbacks, queueing.
+
+Tries happen only before the client got a byte. A try fails over to another
+backend on connect errors, timeouts, 429/5xx and a stream whose first event is
+an error; a runtime's other 4xx is the client's answer and is passed through.
+Each backend is tried at most once per request, within one overall deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from .backends import BackendState
+from .config import Config
+from .errors import (GatewayError, NoHealthyBackend, NotImplementedByRuntime, RateLimited,
+                     UpstreamError, UpstreamStatus, UpstreamTimeout)
+from .metrics import Metrics
+from .pools import Pool, RouteTable
+from .record import RequestRecord
+from .relay import first_event_error, model_patterns
+from .routing import RouteRequest
+from .upstream import Upstream
+
+
+@dataclass(slots=True)
+class Stage:
+    """One step of the walk: the pool itself, then each fallback."""
+
+    public: str                         # the public model name this stage serves
+    pool: Pool
+    backends: tuple[BackendState, ...]
+    tries: int
+    fallback_to: str | None = None      # label for gateway_fallbacks_total{to}
+
+
+class Opened:
+    """A backend that answered 200; the caller relays it, then calls finish()."""
+
+    __slots__ = ("backend", "public", "patterns", "response", "chunks", "first",
+                 "drop_usage", "_dispatcher")
+
+    def __init__(self, dispatcher: Dispatcher, backend: BackendState, public: str,
+                 response: Any, drop_usage: bool) -> None:
+        self._dispatcher = dispatcher
+        self.backend = backend
+        self.public = public
+        self.patterns = model_patterns(backend.model_id(public), public)
+        self.response = response
+        self.drop_usage = drop_usage
+        self.chunks: AsyncIterator[bytes] | None = None
+        self.first = b""
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self._dispatcher.release(self.backend, error)
+
+
+class CapacityQueue:
+    """Requests waiting because every backend of their pool is at max_concurrency."""
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self._freed = asyncio.Event()
+
+    def notify(self) -> None:
+        if self.waiting:
+            freed, self._freed = self._freed, asyncio.Event()
+            freed.set()
+
+    async def wait(self, timeout: float) -> bool:
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(timeout):
+                await self._freed.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self.waiting -= 1
+
+
+BACKEND_FAULTS = frozenset({"connect", "connect_timeout", "timeout", "disconnected",
+                            "stream_error", "upstream_closed", "idle_timeout",
+                            "500", "502", "503", "504"})
+
+
+class Dispatcher:
+    def __init__(self, config: Config, upstream: Upstream, metrics: Metrics) -> None:
+        self.config = config
+        self.upstream = upstream
+        self.metrics = metrics
+        self.queue = CapacityQueue()
+
+    # -- the walk ------------------------------------------------------------
+
+    async def open(self, table: RouteTable, pool: Pool, endpoint: str, payload: dict,
+                   capability: str, rec: RequestRecord, route: RouteRequest) -> Opened:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.retries.deadline_s
+        tried: set[str] = set()
+        failures: list[UpstreamError] = []
+        capable_seen = False
+        stages = self._stages(table, pool)
+        for index, stage in enumerate(stages):
+            capable = [b for b in stage.backends if b.config.capabilities.get(capability)]
+            capable_seen = capable_seen or bool(capable)
+            tries = stage.tries
+            last_stage = index == len(stages) - 1
+            while tries > 0:
+                backend = await self._choose(stage, capable, tried, route, deadline,
+                                             desperate=last_stage and not tried)
+                if backend is None:
+                    break
+                tries -= 1
+                if tried:
+                    rec.retries += 1
+                    self.metrics.retries.labels(rec.backend, failures[-1].reason).inc()
+                tried.add(backend.name)
+                rec.backend = backend.name
+                if stage.fallback_to and rec.fallback != stage.fallback_to:
+                    rec.fallback = stage.fallback_to
+                    self.metrics.fallbacks.labels(pool.model, stage.fallback_to).inc()
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        return await self._try(backend, stage.public, endpoint, payload, rec)
+                except TimeoutError:
+                    failures.append(UpstreamTimeout(
+                        f"no answer within the {cfg.retries.deadline_s:g} s deadline",
+                        reason="timeout"))
+                    break
+                except UpstreamError as err:
+                    failures.append(err)
+            if loop.time() >= deadline:
+                break
+        raise self._give_up(pool, capability, capable_seen, failures, tried)
+
+    def _stages(self, table: RouteTable, pool: Pool) -> list[Stage]:
+        attempts = self.config.retries.attempts
+        stages = [Stage(pool.model, pool, pool.backends, 1 + attempts)]
+        for fb in pool.fallbacks:
+            if fb.backend is not None:
+                state = table.states.get(fb.backend)
+                if state is not None:
+                    stages.append(Stage(pool.model, pool, (state,), 1, fb.backend))
+            elif fb.model is not None:
+                target = table.pool(fb.model)
+                if target is not None:
+                    stages.append(Stage(fb.model, target, target.backends, 1 + attempts,
+                                        fb.model))
+        return stages
+
+    async def _choose(self, stage: Stage, capable: list[BackendState], tried: set[str],
+                      route: RouteRequest, deadline: float,
+                      desperate: bool) -> BackendState | None:
+        """A backend to try now, waiting in the queue while all are at their cap."""
+        loop = asyncio.get_running_loop()
+        health = self.config.health
+        while True:
+            now = time.monotonic()
+            fresh = [b for b in capable if b.name not in tried and b.healthy]
+            ready = [b for b in fresh if b.available(now)]
+            if not ready:
+                if desperate and fresh:
+                    # Every backend is ejected or cooling and nothing is left to fall back
+                    # to: the one whose cooldown ends first beats failing outright.
+                    return self._soonest(fresh, now)
+                return None
+            free = [b for b in ready if not b.at_capacity]
+            if free:
+                backend = stage.pool.strategy.pick(free, route) if len(free) > 1 else free[0]
+                backend.start_trial(health.unhealthy_after, health.cooldown_s, now)
+                return backend  # type: ignore[return-value]
+            remaining = min(deadline - loop.time(), self.config.queue.max_wait_s)
+            if self.queue.waiting >= self.config.queue.max_size or remaining <= 0:
+                raise NoHealthyBackend("every backend of this model is at its concurrency "
+                                       "limit; try again shortly", retry_after=1)
+            if not await self.queue.wait(remaining):
+                raise NoHealthyBackend("every backend of this model stayed at its concurrency "
+                                       "limit for the whole queue wait", retry_after=1)
+
+    @staticmethod
+    def _soonest(backends: list[BackendState], now: float) -> BackendState | None:
+        cooling = [b for b in backends if b.cooling_until > now]
+        if len(cooling) == len(backends):
+            return None  # all rate limited: answer 429, don't hammer them
+        ejected = [b for b in backends if b.cooling_until <= now]
+        return min(ejected, key=lambda b: b.ejected_until)
+
+    async def _try(self, backend: BackendState, public: str, endpoint: str, payload: dict,
+                   rec: RequestRecord) -> Opened:
+        cfg = backend.config
+        body = dict(payload)
+        body["model"] = backend.model_id(public)
+        drop_usage = False
+        if rec.stream and cfg.capabilities.get("stream_usage"):
+            options = payload.get("stream_options")
+            asked = isinstance(options, dict) and bool(options.get("include_usage"))
+            drop_usage = not asked
+            body["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                      "include_usage": True}
+        self._acquire(backend)
+        started = time.perf_counter()
+        try:
+            response = await self.upstream.open(cfg, endpoint, body, rec.request_id)
+            opened = Opened(self, backend, public, response, drop_usage)
+            if rec.stream:
+                await self._first_chunk(opened)
+        except UpstreamStatus:
+            self.release(backend, None)
+            raise
+        except BaseException as err:
+            self.release(backend, err)
+            raise
+        finally:
+            rec.upstream_wait += time.perf_counter() - started
+        return opened
+
+    async def _first_chunk(self, opened: Opened) -> None:
+        """Hold the stream until its first bytes: an error there can still be retried."""
+        chunks = opened.response.chunks()
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            first = b""
+        except BaseException:
+            opened.response.close()
+            raise
+        error = first_event_error(first) if first else None
+        if not first or error is not None:
+            await chunks.aclose()
+            opened.response.close()
+            message = (error or {}).get("message", "the runtime sent an empty stream")
+            raise UpstreamError(f"backend {opened.backend.name} failed: {message}",
+                                reason="stream_error")
+        opened.chunks = chunks
+        opened.first = first
+
+    # -- bookkeeping -----------------------------------------------------------
+
+    def _acquire(self, backend: BackendState) -> None:
+        backend.in_flight += 1
+        self.metrics.in_flight.labels(backend.name).inc()
+
+    def release(self, backend: BackendState, error: BaseException | None) -> None:
+        backend.in_flight -= 1
+        self.metrics.in_flight.labels(backend.name).dec()
+        self.queue.notify()
+        now = time.monotonic()
+        if error is None:
+            backend.record_success()
+            return
+        if not isinstance(error, UpstreamError):
+            return  # the client left, or a bug of ours: no verdict on the backend
+        self.metrics.upstream_errors.labels(backend.name, error.reason).inc()
+        if error.reason == "429":
+            backend.cool_down(error.retry_after or 1.0, now)
+        elif error.reason in BACKEND_FAULTS:
+            h = self.config.health
+            backend.record_failure(h.unhealthy_after, h.cooldown_s, h.max_cooldown_s, now)
+
+    def _give_up(self, pool: Pool, capability: str, capable_seen: bool,
+                 failures: list[UpstreamError], tried: set[str]) -> GatewayError:
+        if not capable_seen:
+            return NotImplementedByRuntime(
+                f"no backend of model '{pool.model}' supports {capability}", param="model")
+        if not failures:
+            cooling = [b.cooling_until for b in pool.backends if b.cooling_until]
+            now = time.monotonic()
+            if cooling and min(cooling) > now:
+                return RateLimited(f"every backend of model '{pool.model}' is rate limited",
+                                   retry_after=min(cooling) - now)
+            return NoHealthyBackend(f"no healthy backend for model '{pool.model}'",
+                                    retry_after=1)
+        if all(f.reason == "429" for f in failures):
+            waits = [f.retry_after for f in failures if f.retry_after is not None]
+            return RateLimited(f"every backend of model '{pool.model}' is rate limited",
+                               retry_after=min(waits) if waits else 1)
+        last = failures[-1]
+        if isinstance(last, UpstreamTimeout):
+            return UpstreamTimeout(f"{last.message} (tried {len(tried)} backend(s))",
+                                   reason=last.reason)
+        return UpstreamError(f"every backend and fallback failed; last: {last.message}",
+                             reason=last.reason)

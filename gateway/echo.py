@@ -1,0 +1,160 @@
+"""The built-in `echo` runtime: answers in process, with no network hop.
+
+Chat and completions echo the last user message (or the prompt) word by word,
+streamed or not; embeddings are deterministic vectors. It serves any model it
+is listed for, so the shipped config works on a machine with no LLM runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import struct
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+import orjson
+
+from .errors import BadRequest
+
+WORD_DELAY_S = 0.02      # slow enough to see words arrive one by one in a terminal
+EMBEDDING_DIMS = 64
+
+
+class EchoResponse:
+    """Quacks like upstream.UpstreamResponse."""
+
+    status = 200
+
+    def __init__(self, endpoint: str, payload: dict[str, Any], model: str) -> None:
+        self.endpoint = endpoint
+        self.payload = payload
+        self.model = model
+        self.stream = bool(payload.get("stream"))
+        self.content_type = "text/event-stream" if self.stream else "application/json"
+
+    async def read(self) -> bytes:
+        if self.endpoint == "embeddings":
+            return orjson.dumps(_embeddings(self.payload, self.model))
+        words, finish = _answer(self.endpoint, self.payload)
+        return orjson.dumps(_completion(self.endpoint, self.model, self.payload, words, finish))
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        words, finish = _answer(self.endpoint, self.payload)
+        chat = self.endpoint == "chat"
+        cid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        base = {"id": cid, "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": int(time.time()), "model": self.model}
+        if chat:
+            yield _event(base, {"index": 0, "delta": {"role": "assistant", "content": ""},
+                                "finish_reason": None})
+        for i, word in enumerate(words):
+            await asyncio.sleep(WORD_DELAY_S)
+            text = word if i == 0 else " " + word
+            choice = ({"index": 0, "delta": {"content": text}, "finish_reason": None} if chat
+                      else {"index": 0, "text": text, "finish_reason": None})
+            yield _event(base, choice)
+        last = ({"index": 0, "delta": {}, "finish_reason": finish} if chat
+                else {"index": 0, "text": "", "finish_reason": finish})
+        yield _event(base, last)
+        options = self.payload.get("stream_options") or {}
+        if options.get("include_usage"):
+            yield b"data: " + orjson.dumps(
+                {**base, "choices": [], "usage": _usage(self.payload, words)}) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    def close(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+def _event(base: dict[str, Any], choice: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content
+                        if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def _prompt_text(endpoint: str, payload: dict[str, Any]) -> str:
+    if endpoint == "chat":
+        for message in reversed(payload.get("messages") or []):
+            if isinstance(message, dict) and message.get("role") == "user":
+                return _text_of(message.get("content"))
+        return ""
+    prompt = payload.get("prompt", "")
+    if isinstance(prompt, list):
+        prompt = " ".join(p for p in prompt if isinstance(p, str))
+    return prompt if isinstance(prompt, str) else ""
+
+
+def _answer(endpoint: str, payload: dict[str, Any]) -> tuple[list[str], str]:
+    words = _prompt_text(endpoint, payload).split()
+    limit = payload.get("max_completion_tokens") or payload.get("max_tokens")
+    if isinstance(limit, int) and limit >= 0 and len(words) > limit:
+        return words[:limit], "length"
+    return words, "stop"
+
+
+def _count_prompt_words(payload: dict[str, Any]) -> int:
+    if "messages" in payload:
+        return sum(len(_text_of(m.get("content")).split())
+                   for m in payload["messages"] if isinstance(m, dict))
+    prompt = payload.get("prompt", "")
+    return len(prompt.split()) if isinstance(prompt, str) else 0
+
+
+def _usage(payload: dict[str, Any], words: list[str]) -> dict[str, int]:
+    prompt = _count_prompt_words(payload)
+    return {"prompt_tokens": prompt, "completion_tokens": len(words),
+            "total_tokens": prompt + len(words)}
+
+
+def _completion(endpoint: str, model: str, payload: dict[str, Any], words: list[str],
+                finish: str) -> dict[str, Any]:
+    text = " ".join(words)
+    if endpoint == "chat":
+        choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                  "logprobs": None, "finish_reason": finish}
+        obj, prefix = "chat.completion", "chatcmpl-"
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        obj, prefix = "text_completion", "cmpl-"
+    return {"id": prefix + uuid.uuid4().hex[:24], "object": obj, "created": int(time.time()),
+            "model": model, "choices": [choice], "usage": _usage(payload, words)}
+
+
+def _embeddings(payload: dict[str, Any], model: str) -> dict[str, Any]:
+    raw = payload.get("input")
+    inputs = [raw] if isinstance(raw, str) else raw
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequest("'input' must be a string or a non-empty list", param="input")
+    dims = payload.get("dimensions") or EMBEDDING_DIMS
+    if not isinstance(dims, int) or not 1 <= dims <= 4096:
+        raise BadRequest("'dimensions' must be an integer from 1 to 4096", param="dimensions")
+    data = [{"object": "embedding", "index": i, "embedding": _vector(str(item), dims)}
+            for i, item in enumerate(inputs)]
+    tokens = sum(len(str(item).split()) for item in inputs)
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def _vector(text: str, dims: int) -> list[float]:
+    """A unit vector that depends only on the text."""
+    out: list[float] = []
+    counter = 0
+    while len(out) < dims:
+        digest = hashlib.blake2b(f"{counter}:{text}".encode(), digest_size=64).digest()
+        out.extend(v / 2**31 - 1.0 for v in struct.unpack("<16I", digest))
+        counter += 1
+    out = out[:dims]
+    norm = sum(v * v for v in out) ** 0.5 or 1.0
+    return [round(v / norm, 6) for v in out]

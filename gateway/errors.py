@@ -1,0 +1,132 @@
+"""Every error the gateway answers with, in OpenAI's shape.
+
+    GatewayError                 status, type, code; to_json() gives the OpenAI body
+    ├── BadRequest               400 invalid_request_error
+    ├── Unauthorized             401 invalid_api_key
+    ├── Forbidden                403 model_not_allowed
+    ├── ModelNotFound            404 model_not_found
+    ├── BodyTooLarge             413 request_too_large
+    ├── RateLimited              429 rate_limit_exceeded   (carries retry_after)
+    ├── NotImplementedByRuntime  501 capability_not_supported
+    ├── UpstreamError            502 upstream_error        (a backend failed; retryable)
+    │   └── UpstreamTimeout      504 upstream_timeout
+    ├── NoHealthyBackend         503 no_healthy_backend    (carries retry_after)
+    └── UpstreamStatus           any status: a runtime's 4xx passed through with its own body
+
+Lower-layer errors (aiohttp, asyncio) are translated into these in one place,
+`upstream.py`; they are rendered in one place, `middlewares.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type,
+                          "param": self.param, "code": self.code}}
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, int(self.retry_after + 0.999)))}
+
+
+class BadRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    type = "invalid_request_error"
+    code = "model_not_allowed"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class BodyTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class NotImplementedByRuntime(GatewayError):
+    status = 501
+    type = "invalid_request_error"
+    code = "capability_not_supported"
+
+
+class UpstreamError(GatewayError):
+    """A backend failed in a way another backend might not: retryable."""
+
+    status = 502
+    type = "server_error"
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, reason: str = "error",
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.reason = reason
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class NoHealthyBackend(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "no_healthy_backend"
+
+
+class UpstreamStatus(GatewayError):
+    """A runtime's own non-retryable answer (a 4xx), passed through unchanged."""
+
+    def __init__(self, status: int, body: bytes, content_type: str) -> None:
+        super().__init__(f"upstream answered {status}")
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+
+    def to_json(self) -> bytes:
+        return self.body

@@ -1,0 +1,157 @@
+"""The HTTP surface: /v1 proxy endpoints, model listing, health, readiness, metrics, admin."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+
+from aiohttp import web
+
+from .dispatch import Opened
+from .errors import ModelNotFound, NotFound, Unauthorized, UpstreamError
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .record import RequestRecord
+from .relay import SSE_HEADERS, StreamRewriter, body_response, relay_stream
+from .requests import needed_capability, parse_payload, read_body
+from .routing import RouteRequest
+from .routing.prefix_affinity import prefix_key
+from .typedefs import GATEWAY, RECORD
+
+CLIENT_GONE = (ConnectionResetError, ConnectionError)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _proxy(request, "chat")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _proxy(request, "completions")
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    return await _proxy(request, "embeddings")
+
+
+async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    rec: RequestRecord = request[RECORD]
+    table = gateway.table
+    raw = await read_body(request, table.config.server.max_body_bytes)
+    payload = parse_payload(raw, endpoint)
+    model = payload["model"]
+    pool = table.pool(model)
+    if pool is None:
+        raise ModelNotFound(f"The model '{model}' does not exist", param="model")
+    rec.model = model
+    rec.stream = bool(payload.get("stream"))
+    route = _route_request(request, endpoint, payload, table.config.route(model).strategy)
+    opened = await gateway.dispatcher.open(table, pool, endpoint, payload,
+                                           needed_capability(endpoint, payload), rec, route)
+    error: BaseException | None = None
+    try:
+        if rec.stream:
+            resp, error = await _relay_stream(request, opened, rec)
+            return resp
+        started = time.perf_counter()
+        body = await opened.response.read()
+        rec.upstream_wait += time.perf_counter() - started
+        return body_response(body, opened.response.content_type, rec, opened.patterns)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        opened.finish(error)
+
+
+async def _relay_stream(request: web.Request, opened: Opened, rec: RequestRecord
+                        ) -> tuple[web.StreamResponse, UpstreamError | None]:
+    """The relayed stream, and the runtime's failure if it broke after the first byte."""
+    resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
+    _stamp(resp, rec)
+    rewriter = StreamRewriter(opened.patterns, opened.drop_usage)
+    broken: UpstreamError | None = None
+    try:
+        await resp.prepare(request)
+        await relay_stream(resp, opened.chunks, opened.first, rewriter, rec)
+    except UpstreamError as err:
+        broken = err  # the client already got it as an SSE error event
+    except (asyncio.CancelledError, *CLIENT_GONE):
+        rec.aborted = "client_left"
+        opened.response.close()
+        raise
+    finally:
+        rec.usage = rewriter.usage
+    await resp.write_eof()
+    return resp, broken
+
+
+def _route_request(request: web.Request, endpoint: str, payload: dict,
+                   strategy: str) -> RouteRequest:
+    if strategy == "prefix_affinity":
+        return RouteRequest(prefix=prefix_key(endpoint, payload))
+    if strategy == "session_affinity":
+        user = payload.get("user")
+        session = request.headers.get("X-Session-ID") or (user if isinstance(user, str) else None)
+        return RouteRequest(session=session)
+    return RouteRequest()
+
+
+def _stamp(resp: web.StreamResponse, rec: RequestRecord) -> None:
+    resp.headers["X-Request-ID"] = rec.request_id
+    if rec.backend:
+        resp.headers["X-Gateway-Backend"] = rec.backend
+
+
+async def list_models(request: web.Request) -> web.Response:
+    names = request.app[GATEWAY].table.model_names
+    return web.json_response({"object": "list", "data": [
+        {"id": name, "object": "model", "created": 0, "owned_by": "gateway"}
+        for name in names]})
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    if gateway.ready():
+        return web.json_response({"status": "ready"})
+    reason = "draining" if gateway.draining else "no healthy backend"
+    return web.json_response({"status": "not ready", "reason": reason}, status=503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[GATEWAY].metrics.expose()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+def require_admin(request: web.Request) -> None:
+    key = request.app[GATEWAY].config.server.admin_key
+    if not key:
+        raise NotFound("the admin API is disabled: set server.admin_key to enable it")
+    auth = request.headers.get("Authorization", "")
+    given = auth[7:] if auth[:7].lower() == "bearer " else ""
+    if not hmac.compare_digest(given.encode(), key.encode()):
+        raise Unauthorized("a valid admin key is required")
+
+
+async def admin_backends(request: web.Request) -> web.Response:
+    require_admin(request)
+    gateway = request.app[GATEWAY]
+    now = time.monotonic()
+    rows = []
+    for state in gateway.states.values():
+        rows.append({
+            "name": state.name, "kind": state.config.kind, "url": state.config.url,
+            "healthy": state.healthy, "available": state.available(now),
+            "in_flight": state.in_flight, "weight": state.weight,
+            "max_concurrency": state.config.max_concurrency,
+            "ejected_for_s": round(max(0.0, state.ejected_until - now), 3),
+            "cooling_for_s": round(max(0.0, state.cooling_until - now), 3),
+            "consecutive_failures": state.consecutive_failures,
+            "models": list(state.serves()),
+        })
+    return web.json_response({"backends": rows})
+

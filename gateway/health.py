@@ -1,0 +1,117 @@
+"""Active health checks and model discovery, run in the background for the app's lifetime.
+
+Each backend's health path is polled every `interval_s` (with jitter, so many
+gateways don't beat in step) and flips state only after `unhealthy_after` /
+`healthy_after` consecutive results. A backend is not trusted before its first
+check: one still loading at start-up gets no traffic until it answers.
+Backends with no `models` list are asked for their models on every round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import AsyncIterator
+
+import orjson
+from aiohttp import web
+
+from .backends import BackendState
+from .config import HealthConfig
+from .errors import UpstreamError
+from .log import health_logger
+from .state import Gateway
+from .typedefs import GATEWAY
+from .upstream import upstream_headers
+
+
+async def check_round(gateway: Gateway) -> None:
+    states = list(gateway.states.values())
+    changed = await asyncio.gather(*(check_backend(gateway, s) for s in states))
+    if any(changed):
+        gateway.rebuild()
+    for state in states:
+        gateway.metrics.backend_up.labels(state.name).set(1 if state.available() else 0)
+
+
+async def check_backend(gateway: Gateway, state: BackendState) -> bool:
+    """Probe one backend; True when its discovered models changed."""
+    cfg = state.config
+    if cfg.kind == "echo":
+        state.healthy = state.checked = True
+        return False
+    timeout = gateway.config.health.timeout_s
+    headers = dict(upstream_headers(cfg, "health-check"))
+    headers.pop("Content-Type", None)
+    try:
+        status, _ = await gateway.upstream.get(cfg.url + cfg.health_path, headers, timeout)
+        ok = 200 <= status < 300
+    except UpstreamError:
+        ok = False
+    apply_result(state, ok, gateway.config.health)
+    if ok and cfg.models is None:
+        return await discover_models(gateway, state, headers, timeout)
+    return False
+
+
+def apply_result(state: BackendState, ok: bool, health: HealthConfig) -> None:
+    """Count one check; flip health exactly at the configured thresholds."""
+    was = state.healthy
+    if ok:
+        state.health_ok_streak += 1
+        state.health_fail_streak = 0
+        if not state.checked or state.health_ok_streak >= health.healthy_after:
+            state.healthy = True
+        if state.ejected_until:
+            state.record_success()   # an ejected backend comes back through an active check
+    else:
+        state.health_fail_streak += 1
+        state.health_ok_streak = 0
+        if not state.checked or state.health_fail_streak >= health.unhealthy_after:
+            state.healthy = False
+    state.checked = True
+    if was != state.healthy:
+        health_logger.warning("backend %s is now %s", state.name,
+                              "healthy" if state.healthy else "unhealthy")
+
+
+async def discover_models(gateway: Gateway, state: BackendState, headers: dict[str, str],
+                          timeout: float) -> bool:
+    try:
+        status, body = await gateway.upstream.get(state.config.api_base + "/models",
+                                                  headers, timeout)
+        data = orjson.loads(body).get("data") if status == 200 else None
+    except (UpstreamError, orjson.JSONDecodeError, AttributeError):
+        return False
+    if not isinstance(data, list):
+        return False
+    models = tuple(sorted({m["id"] for m in data
+                           if isinstance(m, dict) and isinstance(m.get("id"), str)}))
+    if models == state.discovered_models:
+        return False
+    state.discovered_models = models
+    health_logger.info("backend %s serves %s", state.name, ", ".join(models) or "no model")
+    return True
+
+
+async def health_checks(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: one round before serving, then a round every interval."""
+    gateway = app[GATEWAY]
+    await check_round(gateway)
+
+    async def loop() -> None:
+        while True:
+            interval = gateway.config.health.interval_s
+            await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+            try:
+                await check_round(gateway)
+            except Exception:
+                health_logger.exception("health check round failed")
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass

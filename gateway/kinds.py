@@ -1,0 +1,57 @@
+"""The runtime kinds the gateway knows and what each one does by default.
+
+Every kind speaks OpenAI's HTTP API under `<root>/v1`; they differ in their
+health path, what they can do, and whether a stream can carry usage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+CAPABILITIES = ("chat", "completions", "embeddings", "tools", "stream_usage")
+
+ENDPOINT_CAPABILITY = {
+    "chat": "chat",
+    "completions": "completions",
+    "embeddings": "embeddings",
+}
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    health_path: str
+    capabilities: Mapping[str, bool] = field(default_factory=dict)
+    needs_url: bool = True
+
+
+def _caps(**off: bool) -> Mapping[str, bool]:
+    caps = dict.fromkeys(CAPABILITIES, True)
+    caps.update(off)
+    return MappingProxyType(caps)
+
+
+KINDS: Mapping[str, Kind] = MappingProxyType({
+    "vllm": Kind("vllm", "/health", _caps()),
+    "sglang": Kind("sglang", "/health", _caps()),
+    "ollama": Kind("ollama", "/api/tags", _caps()),
+    # llama-server has no tool calls unless started with --jinja; embeddings need --embeddings.
+    "llamacpp": Kind("llamacpp", "/health", _caps(tools=False)),
+    # TGI's Messages API: chat and completions, no embeddings, no usage in streams.
+    "tgi": Kind("tgi", "/health", _caps(embeddings=False, stream_usage=False)),
+    "localai": Kind("localai", "/readyz", _caps()),
+    # LM Studio and hosted OpenAI-compatible APIs have no health endpoint; listing models is the check.
+    "lmstudio": Kind("lmstudio", "/v1/models", _caps()),
+    "openai": Kind("openai", "/v1/models", _caps()),
+    "echo": Kind("echo", "", _caps(tools=False), needs_url=False),
+})
+
+
+def normalise_root(url: str) -> str:
+    """The server root of a runtime URL given with or without `/v1` and trailing slashes."""
+    root = url.strip().rstrip("/")
+    if root.endswith("/v1"):
+        root = root[:-3].rstrip("/")
+    return root

@@ -1,0 +1,114 @@
+"""Prometheus metrics: one `Metrics` per app, owning its own registry (no globals).
+
+Label values are bounded: `model` is always a configured public name (callers
+pass "" for a name that is not configured) and `backend` a configured backend.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (CollectorRegistry, disable_created_metrics, Counter, Gauge, Histogram,
+                               generate_latest)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .record import RequestRecord
+
+# Time to first token: from a cached 10 ms answer to a 60 s queue on a busy GPU.
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
+# Whole requests: long generations run for minutes.
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# Decode speed per token: 1 ms (fast small models) to 1 s (overloaded CPU runtimes).
+TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1)
+# The gateway's own cost per request: tens of microseconds when all is well.
+OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                    0.05, 0.1)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        # `_created` series double the exposition and no dashboard reads them.
+        disable_created_metrics()
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "gateway_requests", "Requests answered, by final status.",
+            ["model", "backend", "endpoint", "status"], registry=r)
+        self.duration = Histogram(
+            "gateway_request_duration_seconds", "Time from arrival to the last byte sent.",
+            ["model", "backend", "endpoint"], buckets=DURATION_BUCKETS, registry=r)
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "Time from arrival to the first content chunk sent to the client.",
+            ["model", "backend"], buckets=TTFT_BUCKETS, registry=r)
+        self.tpot = Histogram(
+            "gateway_time_per_output_token_seconds",
+            "Time from the first to the last token, divided by completion tokens - 1.",
+            ["model", "backend"], buckets=TPOT_BUCKETS, registry=r)
+        self.tokens = Counter(
+            "gateway_tokens", "Tokens as reported by the runtime's usage.",
+            ["model", "backend", "type"], registry=r)
+        self.in_flight = Gauge(
+            "gateway_in_flight_requests", "Requests currently sent to a backend.",
+            ["backend"], registry=r)
+        self.backend_up = Gauge(
+            "gateway_backend_up", "1 when the backend is healthy and not ejected.",
+            ["backend"], registry=r)
+        self.fallbacks = Counter(
+            "gateway_fallbacks", "Requests that went to a fallback after their pool failed.",
+            ["model", "to"], registry=r)
+        self.retries = Counter(
+            "gateway_retries", "Extra tries on another backend, by what failed.",
+            ["backend", "reason"], registry=r)
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors", "Backend failures, by kind of failure.",
+            ["backend", "reason"], registry=r)
+        self.stream_aborts = Counter(
+            "gateway_stream_aborts", "Streams that ended before the runtime finished.",
+            ["backend", "reason"], registry=r)
+        self.usage_missing = Counter(
+            "gateway_usage_missing", "Answers whose runtime reported no token usage.",
+            ["model", "backend"], registry=r)
+        self.overhead = Histogram(
+            "gateway_overhead_seconds",
+            "Time spent in the gateway itself, upstream wait excluded.",
+            ["endpoint"], buckets=OVERHEAD_BUCKETS, registry=r)
+        self.config_reloads = Counter(
+            "gateway_config_reloads", "Config reloads, by result.",
+            ["result"], registry=r)
+
+    def forget_backend(self, name: str) -> None:
+        """A removed backend's gauges would otherwise report stale values forever."""
+        for gauge in (self.backend_up, self.in_flight):
+            try:
+                gauge.remove(name)
+            except KeyError:
+                pass
+
+    def record_request(self, rec: RequestRecord, duration: float) -> None:
+        model, backend = rec.model, rec.backend
+        self.requests.labels(model, backend, rec.endpoint, str(rec.status)).inc()
+        self.duration.labels(model, backend, rec.endpoint).observe(duration)
+        self.overhead.labels(rec.endpoint).observe(max(0.0, duration - rec.upstream_wait))
+        if rec.aborted:
+            self.stream_aborts.labels(backend, rec.aborted).inc()
+        if not backend or rec.status != 200 and not rec.aborted:
+            return
+        if rec.stream and rec.first_token_at is not None:
+            self.ttft.labels(model, backend).observe(rec.first_token_at - rec.started)
+        usage = rec.usage
+        if usage is None:
+            self.usage_missing.labels(model, backend).inc()
+            return
+        prompt = usage.get("prompt_tokens")
+        completion = usage.get("completion_tokens")
+        if isinstance(prompt, int) and prompt > 0:
+            self.tokens.labels(model, backend, "prompt").inc(prompt)
+        if isinstance(completion, int) and completion > 0:
+            self.tokens.labels(model, backend, "completion").inc(completion)
+            if (rec.stream and completion > 1 and rec.first_token_at is not None
+                    and rec.last_token_at is not None):
+                self.tpot.labels(model, backend).observe(
+                    (rec.last_token_at - rec.first_token_at) / (completion - 1))
+
+    def expose(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,86 @@
+"""The one middleware every request passes: request id, error rendering, log line, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+import orjson
+from aiohttp import web
+
+from .errors import BadRequest, BodyTooLarge, GatewayError, NotFound
+from .log import access_logger, server_logger
+from .record import RequestRecord
+from .typedefs import GATEWAY, RECORD
+
+PROXY_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
+                   "/v1/embeddings": "embeddings"}
+
+
+def request_id_of(request: web.Request) -> str:
+    given = request.headers.get("X-Request-ID", "")
+    if 0 < len(given) <= 128 and given.isprintable() and given.isascii():
+        return given
+    return uuid.uuid4().hex
+
+
+def error_response(err: GatewayError) -> web.Response:
+    resp = web.Response(status=err.status, body=err.to_json(), headers=err.headers())
+    resp.content_type = getattr(err, "content_type", "application/json").split(";")[0]
+    return resp
+
+
+def _from_http_exception(exc: web.HTTPException) -> GatewayError:
+    if exc.status == 413:
+        return BodyTooLarge(exc.text or "request body too large")
+    if exc.status == 404:
+        return NotFound("no such route")
+    err = BadRequest(exc.reason or "bad request")
+    err.status = exc.status
+    if exc.status == 405:
+        err.code = "method_not_allowed"
+    return err
+
+
+@web.middleware
+async def gateway_middleware(request: web.Request, handler) -> web.StreamResponse:
+    rec = RequestRecord(request_id_of(request), PROXY_ENDPOINTS.get(request.path, ""))
+    request[RECORD] = rec
+    resp: web.StreamResponse | None = None
+    try:
+        resp = await handler(request)
+    except GatewayError as err:
+        resp = error_response(err)
+        rec.error = err.message
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        resp = error_response(_from_http_exception(exc))
+    except asyncio.CancelledError:
+        rec.status = 499   # the client left before an answer; logged, not sent
+        raise
+    except Exception:
+        server_logger.exception("unexpected error on %s %s", request.method, request.path)
+        err = GatewayError("internal error in the gateway; see its log for request "
+                           + rec.request_id)
+        resp = error_response(err)
+        rec.error = "internal error"
+    finally:
+        if resp is not None:
+            rec.status = resp.status
+            if not resp.prepared:
+                resp.headers["X-Request-ID"] = rec.request_id
+                if rec.backend:
+                    resp.headers["X-Gateway-Backend"] = rec.backend
+        if rec.endpoint:
+            _finish(request, rec)
+    return resp
+
+
+def _finish(request: web.Request, rec: RequestRecord) -> None:
+    duration = time.perf_counter() - rec.started
+    request.app[GATEWAY].metrics.record_request(rec, duration)
+    if access_logger.isEnabledFor(logging.INFO):
+        access_logger.info("%s", orjson.dumps(rec.log_fields(duration)).decode())

@@ -1,0 +1,52 @@
+"""The route table: each public model's pool of backends, strategy and fallbacks.
+
+A `RouteTable` is an immutable snapshot built from a Config and the live
+`BackendState`s; a reload or a model discovery builds a new one and swaps it in
+one step, so a request keeps the table it started with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from .backends import BackendState
+from .config import Config, Fallback
+from .routing import Strategy, make_strategy
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    model: str
+    backends: tuple[BackendState, ...]
+    strategy: Strategy
+    fallbacks: tuple[Fallback, ...] = ()
+
+
+class RouteTable:
+    def __init__(self, config: Config, states: Mapping[str, BackendState],
+                 previous: RouteTable | None = None) -> None:
+        self.config = config
+        self.states = states
+        members: dict[str, list[BackendState]] = {}
+        for name in config.backends:
+            state = states[name]
+            for model in state.serves():
+                members.setdefault(model, []).append(state)
+        self.pools: dict[str, Pool] = {}
+        for model, backends in members.items():
+            route = config.route(model)
+            strategy = previous.strategy_for(model, route.strategy) if previous else None
+            self.pools[model] = Pool(model, tuple(backends),
+                                     strategy or make_strategy(route.strategy), route.fallbacks)
+        self.model_names = tuple(sorted(self.pools))
+
+    def pool(self, model: str) -> Pool | None:
+        return self.pools.get(model)
+
+    def strategy_for(self, model: str, name: str) -> Strategy | None:
+        """Keep a strategy's state (round-robin position, hash ring) across rebuilds."""
+        pool = self.pools.get(model)
+        if pool is not None and self.config.route(model).strategy == name:
+            return pool.strategy
+        return None

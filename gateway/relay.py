@@ -1,0 +1,182 @@
+"""Relaying a runtime's answer to the client: model-name rewriting and usage capture.
+
+Non-streamed bodies are rewritten with one byte replace (the runtime's model id
+becomes the public name) and parsed once for `usage`. Streams are relayed in
+whole SSE lines as they arrive, never buffered whole; a chunk is parsed only
+when it carries usage or an error, so the per-chunk cost stays a few byte
+scans.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, AsyncIterator
+
+import orjson
+from aiohttp import web
+
+from .errors import GatewayError, UpstreamError
+from .record import RequestRecord
+
+# A chunk carries a token once some content/text/arguments string is non-empty.
+_TOKEN = re.compile(rb'"(?:content|text|arguments|reasoning_content)":\s*"[^"]')
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+               "X-Accel-Buffering": "no"}
+
+
+def model_patterns(runtime_id: str, public: str) -> tuple[tuple[bytes, bytes], ...]:
+    """Exact byte patterns of the `"model"` key, compact and spaced, as serialisers write it."""
+    if runtime_id == public:
+        return ()
+    old, new = orjson.dumps(runtime_id), orjson.dumps(public)
+    return ((b'"model":' + old, b'"model":' + new), (b'"model": ' + old, b'"model": ' + new))
+
+
+def rewrite_model(data: bytes, patterns: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    for old, new in patterns:
+        if old in data:
+            data = data.replace(old, new)
+    return data
+
+
+def error_event(err: GatewayError) -> bytes:
+    return b"data: " + err.to_json() + b"\n\n"
+
+
+class StreamRewriter:
+    """Per-stream state: carries partial lines, rewrites the model, captures usage."""
+
+    __slots__ = ("patterns", "drop_usage", "usage", "saw_done", "saw_token", "_tail")
+
+    def __init__(self, patterns: tuple[tuple[bytes, bytes], ...], drop_usage: bool) -> None:
+        self.patterns = patterns
+        self.drop_usage = drop_usage
+        self.usage: dict[str, Any] | None = None
+        self.saw_done = False
+        self.saw_token = False
+        self._tail = b""
+
+    def feed(self, data: bytes) -> bytes:
+        """The complete lines received so far, rewritten; a partial line waits."""
+        if self._tail:
+            data = self._tail + data
+        cut = data.rfind(b"\n") + 1
+        if cut < len(data):
+            self._tail = data[cut:]
+            data = data[:cut]
+        else:
+            self._tail = b""
+        if not data:
+            return b""
+        if self.patterns:
+            data = rewrite_model(data, self.patterns)
+        if b'"usage"' in data:
+            data = self._take_usage(data)
+        if not self.saw_token and _TOKEN.search(data):
+            self.saw_token = True
+        if b"[DONE]" in data:
+            self.saw_done = True
+        return data
+
+    def flush(self) -> bytes:
+        """What is left when the runtime closed: a last line without its newline."""
+        tail, self._tail = self._tail, b""
+        return self.feed(tail + b"\n") if tail.strip() else b""
+
+    def _take_usage(self, block: bytes) -> bytes:
+        lines = block.split(b"\n")
+        keep: list[bytes] = []
+        skip_blank = False
+        for line in lines:
+            if skip_blank and not line.strip():
+                skip_blank = False
+                continue
+            skip_blank = False
+            if line.startswith(b"data:") and b'"usage"' in line:
+                chunk = _loads(line[5:])
+                usage = chunk.get("usage") if chunk else None
+                if isinstance(usage, dict):
+                    self.usage = usage
+                    if self.drop_usage and not chunk.get("choices"):
+                        skip_blank = True
+                        continue
+            keep.append(line)
+        return b"\n".join(keep)
+
+
+def _loads(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def first_event_error(block: bytes) -> dict[str, Any] | None:
+    """The error object when a stream's first event is an error instead of a chunk."""
+    for line in block.split(b"\n"):
+        if line.startswith(b"data:"):
+            if b'"error"' not in line:
+                return None
+            chunk = _loads(line[5:])
+            if chunk and "error" in chunk and "choices" not in chunk:
+                err = chunk["error"]
+                return err if isinstance(err, dict) else {"message": str(err)}
+            return None
+    return None
+
+
+def body_response(body: bytes, content_type: str, rec: RequestRecord,
+                  patterns: tuple[tuple[bytes, bytes], ...]) -> web.Response:
+    """A whole JSON answer: model rewritten, usage captured."""
+    parsed = _loads(body)
+    if parsed is not None:
+        usage = parsed.get("usage")
+        if isinstance(usage, dict):
+            rec.usage = usage
+    now = time.perf_counter()
+    rec.first_token_at = rec.last_token_at = now
+    resp = web.Response(body=rewrite_model(body, patterns), status=200)
+    resp.content_type = content_type.split(";")[0].strip() or "application/json"
+    return resp
+
+
+async def relay_stream(resp: web.StreamResponse, chunks: AsyncIterator[bytes], first: bytes,
+                       rewriter: StreamRewriter, rec: RequestRecord) -> None:
+    """Pass an SSE stream through chunk by chunk; a break ends with an error event."""
+    out = rewriter.feed(first)
+    _note_token(rewriter, rec)
+    if out:
+        await resp.write(out)
+    clock = time.perf_counter
+    try:
+        waited = clock()
+        async for data in chunks:
+            now = clock()
+            rec.upstream_wait += now - waited
+            out = rewriter.feed(data)
+            if rewriter.saw_token:
+                _note_token(rewriter, rec, now)
+            if out:
+                await resp.write(out)
+            waited = clock()
+        out = rewriter.flush()
+        if out:
+            await resp.write(out)
+        if not rewriter.saw_done:
+            raise UpstreamError("the runtime closed the stream before it finished",
+                                reason="upstream_closed")
+    except UpstreamError as err:
+        rec.aborted = err.reason
+        rec.error = err.message
+        await resp.write(error_event(err))
+        raise
+
+
+def _note_token(rewriter: StreamRewriter, rec: RequestRecord, now: float | None = None) -> None:
+    if rewriter.saw_token:
+        now = now or time.perf_counter()
+        if rec.first_token_at is None:
+            rec.first_token_at = now
+        rec.last_token_at = now

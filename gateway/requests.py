@@ -1,0 +1,71 @@
+"""Reading and checking a client's request body before anything goes upstream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .errors import BadRequest, BodyTooLarge
+
+# The field each endpoint cannot do without, and its accepted JSON types.
+REQUIRED_FIELD = {"chat": ("messages", list), "completions": ("prompt", (str, list)),
+                  "embeddings": ("input", (str, list))}
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit`."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise BodyTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def parse_payload(raw: bytes, endpoint: str) -> dict[str, Any]:
+    """The JSON object of a /v1 request, with the fields the gateway relies on checked."""
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise BadRequest("the body must be a JSON object")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required and must be a non-empty string", param="model")
+    field, kinds = REQUIRED_FIELD[endpoint]
+    value = payload.get(field)
+    if value is None:
+        raise BadRequest(f"'{field}' is required", param=field)
+    if not isinstance(value, kinds) or (isinstance(value, list) and not value):
+        raise BadRequest(f"'{field}' must be a non-empty {_type_names(kinds)}", param=field)
+    if endpoint == "chat" and not all(isinstance(m, dict) for m in value):
+        raise BadRequest("each of 'messages' must be an object", param="messages")
+    stream = payload.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequest("'stream' must be a boolean", param="stream")
+    if endpoint == "embeddings" and stream:
+        raise BadRequest("embeddings cannot be streamed", param="stream")
+    options = payload.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise BadRequest("'stream_options' must be an object", param="stream_options")
+    return payload
+
+
+def needed_capability(endpoint: str, payload: dict[str, Any]) -> str:
+    if endpoint == "chat" and payload.get("tools"):
+        return "tools"
+    return endpoint
+
+
+def _type_names(kinds: type | tuple[type, ...]) -> str:
+    names = {str: "string", list: "array"}
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)

@@ -1,0 +1,57 @@
+"""Routing policies: which backend of a pool takes a request.
+
+Each strategy lives in its own module behind one small interface and does no
+I/O, so it is tested with plain stubs. The dispatcher hands a strategy only the
+backends that may take the request right now (healthy, not yet tried for this
+request, under their concurrency cap); the strategy picks one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+
+class Candidate(Protocol):
+    """What a strategy may look at: a backend's name, weight and current load."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def weight(self) -> float: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """The parts of a request that affinity strategies key on."""
+
+    prefix: bytes | None = None    # the prompt's conversation prefix (see prefix_key())
+    session: str | None = None     # X-Session-ID header, else the body's `user`
+
+
+class Strategy(Protocol):
+    def pick(self, candidates: Sequence[Candidate], request: RouteRequest) -> Candidate:
+        """One of `candidates` (never empty)."""
+        ...
+
+
+def make_strategy(name: str) -> Strategy:
+    """A fresh strategy for one route pool; it keeps its state across picks."""
+    # Imported here: the strategy modules import Candidate and RouteRequest from
+    # this package, so a top-level import would be circular.
+    from .least_busy import LeastBusy
+    from .prefix_affinity import PrefixAffinity
+    from .session_affinity import SessionAffinity
+    from .weighted import WeightedRoundRobin
+
+    factories = {cls.name: cls for cls in
+                 (WeightedRoundRobin, LeastBusy, PrefixAffinity, SessionAffinity)}
+    try:
+        return factories[name]()
+    except KeyError:
+        raise ValueError(f"unknown routing strategy {name!r}; expected one of "
+                         f"{', '.join(factories)}") from None

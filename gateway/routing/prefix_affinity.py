@@ -1,0 +1,106 @@
+"""Prefix affinity: requests sharing a conversation prefix go to one backend.
+
+Runtimes with prefix caching (vLLM, SGLang, llama.cpp) keep the KV cache of
+recent prompts; a later turn of a conversation extends the earlier turn's
+prompt, so sending it to the same backend skips the prefill of the whole
+history. Placement is consistent hashing with bounded loads (see ring.py), so
+affinity never piles more than c times a fair share onto one backend.
+"""
+
+from __future__ import annotations
+
+import json
+from hashlib import blake2b
+from typing import Any, Sequence
+
+from . import Candidate, RouteRequest
+from .ring import BoundedAffinity
+
+PROMPT_CHARS = 256          # completions: the part of the prompt that forms the key
+PROMPT_TOKENS = PROMPT_CHARS // 4    # the same span for a pre-tokenised prompt (~4 chars/token)
+KEY_BYTES = 16
+
+
+class PrefixAffinity:
+    name = "prefix_affinity"
+    __slots__ = ("_affinity",)
+
+    def __init__(self, load_factor: float = 1.25) -> None:
+        self._affinity = BoundedAffinity(load_factor)
+
+    def pick(self, candidates: Sequence[Candidate], request: RouteRequest) -> Candidate:
+        return self._affinity.pick_by_key(candidates, request.prefix)
+
+
+def prefix_key(endpoint: str, body: dict) -> bytes | None:
+    """The affinity key of a chat or completions request, or None (no affinity).
+
+    Chat: the conversation root, i.e. every message up to and including the
+    first user message (system prompts, few-shot turns, the opening question).
+    Later turns only append to the history, so every turn of one conversation
+    has the same root and key, while conversations that merely share a system
+    prompt still spread over the pool.
+
+    Completions: the first PROMPT_CHARS characters. A shorter prompt gets no key:
+    its key would change as soon as a follow-up prompt grew past it, and so
+    short a prompt has little cache to reuse anyway.
+    """
+    kind = endpoint.strip("/").removeprefix("v1/")
+    if kind in ("chat", "chat/completions"):
+        parts = _chat_root(body.get("messages"))
+    elif kind == "completions":
+        parts = _completion_head(body.get("prompt"))
+    else:
+        return None
+    if not parts:
+        return None
+    digest = blake2b(digest_size=KEY_BYTES)
+    for part in parts:
+        data = part.encode("utf-8", "surrogatepass")
+        # Length-prefixed so ("ab", "c") and ("a", "bc") differ.
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.digest()
+
+
+def _chat_root(messages: Any) -> list[str] | None:
+    if not isinstance(messages, list):
+        return None
+    root: list[str] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            return None
+        role = message.get("role")
+        root.append(f"{role}\0{_content_text(message.get('content'))}")
+        if role == "user":
+            return root
+    # No user message at all: the system prompt alone is the whole prefix.
+    return root or None
+
+
+def _content_text(content: Any) -> str:
+    """Content as text; a list of text parts reads the same as the plain string."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(_is_text_part(p) for p in content):
+        return "\n".join(p["text"] for p in content)
+    if content is None:
+        return ""
+    # Images, audio and other parts: their canonical JSON identifies them.
+    return json.dumps(content, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False, default=str)
+
+
+def _is_text_part(part: Any) -> bool:
+    return isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+
+
+def _completion_head(prompt: Any) -> list[str] | None:
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        prompt = prompt[0]       # a batch goes to one backend: key it by its first prompt
+    if isinstance(prompt, str) and len(prompt) >= PROMPT_CHARS:
+        return [prompt[:PROMPT_CHARS]]
+    if (isinstance(prompt, list) and len(prompt) >= PROMPT_TOKENS
+            and all(isinstance(t, int) for t in prompt[:PROMPT_TOKENS])):
+        return ["tokens\0" + ",".join(map(str, prompt[:PROMPT_TOKENS]))]
+    return None

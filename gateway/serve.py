@@ -1,0 +1,69 @@
+"""Running the app: event loop, listener, workers, signals and draining."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+
+from aiohttp import web
+
+from .app import create_app
+from .config import Config
+from .log import server_logger
+
+
+def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    sock = _listen(host, port, reuse_port=workers > 1)
+    children = [_fork_worker(config, path, sock) for _ in range(workers - 1)]
+    try:
+        _serve(config, path, sock)
+    finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+    return 0
+
+
+def _listen(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        print(f"server: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(1) from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _fork_worker(config: Config, path: str, sock: socket.socket) -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _serve(config, path, sock)
+        finally:
+            os._exit(0)
+    return pid
+
+
+def _serve(config: Config, path: str, sock: socket.socket) -> None:
+    app = create_app(config, path)
+    host, port = sock.getsockname()[:2]
+    server_logger.info("serving on http://%s:%s (pid %s)", host, port, os.getpid())
+    web.run_app(app, sock=sock, print=None, access_log=None, handler_cancellation=True,
+                shutdown_timeout=config.server.drain_s)

@@ -1,0 +1,49 @@
+"""The gateway's live state: the active config, each backend's runtime state, the route table.
+
+A config change builds everything new first and swaps it in with plain
+assignments, so a running request keeps the objects it already holds.
+"""
+
+from __future__ import annotations
+
+from .backends import BackendState
+from .config import Config
+from .dispatch import Dispatcher
+from .metrics import Metrics
+from .pools import RouteTable
+from .upstream import Upstream
+
+
+class Gateway:
+    def __init__(self, config: Config, upstream: Upstream, metrics: Metrics) -> None:
+        self.upstream = upstream
+        self.metrics = metrics
+        self.dispatcher = Dispatcher(config, upstream, metrics)
+        self.states: dict[str, BackendState] = {}
+        self.draining = False
+        self.apply(config)
+
+    def apply(self, config: Config) -> None:
+        """Switch to a new config; backends whose kind and URL stay keep their state."""
+        states: dict[str, BackendState] = {}
+        for name, backend in config.backends.items():
+            old = self.states.get(name)
+            if old is not None and old.config.identity() == backend.identity():
+                old.config = backend
+                states[name] = old
+            else:
+                states[name] = BackendState(backend)
+        for name in self.states.keys() - states.keys():
+            self.metrics.forget_backend(name)
+        table = RouteTable(config, states, getattr(self, "table", None))
+        self.config, self.states, self.table = config, states, table
+        self.dispatcher.config = config
+        for state in states.values():
+            self.metrics.backend_up.labels(state.name).set(1 if state.available() else 0)
+
+    def rebuild(self) -> None:
+        """Rebuild the route table after model discovery changed some pool."""
+        self.table = RouteTable(self.config, self.states, self.table)
+
+    def ready(self) -> bool:
+        return not self.draining and any(s.available() for s in self.states.values())

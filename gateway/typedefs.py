@@ -1,0 +1,12 @@
+"""Typed keys for the app's and the request's state."""
+
+from aiohttp import web
+
+from .record import RequestRecord
+from .state import Gateway
+
+GATEWAY = web.AppKey("gateway", Gateway)
+CONFIG_PATH = web.AppKey("config_path", str)
+RECORD = "gateway.record"   # request-scoped: the RequestRecord of this request (web.Request keys are str)
+
+__all__ = ["GATEWAY", "CONFIG_PATH", "RECORD", "RequestRecord"]

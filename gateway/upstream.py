@@ -1,0 +1,183 @@
+"""The one place that talks to runtimes: URLs, headers, timeouts, error translation.
+
+`Upstream.open()` sends a request and returns an `UpstreamResponse` once the
+runtime's headers are in, or raises a `gateway.errors` error: aiohttp and
+asyncio errors are translated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+import aiohttp
+from multidict import CIMultiDict
+
+import orjson
+
+from .config import BackendConfig
+from .echo import EchoResponse
+from .errors import GatewayError, UpstreamError, UpstreamStatus, UpstreamTimeout
+
+ENDPOINT_PATHS = {
+    "chat": "/chat/completions",
+    "completions": "/completions",
+    "embeddings": "/embeddings",
+}
+
+# Status codes after which another backend may well succeed.
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_ERROR_BODY = 64 * 1024
+
+
+def make_session(*, limit: int = 0) -> aiohttp.ClientSession:
+    """The app's one ClientSession: pooled keep-alive, no hidden caps.
+
+    aiohttp's defaults cap at 100 connections and cut every request at 300 s;
+    long generations and many streams need neither. Per-request timeouts come
+    from each backend's config instead.
+    """
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, keepalive_timeout=60,
+                                     ttl_dns_cache=300, enable_cleanup_closed=False)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None),
+        auto_decompress=False, skip_auto_headers=("User-Agent",),
+        json_serialize=None)  # type: ignore[arg-type]
+
+
+class UpstreamResponse:
+    """A runtime's answer whose headers have arrived; the body is read on demand."""
+
+    __slots__ = ("status", "content_type", "_resp", "_idle_s")
+
+    def __init__(self, resp: aiohttp.ClientResponse, idle_s: float) -> None:
+        self.status = resp.status
+        self.content_type = resp.headers.get("Content-Type", "application/json")
+        self._resp = resp
+        self._idle_s = idle_s
+
+    async def read(self) -> bytes:
+        try:
+            async with asyncio.timeout(self._idle_s):
+                return await self._resp.read()
+        except TimeoutError as exc:
+            raise UpstreamTimeout("the runtime stopped sending its answer",
+                                  reason="idle_timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"the runtime broke off its answer: {exc.__class__.__name__}",
+                                reason="upstream_closed") from exc
+        finally:
+            self._resp.release()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive; raises UpstreamTimeout after idle_s of silence."""
+        content = self._resp.content
+        loop = asyncio.get_running_loop()
+        idle = self._idle_s
+        try:
+            async with asyncio.timeout(loop.time() + idle) as deadline:
+                while True:
+                    data = await content.readany()
+                    if not data:
+                        return
+                    deadline.reschedule(loop.time() + idle)
+                    yield data
+        except TimeoutError as exc:
+            raise UpstreamTimeout("the runtime went silent mid-stream",
+                                  reason="idle_timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"the runtime broke off the stream: {exc.__class__.__name__}",
+                                reason="upstream_closed") from exc
+
+    def close(self) -> None:
+        """Drop the connection, so the runtime sees the client go and stops generating."""
+        self._resp.close()
+
+    def release(self) -> None:
+        self._resp.release()
+
+
+def upstream_headers(backend: BackendConfig, request_id: str) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict(backend.headers)
+    headers["Content-Type"] = "application/json"
+    headers["Accept"] = "application/json, text/event-stream"
+    headers["X-Request-ID"] = request_id
+    if backend.api_key:
+        headers["Authorization"] = f"Bearer {backend.api_key}"
+    return headers
+
+
+class Upstream:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    async def open(self, backend: BackendConfig, endpoint: str, payload: dict,
+                   request_id: str) -> UpstreamResponse | EchoResponse:
+        if backend.kind == "echo":
+            return EchoResponse(endpoint, payload, payload["model"])
+        body = orjson.dumps(payload)
+        t = backend.timeouts
+        url = backend.api_base + ENDPOINT_PATHS[endpoint]
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s,
+                                        connect=t.connect_s)
+        try:
+            async with asyncio.timeout(t.first_byte_s):
+                resp = await self.session.post(
+                    url, data=body, headers=upstream_headers(backend, request_id),
+                    timeout=timeout, allow_redirects=False)
+                if resp.status >= 400:
+                    raise await _status_error(backend, resp)
+        except GatewayError:
+            raise
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"backend {backend.name} did not answer within "
+                                  f"{t.first_byte_s:g} s", reason="timeout") from exc
+        except (aiohttp.ConnectionTimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(f"backend {backend.name} did not accept a connection within "
+                                  f"{t.connect_s:g} s", reason="connect_timeout") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError(f"backend {backend.name} refused the connection",
+                                reason="connect") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"backend {backend.name} failed: {exc.__class__.__name__}",
+                                reason="disconnected") from exc
+        return UpstreamResponse(resp, t.idle_s)
+
+    async def get(self, url: str, headers: dict[str, str], timeout_s: float
+                  ) -> tuple[int, bytes]:
+        """A small GET for health checks and model discovery; errors become UpstreamError."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self.session.get(url, headers=headers,
+                                            allow_redirects=False) as resp:
+                    return resp.status, await resp.read()
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"GET {url} timed out", reason="timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"GET {url} failed: {exc.__class__.__name__}",
+                                reason="connect") from exc
+
+
+async def _status_error(backend: BackendConfig, resp: aiohttp.ClientResponse) -> GatewayError:
+    try:
+        body = await resp.content.read(MAX_ERROR_BODY)
+    except aiohttp.ClientError:
+        body = b""
+    finally:
+        resp.release()
+    status = resp.status
+    if status in RETRYABLE_STATUSES or (status >= 500 and status != 501):
+        retry_after = _retry_after(resp.headers.get("Retry-After"))
+        return UpstreamError(f"backend {backend.name} answered {status}",
+                             reason=str(status), retry_after=retry_after)
+    return UpstreamStatus(status, body, resp.headers.get("Content-Type", "application/json"))
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
