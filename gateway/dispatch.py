@@ -54,6 +54,11 @@ class Opened:
         self.first = b""
 
     def finish(self, error: BaseException | None = None) -> None:
+        """Give the connection back (or drop it after a failure) and count the outcome."""
+        if error is None:
+            self.response.release()
+        else:
+            self.response.close()
         self._dispatcher.release(self.backend, error)
 
 

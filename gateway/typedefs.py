@@ -7,6 +7,6 @@ from .state import Gateway
 
 GATEWAY = web.AppKey("gateway", Gateway)
 CONFIG_PATH = web.AppKey("config_path", str)
-RECORD = "gateway.record"   # request-scoped: the RequestRecord of this request (web.Request keys are str)
+RECORD = web.RequestKey("record", RequestRecord)
 
 __all__ = ["GATEWAY", "CONFIG_PATH", "RECORD", "RequestRecord"]

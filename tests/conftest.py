@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import create_app
+from gateway.config import BackendConfig, Config, RouteConfig, backend
+from tests.fakes import FakeRuntime
+
+
+@pytest.fixture
+def start_runtime(aiohttp_server) -> Callable[..., Awaitable[tuple[FakeRuntime, TestServer]]]:
+    """Start a fake runtime on a free loopback port: (switches, server)."""
+    async def start(**kwargs: Any) -> tuple[FakeRuntime, TestServer]:
+        fake = FakeRuntime(**kwargs)
+        server = await aiohttp_server(fake.app())
+        return fake, server
+    return start
+
+
+def runtime_backend(name: str, server: TestServer, kind: str = "vllm", **kw: Any
+                    ) -> BackendConfig:
+    return backend(name, kind, str(server.make_url("/v1")), **kw)
+
+
+def make_config(*backends: BackendConfig, routes: dict[str, RouteConfig] | None = None,
+                **sections: Any) -> Config:
+    return Config(backends=MappingProxyType({b.name: b for b in backends}),
+                  routes=MappingProxyType(routes or {}), **sections)
+
+
+@pytest.fixture
+def gateway_client(aiohttp_client) -> Callable[[Config], Awaitable[TestClient]]:
+    """A test client for a gateway app built from a Config object."""
+    async def start(config: Config) -> TestClient:
+        app: web.Application = create_app(config)
+        return await aiohttp_client(app)
+    return start

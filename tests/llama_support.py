@@ -1,0 +1,230 @@
+"""Helpers for tests/test_real_llamacpp.py: find the llama.cpp install, run llama-server and
+the gateway as subprocesses on 127.0.0.1, write their config.
+
+The install is made by .ci/install-llama.sh, which writes `LLAMA_SERVER_BIN=` and `LLAMA_MODEL=`
+to `${LLAMA_CACHE:-~/.cache/gateway-llama}/env`; the same two variables in the environment win.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+PUBLIC_MODEL = "gemma-3-270m"   # also the --alias the servers report in their /v1/models
+ADMIN_KEY = "llamacpp-test-admin"
+ENV_FILE = Path(os.environ.get("LLAMA_CACHE") or Path.home() / ".cache" / "gateway-llama") / "env"
+
+
+def find_install() -> tuple[Path | None, Path | None, str]:
+    """(llama-server binary, GGUF model, why not) from the environment, the env file, or PATH."""
+    found: dict[str, str] = {}
+    if ENV_FILE.is_file():
+        for line in ENV_FILE.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                found[key.strip()] = value.strip()
+    for key in ("LLAMA_SERVER_BIN", "LLAMA_MODEL"):
+        if os.environ.get(key):
+            found[key] = os.environ[key]
+    binary = found.get("LLAMA_SERVER_BIN") or shutil.which("llama-server")
+    model = found.get("LLAMA_MODEL")
+    problems = []
+    if not binary or not os.access(binary, os.X_OK):
+        problems.append(f"no llama-server (LLAMA_SERVER_BIN={binary!r})")
+    if not model or not Path(model).is_file():
+        problems.append(f"no GGUF model (LLAMA_MODEL={model!r})")
+    if problems:
+        return None, None, "; ".join(problems) + f" — run .ci/install-llama.sh (reads {ENV_FILE})"
+    return Path(binary), Path(model), ""
+
+
+def gateway_command() -> list[str]:
+    script = Path(sys.executable).with_name("gateway")
+    if script.is_file():
+        return [str(script)]
+    which = shutil.which("gateway")
+    return [which] if which else [sys.executable, "-m", "gateway"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def http_get(port: int, path: str, timeout: float = 5.0,
+             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def wait_until(check, timeout: float, what: str, proc: "Proc | None" = None) -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.popen is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.popen.returncode}\n{proc.tail()}")
+        try:
+            if check():
+                return
+        except OSError as exc:
+            last = exc
+        time.sleep(0.2)
+    tail = proc.tail() if proc is not None else ""
+    raise TimeoutError(f"{what} not reached within {timeout}s (last error: {last})\n{tail}")
+
+
+@dataclass
+class Proc:
+    """A subprocess with its output in a log file."""
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] | None = None
+    popen: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=subprocess.STDOUT, env=self.env)
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.popen is not None:
+            if self.popen.poll() is None:
+                self.popen.kill()
+            self.popen.wait(10)
+
+    def stop(self, grace: float = 10.0) -> int | None:
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        return self.popen.returncode
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return f"--- last lines of {self.log_path} ---\n" + "\n".join(lines[-n:])
+
+
+class LlamaServer(Proc):
+    def __init__(self, name: str, binary: Path, model: Path, log_dir: Path,
+                 ctx: int = 1024, threads: int = 1, parallel: int = 1):
+        self.port = free_port()
+        argv = [str(binary), "-m", str(model), "--host", HOST, "--port", str(self.port),
+                "--alias", PUBLIC_MODEL, "-c", str(ctx), "-np", str(parallel),
+                "-t", str(threads), "-tb", str(threads), "--metrics", "--slots",
+                "--no-warmup"]
+        super().__init__(name, argv, log_dir / f"{name}.log")
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def healthy(self) -> bool:
+        return http_get(self.port, "/health", 2)[0] == 200
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        wait_until(self.healthy, timeout, f"{self.name} /health 200", self)
+
+    def restart(self, timeout: float = 60) -> None:
+        self.kill()
+        self.start()
+        self.wait_healthy(timeout)
+
+    def metrics(self) -> dict[str, float]:
+        status, body = http_get(self.port, "/metrics")
+        assert status == 200, body
+        values = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    def slots(self) -> list[dict]:
+        status, body = http_get(self.port, "/slots")
+        assert status == 200, body
+        return json.loads(body)
+
+    def busy(self) -> bool:
+        return any(s.get("is_processing") for s in self.slots())
+
+
+def gateway_yaml(port: int, servers: list[LlamaServer], weights: list[int]) -> str:
+    """The same shape as examples/llamacpp.yaml, with these servers' ports."""
+    first, second = servers
+    return f"""\
+server:
+  host: {HOST}
+  port: {port}
+  drain_s: 5
+  admin_key: {ADMIN_KEY}
+
+backends:
+  {first.name}:
+    kind: llamacpp
+    url: {first.url}/v1
+    weight: {weights[0]}
+    models: [{PUBLIC_MODEL}]      # the id given to llama-server with --alias
+    timeouts: {{connect_s: 2, first_byte_s: 60, idle_s: 30}}
+  {second.name}:
+    kind: llamacpp
+    url: {second.url}            # with or without /v1
+    weight: {weights[1]}
+    # no models: discovered from its /v1/models ({PUBLIC_MODEL}, from --alias)
+    timeouts: {{connect_s: 2, first_byte_s: 60, idle_s: 30}}
+
+health: {{interval_s: 1, timeout_s: 2, unhealthy_after: 1, healthy_after: 1}}
+retries: {{attempts: 2, deadline_s: 60}}
+"""
+
+
+class Gateway(Proc):
+    def __init__(self, config: Path, log_dir: Path):
+        self.port = free_port()
+        env = dict(os.environ)
+        env.pop("GATEWAY_CONFIG", None)
+        argv = gateway_command() + ["serve", "--config", str(config),
+                                    "--host", HOST, "--port", str(self.port)]
+        super().__init__("gateway", argv, log_dir / "gateway.log", env)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}/v1"
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        wait_until(lambda: http_get(self.port, "/ready", 2)[0] == 200, timeout,
+                   "gateway /ready 200", self)
+
+    def admin_backends(self) -> dict[str, dict]:
+        status, body = http_get(self.port, "/admin/backends",
+                                headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        assert status == 200, body
+        return {row["name"]: row for row in json.loads(body)["backends"]}

@@ -1,0 +1,476 @@
+"""The gateway's /metrics against a real Prometheus (Debian's `prometheus` package).
+
+1. `promtool check metrics` accepts the exposition after some traffic.
+2. A gateway (two echo backends, a backend on a closed port, a fake runtime that drops usage
+   and breaks streams) is scraped every second by a Prometheus on 127.0.0.1; after mixed
+   traffic and a SIGHUP reload, every PromQL expression of grafana/dashboards/gateway.json
+   must return data through Prometheus' HTTP API.
+
+Skipped when the binaries are missing, unless GATEWAY_REQUIRE_PROMETHEUS=1 (CI sets it).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.prometheus
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD = ROOT / "grafana" / "dashboards" / "gateway.json"
+# The dashboard has no template variables; should one appear, these stand in for Grafana's.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "5m"}
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK)
+                                  else None)
+    if path is None:
+        reason = f"{name} not installed (apt-get install -y prometheus)"
+        if os.environ.get("GATEWAY_REQUIRE_PROMETHEUS") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gateway_command() -> list[str]:
+    script = shutil.which("gateway") or shutil.which("gateway", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "gateway"]
+
+
+# --- a fake OpenAI-compatible runtime -------------------------------------------------------
+
+class _FakeRuntime(BaseHTTPRequestHandler):
+    """Model "nousage" answers without token usage; model "broken" drops its streams midway
+    (and answers 500 when not streaming)."""
+
+    protocol_version = "HTTP/1.1"
+    MODELS = ("nousage", "broken")
+
+    def log_message(self, *args) -> None:        # keep the test output clean
+        pass
+
+    def _json(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/") == "/v1/models":
+            self._json(200, {"object": "list", "data": [
+                {"id": m, "object": "model", "owned_by": "fake"} for m in self.MODELS]})
+        else:
+            self._json(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        model, chat = body.get("model"), self.path.endswith("/chat/completions")
+        if model not in self.MODELS:
+            self._json(404, {"error": {"message": "no such model", "type": "not_found"}})
+            return
+        if not body.get("stream"):
+            if model == "broken":
+                self._json(500, {"error": {"message": "fake failure", "type": "server_error"}})
+                return
+            choice = ({"index": 0, "message": {"role": "assistant", "content": "one two three"},
+                       "finish_reason": "stop"} if chat else
+                      {"index": 0, "text": "one two three", "finish_reason": "stop"})
+            self._json(200, {"id": "fake-1", "object": "chat.completion" if chat else
+                             "text_completion", "created": int(time.time()), "model": model,
+                             "choices": [choice]})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for word in ("one ", "two ", "three"):
+            delta = ({"index": 0, "delta": {"content": word}, "finish_reason": None} if chat
+                     else {"index": 0, "text": word, "finish_reason": None})
+            self._chunk({"id": "fake-1", "object": "chat.completion.chunk", "created": 0,
+                         "model": model, "choices": [delta]})
+            if model == "broken":
+                # Gone after the first chunk: no terminating chunk, no [DONE].
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+        self._write_chunk(b"data: [DONE]\n\n")
+        self._write_chunk(b"")
+
+    def _chunk(self, obj: dict) -> None:
+        self._write_chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+
+@pytest.fixture
+def fake_runtime():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeRuntime)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                              daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+# --- the gateway under test -----------------------------------------------------------------
+
+def _gateway_config(port: int, fake_port: int, dead_port: int) -> dict:
+    return {
+        "server": {"host": "127.0.0.1", "port": port, "drain_s": 2},
+        "backends": {
+            "echo-a": {"kind": "echo", "models": ["echo-model"]},
+            "echo-b": {"kind": "echo", "models": ["echo-model"]},
+            # Nothing listens there: picked first most of the time (weight), it fails to
+            # connect, and the request is retried on an echo backend.
+            "dead": {"kind": "vllm", "url": f"http://127.0.0.1:{dead_port}", "weight": 20,
+                     "models": ["echo-model", "flaky"],
+                     "timeouts": {"connect_s": 1, "first_byte_s": 5, "idle_s": 5}},
+            "fake": {"kind": "openai", "url": f"http://127.0.0.1:{fake_port}/v1",
+                     "models": ["nousage", "broken"],
+                     "timeouts": {"connect_s": 2, "first_byte_s": 5, "idle_s": 5}},
+        },
+        # "flaky" lives on the dead backend only: its requests go to the echo-model pool.
+        "routes": {"flaky": {"fallbacks": [{"model": "echo-model"}]}},
+        "health": {"interval_s": 1, "timeout_s": 1, "unhealthy_after": 20, "healthy_after": 1},
+        "retries": {"attempts": 2, "deadline_s": 20},
+    }
+
+
+class Gateway:
+    def __init__(self, tmp: Path, fake_port: int) -> None:
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.config = _gateway_config(self.port, fake_port, _free_port())
+        self.config_path = tmp / "gateway.yaml"
+        self.write_config()
+        self.log_path = tmp / "gateway.log"
+        self._log = self.log_path.open("wb")
+        env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}
+        self.proc = subprocess.Popen(
+            [*_gateway_command(), "serve", "--config", str(self.config_path),
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            cwd=tmp)
+
+    def write_config(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False),
+                                    encoding="utf-8")
+
+    def log_tail(self, n: int = 40) -> str:
+        self._log.flush()
+        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return "\n".join(lines[-n:])
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"gateway exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.base + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        pytest.fail(f"gateway not answering /health after {timeout}s:\n{self.log_tail()}")
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(self.base + "/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    def sample_names(self) -> set[str]:
+        return {s.name for fam in text_string_to_metric_families(self.metrics_text())
+                for s in fam.samples}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
+@pytest.fixture
+def gateway(tmp_path, fake_runtime):
+    gw = Gateway(tmp_path, fake_runtime)
+    try:
+        gw.wait_ready()
+        yield gw
+    finally:
+        gw.stop()
+
+
+# --- traffic --------------------------------------------------------------------------------
+
+def _post(base: str, path: str, body, *, stream: bool = False, leave_after_first: bool = False,
+          timeout: float = 20) -> int:
+    """POST and read the whole answer (or one line of it); returns the HTTP status."""
+    url = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
+    try:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        conn.request("POST", path, data, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        try:
+            if stream and resp.status == 200:
+                for _ in range(10_000):            # bounded: an echo answer is a few words
+                    line = resp.readline()
+                    if not line or line.strip() == b"data: [DONE]":
+                        break
+                    if leave_after_first and line.startswith(b"data:"):
+                        break
+            else:
+                resp.read()
+        except (http.client.HTTPException, OSError):
+            pass                                   # a broken stream is part of the traffic
+        finally:
+            resp.close()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def _chat(model: str, text: str = "the quick brown fox jumps over the lazy dog", **kw) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": text}], **kw}
+
+
+def _one_round(base: str) -> None:
+    # The fallback first, while the dead backend is not yet ejected.
+    _post(base, "/v1/chat/completions", _chat("flaky"))
+    for stream in (False, True):
+        _post(base, "/v1/chat/completions", _chat("echo-model", stream=stream), stream=stream)
+        _post(base, "/v1/completions",
+              {"model": "echo-model", "prompt": "one two three four five", "stream": stream},
+              stream=stream)
+        _post(base, "/v1/chat/completions", _chat("nousage", stream=stream), stream=stream)
+        _post(base, "/v1/chat/completions", _chat("broken", stream=stream), stream=stream)
+    _post(base, "/v1/embeddings", {"model": "echo-model", "input": ["alpha", "beta"]})
+    # A client that leaves a long stream after its first event.
+    _post(base, "/v1/chat/completions", _chat("echo-model", " ".join(["word"] * 3000),
+                                              stream=True), stream=True, leave_after_first=True)
+    assert _post(base, "/v1/chat/completions", _chat("no-such-model")) == 404
+    assert _post(base, "/v1/chat/completions", b"{not json") == 400
+
+
+def drive_traffic(gw: Gateway, wanted: set[str], rounds: int = 8, timeout: float = 60) -> set[str]:
+    """Mixed traffic until /metrics has every sample name in `wanted` (bounded); returns the
+    names still missing."""
+    deadline = time.monotonic() + timeout
+    missing = set(wanted)
+    for _ in range(rounds):
+        _one_round(gw.base)
+        missing = wanted - gw.sample_names()
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    return missing
+
+
+def reload_config(gw: Gateway, timeout: float = 15) -> bool:
+    """Edit the config and send SIGHUP; True once a reload shows in /metrics."""
+    gw.config["backends"]["echo-b"]["weight"] = 2
+    gw.write_config()
+    gw.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "gateway_config_reloads_total" in gw.sample_names():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+# --- Prometheus -----------------------------------------------------------------------------
+
+class Prometheus:
+    def __init__(self, binary: str, tmp: Path, target: str) -> None:
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        conf = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
+                       "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "gateway", "metrics_path": "/metrics",
+                                "static_configs": [{"targets": [target]}]}],
+        }
+        (tmp / "prometheus.yml").write_text(yaml.safe_dump(conf), encoding="utf-8")
+        self.log_path = tmp / "prometheus.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [binary, f"--config.file={tmp / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp / 'prometheus-data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp)
+
+    def log_tail(self, n: int = 30) -> str:
+        self._log.flush()
+        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return "\n".join(lines[-n:])
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.base + "/-/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        pytest.fail(f"prometheus not ready after {timeout}s:\n{self.log_tail()}")
+
+    def query(self, expr: str) -> list[dict]:
+        url = self.base + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=10) as r:
+            body = json.load(r)
+        assert body["status"] == "success", body
+        result = body["data"]["result"]
+        if body["data"]["resultType"] == "scalar":
+            return [{"value": result}]
+        return result
+
+    def wait_for(self, expr: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.query(expr):
+                return True
+            time.sleep(0.5)
+        return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
+def _dashboard_queries() -> list[tuple[str, str]]:
+    with DASHBOARD.open(encoding="utf-8") as f:
+        dash = json.load(f)
+    out = []
+
+    def walk(panels):
+        for p in panels:
+            for t in p.get("targets", []):
+                expr = t.get("expr", "")
+                for var, value in GRAFANA_VARIABLES.items():
+                    expr = expr.replace(var, value)
+                if expr.strip():
+                    out.append((p.get("title", ""), expr))
+            walk(p.get("panels", []))
+
+    walk(dash["panels"])
+    return out
+
+
+def _dashboard_sample_names(queries) -> set[str]:
+    """The gateway's sample names the dashboard reads (for a clearer failure message)."""
+    import re
+    names = set()
+    for _, expr in queries:
+        names.update(re.findall(r"\b(gateway_[a-z0-9_]+)", expr))
+    return names
+
+
+def _has_number(result: list[dict]) -> bool:
+    for series in result:
+        try:
+            if not math.isnan(float(series["value"][1])):
+                return True
+        except (KeyError, IndexError, TypeError, ValueError):
+            pass
+    return False
+
+
+# --- the tests ------------------------------------------------------------------------------
+
+def test_promtool_accepts_the_metrics(gateway, tmp_path):
+    promtool = _binary("promtool")
+    _one_round(gateway.base)
+    text = gateway.metrics_text()
+    assert "gateway_requests_total" in text
+    run = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, f"promtool check metrics:\n{run.stdout}{run.stderr}"
+
+
+def test_every_dashboard_query_returns_data(gateway, tmp_path):
+    binary = _binary("prometheus")
+    queries = _dashboard_queries()
+    assert len(queries) > 20
+    prom = Prometheus(binary, tmp_path, f"127.0.0.1:{gateway.port}")
+    try:
+        prom.wait_ready()
+        assert prom.wait_for('up{job="gateway"} == 1', timeout=30), prom.log_tail()
+
+        wanted = _dashboard_sample_names(queries) - {"gateway_config_reloads_total"}
+        never_exposed = drive_traffic(gateway, wanted)
+        if not reload_config(gateway):
+            never_exposed.add("gateway_config_reloads_total")
+        # More traffic after the reload: the new config must serve it too.
+        _one_round(gateway.base)
+        time.sleep(3)                      # a few scrapes of the final counters
+
+        empty, nan_only = [], []
+        deadline = time.monotonic() + 30
+        pending = list(queries)
+        while pending and time.monotonic() < deadline:
+            still = []
+            for title, expr in pending:
+                result = prom.query(expr)
+                if not result:
+                    still.append((title, expr))
+                elif not _has_number(result):
+                    still.append((title, expr))
+            pending = still
+            if pending:
+                time.sleep(1)
+        for title, expr in pending:
+            (nan_only if prom.query(expr) else empty).append(f"{title}: {expr}")
+    finally:
+        prom.stop()
+    assert not empty and not nan_only, (
+        f"dashboard queries with no data: {empty}\n"
+        f"queries whose every value is NaN: {nan_only}\n"
+        f"sample names the gateway never exposed: {sorted(never_exposed)}\n"
+        f"gateway log:\n{gateway.log_tail()}")
