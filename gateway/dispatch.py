@@ -163,6 +163,7 @@ class Dispatcher:
         """A backend to try now, waiting in the queue while all are at their cap."""
         loop = asyncio.get_running_loop()
         health = self.config.health
+        queue_deadline = min(deadline, loop.time() + self.config.queue.max_wait_s)
         while True:
             now = time.monotonic()
             fresh = [b for b in capable if b.name not in tried and b.healthy]
@@ -178,7 +179,7 @@ class Dispatcher:
                 backend = stage.pool.strategy.pick(free, route) if len(free) > 1 else free[0]
                 backend.start_trial(health.unhealthy_after, health.cooldown_s, now)
                 return backend  # type: ignore[return-value]
-            remaining = min(deadline - loop.time(), self.config.queue.max_wait_s)
+            remaining = queue_deadline - loop.time()
             if self.queue.waiting >= self.config.queue.max_size or remaining <= 0:
                 raise NoHealthyBackend("every backend of this model is at its concurrency "
                                        "limit; try again shortly", retry_after=1)

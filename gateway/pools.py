@@ -36,6 +36,9 @@ class RouteTable:
         self.pools: dict[str, Pool] = {}
         for model, backends in members.items():
             route = config.route(model)
+            # A backend named as a fallback serves this model only once the pool failed.
+            reserved = {fb.backend for fb in route.fallbacks if fb.backend}
+            backends = [b for b in backends if b.name not in reserved]
             strategy = previous.strategy_for(model, route.strategy) if previous else None
             self.pools[model] = Pool(model, tuple(backends),
                                      strategy or make_strategy(route.strategy), route.fallbacks)

@@ -115,9 +115,12 @@ class BoundedAffinity:
     def pick_by_key(self, candidates: Sequence[Candidate], key: bytes | None) -> Candidate:
         if key is None or len(candidates) == 1:
             return self._fallback.pick(candidates)
-        by_name = {cand.name: cand for cand in candidates}
-        total_weight = sum(int_weight(cand.weight) for cand in candidates)
-        total_load = sum(cand.in_flight for cand in candidates) + 1
+        by_name = {}
+        total_weight, total_load = 0, 1      # +1: the request being placed
+        for cand in candidates:
+            by_name[cand.name] = cand
+            total_weight += int_weight(cand.weight)
+            total_load += cand.in_flight
         num = self._factor.numerator * total_load
         den = self._factor.denominator * total_weight
         for name in self._rings.get(candidates).walk(hash_point(key)):
