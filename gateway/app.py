@@ -11,6 +11,7 @@ from . import handlers
 from .config import Config
 from .health import health_checks
 from .metrics import Metrics
+from .reload import config_watch
 from .middlewares import gateway_middleware
 from .state import Gateway
 from .typedefs import CONFIG_PATH, GATEWAY
@@ -30,8 +31,15 @@ def create_app(config: Config, config_path: str | None = None) -> web.Applicatio
         app[CONFIG_PATH] = config_path
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(health_checks)
+    app.cleanup_ctx.append(config_watch)
+    app.on_shutdown.append(_start_draining)
     _add_routes(app, config)
     return app
+
+
+async def _start_draining(app: web.Application) -> None:
+    """SIGTERM: the listener is closed already; readiness fails from now on."""
+    app[GATEWAY].draining = True
 
 
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
@@ -50,6 +58,8 @@ def _add_routes(app: web.Application, config: Config) -> None:
     app.router.add_get("/ready", handlers.ready)
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/admin/backends", handlers.admin_backends)
+    app.router.add_get("/admin/config", handlers.admin_config)
+    app.router.add_post("/admin/reload", handlers.admin_reload)
     origins = config.server.cors_origins
     if origins:
         # Browsers send no credentials to an LLM API; "*" with credentials is refused by

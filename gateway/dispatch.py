@@ -248,11 +248,11 @@ class Dispatcher:
 
     def _acquire(self, backend: BackendState) -> None:
         backend.in_flight += 1
-        self.metrics.in_flight.labels(backend.name).inc()
+        backend.in_flight_gauge.inc()
 
     def release(self, backend: BackendState, error: BaseException | None) -> None:
         backend.in_flight -= 1
-        self.metrics.in_flight.labels(backend.name).dec()
+        backend.in_flight_gauge.dec()   # a removed backend's child is detached: no stale series
         self.queue.notify()
         now = time.monotonic()
         if error is None:

@@ -11,6 +11,7 @@
     ├── UpstreamError            502 upstream_error        (a backend failed; retryable)
     │   └── UpstreamTimeout      504 upstream_timeout
     ├── NoHealthyBackend         503 no_healthy_backend    (carries retry_after)
+    ├── ShuttingDown             503 shutting_down         (a stream cut when draining ends)
     └── UpstreamStatus           any status: a runtime's 4xx passed through with its own body
 
 Lower-layer errors (aiohttp, asyncio) are translated into these in one place,
@@ -117,6 +118,12 @@ class NoHealthyBackend(GatewayError):
     status = 503
     type = "server_error"
     code = "no_healthy_backend"
+
+
+class ShuttingDown(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "shutting_down"
 
 
 class UpstreamStatus(GatewayError):

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 
 from aiohttp import web
 
+from .auth import bearer_token, check_model, same_secret, visible_models
 from .dispatch import Opened
-from .errors import ModelNotFound, NotFound, Unauthorized, UpstreamError
+from .errors import (BadRequest, ModelNotFound, NotFound, RateLimited, ShuttingDown,
+                     Unauthorized, UpstreamError)
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .record import RequestRecord
-from .relay import SSE_HEADERS, StreamRewriter, body_response, relay_stream
+from .relay import SSE_HEADERS, StreamRewriter, body_response, error_event, relay_stream
 from .requests import needed_capability, parse_payload, read_body
 from .routing import RouteRequest
 from .routing.prefix_affinity import prefix_key
-from .typedefs import GATEWAY, RECORD
+from .config import ApiKey, redacted
+from .reload import reload_config
+from .typedefs import CONFIG_PATH, GATEWAY, RECORD
 
 CLIENT_GONE = (ConnectionResetError, ConnectionError)
 
@@ -36,10 +39,12 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     rec: RequestRecord = request[RECORD]
+    key = client_key(request)
     table = gateway.table
     raw = await read_body(request, table.config.server.max_body_bytes)
     payload = parse_payload(raw, endpoint)
     model = payload["model"]
+    check_model(key, model)
     pool = table.pool(model)
     if pool is None:
         raise ModelNotFound(f"The model '{model}' does not exist", param="model")
@@ -77,13 +82,25 @@ async def _relay_stream(request: web.Request, opened: Opened, rec: RequestRecord
     except UpstreamError as err:
         broken = err  # the client already got it as an SSE error event
     except (asyncio.CancelledError, *CLIENT_GONE):
-        rec.aborted = "client_left"
         opened.response.close()
+        if request.app[GATEWAY].draining:
+            rec.aborted = "shutdown"
+            await _try_write(resp, error_event(ShuttingDown(
+                "the gateway is shutting down and its drain time ran out")))
+        else:
+            rec.aborted = "client_left"
         raise
     finally:
         rec.usage = rewriter.usage
     await resp.write_eof()
     return resp, broken
+
+
+async def _try_write(resp: web.StreamResponse, data: bytes) -> None:
+    try:
+        await resp.write(data)
+    except (asyncio.CancelledError, *CLIENT_GONE):
+        pass
 
 
 def _route_request(request: web.Request, endpoint: str, payload: dict,
@@ -103,8 +120,23 @@ def _stamp(resp: web.StreamResponse, rec: RequestRecord) -> None:
         resp.headers["X-Gateway-Backend"] = rec.backend
 
 
+def client_key(request: web.Request) -> ApiKey | None:
+    """The caller's key (None when auth is off), once its rate limits admit the request."""
+    gateway = request.app[GATEWAY]
+    key = gateway.keys.authenticate(request.headers.get("Authorization"))
+    if key is None:
+        return None
+    request[RECORD].key_name = key.name
+    refusal = gateway.limiter.admit(key.name)
+    if refusal is not None:
+        gateway.metrics.rate_limited.labels(key.name, refusal.limit).inc()
+        raise RateLimited(refusal.message, retry_after=refusal.retry_after)
+    return key
+
+
 async def list_models(request: web.Request) -> web.Response:
-    names = request.app[GATEWAY].table.model_names
+    key = client_key(request)
+    names = visible_models(key, request.app[GATEWAY].table.model_names)
     return web.json_response({"object": "list", "data": [
         {"id": name, "object": "model", "created": 0, "owned_by": "gateway"}
         for name in names]})
@@ -131,9 +163,8 @@ def require_admin(request: web.Request) -> None:
     key = request.app[GATEWAY].config.server.admin_key
     if not key:
         raise NotFound("the admin API is disabled: set server.admin_key to enable it")
-    auth = request.headers.get("Authorization", "")
-    given = auth[7:] if auth[:7].lower() == "bearer " else ""
-    if not hmac.compare_digest(given.encode(), key.encode()):
+    given = bearer_token(request.headers.get("Authorization")) or ""
+    if not same_secret(given, key):
         raise Unauthorized("a valid admin key is required")
 
 
@@ -155,3 +186,21 @@ async def admin_backends(request: web.Request) -> web.Response:
         })
     return web.json_response({"backends": rows})
 
+
+
+async def admin_reload(request: web.Request) -> web.Response:
+    require_admin(request)
+    path = request.app.get(CONFIG_PATH)
+    if not path:
+        raise BadRequest("this gateway was not started from a config file")
+    result = reload_config(request.app[GATEWAY], path)
+    return web.json_response(result.to_dict(), status=200 if result.ok else 400)
+
+
+async def admin_config(request: web.Request) -> web.Response:
+    require_admin(request)
+    gateway = request.app[GATEWAY]
+    error = gateway.last_reload_error
+    return web.json_response({"path": request.app.get(CONFIG_PATH),
+                              "active": redacted(gateway.config),
+                              "last_error": error.to_dict() if error else None})

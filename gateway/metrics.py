@@ -75,6 +75,13 @@ class Metrics:
         self.config_reloads = Counter(
             "gateway_config_reloads", "Config reloads, by result.",
             ["result"], registry=r)
+        # `key` is a configured key's name, never the key itself.
+        self.key_requests = Counter(
+            "gateway_key_requests", "Requests per client key, by final status.",
+            ["key", "status"], registry=r)
+        self.rate_limited = Counter(
+            "gateway_rate_limited", "Requests refused by a client key's rate limit.",
+            ["key", "limit"], registry=r)
 
     def forget_backend(self, name: str) -> None:
         """A removed backend's gauges would otherwise report stale values forever."""
@@ -87,6 +94,8 @@ class Metrics:
     def record_request(self, rec: RequestRecord, duration: float) -> None:
         model, backend = rec.model, rec.backend
         self.requests.labels(model, backend, rec.endpoint, str(rec.status)).inc()
+        if rec.key_name:
+            self.key_requests.labels(rec.key_name, str(rec.status)).inc()
         self.duration.labels(model, backend, rec.endpoint).observe(duration)
         self.overhead.labels(rec.endpoint).observe(max(0.0, duration - rec.upstream_wait))
         if rec.aborted:

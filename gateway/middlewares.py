@@ -46,7 +46,9 @@ def _from_http_exception(exc: web.HTTPException) -> GatewayError:
 
 @web.middleware
 async def gateway_middleware(request: web.Request, handler) -> web.StreamResponse:
-    rec = RequestRecord(request_id_of(request), PROXY_ENDPOINTS.get(request.path, ""))
+    # A CORS preflight is the browser asking, not an API request: not logged or measured.
+    endpoint = PROXY_ENDPOINTS.get(request.path, "") if request.method != "OPTIONS" else ""
+    rec = RequestRecord(request_id_of(request), endpoint)
     request[RECORD] = rec
     resp: web.StreamResponse | None = None
     try:
@@ -81,6 +83,15 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
 
 def _finish(request: web.Request, rec: RequestRecord) -> None:
     duration = time.perf_counter() - rec.started
-    request.app[GATEWAY].metrics.record_request(rec, duration)
+    gateway = request.app[GATEWAY]
+    gateway.limiter.charge(rec.key_name, rec.usage)   # tpm: the real usage, once known
+    gateway.metrics.record_request(rec, duration)
     if access_logger.isEnabledFor(logging.INFO):
         access_logger.info("%s", orjson.dumps(rec.log_fields(duration)).decode())
+
+
+async def rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: a keyed request's x-ratelimit-* headers, on every answer."""
+    rec = request.get(RECORD)
+    if rec is not None and rec.key_name:
+        response.headers.update(request.app[GATEWAY].limiter.headers(rec.key_name))

@@ -62,8 +62,11 @@ def _fork_worker(config: Config, path: str, sock: socket.socket) -> int:
 
 
 def _serve(config: Config, path: str, sock: socket.socket) -> None:
-    app = create_app(config, path)
+    async def make_app() -> web.Application:
+        # Built inside run_app's loop: the ClientSession's connector needs a running loop.
+        return create_app(config, path)
+
     host, port = sock.getsockname()[:2]
     server_logger.info("serving on http://%s:%s (pid %s)", host, port, os.getpid())
-    web.run_app(app, sock=sock, print=None, access_log=None, handler_cancellation=True,
+    web.run_app(make_app(), sock=sock, print=None, access_log=None, handler_cancellation=True,
                 shutdown_timeout=config.server.drain_s)

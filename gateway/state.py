@@ -6,11 +6,13 @@ assignments, so a running request keeps the objects it already holds.
 
 from __future__ import annotations
 
+from .auth import KeyRing
 from .backends import BackendState
 from .config import Config
 from .dispatch import Dispatcher
 from .metrics import Metrics
 from .pools import RouteTable
+from .ratelimit import Limiter
 from .upstream import Upstream
 
 
@@ -21,6 +23,8 @@ class Gateway:
         self.dispatcher = Dispatcher(config, upstream, metrics)
         self.states: dict[str, BackendState] = {}
         self.draining = False
+        self.limiter = Limiter()
+        self.last_reload_error = None   # a reload.ReloadResult while the file is invalid
         self.apply(config)
 
     def apply(self, config: Config) -> None:
@@ -33,9 +37,12 @@ class Gateway:
                 states[name] = old
             else:
                 states[name] = BackendState(backend)
+                states[name].in_flight_gauge = self.metrics.in_flight.labels(name)
         for name in self.states.keys() - states.keys():
             self.metrics.forget_backend(name)
         table = RouteTable(config, states, getattr(self, "table", None))
+        self.keys = KeyRing(config.auth_keys)
+        self.limiter.apply(config.auth_keys)   # a key whose name stays keeps its buckets
         self.config, self.states, self.table = config, states, table
         self.dispatcher.config = config
         for state in states.values():

@@ -128,6 +128,6 @@ class BoundedAffinity:
             cap = -(-num * int_weight(cand.weight) // den)
             if cand.in_flight < cap:
                 return cand
-        # Unreachable: the caps sum to >= c * (load + 1) > current load, so
-        # some candidate is under its cap. Kept as a safe answer regardless.
+        # Unreachable: the caps sum to at least c * total_load, more than is in
+        # flight now, so some candidate is under its cap. A safe answer anyway.
         return self._fallback.pick(candidates)
