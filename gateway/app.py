@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import AsyncIterator
 
 import aiohttp_cors
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from . import handlers
 from .config import Config
 from .health import health_checks
 from .metrics import Metrics
 from .reload import config_watch
-from .middlewares import gateway_middleware
+from .middlewares import gateway_middleware, rate_limit_headers
 from .state import Gateway
 from .typedefs import CONFIG_PATH, GATEWAY
 from .upstream import Upstream, make_session
@@ -20,11 +20,20 @@ from .upstream import Upstream, make_session
 # The gateway reads bodies itself and answers 413 with an OpenAI-shaped error as soon
 # as max_body_mb is passed; aiohttp's own cap must not cut in first.
 AIOHTTP_BODY_CAP = 1024 ** 4
+# aiohttp has no header-read timeout, but its keep-alive timer starts when a connection
+# opens and after each answer, and only a complete request head stops it (partial bytes
+# do not extend it). Set short, it is the deadline for a request's headers: a client
+# trickling them byte by byte (slowloris) is cut off, and an idle connection closes.
+HEADER_TIMEOUT_S = 15.0
+RATE_LIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{unit}" for unit in ("requests", "tokens")
+                           for what in ("limit", "remaining", "reset"))
 
 
-def create_app(config: Config, config_path: str | None = None) -> web.Application:
+def create_app(config: Config, config_path: str | None = None, *,
+               header_timeout_s: float = HEADER_TIMEOUT_S) -> web.Application:
     app = web.Application(middlewares=[gateway_middleware], client_max_size=AIOHTTP_BODY_CAP,
-                          handler_args={"max_field_size": 16 * 1024, "max_headers": 128})
+                          handler_args={"max_field_size": 16 * 1024, "max_headers": 128,
+                                        "keepalive_timeout": header_timeout_s})
     session = make_session()
     app[GATEWAY] = Gateway(config, Upstream(session), Metrics())
     if config_path:
@@ -34,12 +43,14 @@ def create_app(config: Config, config_path: str | None = None) -> web.Applicatio
     app.cleanup_ctx.append(config_watch)
     app.on_shutdown.append(_start_draining)
     _add_routes(app, config)
+    app.on_response_prepare.append(rate_limit_headers)
     return app
 
 
 async def _start_draining(app: web.Application) -> None:
     """SIGTERM: the listener is closed already; readiness fails from now on."""
-    app[GATEWAY].draining = True
+    gateway = app[GATEWAY]
+    await gateway.drain(gateway.config.server.drain_s)
 
 
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
@@ -65,8 +76,15 @@ def _add_routes(app: web.Application, config: Config) -> None:
         # Browsers send no credentials to an LLM API; "*" with credentials is refused by
         # browsers and a leak risk, so credentials are never allowed.
         options = aiohttp_cors.ResourceOptions(allow_credentials=False, expose_headers=(
-            "X-Request-ID", "X-Gateway-Backend", "Retry-After"), allow_headers="*",
-            allow_methods=["GET", "POST"])
+            "X-Request-ID", "X-Gateway-Backend", "Retry-After", *RATE_LIMIT_HEADERS),
+            allow_headers="*", allow_methods=["GET", "POST"])
         cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
         for route in proxied:
             cors.add(route)
+        app.on_response_prepare.append(_vary_origin)   # after aiohttp-cors' own hook
+
+
+async def _vary_origin(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp-cors echoes the caller's origin: a cache must not hand it to another origin.
+    if hdrs.ACCESS_CONTROL_ALLOW_ORIGIN in response.headers:
+        response.headers.add(hdrs.VARY, "Origin")

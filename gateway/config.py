@@ -179,6 +179,8 @@ def load_config_text(text: str, env: Mapping[str, str] | None = None) -> Config:
         return _load(text, os.environ if env is None else env)
     except ConfigError:
         raise
+    except RecursionError as exc:
+        raise ConfigError(["config: nested too deeply, or a YAML alias refers to itself"]) from exc
     except Exception as exc:  # an input nobody foresaw must still read as a problem, not a traceback
         raise ConfigError([f"config: unexpected error: {type(exc).__name__}: {exc}"]) from exc
 

@@ -22,7 +22,7 @@ from .pools import Pool, RouteTable
 from .record import RequestRecord
 from .relay import first_event_error, model_patterns
 from .routing import RouteRequest
-from .upstream import Upstream
+from .upstream import Upstream, scrub_secrets
 
 
 @dataclass(slots=True)
@@ -238,7 +238,9 @@ class Dispatcher:
         if not first or error is not None:
             await chunks.aclose()
             opened.response.close()
-            message = (error or {}).get("message", "the runtime sent an empty stream")
+            message = str((error or {}).get("message", "the runtime sent an empty stream"))
+            message = scrub_secrets(message.encode(errors="replace"),
+                                    opened.backend.config).decode(errors="replace")
             raise UpstreamError(f"backend {opened.backend.name} failed: {message}",
                                 reason="stream_error")
         opened.chunks = chunks

@@ -71,26 +71,35 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
 
 async def _relay_stream(request: web.Request, opened: Opened, rec: RequestRecord
                         ) -> tuple[web.StreamResponse, UpstreamError | None]:
-    """The relayed stream, and the runtime's failure if it broke after the first byte."""
+    """The relayed stream, and the failure if it broke after the first byte."""
+    gateway = request.app[GATEWAY]
     resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
     _stamp(resp, rec)
     rewriter = StreamRewriter(opened.patterns, opened.drop_usage)
     broken: UpstreamError | None = None
+    task = asyncio.current_task()
+    gateway.streams.add(task)
     try:
         await resp.prepare(request)
         await relay_stream(resp, opened.chunks, opened.first, rewriter, rec)
     except UpstreamError as err:
         broken = err  # the client already got it as an SSE error event
-    except (asyncio.CancelledError, *CLIENT_GONE):
+    except asyncio.CancelledError:
         opened.response.close()
-        if request.app[GATEWAY].draining:
-            rec.aborted = "shutdown"
-            await _try_write(resp, error_event(ShuttingDown(
-                "the gateway is shutting down and its drain time ran out")))
-        else:
+        if not (gateway.draining and task.cancelling() == 1 and task in gateway.cut):
             rec.aborted = "client_left"
+            raise
+        # Our own drain deadline cut this stream: end it with an error event, not silence.
+        task.uncancel()
+        rec.aborted = "shutdown"
+        await _try_write(resp, error_event(ShuttingDown(
+            "the gateway is shutting down and its drain time ran out")))
+    except CLIENT_GONE:
+        opened.response.close()
+        rec.aborted = "client_left"
         raise
     finally:
+        gateway.streams.discard(task)
         rec.usage = rewriter.usage
     await resp.write_eof()
     return resp, broken

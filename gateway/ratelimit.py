@@ -142,7 +142,8 @@ class Limiter:
                 continue
             bucket.refill(now)
             out[f"x-ratelimit-limit-{what}"] = str(int(bucket.capacity))
-            out[f"x-ratelimit-remaining-{what}"] = str(max(0, math.floor(bucket.level)))
+            # The epsilon keeps 9.999999 (float refill) from reading as 9.
+            out[f"x-ratelimit-remaining-{what}"] = str(max(0, math.floor(bucket.level + 1e-9)))
             out[f"x-ratelimit-reset-{what}"] = format_duration(
                 bucket.seconds_until(bucket.capacity))
         return out
@@ -164,9 +165,9 @@ def _count(value: Any) -> bool:
 
 def format_duration(seconds: float) -> str:
     """A duration as OpenAI writes its reset headers (Go style): 20ms, 1.5s, 6m0s, 1h2m3s."""
-    ms = math.ceil(max(0.0, seconds) * 1000)
-    if ms == 0:
+    if seconds <= 0:
         return "0s"
+    ms = max(1, round(seconds * 1000))
     if ms < 1000:
         return f"{ms}ms"
     hours, rest = divmod(ms, 3_600_000)

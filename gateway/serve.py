@@ -69,4 +69,6 @@ def _serve(config: Config, path: str, sock: socket.socket) -> None:
     host, port = sock.getsockname()[:2]
     server_logger.info("serving on http://%s:%s (pid %s)", host, port, os.getpid())
     web.run_app(make_app(), sock=sock, print=None, access_log=None, handler_cancellation=True,
-                shutdown_timeout=config.server.drain_s)
+                # The app's own drain (on_shutdown) bounds streams by drain_s and ends the
+                # rest with an error event; aiohttp's cancellation is only the backstop.
+                shutdown_timeout=config.server.drain_s + 5)

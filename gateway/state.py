@@ -7,6 +7,8 @@ assignments, so a running request keeps the objects it already holds.
 from __future__ import annotations
 
 from .auth import KeyRing
+import asyncio
+
 from .backends import BackendState
 from .config import Config
 from .dispatch import Dispatcher
@@ -23,6 +25,8 @@ class Gateway:
         self.dispatcher = Dispatcher(config, upstream, metrics)
         self.states: dict[str, BackendState] = {}
         self.draining = False
+        self.streams: set[asyncio.Task] = set()   # handler tasks relaying a stream now
+        self.cut: set[asyncio.Task] = set()       # streams the drain deadline cancelled
         self.limiter = Limiter()
         self.last_reload_error = None   # a reload.ReloadResult while the file is invalid
         self.apply(config)
@@ -51,6 +55,17 @@ class Gateway:
     def rebuild(self) -> None:
         """Rebuild the route table after model discovery changed some pool."""
         self.table = RouteTable(self.config, self.states, self.table)
+
+    async def drain(self, drain_s: float) -> None:
+        """Give running streams drain_s to finish, then cut the rest with an error event."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_s
+        while self.streams and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for task in list(self.streams):
+            self.cut.add(task)
+            task.cancel()
 
     def ready(self) -> bool:
         return not self.draining and any(s.available() for s in self.states.values())

@@ -8,6 +8,7 @@ asyncio errors are translated here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import AsyncIterator
 
 import aiohttp
@@ -28,6 +29,9 @@ ENDPOINT_PATHS = {
 # Status codes after which another backend may well succeed.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_ERROR_BODY = 64 * 1024
+# Extra headers that carry a credential (Azure's api-key, x-api-key, ...).
+SECRET_HEADER = re.compile(r"auth|cookie|key|token|secret|passw", re.I)
+REDACTED = b"***"
 
 
 def make_session(*, limit: int = 0) -> aiohttp.ClientSession:
@@ -167,6 +171,7 @@ async def _status_error(backend: BackendConfig, resp: aiohttp.ClientResponse) ->
     finally:
         resp.release()
     status = resp.status
+    body = scrub_secrets(body, backend)   # a runtime may echo the key it was sent
     if status in RETRYABLE_STATUSES or (status >= 500 and status != 501):
         retry_after = _retry_after(resp.headers.get("Retry-After"))
         return UpstreamError(f"backend {backend.name} answered {status}",
@@ -181,3 +186,19 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+def backend_secrets(backend: BackendConfig) -> list[str]:
+    secrets = [v for h, v in backend.headers.items() if v and SECRET_HEADER.search(h)]
+    if backend.api_key:
+        secrets.append(backend.api_key)
+    return secrets
+
+
+def scrub_secrets(data: bytes, backend: BackendConfig) -> bytes:
+    """`data` with every credential sent to `backend` replaced by "***" (raw or JSON-escaped)."""
+    for secret in backend_secrets(backend):
+        for form in {secret.encode(), orjson.dumps(secret)[1:-1]}:
+            if form in data:
+                data = data.replace(form, REDACTED)
+    return data
