@@ -76,18 +76,21 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
                 resp.headers["X-Request-ID"] = rec.request_id
                 if rec.backend:
                     resp.headers["X-Gateway-Backend"] = rec.backend
-        if rec.endpoint:
-            _finish(request, rec)
+        _finish(request, rec)
     return resp
 
 
 def _finish(request: web.Request, rec: RequestRecord) -> None:
     duration = time.perf_counter() - rec.started
-    gateway = request.app[GATEWAY]
-    gateway.limiter.charge(rec.key_name, rec.usage)   # tpm: the real usage, once known
-    gateway.metrics.record_request(rec, duration)
+    if rec.endpoint:
+        gateway = request.app[GATEWAY]
+        gateway.limiter.charge(rec.key_name, rec.usage)   # tpm: the real usage, once known
+        gateway.metrics.record_request(rec, duration)
     if access_logger.isEnabledFor(logging.INFO):
-        access_logger.info("%s", orjson.dumps(rec.log_fields(duration)).decode())
+        fields = rec.log_fields(duration)
+        if not rec.endpoint:
+            fields["path"] = request.path
+        access_logger.info("%s", orjson.dumps(fields).decode())
 
 
 async def rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
