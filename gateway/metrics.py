@@ -75,6 +75,9 @@ class Metrics:
         self.config_reloads = Counter(
             "gateway_config_reloads", "Config reloads, by result.",
             ["result"], registry=r)
+        for result in ("ok", "error"):
+            # Present from the start, so increase() sees the first reload of either kind.
+            self.config_reloads.labels(result)
         # `key` is a configured key's name, never the key itself.
         self.key_requests = Counter(
             "gateway_key_requests", "Requests per client key, by final status.",

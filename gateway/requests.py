@@ -21,12 +21,21 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise BodyTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")
     parts: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
-        parts.append(chunk)
+    try:
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+            parts.append(chunk)
+    except web.RequestPayloadError as exc:
+        # e.g. a Content-Encoding whose bytes do not decode: the client's fault, not ours.
+        raise BadRequest(f"the request body could not be read: {_first_line(exc)}") from None
     return b"".join(parts)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def parse_payload(raw: bytes, endpoint: str) -> dict[str, Any]:

@@ -78,15 +78,18 @@ class UpstreamResponse:
         """Body bytes as they arrive; raises UpstreamTimeout after idle_s of silence."""
         content = self._resp.content
         loop = asyncio.get_running_loop()
-        idle = self._idle_s
         try:
-            async with asyncio.timeout(loop.time() + idle) as deadline:
-                while True:
-                    data = await content.readany()
-                    if not data:
-                        return
-                    deadline.reschedule(loop.time() + idle)
-                    yield data
+            async with asyncio.timeout(None) as deadline:
+                watch = IdleWatch(loop, self._idle_s, deadline)
+                try:
+                    while True:
+                        data = await content.readany()
+                        if not data:
+                            return
+                        watch.last = loop.time()
+                        yield data
+                finally:
+                    watch.cancel()
         except TimeoutError as exc:
             raise UpstreamTimeout("the runtime went silent mid-stream",
                                   reason="idle_timeout") from exc
@@ -100,6 +103,38 @@ class UpstreamResponse:
 
     def release(self) -> None:
         self._resp.release()
+
+
+class IdleWatch:
+    """Expires `deadline` once `idle_s` pass with no chunk noted in `last`.
+
+    Rescheduling a timer on every chunk cost more than the rest of the relay's
+    per-chunk work; this timer fires once per idle period instead, and re-arms
+    from the last chunk's time unless nothing came since it was set.
+    """
+
+    __slots__ = ("last", "_armed", "_loop", "_idle", "_deadline", "_handle")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, idle_s: float,
+                 deadline: asyncio.Timeout) -> None:
+        self._loop = loop
+        self._idle = idle_s
+        self._deadline = deadline
+        self.last = self._armed = loop.time()
+        self._handle: asyncio.TimerHandle | None = loop.call_at(self.last + idle_s, self._check)
+
+    def _check(self) -> None:
+        if self.last == self._armed:
+            self._handle = None
+            self._deadline.reschedule(self._loop.time())   # silent for idle_s: expire now
+        else:
+            self._armed = self.last
+            self._handle = self._loop.call_at(self.last + self._idle, self._check)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 def upstream_headers(backend: BackendConfig, request_id: str) -> CIMultiDict[str]:

@@ -138,7 +138,12 @@ class LlamaServer(Proc):
                  ctx: int = 1024, threads: int = 1, parallel: int = 1):
         self.port = free_port()
         argv = [str(binary), "-m", str(model), "--host", HOST, "--port", str(self.port),
-                "--alias", PUBLIC_MODEL, "-c", str(ctx), "-np", str(parallel),
+                # The GGUF carries no chat template (llama-server would fall back to chatml):
+                # use the built-in gemma one, which needs --no-jinja (with Jinja on, the
+                # default, "gemma" would be taken as a literal template). No Jinja = no tools,
+                # as the llamacpp kind assumes.
+                "--alias", PUBLIC_MODEL, "--no-jinja", "--chat-template", "gemma",
+                "-c", str(ctx), "-np", str(parallel),
                 "-t", str(threads), "-tb", str(threads), "--metrics", "--slots",
                 "--no-warmup"]
         super().__init__(name, argv, log_dir / f"{name}.log")
@@ -228,3 +233,40 @@ class Gateway(Proc):
                                 headers={"Authorization": f"Bearer {ADMIN_KEY}"})
         assert status == 200, body
         return {row["name"]: row for row in json.loads(body)["backends"]}
+
+
+def prometheus_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of one metric in Prometheus text format, as (labels, value)."""
+    out = []
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        labels = {}
+        if "{" in head:
+            for part in head[head.index("{") + 1:head.rindex("}")].split(","):
+                key, _, val = part.partition("=")
+                if key:
+                    labels[key.strip()] = val.strip().strip('"')
+        out.append((labels, float(value)))
+    return out
+
+
+def metric_sum(port: int, name: str, **labels: str) -> float:
+    """The sum of a gateway metric's samples that carry these labels."""
+    text = http_get(port, "/metrics")[1].decode()
+    return sum(v for have, v in prometheus_samples(text, name)
+               if all(have.get(k) == want for k, want in labels.items()))
+
+
+def request_log(gateway: "Gateway", request_id: str) -> dict | None:
+    """The gateway's JSON log line for one request id, if written yet."""
+    for line in gateway.log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{") and request_id in line:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("request_id") == request_id:
+                return entry
+    return None

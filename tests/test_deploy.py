@@ -400,6 +400,15 @@ def test_compose_gateway_config_loads(compose):
     assert _seconds(stop) > cfg.server.drain_s, "compose would kill the gateway mid-drain"
 
 
+def test_image_default_config_loads():
+    """The Dockerfile bakes the shipped gateway.yaml in as the config of a bare `docker run`."""
+    from gateway.config import load_config
+
+    copies = [a.split() for w, a in _dockerfile_instructions() if w == "COPY"]
+    assert ["gateway.yaml", GATEWAY_CONFIG_IN_IMAGE] in copies
+    load_config(str(ROOT / "gateway.yaml"))
+
+
 def _seconds(duration: str) -> float:
     total = 0.0
     for num, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", str(duration)):

@@ -514,3 +514,22 @@ async def test_fifty_megabyte_body_is_413_and_never_forwarded(aiohttp_server):
     assert status == 413
     assert 16 <= sent < 50                 # cut off at the limit, not at the end
     assert runtime.requests == []
+
+
+async def test_compressed_bodies_are_bounded_and_checked(aiohttp_server, aiohttp_client):
+    import gzip
+    runtime, cfg = await plain_gateway(aiohttp_server)
+    client = await aiohttp_client(create_app(cfg))
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    resp = await client.post("/v1/chat/completions", data=b"not gzip at all", headers=headers)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "invalid_request"
+    # A small bomb: 50 MB of JSON in about 50 kB. The limit counts what it inflates to.
+    bomb = gzip.compress(b'{"model": "llama", "pad": "' + b" " * (50 * 1024 * 1024) + b'"}')
+    assert len(bomb) < 100_000
+    resp = await client.post("/v1/chat/completions", data=bomb, headers=headers)
+    assert resp.status == 413
+    resp = await client.post("/v1/chat/completions", data=gzip.compress(
+        json.dumps(CHAT).encode()), headers=headers)
+    assert resp.status == 200
+    assert len(runtime.requests) == 1

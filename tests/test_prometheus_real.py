@@ -1,8 +1,8 @@
 """The gateway's /metrics against a real Prometheus (Debian's `prometheus` package).
 
 1. `promtool check metrics` accepts the exposition after some traffic.
-2. A gateway (two echo backends, a backend on a closed port, a fake runtime that drops usage
-   and breaks streams) is scraped every second by a Prometheus on 127.0.0.1; after mixed
+2. A gateway (two echo backends, a backend on a closed port, a fake runtime that answers 503,
+   drops usage and breaks streams) is scraped every second by a Prometheus on 127.0.0.1; after mixed
    traffic and a SIGHUP reload, every PromQL expression of grafana/dashboards/gateway.json
    must return data through Prometheus' HTTP API.
 
@@ -15,6 +15,7 @@ import http.client
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "grafana" / "dashboards" / "gateway.json"
 # The dashboard has no template variables; should one appear, these stand in for Grafana's.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "5m"}
+KEY, TINY_KEY = "sk-test-team-a", "sk-test-tiny"
 
 
 def _binary(name: str) -> str:
@@ -64,11 +66,13 @@ def _gateway_command() -> list[str]:
 # --- a fake OpenAI-compatible runtime -------------------------------------------------------
 
 class _FakeRuntime(BaseHTTPRequestHandler):
-    """Model "nousage" answers without token usage; model "broken" drops its streams midway
-    (and answers 500 when not streaming)."""
+    """Healthy, but: model "nousage" answers without token usage; model "broken" drops its
+    streams midway (and answers 500 when not streaming); model "echo-model" always gets 503,
+    so the gateway retries it on another backend of its pool."""
 
     protocol_version = "HTTP/1.1"
     MODELS = ("nousage", "broken")
+    OVERLOADED = "echo-model"
 
     def log_message(self, *args) -> None:        # keep the test output clean
         pass
@@ -82,7 +86,9 @@ class _FakeRuntime(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
-        if self.path.rstrip("/") == "/v1/models":
+        if self.path == "/health":
+            self._json(200, {})
+        elif self.path.rstrip("/") == "/v1/models":
             self._json(200, {"object": "list", "data": [
                 {"id": m, "object": "model", "owned_by": "fake"} for m in self.MODELS]})
         else:
@@ -92,6 +98,9 @@ class _FakeRuntime(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}")
         model, chat = body.get("model"), self.path.endswith("/chat/completions")
+        if model == self.OVERLOADED:
+            self._json(503, {"error": {"message": "overloaded", "type": "server_error"}})
+            return
         if model not in self.MODELS:
             self._json(404, {"error": {"message": "no such model", "type": "not_found"}})
             return
@@ -152,10 +161,14 @@ def _gateway_config(port: int, fake_port: int, dead_port: int) -> dict:
         "backends": {
             "echo-a": {"kind": "echo", "models": ["echo-model"]},
             "echo-b": {"kind": "echo", "models": ["echo-model"]},
-            # Nothing listens there: picked first most of the time (weight), it fails to
-            # connect, and the request is retried on an echo backend.
-            "dead": {"kind": "vllm", "url": f"http://127.0.0.1:{dead_port}", "weight": 20,
-                     "models": ["echo-model", "flaky"],
+            # Healthy but answers 503: picked first most of the time (weight), so the
+            # request is retried on an echo backend.
+            "sick": {"kind": "vllm", "url": f"http://127.0.0.1:{fake_port}", "weight": 20,
+                     "models": ["echo-model"],
+                     "timeouts": {"connect_s": 2, "first_byte_s": 5, "idle_s": 5}},
+            # Nothing listens there: down from the first health check on.
+            "dead": {"kind": "vllm", "url": f"http://127.0.0.1:{dead_port}",
+                     "models": ["flaky"],
                      "timeouts": {"connect_s": 1, "first_byte_s": 5, "idle_s": 5}},
             "fake": {"kind": "openai", "url": f"http://127.0.0.1:{fake_port}/v1",
                      "models": ["nousage", "broken"],
@@ -163,8 +176,13 @@ def _gateway_config(port: int, fake_port: int, dead_port: int) -> dict:
         },
         # "flaky" lives on the dead backend only: its requests go to the echo-model pool.
         "routes": {"flaky": {"fallbacks": [{"model": "echo-model"}]}},
-        "health": {"interval_s": 1, "timeout_s": 1, "unhealthy_after": 20, "healthy_after": 1},
+        "health": {"interval_s": 1, "timeout_s": 1, "unhealthy_after": 3, "healthy_after": 1},
         "retries": {"attempts": 2, "deadline_s": 20},
+        "auth": {"keys": [
+            {"name": "team-a", "key": KEY, "models": ["*"]},
+            # Two requests a minute: the rest of its traffic is rate limited.
+            {"name": "tiny", "key": TINY_KEY, "models": ["*"], "rpm": 2},
+        ]},
     }
 
 
@@ -239,13 +257,16 @@ def gateway(tmp_path, fake_runtime):
 # --- traffic --------------------------------------------------------------------------------
 
 def _post(base: str, path: str, body, *, stream: bool = False, leave_after_first: bool = False,
-          timeout: float = 20) -> int:
+          key: str | None = KEY, timeout: float = 20) -> int:
     """POST and read the whole answer (or one line of it); returns the HTTP status."""
     url = urllib.parse.urlsplit(base)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
     try:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        conn.request("POST", path, data, {"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        conn.request("POST", path, data, headers)
         resp = conn.getresponse()
         try:
             if stream and resp.status == 200:
@@ -271,7 +292,6 @@ def _chat(model: str, text: str = "the quick brown fox jumps over the lazy dog",
 
 
 def _one_round(base: str) -> None:
-    # The fallback first, while the dead backend is not yet ejected.
     _post(base, "/v1/chat/completions", _chat("flaky"))
     for stream in (False, True):
         _post(base, "/v1/chat/completions", _chat("echo-model", stream=stream), stream=stream)
@@ -286,30 +306,42 @@ def _one_round(base: str) -> None:
                                               stream=True), stream=True, leave_after_first=True)
     assert _post(base, "/v1/chat/completions", _chat("no-such-model")) == 404
     assert _post(base, "/v1/chat/completions", b"{not json") == 400
+    assert _post(base, "/v1/chat/completions", _chat("echo-model"), key=None) == 401
+    for _ in range(3):
+        _post(base, "/v1/chat/completions", _chat("echo-model"), key=TINY_KEY)
 
 
-def drive_traffic(gw: Gateway, wanted: set[str], rounds: int = 8, timeout: float = 60) -> set[str]:
-    """Mixed traffic until /metrics has every sample name in `wanted` (bounded); returns the
-    names still missing."""
-    deadline = time.monotonic() + timeout
+def drive_traffic(gw: Gateway, wanted: set[str], min_s: float = 6, max_rounds: int = 20,
+                  timeout: float = 60) -> set[str]:
+    """Rounds of mixed traffic, one a second for at least `min_s` (so that Prometheus sees
+    the counters grow across scrapes), until /metrics has every sample name in `wanted`
+    (bounded); returns the names still missing."""
+    start = time.monotonic()
     missing = set(wanted)
-    for _ in range(rounds):
+    for _ in range(max_rounds):
         _one_round(gw.base)
         missing = wanted - gw.sample_names()
-        if not missing or time.monotonic() > deadline:
+        elapsed = time.monotonic() - start
+        if (not missing and elapsed >= min_s) or elapsed > timeout:
             break
-        time.sleep(0.5)
+        time.sleep(1)
     return missing
 
 
-def reload_config(gw: Gateway, timeout: float = 15) -> bool:
-    """Edit the config and send SIGHUP; True once a reload shows in /metrics."""
-    gw.config["backends"]["echo-b"]["weight"] = 2
+def _reloads(gw: Gateway) -> float:
+    return sum(s.value for fam in text_string_to_metric_families(gw.metrics_text())
+               for s in fam.samples if s.name == "gateway_config_reloads_total")
+
+
+def reload_config(gw: Gateway, weight: int, timeout: float = 15) -> bool:
+    """Edit the config and send SIGHUP; True once /metrics counts one more reload."""
+    before = _reloads(gw)
+    gw.config["backends"]["echo-b"]["weight"] = weight
     gw.write_config()
     gw.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if "gateway_config_reloads_total" in gw.sample_names():
+        if _reloads(gw) > before:
             return True
         time.sleep(0.2)
     return False
@@ -405,21 +437,33 @@ def _dashboard_queries() -> list[tuple[str, str]]:
 
 def _dashboard_sample_names(queries) -> set[str]:
     """The gateway's sample names the dashboard reads (for a clearer failure message)."""
-    import re
     names = set()
     for _, expr in queries:
         names.update(re.findall(r"\b(gateway_[a-z0-9_]+)", expr))
     return names
 
 
-def _has_number(result: list[dict]) -> bool:
+def _values(result: list[dict]) -> list[float]:
+    out = []
     for series in result:
         try:
-            if not math.isnan(float(series["value"][1])):
-                return True
+            out.append(float(series["value"][1]))
         except (KeyError, IndexError, TypeError, ValueError):
             pass
-    return False
+    return out
+
+
+def _problem(expr: str, result: list[dict]) -> str | None:
+    """Why a panel's query would show nothing useful, or None."""
+    if not result:
+        return "queries with no data"
+    values = [v for v in _values(result) if not math.isnan(v)]
+    if not values:
+        return "queries whose every value is NaN"
+    is_rate = ("rate(" in expr or "increase(" in expr) and "histogram_quantile" not in expr
+    if is_rate and not any(v > 0 for v in values):
+        return "rate queries that stayed at 0 through the traffic"
+    return None
 
 
 # --- the tests ------------------------------------------------------------------------------
@@ -445,32 +489,33 @@ def test_every_dashboard_query_returns_data(gateway, tmp_path):
 
         wanted = _dashboard_sample_names(queries) - {"gateway_config_reloads_total"}
         never_exposed = drive_traffic(gateway, wanted)
-        if not reload_config(gateway):
-            never_exposed.add("gateway_config_reloads_total")
-        # More traffic after the reload: the new config must serve it too.
-        _one_round(gateway.base)
-        time.sleep(3)                      # a few scrapes of the final counters
+        # Two reloads a few scrapes apart, so that increase() sees the counter grow, each
+        # followed by traffic that the new config must serve too.
+        for weight in (2, 3):
+            if not reload_config(gateway, weight):
+                never_exposed.add(f"gateway_config_reloads_total (reload to weight {weight})")
+            _one_round(gateway.base)
+            time.sleep(1.5)
+        time.sleep(2)                      # a few scrapes of the final counters
 
-        empty, nan_only = [], []
+        verdicts: dict[str, list[str]] = {}
         deadline = time.monotonic() + 30
         pending = list(queries)
-        while pending and time.monotonic() < deadline:
-            still = []
+        while True:
+            verdicts = {}
             for title, expr in pending:
-                result = prom.query(expr)
-                if not result:
-                    still.append((title, expr))
-                elif not _has_number(result):
-                    still.append((title, expr))
-            pending = still
-            if pending:
-                time.sleep(1)
-        for title, expr in pending:
-            (nan_only if prom.query(expr) else empty).append(f"{title}: {expr}")
+                problem = _problem(expr, prom.query(expr))
+                if problem:
+                    verdicts.setdefault(problem, []).append(f"{title}: {expr}")
+            pending = [(t, e) for t, e in pending
+                       if any(f"{t}: {e}" in v for v in verdicts.values())]
+            if not pending or time.monotonic() > deadline:
+                break
+            time.sleep(1)
     finally:
         prom.stop()
-    assert not empty and not nan_only, (
-        f"dashboard queries with no data: {empty}\n"
-        f"queries whose every value is NaN: {nan_only}\n"
-        f"sample names the gateway never exposed: {sorted(never_exposed)}\n"
-        f"gateway log:\n{gateway.log_tail()}")
+    assert not verdicts, (
+        "".join(f"{problem}:\n  " + "\n  ".join(items) + "\n"
+                for problem, items in verdicts.items())
+        + f"sample names the gateway never exposed: {sorted(never_exposed)}\n"
+        + f"gateway log:\n{gateway.log_tail()}")

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import openai
@@ -24,7 +25,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llama_support import (  # noqa: E402
     HOST, PUBLIC_MODEL, Gateway, LlamaServer, find_install, gateway_command, gateway_yaml,
-    http_get, wait_until,
+    http_get, metric_sum, request_log, wait_until,
 )
 
 pytestmark = pytest.mark.llamacpp
@@ -226,15 +227,19 @@ def test_weights_are_honoured(stack):
 def test_client_disconnect_stops_generation(stack):
     """Close the client mid-stream: the runtime's slot goes idle and decoding stops."""
     stack.wait_backends({"llama-a": True, "llama-b": True})
+    request_id = f"llamacpp-disconnect-{uuid.uuid4().hex[:8]}"
     body = json.dumps({
         "model": PUBLIC_MODEL, "stream": True, "max_tokens": 400, "ignore_eos": True,
         "messages": [{"role": "user", "content": "Write a very long story about a lighthouse."}],
     })
     conn = http.client.HTTPConnection(HOST, stack.gateway.port, timeout=30)
-    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    conn.request("POST", "/v1/chat/completions", body,
+                 {"Content-Type": "application/json", "X-Request-ID": request_id})
     resp = conn.getresponse()
     assert resp.status == 200
     server = stack.servers[resp.getheader("X-Gateway-Backend")]
+    aborts_before = metric_sum(stack.gateway.port, "gateway_stream_aborts_total",
+                               backend=server.name, reason="client_left")
     before = server.metrics()
     chunks = 0
     while chunks < 3:
@@ -254,18 +259,37 @@ def test_client_disconnect_stops_generation(stack):
     later = server.metrics()
     decoded = settled["llamacpp:n_decode_total"] - before["llamacpp:n_decode_total"]
     print(f"{server.name}: slot idle {idle_after:.2f}s after the client left; "
-          f"~{decoded:.0f} decode calls since the stream started (max_tokens was 400)")
+          f"{decoded:.0f} decode steps since the 1st chunk (max_tokens was 400)")
     assert later["llamacpp:n_decode_total"] == settled["llamacpp:n_decode_total"]
-    assert decoded < 200, "the runtime kept generating for the departed client"
+    assert decoded < 100, "the runtime kept generating for the departed client"
     assert not server.busy()
+    assert "cancel task" in server.log_path.read_text(errors="replace")
 
-    # The gateway counted it as the client leaving.
-    def aborted():
-        text = http_get(stack.gateway.port, "/metrics")[1].decode()
-        return any(line.startswith("gateway_stream_aborts_total{") and "client_left" in line
-                   and f'backend="{server.name}"' in line and not line.endswith(" 0.0")
-                   for line in text.splitlines())
-    wait_until(aborted, 5, "gateway_stream_aborts_total{reason=client_left} counted")
+    # The gateway logged and counted it as the client leaving.
+    wait_until(lambda: request_log(stack.gateway, request_id) is not None, 5,
+               "the request's log line")
+    assert request_log(stack.gateway, request_id)["aborted"] == "client_left"
+    assert metric_sum(stack.gateway.port, "gateway_stream_aborts_total",
+                      backend=server.name, reason="client_left") == aborts_before + 1
+
+
+@pytest.mark.xfail(strict=False, reason="gateway: a client that closes right after [DONE], "
+                   "before the upstream's EOF, is logged as 499 client_left; drop this "
+                   "marker once the relay treats a stream past [DONE] as complete")
+def test_completed_streams_are_not_counted_as_aborted(stack):
+    """The SDK closes its connection as soon as it reads [DONE]: that is a finished stream."""
+    client = stack.client()
+    ids = []
+    for _ in range(6):
+        request_id = f"llamacpp-done-{uuid.uuid4().hex[:8]}"
+        ids.append(request_id)
+        with client.chat.completions.create(
+                model=PUBLIC_MODEL, messages=MESSAGES, max_tokens=4, stream=True,
+                extra_headers={"X-Request-ID": request_id}) as stream:
+            assert sum(1 for _ in stream) > 0
+    wait_until(lambda: all(request_log(stack.gateway, i) for i in ids), 5, "the log lines")
+    entries = [request_log(stack.gateway, i) for i in ids]
+    assert [(e["status"], e["aborted"]) for e in entries] == [(200, None)] * len(ids)
 
 
 def test_killed_server_is_replaced_without_client_errors(stack):
@@ -274,6 +298,7 @@ def test_killed_server_is_replaced_without_client_errors(stack):
     client = stack.client()
     first = [chat(client)[0] for _ in range(4)]
     victim = stack.servers["llama-a"]
+    retries_before = metric_sum(stack.gateway.port, "gateway_retries_total", backend="llama-a")
     victim.kill()
     try:
         served, errors = [], []
@@ -290,7 +315,10 @@ def test_killed_server_is_replaced_without_client_errors(stack):
                     served.append(chat(client)[0])
             except openai.OpenAIError as exc:   # pragma: no cover - reported below
                 errors.append(repr(exc))
-        print("before the kill:", first, "after:", served)
+        retried = metric_sum(stack.gateway.port, "gateway_retries_total",
+                             backend="llama-a") - retries_before
+        print("before the kill:", first, "after:", served,
+              f"(gateway retries away from llama-a: {retried:.0f})")
         assert errors == []
         assert served == ["llama-b"] * len(served)
         stack.wait_backends({"llama-a": False})

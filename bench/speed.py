@@ -1,0 +1,426 @@
+"""The gateway's speed, side by side with a direct call, a bare aiohttp proxy and LiteLLM.
+
+Run from the repository root:
+
+    python -m bench.speed            # a few minutes
+    python -m bench.speed --quick    # about a minute
+
+One run starts fake runtimes (bench/fake_runtime.py), the bare pass-through proxy
+(bench/bare_proxy.py), `gateway serve` with 1 and with 2 workers on a generated
+config, and LiteLLM's proxy when it is installed; then measures each target in
+turn on the same workloads:
+
+  saturation   non-streaming chat with wrk: requests/s, errors, CPU per 1,000 requests
+  paced        100 requests/s open loop: latency p50/p99 and what each proxy adds
+  streams      many concurrent SSE streams: TTFT added, events lost, CPU per 1,000 chunks
+  many         1,000 and 2,000 concurrent streams: zero lost events, peak RSS
+
+CPU is utime+stime of each proxy's process tree from /proc, before and after each
+workload: on a shared machine that figure holds where requests/s does not.
+Prints a table; writes bench/results/speed.json. Only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):      # run as a file: make the bench package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import loadgen  # noqa: E402
+from bench.procs import Proc, cpu_seconds, free_port, memory  # noqa: E402
+from bench.report import render, verdicts  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "speed.json"
+RUNTIME_MODEL = "meta-llama/Bench-8B-Instruct"     # what the runtimes know
+MESSAGES = [{"role": "user", "content": "Say something short about benchmarks."}]
+
+# Runtime profiles: (ttft_ms, chunk_ms). One fake runtime process per profile.
+PROFILES = {"fast": (0, 0), "stream": (0, 20), "many": (0, 500)}
+
+PARAMS = {
+    "default": {
+        "sat_rounds": 2, "sat_s": 8, "sat_warm_s": 2, "sat_conns": 64, "sat_tokens": 16,
+        "paced_rate": 100, "paced_s": 10, "paced_warm_s": 1,
+        "stream_conc": 200, "stream_total": 600, "stream_tokens": 64,
+        "many_tokens": 20, "many_ramp_s": 3, "many_sizes": [1000, 2000],
+        "many_targets": ["direct", "bare", "gateway"], "deadline_s": 90,
+    },
+    "quick": {
+        "sat_rounds": 1, "sat_s": 3, "sat_warm_s": 1, "sat_conns": 64, "sat_tokens": 16,
+        "paced_rate": 100, "paced_s": 3, "paced_warm_s": 0.5,
+        "stream_conc": 100, "stream_total": 200, "stream_tokens": 32,
+        "many_tokens": 10, "many_ramp_s": 2, "many_sizes": [1000, 2000],
+        "many_targets": ["gateway"], "deadline_s": 45,
+    },
+}
+
+WRK_LUA = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [==[%s]==]
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRKJSON {"requests":%%d,"duration_us":%%d,"connect":%%d,'
+    .. '"read":%%d,"write":%%d,"status":%%d,"timeout":%%d,"p50_us":%%d,"p99_us":%%d}\\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+@dataclass
+class Target:
+    name: str
+    label: str
+    proc: Proc | None                   # None for direct: no proxy in between
+    urls: dict[str, str]                # runtime profile -> chat completions URL
+    models: dict[str, str]              # runtime profile -> model name to send
+    results: dict = field(default_factory=dict)
+
+    def body(self, profile: str, tokens: int, stream: bool = False) -> dict:
+        body = {"model": self.models[profile], "messages": MESSAGES, "max_tokens": tokens}
+        if stream:
+            body["stream"] = True
+        return body
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid) if self.proc else 0.0
+
+
+class Bench:
+    def __init__(self, p: dict, tmp: Path, litellm: str | None, workers: int) -> None:
+        self.p = p
+        self.tmp = tmp
+        self.litellm = litellm
+        self.workers = workers
+        self.procs: list[Proc] = []
+        self.runtimes: dict[str, tuple[Proc, int]] = {}
+        self.targets: dict[str, Target] = {}
+        self.notes: list[str] = []
+
+    # -- processes ---------------------------------------------------------------
+
+    def start(self) -> None:
+        for profile, (ttft, chunk) in PROFILES.items():
+            port = free_port()
+            proc = self._spawn(f"runtime-{profile}", [
+                sys.executable, "-m", "bench.fake_runtime", "--port", str(port),
+                "--ttft-ms", str(ttft), "--chunk-ms", str(chunk)])
+            self.runtimes[profile] = (proc, port)
+        for proc, port in self.runtimes.values():
+            proc.wait_ready(f"http://127.0.0.1:{port}/health", 20)
+        rt_url = {k: f"http://127.0.0.1:{port}" for k, (_, port) in self.runtimes.items()}
+        same = {k: RUNTIME_MODEL for k in PROFILES}
+        public = {k: f"bench-{k}" for k in PROFILES}
+        self.targets["direct"] = Target(
+            "direct", "direct", None,
+            {k: f"{u}/v1/chat/completions" for k, u in rt_url.items()}, same)
+
+        port = free_port()
+        bare = self._spawn("bare", [sys.executable, "-m", "bench.bare_proxy", "--port",
+                                    str(port)] + [f"--upstream={k}={u}"
+                                                  for k, u in rt_url.items()])
+        self.targets["bare"] = Target(
+            "bare", "bare proxy", bare,
+            {k: f"http://127.0.0.1:{port}/{k}/v1/chat/completions" for k in PROFILES}, same)
+
+        config = self.tmp / "gateway.yaml"
+        config.write_text(gateway_config(rt_url))
+        for name, workers in (("gateway", 1), ("gateway2", self.workers)):
+            port = free_port()
+            proc = self._spawn(name, [sys.executable, "-m", "gateway", "serve", "--config",
+                                      str(config), "--port", str(port),
+                                      "--workers", str(workers)])
+            self.targets[name] = Target(
+                name, "gateway" if workers == 1 else f"gateway x{workers}", proc,
+                {k: f"http://127.0.0.1:{port}/v1/chat/completions" for k in PROFILES}, public)
+
+        if self.litellm:
+            port = free_port()
+            cfg = self.tmp / "litellm.yaml"
+            cfg.write_text(litellm_config(rt_url))
+            # No auth on either side (the gateway's config has no keys): LiteLLM refuses to
+            # start without a master key unless told this is a local run.
+            env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                   "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True",
+                   "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
+            env.pop("DATABASE_URL", None)
+            proc = self._spawn("litellm", [self.litellm, "--config", str(cfg), "--host",
+                                           "127.0.0.1", "--port", str(port),
+                                           "--num_workers", "1"], env=env, cwd=str(self.tmp))
+            self.targets["litellm"] = Target(
+                "litellm", "LiteLLM", proc,
+                {k: f"http://127.0.0.1:{port}/v1/chat/completions" for k in PROFILES}, public)
+        else:
+            self.notes.append("LiteLLM not installed: its column is skipped "
+                              "(pip install 'litellm[proxy]', or --litellm PATH)")
+
+        for name, t in self.targets.items():
+            if name == "direct":
+                continue
+            base = t.urls["fast"].rsplit("/v1/", 1)[0]
+            ready = {"bare": base + "/v1/models", "litellm": base + "/health/liveliness"}.get(
+                name, base + "/ready")
+            t.proc.wait_ready(ready, 180 if name == "litellm" else 30)
+
+    def _spawn(self, name: str, argv: list[str], env: dict | None = None,
+               cwd: str | None = None) -> Proc:
+        proc = Proc(name, argv, self.tmp / f"{name}.log", env=env, cwd=cwd or str(ROOT))
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def runtime_stats(self, profile: str) -> dict:
+        import urllib.request
+        port = self.runtimes[profile][1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    # -- workloads -----------------------------------------------------------------
+
+    async def saturation(self, names: list[str]) -> None:
+        p = self.p
+        for name in names:
+            self.targets[name].results["saturation"] = {"rounds": [], "cpu_s": 0.0,
+                                                         "requests": 0, "errors": 0}
+        for _ in range(p["sat_rounds"]):
+            for name in names:
+                t = self.targets[name]
+                lua = self.tmp / f"{name}.lua"
+                lua.write_text(WRK_LUA % json.dumps(t.body("fast", p["sat_tokens"])))
+                await wrk(t.urls["fast"], lua, p["sat_conns"], p["sat_warm_s"])
+                before = t.cpu()
+                out = await wrk(t.urls["fast"], lua, p["sat_conns"], p["sat_s"])
+                cpu = t.cpu() - before
+                res = t.results["saturation"]
+                errors = out["connect"] + out["read"] + out["write"] + out["status"] + out[
+                    "timeout"]
+                ok = out["requests"] - out["status"]
+                res["rounds"].append({"rps": ok / (out["duration_us"] / 1e6), "ok": ok,
+                                      "errors": errors, "cpu_s": cpu,
+                                      "p50_ms": out["p50_us"] / 1000,
+                                      "p99_ms": out["p99_us"] / 1000})
+                res["cpu_s"] += cpu
+                res["requests"] += ok
+                res["errors"] += errors
+        for name in names:
+            res = self.targets[name].results["saturation"]
+            res["rps"] = max(r["rps"] for r in res["rounds"])
+            res["cpu_s_per_1k"] = (1000 * res["cpu_s"] / res["requests"]
+                                   if res["requests"] and name != "direct" else None)
+
+    async def paced(self, names: list[str]) -> None:
+        p = self.p
+        for name in names:
+            t = self.targets[name]
+            body = t.body("fast", p["sat_tokens"])
+            await loadgen.paced(t.urls["fast"], body, p["paced_rate"], p["paced_warm_s"])
+            before = t.cpu()
+            r = await loadgen.paced(t.urls["fast"], body, p["paced_rate"], p["paced_s"])
+            cpu = t.cpu() - before
+            t.results["paced"] = {
+                "rate": p["paced_rate"], "sent": r.sent, "ok": r.ok, "errors": r.errors,
+                "late": r.late, "p50_ms": ms(loadgen.percentile(r.latencies, 50)),
+                "p99_ms": ms(loadgen.percentile(r.latencies, 99)),
+                "cpu_s_per_1k": 1000 * cpu / r.ok if r.ok and t.proc else None}
+        _added(self.targets, names, "paced", ("p50_ms", "p99_ms"))
+
+    async def streams(self, names: list[str]) -> None:
+        p = self.p
+        for name in names:
+            t = self.targets[name]
+            body = t.body("stream", p["stream_tokens"], stream=True)
+            before_stats = self.runtime_stats("stream")
+            before = t.cpu()
+            r = await loadgen.streams(t.urls["stream"], body, p["stream_total"],
+                                      p["stream_conc"], 0.5, p["deadline_s"])
+            cpu = t.cpu() - before
+            after_stats = self.runtime_stats("stream")
+            t.results["streams"] = _stream_result(r, before_stats, after_stats, cpu, t)
+        _added(self.targets, names, "streams", ("ttft_p50_ms", "ttft_p99_ms"))
+
+    async def many(self, names: list[str], size: int) -> None:
+        p = self.p
+        key = f"many_{size}"
+        for name in names:
+            t = self.targets[name]
+            body = t.body("many", p["many_tokens"], stream=True)
+            peak = [0]
+            sampled = 0
+            base_rss = memory(t.proc.pid)[0] if t.proc else 0
+
+            def sample() -> None:
+                nonlocal sampled
+                sampled += 1
+                if sampled % 4 == 0 and t.proc:       # every 200 ms: /proc walks cost CPU
+                    peak[0] = max(peak[0], memory(t.proc.pid)[0])
+
+            before_stats = self.runtime_stats("many")
+            before = t.cpu()
+            r = await loadgen.streams(t.urls["many"], body, size, size, p["many_ramp_s"],
+                                      p["deadline_s"], on_tick=sample)
+            cpu = t.cpu() - before
+            after_stats = self.runtime_stats("many")
+            res = _stream_result(r, before_stats, after_stats, cpu, t)
+            if t.proc:
+                rss, hwm = memory(t.proc.pid)
+                res.update(rss_before_mb=mb(base_rss), rss_peak_mb=mb(max(peak[0], rss)),
+                           hwm_mb=mb(hwm))
+            t.results[key] = res
+
+
+def _stream_result(r: loadgen.StreamResult, before: dict, after: dict, cpu: float,
+                   t: Target) -> dict:
+    sent = after["events"] - before["events"]
+    return {
+        "streams": r.streams, "completed": r.completed, "errors": r.errors,
+        "peak_open": r.peak_open, "events_sent": sent, "events_received": r.events,
+        "lost": sent - r.events, "wall_s": round(r.wall_s, 2),
+        "broken_upstream": after["broken"] - before["broken"],
+        "ttft_p50_ms": ms(loadgen.percentile(r.ttfts, 50)),
+        "ttft_p99_ms": ms(loadgen.percentile(r.ttfts, 99)),
+        "cpu_s": round(cpu, 3),
+        "cpu_s_per_1k_chunks": 1000 * cpu / r.events if r.events and t.proc else None,
+    }
+
+
+def _added(targets: dict[str, Target], names: list[str], key: str, fields: tuple) -> None:
+    direct = targets["direct"].results.get(key) if "direct" in names else None
+    for name in names:
+        res = targets[name].results[key]
+        for f in fields:
+            res["added_" + f] = (res[f] - direct[f] if direct and res[f] is not None
+                                 and direct[f] is not None else None)
+
+
+async def wrk(url: str, lua: Path, conns: int, seconds: float) -> dict:
+    proc = await asyncio.create_subprocess_exec(
+        "wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+        "-s", str(lua), url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), seconds + 30)
+    for line in out.decode(errors="replace").splitlines():
+        if line.startswith("WRKJSON "):
+            return json.loads(line[8:])
+    raise RuntimeError(f"wrk gave no summary:\n{out.decode(errors='replace')}")
+
+
+def gateway_config(rt_url: dict[str, str]) -> str:
+    lines = ["server: {host: 127.0.0.1, port: 8080, drain_s: 5}", "backends:"]
+    for profile, url in rt_url.items():
+        lines += [f"  rt-{profile}:", "    kind: vllm", f"    url: {url}/v1",
+                  f"    models: {{bench-{profile}: {RUNTIME_MODEL}}}"]
+    lines.append("health: {interval_s: 10, timeout_s: 2, unhealthy_after: 3, healthy_after: 2}")
+    return "\n".join(lines) + "\n"
+
+
+def litellm_config(rt_url: dict[str, str]) -> str:
+    lines = ["model_list:"]
+    for profile, url in rt_url.items():
+        lines += [f"  - model_name: bench-{profile}", "    litellm_params:",
+                  f"      model: openai/{RUNTIME_MODEL}", f"      api_base: {url}/v1",
+                  "      api_key: none"]
+    return "\n".join(lines) + "\n"
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+def mb(n: int) -> float:
+    return round(n / 2**20, 1)
+
+
+def find_litellm(arg: str | None) -> str | None:
+    if arg:
+        return arg if os.access(arg, os.X_OK) else None
+    env = os.environ.get("BENCH_LITELLM")
+    if env and os.access(env, os.X_OK):
+        return env
+    beside = Path(sys.executable).parent / "litellm"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("litellm")
+
+
+async def run(bench: Bench, p: dict) -> None:
+    names = [n for n in ("direct", "bare", "gateway", "gateway2", "litellm")
+             if n in bench.targets]
+    one_worker = [n for n in names if n != "gateway2"]
+    print(f"saturation ({p['sat_rounds']} x {p['sat_s']} s per target)...", flush=True)
+    await bench.saturation(names)
+    print(f"paced {p['paced_rate']} req/s...", flush=True)
+    await bench.paced(one_worker)
+    print(f"{p['stream_conc']} concurrent streams...", flush=True)
+    await bench.streams(one_worker)
+    for size in p["many_sizes"]:
+        print(f"{size} concurrent streams...", flush=True)
+        await bench.many([n for n in p["many_targets"] if n in bench.targets], size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="about a minute in all")
+    parser.add_argument("--duration", type=float, help="seconds per saturation round")
+    parser.add_argument("--workers", type=int, default=2, help="workers of the scaling run")
+    parser.add_argument("--litellm", help="path to the litellm CLI (default: beside this "
+                        "python, then $BENCH_LITELLM, then PATH)")
+    parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    if not shutil.which("wrk"):
+        print("wrk is required: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    p = dict(PARAMS["quick" if args.quick else "default"])
+    if args.duration:
+        p["sat_s"] = args.duration
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # 2,000 streams x 2 hops
+    litellm = None if args.no_litellm else find_litellm(args.litellm)
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
+        bench = Bench(p, Path(tmp), litellm, args.workers)
+        try:
+            bench.start()
+            asyncio.run(run(bench, p))
+        finally:
+            bench.stop()
+    doc = {
+        "mode": "quick" if args.quick else "default", "params": p,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_avg_before": load_before, "load_avg_after": os.getloadavg()},
+        "litellm": litellm, "notes": bench.notes,
+        "total_s": round(time.monotonic() - started, 1),
+        "targets": {n: {"label": t.label, **t.results} for n, t in bench.targets.items()},
+    }
+    doc["verdicts"] = verdicts(doc)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(render(doc))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
