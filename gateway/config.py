@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Iterable, Iterator, Mapping, TextIO
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import cerberus
 import yaml
@@ -181,7 +181,7 @@ def load_config_text(text: str, env: Mapping[str, str] | None = None) -> Config:
         raise
     except RecursionError as exc:
         raise ConfigError(["config: nested too deeply, or a YAML alias refers to itself"]) from exc
-    except Exception as exc:  # an input nobody foresaw must still read as a problem, not a traceback
+    except Exception as exc:  # an input nobody foresaw still reads as a problem, not a traceback
         raise ConfigError([f"config: unexpected error: {type(exc).__name__}: {exc}"]) from exc
 
 
@@ -259,6 +259,7 @@ class _Loader(yaml.SafeLoader):
 
 
 def _parse(text: str) -> dict:
+    text, refs = _protect(text)
     try:
         doc = yaml.load(text, Loader=_Loader)   # noqa: S506 - _Loader is a SafeLoader
     except yaml.MarkedYAMLError as exc:
@@ -270,7 +271,43 @@ def _parse(text: str) -> dict:
     if not isinstance(doc, dict):
         raise ConfigError([f"config: the top level must be a mapping of sections, "
                            f"got {_describe(doc)}"])
-    return doc
+    return _restore(doc, refs) if refs else doc
+
+
+# Quotes stay visible to YAML: a reference never swallows the end of a quoted string.
+_PROTECT = re.compile(r"\$?\$\{[^}\n'\"]*\}")
+_MARK, _FILL, _FIRST_INDEX, _LAST_INDEX = "\ue000", "\ue001", 0xE100, 0xF8FF
+_MARKED = re.compile("\ue000(.)\ue001*", re.S)
+
+
+def _protect(text: str) -> tuple[str, list[str]]:
+    """Hide each ${...} from YAML until the values are parsed.
+
+    `{key: ${KEY}}` is a YAML error (braces are flow syntax), yet it is how DESIGN.md writes
+    references. Each one becomes a same-length run of private-use characters, a plain word to
+    YAML that keeps error columns true; _restore puts the text back before interpolation.
+    """
+    if _MARK in text:
+        return text, []
+    refs: list[str] = []
+
+    def mark(m: re.Match) -> str:
+        if _FIRST_INDEX + len(refs) > _LAST_INDEX:
+            return m.group(0)
+        refs.append(m.group(0))
+        return _MARK + chr(_FIRST_INDEX + len(refs) - 1) + _FILL * (len(m.group(0)) - 2)
+
+    return _PROTECT.sub(mark, text), refs
+
+
+def _restore(node: Any, refs: list[str]) -> Any:
+    if isinstance(node, dict):
+        return {_restore(k, refs): _restore(v, refs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_restore(v, refs) for v in node]
+    if isinstance(node, str) and _MARK in node:
+        return _MARKED.sub(lambda m: refs[ord(m.group(1)) - _FIRST_INDEX], node)
+    return node
 
 
 def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
@@ -435,7 +472,7 @@ def _only(types):
 
 
 class _Validator(cerberus.Validator):
-    # YAML's `true` is an int to Python; a port of `true` must not pass as 1.
+    # Python's bool is an int: without this, `port: true` would pass as port 1.
     types_mapping = {**cerberus.Validator.types_mapping,
                      "integer": cerberus.TypeDefinition("integer", (int,), (bool,))}
 
@@ -448,7 +485,7 @@ class _Validator(cerberus.Validator):
             self._error(field, f"must be greater than {limit}")
 
     def _validate_finite(self, finite, field, value):
-        """Reject NaN and infinity, which slip through every min/max comparison.
+        """Reject NaN, which passes every min/max comparison, and infinity (`.inf`).
 
         The rule's arguments are validated against this schema: {'type': 'boolean'}
         """

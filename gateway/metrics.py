@@ -6,6 +6,8 @@ pass "" for a name that is not configured) and `backend` a configured backend.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (CollectorRegistry, disable_created_metrics, Counter, Gauge, Histogram,
                                generate_latest)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -75,6 +77,9 @@ class Metrics:
         self.config_reloads = Counter(
             "gateway_config_reloads", "Config reloads, by result.",
             ["result"], registry=r)
+        # Label children of the per-request metrics, by (metric, label values): .labels()
+        # takes a lock and re-validates every value, a dict lookup does neither.
+        self._children: dict[tuple, Any] = {}
         for result in ("ok", "error"):
             # Present from the start, so increase() sees the first reload of either kind.
             self.config_reloads.labels(result)
@@ -88,38 +93,45 @@ class Metrics:
 
     def forget_backend(self, name: str) -> None:
         """A removed backend's gauges would otherwise report stale values forever."""
+        self._children.clear()
         for gauge in (self.backend_up, self.in_flight):
             try:
                 gauge.remove(name)
             except KeyError:
                 pass
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        child = self._children.get((metric, labels))
+        if child is None:
+            child = self._children[(metric, labels)] = metric.labels(*labels)
+        return child
+
     def record_request(self, rec: RequestRecord, duration: float) -> None:
-        model, backend = rec.model, rec.backend
-        self.requests.labels(model, backend, rec.endpoint, str(rec.status)).inc()
+        model, backend, child = rec.model, rec.backend, self._child
+        child(self.requests, model, backend, rec.endpoint, str(rec.status)).inc()
         if rec.key_name:
-            self.key_requests.labels(rec.key_name, str(rec.status)).inc()
-        self.duration.labels(model, backend, rec.endpoint).observe(duration)
-        self.overhead.labels(rec.endpoint).observe(max(0.0, duration - rec.upstream_wait))
+            child(self.key_requests, rec.key_name, str(rec.status)).inc()
+        child(self.duration, model, backend, rec.endpoint).observe(duration)
+        child(self.overhead, rec.endpoint).observe(max(0.0, duration - rec.upstream_wait))
         if rec.aborted:
-            self.stream_aborts.labels(backend, rec.aborted).inc()
+            child(self.stream_aborts, backend, rec.aborted).inc()
         if not backend or rec.status != 200 and not rec.aborted:
             return
         if rec.stream and rec.first_token_at is not None:
-            self.ttft.labels(model, backend).observe(rec.first_token_at - rec.started)
+            child(self.ttft, model, backend).observe(rec.first_token_at - rec.started)
         usage = rec.usage
         if usage is None:
-            self.usage_missing.labels(model, backend).inc()
+            child(self.usage_missing, model, backend).inc()
             return
         prompt = usage.get("prompt_tokens")
         completion = usage.get("completion_tokens")
         if isinstance(prompt, int) and prompt > 0:
-            self.tokens.labels(model, backend, "prompt").inc(prompt)
+            child(self.tokens, model, backend, "prompt").inc(prompt)
         if isinstance(completion, int) and completion > 0:
-            self.tokens.labels(model, backend, "completion").inc(completion)
+            child(self.tokens, model, backend, "completion").inc(completion)
             if (rec.stream and completion > 1 and rec.first_token_at is not None
                     and rec.last_token_at is not None):
-                self.tpot.labels(model, backend).observe(
+                child(self.tpot, model, backend).observe(
                     (rec.last_token_at - rec.first_token_at) / (completion - 1))
 
     def expose(self) -> bytes:

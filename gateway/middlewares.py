@@ -76,6 +76,8 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
                 resp.headers["X-Request-ID"] = rec.request_id
                 if rec.backend:
                     resp.headers["X-Gateway-Backend"] = rec.backend
+                if request.content.exception() is not None:
+                    resp.force_close()   # a body that broke mid-way leaves the connection unusable
         _finish(request, rec)
     return resp
 

@@ -206,7 +206,7 @@ backends:
     # no models: discovered from its /v1/models ({PUBLIC_MODEL}, from --alias)
     timeouts: {{connect_s: 2, first_byte_s: 60, idle_s: 30}}
 
-health: {{interval_s: 1, timeout_s: 2, unhealthy_after: 1, healthy_after: 1}}
+health: {{interval_s: 3, timeout_s: 2, unhealthy_after: 1, healthy_after: 1}}
 retries: {{attempts: 2, deadline_s: 60}}
 """
 

@@ -240,6 +240,7 @@ async def test_tpm_is_charged_with_real_usage(start_runtime, gateway_client, str
     for _ in range(2):      # 20 -> 8 -> -4: the second is admitted while still positive
         resp = await client.post("/v1/chat/completions", json=body, headers=bearer(key))
         assert resp.status == 200
+        assert resp.headers["x-ratelimit-limit-tokens"] == "20"     # streams carry them too
         await resp.read()
     limited = await client.post("/v1/chat/completions", json=body, headers=bearer(key))
     assert limited.status == 429

@@ -10,8 +10,6 @@ import asyncio
 import json
 import logging
 import string
-from types import MappingProxyType
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -172,9 +170,10 @@ async def test_fuzz_requests_never_break_the_gateway(fuzz_gateway, caplog):
     await loop.run_in_executor(None, one)
     assert seen.get(200, 0) > 10 and len(seen) > 3, seen   # the fuzz did reach the runtimes
     no_gateway_errors(caplog)
-    resp = await client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {KEY.key}"},
-                             json={"model": "llama", "messages": [{"role": "user",
-                                                                   "content": "still up?"}]})
+    resp = await client.post("/v1/chat/completions",
+                             headers={"Authorization": f"Bearer {KEY.key}"},
+                             json={"model": "llama",
+                                   "messages": [{"role": "user", "content": "still up?"}]})
     assert resp.status == 200
 
 

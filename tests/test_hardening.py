@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -241,7 +240,7 @@ backends:
     assert_no_secret(caplog.text, "the log")
 
 
-# --- request fields never pick the upstream ---------------------------------------------------
+# --- request fields never pick the upstream --------------------------------------------
 
 async def test_request_fields_never_change_where_a_request_goes(aiohttp_server, aiohttp_client):
     runtime, _, client = await leaky_gateway(aiohttp_server, aiohttp_client)
@@ -263,7 +262,7 @@ async def test_request_fields_never_change_where_a_request_goes(aiohttp_server, 
     assert runtime.headers_seen[0]["Authorization"] == f"Bearer {CANARY}"
 
 
-# --- CORS -------------------------------------------------------------------------------------------
+# --- CORS ----------------------------------------------------------------------------------
 
 APP_ORIGIN = "https://app.example.com"
 
@@ -348,7 +347,7 @@ async def test_no_cors_headers_when_no_origin_is_configured(aiohttp_server, aioh
     assert not [h for h in resp.headers if h.lower().startswith("access-control-")]
 
 
-# --- slow, malformed and oversized requests -----------------------------------------------------
+# --- slow, malformed and oversized requests --------------------------------------------
 
 async def read_http_response(reader: asyncio.StreamReader, timeout: float = 5
                              ) -> tuple[int, dict[str, str], bytes]:
@@ -533,3 +532,18 @@ async def test_compressed_bodies_are_bounded_and_checked(aiohttp_server, aiohttp
         json.dumps(CHAT).encode()), headers=headers)
     assert resp.status == 200
     assert len(runtime.requests) == 1
+
+
+async def test_header_deadline_never_cuts_a_long_answer_or_a_kept_alive_client(
+        aiohttp_server, aiohttp_client, start_runtime):
+    fake, server = await start_runtime(chunk_delay=0.4, words=5)    # a 2 s stream
+    cfg = make_config(runtime_backend("gpu-a", server, models={"llama": RUNTIME_ID}))
+    client = await aiohttp_client(create_app(cfg, header_timeout_s=1.0))
+    for _ in range(2):      # the second one reuses the connection after the first ended
+        started = time.monotonic()
+        resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        body = await resp.read()
+        assert resp.status == 200 and body.endswith(b"data: [DONE]\n\n")
+        assert time.monotonic() - started > 1.5
+        await asyncio.sleep(0.5)
+    assert len(fake.requests) == 2
