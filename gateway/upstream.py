@@ -150,6 +150,15 @@ def upstream_headers(backend: BackendConfig, request_id: str) -> CIMultiDict[str
 class Upstream:
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
+        self._connect_timeouts: dict[float, aiohttp.ClientTimeout] = {}
+
+    def _connect_timeout(self, connect_s: float) -> aiohttp.ClientTimeout:
+        """One immutable ClientTimeout per connect_s value, not one per request."""
+        timeout = self._connect_timeouts.get(connect_s)
+        if timeout is None:
+            timeout = self._connect_timeouts[connect_s] = aiohttp.ClientTimeout(
+                total=None, sock_connect=connect_s, connect=connect_s)
+        return timeout
 
     async def open(self, backend: BackendConfig, endpoint: str, payload: dict,
                    request_id: str) -> UpstreamResponse | EchoResponse:
@@ -158,8 +167,7 @@ class Upstream:
         body = orjson.dumps(payload)
         t = backend.timeouts
         url = backend.api_base + ENDPOINT_PATHS[endpoint]
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s,
-                                        connect=t.connect_s)
+        timeout = self._connect_timeout(t.connect_s)
         try:
             async with asyncio.timeout(t.first_byte_s):
                 resp = await self.session.post(
