@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -50,15 +51,37 @@ def serve_command(path: str, host: str | None, port: int | None, workers: int) -
     return run(config, path, host or config.server.host, port or config.server.port, workers)
 
 
+class JsonFormatter(logging.Formatter):
+    """Every log line is one JSON object; the access log's message already is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == "gateway.access":
+            return record.getMessage()
+        entry = {"time": self.formatTime(record), "level": record.levelname,
+                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+class NoClientNoise(logging.Filter):
+    """aiohttp logs a traceback for every malformed request a client sends: anyone could
+    flood the log with them. The request still gets its 400; one short line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is not None:
+            from aiohttp.http_exceptions import HttpProcessingError
+            if issubclass(record.exc_info[0], (HttpProcessingError, ConnectionError)):
+                record.exc_info = None
+                record.exc_text = None
+        return True
+
+
 def setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access = logging.getLogger("gateway.access")
-    access.addHandler(handler)
-    access.propagate = False
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format='{"time": "%(asctime)s", "level": "%(levelname)s", '
-                               '"logger": "%(name)s", "message": "%(message)s"}')
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    logging.getLogger("aiohttp.server").addFilter(NoClientNoise())
 
 
 if __name__ == "__main__":

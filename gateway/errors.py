@@ -5,6 +5,7 @@
     ├── Unauthorized             401 invalid_api_key
     ├── Forbidden                403 model_not_allowed
     ├── ModelNotFound            404 model_not_found
+    ├── RequestTimeout           408 request_timeout       (a body that never finished)
     ├── BodyTooLarge             413 request_too_large
     ├── RateLimited              429 rate_limit_exceeded   (carries retry_after)
     ├── NotImplementedByRuntime  501 capability_not_supported
@@ -76,6 +77,12 @@ class NotFound(GatewayError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class BodyTooLarge(GatewayError):

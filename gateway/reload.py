@@ -62,7 +62,8 @@ def reload_config(gateway: Gateway, path: str) -> ReloadResult:
 def restart_required(old: Config, new: Config) -> list[str]:
     """Settings bound when the listener was made: reported, never half-applied."""
     changed = []
-    for key in ("host", "port"):
+    # cors_origins shapes the routes themselves (aiohttp-cors wraps them at start-up).
+    for key in ("host", "port", "cors_origins"):
         if getattr(old.server, key) != getattr(new.server, key):
             changed.append(f"server.{key}")
     return changed

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from .errors import BadRequest, BodyTooLarge
+from .errors import BadRequest, BodyTooLarge, RequestTimeout
+
+BODY_READ_TIMEOUT_S = 60
 
 # The field each endpoint cannot do without, and its accepted JSON types.
 REQUIRED_FIELD = {"chat": ("messages", list), "completions": ("prompt", (str, list)),
@@ -22,11 +25,16 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     parts: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
-            parts.append(chunk)
+        # A body trickled in byte by byte would otherwise hold its connection forever.
+        async with asyncio.timeout(BODY_READ_TIMEOUT_S):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+                parts.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within "
+                             f"{BODY_READ_TIMEOUT_S:g} s") from None
     except web.RequestPayloadError as exc:
         # e.g. a Content-Encoding whose bytes do not decode: the client's fault, not ours.
         raise BadRequest(f"the request body could not be read: {_first_line(exc)}") from None
