@@ -11,6 +11,7 @@ from types import MappingProxyType
 import pytest
 
 from gateway import config as config_module
+from gateway import config_schema
 from gateway.config import (
     ApiKey, Config, ConfigError, Fallback, HealthConfig, QueueConfig, RetryConfig, RouteConfig,
     ServerConfig, Timeouts, check, load_config, load_config_text, redacted,
@@ -275,7 +276,7 @@ def test_a_recursive_alias_is_a_problem_not_a_crash():
 def test_an_internal_error_becomes_a_problem(monkeypatch):
     def boom(doc):
         raise KeyError("surprise")
-    monkeypatch.setattr(config_module, "_build", boom)
+    monkeypatch.setattr(config_module, "build", boom)
     assert problems(ECHO) == ["config: unexpected error: KeyError: 'surprise'"]
 
 
@@ -567,7 +568,7 @@ def test_schema_covers_every_dataclass_field():
     def fields(cls) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)}
 
-    schema = config_module._SCHEMA
+    schema = config_schema.SCHEMA
     for name, cls in {"server": ServerConfig, "health": HealthConfig, "retries": RetryConfig,
                       "queue": QueueConfig}.items():
         assert set(schema[name]["schema"]) == fields(cls)

@@ -1,0 +1,143 @@
+"""The config's vocabulary: frozen dataclasses, `backend()`, ConfigError and its problems.
+
+Everything outside the config_* modules sees only these objects, never the raw dicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+from .kinds import KINDS, normalise_root
+
+STRATEGIES = ("weighted", "least_busy", "prefix_affinity", "session_affinity")
+
+# While loading, problems travel as (key path, message) pairs;
+# config_messages turns them into "key.path: message" lines at the end.
+Problem = tuple[tuple, str]
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect_s: float = 3.0
+    first_byte_s: float = 60.0
+    idle_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    name: str
+    kind: str
+    url: str = ""                               # server root: no trailing slash, no /v1
+    api_key: str | None = None
+    weight: float = 1.0
+    models: Mapping[str, str] | None = None     # public name -> runtime id; None = discover
+    max_concurrency: int | None = None
+    capabilities: Mapping[str, bool] = field(default_factory=dict)   # resolved: kind + overrides
+    headers: Mapping[str, str] = field(default_factory=dict)
+    health_path: str = ""
+    timeouts: Timeouts = Timeouts()
+
+    @property
+    def api_base(self) -> str:
+        return self.url + "/v1"
+
+    def identity(self) -> tuple[str, str]:
+        """What must stay equal for a reload to keep this backend's runtime state."""
+        return (self.kind, self.url)
+
+
+def backend(name: str, kind: str, url: str = "", *, models=None,
+            capabilities: Mapping[str, bool] | None = None,
+            health_path: str | None = None, **kw) -> BackendConfig:
+    """A BackendConfig with the kind's defaults resolved (for the loader and for tests)."""
+    spec = KINDS[kind]
+    caps = dict(spec.capabilities)
+    caps.update(capabilities or {})
+    if isinstance(models, (list, tuple)):
+        models = {m: m for m in models}
+    return BackendConfig(
+        name=name, kind=kind, url=normalise_root(url) if url else "",
+        models=MappingProxyType(dict(models)) if models is not None else None,
+        capabilities=MappingProxyType(caps),
+        health_path=spec.health_path if health_path is None else health_path,
+        **kw)
+
+
+@dataclass(frozen=True)
+class Fallback:
+    backend: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    strategy: str = "weighted"
+    fallbacks: tuple[Fallback, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    cors_origins: tuple[str, ...] = ()
+    max_body_mb: float = 16
+    drain_s: float = 30
+    admin_key: str | None = None
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    interval_s: float = 10
+    timeout_s: float = 2
+    unhealthy_after: int = 3
+    healthy_after: int = 2
+    cooldown_s: float = 5          # passive ejection: first cooldown, doubled per ejection
+    max_cooldown_s: float = 120
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    attempts: int = 2
+    deadline_s: float = 120
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """Where a request waits when every backend of its pool is at max_concurrency."""
+    max_wait_s: float = 10
+    max_size: int = 1000
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    key: str
+    models: tuple[str, ...] = ("*",)
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    backends: Mapping[str, BackendConfig] = field(default_factory=dict)
+    routes: Mapping[str, RouteConfig] = field(default_factory=dict)
+    health: HealthConfig = HealthConfig()
+    retries: RetryConfig = RetryConfig()
+    queue: QueueConfig = QueueConfig()
+    auth_keys: tuple[ApiKey, ...] = ()
+
+    def route(self, model: str) -> RouteConfig:
+        return self.routes.get(model) or RouteConfig()
