@@ -203,16 +203,22 @@ def _from_env(value: Any, kind: type) -> Any:
 
 
 def _url_problem(url: str) -> str | None:
+    shown = repr(_without_password(url))
     try:
         parts = urlsplit(url.strip())
         parts.port   # noqa: B018 - raises on a port out of range
     except ValueError as exc:
-        return f"is not a valid URL ({exc}): {url!r}"
+        return f"is not a valid URL ({exc}): {shown}"
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"must be an http:// or https:// URL with a host, got {url!r}"
+        return f"must be an http:// or https:// URL with a host, got {shown}"
     if parts.query or parts.fragment:
-        return f"must not have a query or fragment, got {url!r}"
+        return f"must not have a query or fragment, got {shown}"
     return None
+
+
+def _without_password(url: str) -> str:
+    """Messages are logged and shown by /admin/config: a URL's password must not be."""
+    return re.sub(r"(//[^/@:]*):[^/@]*@", r"\1:***@", url)
 
 
 def _model_list_problems(models: list | dict) -> Iterator[tuple[tuple, str]]:

@@ -169,8 +169,8 @@ def describe(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, EnvStr):
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        return f"{shown!r} from the environment"
+        # Never the value itself: environment variables carry secrets.
+        return "a string from the environment"
     for type_, word in ((str, "a string"), (int, "an integer"), (float, "a number"),
                         (dict, "a mapping"), (list, "a list")):
         if isinstance(value, type_):

@@ -128,7 +128,7 @@ BAD = [
     case("port-float", "server: {port: 80.5}\n" + ECHO,
          "server.port: must be an integer, got a number"),
     case("port-env-bad", "server: {port: '${PORT}'}\n" + ECHO,
-         "server.port: must be an integer, got '80x' from the environment", PORT="80x"),
+         "server.port: must be an integer, got a string from the environment", PORT="80x"),
     case("max-body", "server: {max_body_mb: 0}\n" + ECHO,
          "server.max_body_mb: must be greater than 0"),
     case("drain", "server: {drain_s: -1}\n" + ECHO, "server.drain_s: must be at least 0"),
@@ -656,3 +656,16 @@ def test_redacted_hides_secret_headers_and_url_passwords():
     b = redacted(cfg)["backends"]["az"]
     assert b["url"] == "https://user:***@h"
     assert b["headers"] == {"api-key": "***", "X-Api-Token": "***", "X-Org": "o"}
+
+
+@pytest.mark.parametrize("text", [
+    "backends:\n  a: {kind: vllm, url: 'http://user:s3cret@h:99999/v1'}\n",
+    "backends:\n  a: {kind: vllm, url: 'ftp://user:s3cret@h/v1'}\n",
+    "backends:\n  a: {kind: echo, models: [m], weight: '${W}'}\n",
+    "server: {port: '${W}'}\nbackends:\n  a: {kind: echo, models: [m]}\n",
+])
+def test_problems_never_echo_secrets(text):
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, env={"W": "s3cret"})
+    assert info.value.problems
+    assert "s3cret" not in "\n".join(info.value.problems)
