@@ -91,6 +91,13 @@ class FakeRuntime:
             content_type="application/json")
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._answer(request)
+        except asyncio.CancelledError:
+            self.cancelled += 1     # the gateway dropped the connection: we stop generating
+            raise
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
         self.headers_seen.append(dict(request.headers))
@@ -153,7 +160,7 @@ class FakeRuntime:
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
             return resp
-        except (asyncio.CancelledError, ConnectionResetError):
+        except ConnectionResetError:
             self.cancelled += 1
             raise
         finally:
