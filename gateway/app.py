@@ -7,7 +7,7 @@ from typing import AsyncIterator
 import aiohttp_cors
 from aiohttp import hdrs, web
 
-from . import handlers
+from . import admin, handlers
 from .config import Config
 from .health import health_checks
 from .metrics import Metrics
@@ -68,9 +68,9 @@ def _add_routes(app: web.Application, config: Config) -> None:
     app.router.add_get("/health", handlers.health)
     app.router.add_get("/ready", handlers.ready)
     app.router.add_get("/metrics", handlers.metrics)
-    app.router.add_get("/admin/backends", handlers.admin_backends)
-    app.router.add_get("/admin/config", handlers.admin_config)
-    app.router.add_post("/admin/reload", handlers.admin_reload)
+    app.router.add_get("/admin/backends", admin.backends)
+    app.router.add_get("/admin/config", admin.active_config)
+    app.router.add_post("/admin/reload", admin.reload)
     origins = config.server.cors_origins
     if origins:
         # Browsers send no credentials to an LLM API; "*" with credentials is refused by

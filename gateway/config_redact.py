@@ -19,13 +19,18 @@ def redacted(cfg: Config) -> dict:
     data["server"]["admin_key"] = _mask(cfg.server.admin_key)
     for b in data["backends"].values():
         b["api_key"] = _mask(b["api_key"])
-        b["url"] = _URL_PASSWORD.sub(rf"\1:{REDACTED}@", b["url"])
+        b["url"] = url_without_password(b["url"])
         # Some runtimes take their key in a header (Azure's api-key, x-api-key).
         b["headers"] = {h: REDACTED if _SECRET_HEADER.search(h) else v
                         for h, v in b["headers"].items()}
     for key in data["auth_keys"]:
         key["key"] = REDACTED
     return data
+
+
+def url_without_password(url: str) -> str:
+    """A URL's `user:password@` shown as `user:***@`."""
+    return _URL_PASSWORD.sub(rf"\1:{REDACTED}@", url)
 
 
 def _mask(secret: str | None) -> str | None:

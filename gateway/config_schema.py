@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import cerberus
 from cerberus import errors as cerberus_errors
 
+from .config_redact import url_without_password
 from .config_types import STRATEGIES
 from .config_yaml import EnvStr, describe
 from .kinds import CAPABILITIES, KINDS
@@ -203,7 +204,8 @@ def _from_env(value: Any, kind: type) -> Any:
 
 
 def _url_problem(url: str) -> str | None:
-    shown = repr(_without_password(url))
+    # Messages are logged and shown by /admin/config: a URL's password must not be.
+    shown = repr(url_without_password(url))
     try:
         parts = urlsplit(url.strip())
         parts.port   # noqa: B018 - raises on a port out of range
@@ -214,11 +216,6 @@ def _url_problem(url: str) -> str | None:
     if parts.query or parts.fragment:
         return f"must not have a query or fragment, got {shown}"
     return None
-
-
-def _without_password(url: str) -> str:
-    """Messages are logged and shown by /admin/config: a URL's password must not be."""
-    return re.sub(r"(//[^/@:]*):[^/@]*@", r"\1:***@", url)
 
 
 def _model_list_problems(models: list | dict) -> Iterator[tuple[tuple, str]]:

@@ -7,19 +7,17 @@ import time
 
 from aiohttp import web
 
-from .auth import bearer_token, check_model, same_secret, visible_models
+from .auth import check_model, visible_models
 from .dispatch import Opened
-from .errors import (BadRequest, ModelNotFound, NotFound, RateLimited, ShuttingDown,
-                     Unauthorized, UpstreamError)
+from .errors import ModelNotFound, RateLimited, ShuttingDown, UpstreamError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .record import RequestRecord
 from .relay import SSE_HEADERS, StreamRewriter, body_response, error_event, relay_stream
 from .requests import needed_capability, parse_payload, read_body
 from .routing import RouteRequest
 from .routing.prefix_affinity import prefix_key
-from .config import ApiKey, redacted
-from .reload import reload_config
-from .typedefs import CONFIG_PATH, GATEWAY, RECORD
+from .config import ApiKey
+from .typedefs import GATEWAY, RECORD
 
 CLIENT_GONE = (ConnectionResetError, ConnectionError)
 
@@ -166,50 +164,3 @@ async def ready(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     body = request.app[GATEWAY].metrics.expose()
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
-
-
-def require_admin(request: web.Request) -> None:
-    key = request.app[GATEWAY].config.server.admin_key
-    if not key:
-        raise NotFound("the admin API is disabled: set server.admin_key to enable it")
-    given = bearer_token(request.headers.get("Authorization")) or ""
-    if not same_secret(given, key):
-        raise Unauthorized("a valid admin key is required")
-
-
-async def admin_backends(request: web.Request) -> web.Response:
-    require_admin(request)
-    gateway = request.app[GATEWAY]
-    now = time.monotonic()
-    rows = []
-    for state in gateway.states.values():
-        rows.append({
-            "name": state.name, "kind": state.config.kind, "url": state.config.url,
-            "healthy": state.healthy, "available": state.available(now),
-            "in_flight": state.in_flight, "weight": state.weight,
-            "max_concurrency": state.config.max_concurrency,
-            "ejected_for_s": round(max(0.0, state.ejected_until - now), 3),
-            "cooling_for_s": round(max(0.0, state.cooling_until - now), 3),
-            "consecutive_failures": state.consecutive_failures,
-            "models": list(state.serves()),
-        })
-    return web.json_response({"backends": rows})
-
-
-
-async def admin_reload(request: web.Request) -> web.Response:
-    require_admin(request)
-    path = request.app.get(CONFIG_PATH)
-    if not path:
-        raise BadRequest("this gateway was not started from a config file")
-    result = reload_config(request.app[GATEWAY], path)
-    return web.json_response(result.to_dict(), status=200 if result.ok else 400)
-
-
-async def admin_config(request: web.Request) -> web.Response:
-    require_admin(request)
-    gateway = request.app[GATEWAY]
-    error = gateway.last_reload_error
-    return web.json_response({"path": request.app.get(CONFIG_PATH),
-                              "active": redacted(gateway.config),
-                              "last_error": error.to_dict() if error else None})

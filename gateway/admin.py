@@ -1,0 +1,60 @@
+"""The admin API: backend state, the active config, reloads. Needs server.admin_key."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from .auth import bearer_token, same_secret
+from .config import redacted
+from .config_redact import url_without_password
+from .errors import BadRequest, NotFound, Unauthorized
+from .reload import reload_config
+from .typedefs import CONFIG_PATH, GATEWAY
+
+
+def require_admin(request: web.Request) -> None:
+    key = request.app[GATEWAY].config.server.admin_key
+    if not key:
+        raise NotFound("the admin API is disabled: set server.admin_key to enable it")
+    given = bearer_token(request.headers.get("Authorization")) or ""
+    if not same_secret(given, key):
+        raise Unauthorized("a valid admin key is required")
+
+
+async def backends(request: web.Request) -> web.Response:
+    require_admin(request)
+    gateway = request.app[GATEWAY]
+    now = time.monotonic()
+    rows = []
+    for state in gateway.states.values():
+        rows.append({
+            "name": state.name, "kind": state.config.kind, "url": url_without_password(state.config.url),
+            "healthy": state.healthy, "available": state.available(now),
+            "in_flight": state.in_flight, "weight": state.weight,
+            "max_concurrency": state.config.max_concurrency,
+            "ejected_for_s": round(max(0.0, state.ejected_until - now), 3),
+            "cooling_for_s": round(max(0.0, state.cooling_until - now), 3),
+            "consecutive_failures": state.consecutive_failures,
+            "models": list(state.serves()),
+        })
+    return web.json_response({"backends": rows})
+
+
+async def reload(request: web.Request) -> web.Response:
+    require_admin(request)
+    path = request.app.get(CONFIG_PATH)
+    if not path:
+        raise BadRequest("this gateway was not started from a config file")
+    result = reload_config(request.app[GATEWAY], path)
+    return web.json_response(result.to_dict(), status=200 if result.ok else 400)
+
+
+async def active_config(request: web.Request) -> web.Response:
+    require_admin(request)
+    gateway = request.app[GATEWAY]
+    error = gateway.last_reload_error
+    return web.json_response({"path": request.app.get(CONFIG_PATH),
+                              "active": redacted(gateway.config),
+                              "last_error": error.to_dict() if error else None})
