@@ -60,9 +60,17 @@ server_works() { [ -x "$1" ] && "$1" --version >/dev/null 2>&1; }
 if server_works "$SERVER_BIN"; then
   log "llama-server cached: $SERVER_BIN"
 else
-  for tool in cmake c++; do
-    command -v "$tool" >/dev/null 2>&1 || { log "missing $tool (apt-get install cmake g++)"; exit 1; }
-  done
+  if ! command -v cmake >/dev/null 2>&1 || ! command -v c++ >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      log "installing the toolchain (cmake g++ ninja-build) with apt-get"
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        cmake g++ ninja-build >/dev/null
+    fi
+    for tool in cmake c++; do
+      command -v "$tool" >/dev/null 2>&1 || { log "missing $tool (apt-get install cmake g++)"; exit 1; }
+    done
+  fi
   generator=()
   command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
 
