@@ -20,6 +20,7 @@ from .config import ApiKey
 from .typedefs import GATEWAY, RECORD
 
 CLIENT_GONE = (ConnectionResetError, ConnectionError)
+DRAIN_AFTER_DONE_S = 1.0
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -100,7 +101,26 @@ async def _relay_stream(request: web.Request, opened: Opened, rec: RequestRecord
         gateway.streams.discard(task)
         rec.usage = rewriter.usage
     await resp.write_eof()
+    if broken is None:
+        await _drain(opened, task)
     return resp, broken
+
+
+async def _drain(opened: Opened, task: asyncio.Task) -> None:
+    """Read the runtime's last bytes after [DONE], so its connection goes back to the pool.
+
+    The client already has the whole answer: if it leaves now, the stream still counts
+    as complete, not as a client that left.
+    """
+    try:
+        async with asyncio.timeout(DRAIN_AFTER_DONE_S):
+            async for _ in opened.chunks:
+                pass
+    except asyncio.CancelledError:
+        task.uncancel()
+        opened.response.close()
+    except (TimeoutError, UpstreamError):
+        opened.response.close()
 
 
 async def _try_write(resp: web.StreamResponse, data: bytes) -> None:

@@ -144,11 +144,14 @@ def body_response(body: bytes, content_type: str, rec: RequestRecord,
 
 async def relay_stream(resp: web.StreamResponse, chunks: AsyncIterator[bytes], first: bytes,
                        rewriter: StreamRewriter, rec: RequestRecord) -> None:
-    """Pass an SSE stream through chunk by chunk; a break ends with an error event."""
+    """Pass an SSE stream through chunk by chunk until `[DONE]`; a break ends with an
+    error event. What the runtime sends after `[DONE]` is left for the caller to drain."""
     out = rewriter.feed(first)
     _note_token(rewriter, rec)
     if out:
         await resp.write(out)
+    if rewriter.saw_done:
+        return
     clock = time.perf_counter
     try:
         waited = clock()
@@ -160,6 +163,8 @@ async def relay_stream(resp: web.StreamResponse, chunks: AsyncIterator[bytes], f
                 _note_token(rewriter, rec, now)
             if out:
                 await resp.write(out)
+            if rewriter.saw_done:
+                return
             waited = clock()
         out = rewriter.flush()
         if out:

@@ -21,6 +21,9 @@ def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
         uvloop.install()
     except ImportError:
         pass
+    # Until the app installs its reload handler, a SIGHUP must not kill the process
+    # (its default action): the listener is bound, so a supervisor may already send one.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     sock = _listen(host, port, reuse_port=workers > 1)
     children = [_fork_worker(config, path, sock) for _ in range(workers - 1)]
     try:

@@ -273,9 +273,6 @@ def test_client_disconnect_stops_generation(stack):
                       backend=server.name, reason="client_left") == aborts_before + 1
 
 
-@pytest.mark.xfail(strict=False, reason="gateway: a client that closes right after [DONE], "
-                   "before the upstream's EOF, is logged as 499 client_left; drop this "
-                   "marker once the relay treats a stream past [DONE] as complete")
 def test_completed_streams_are_not_counted_as_aborted(stack):
     """The SDK closes its connection as soon as it reads [DONE]: that is a finished stream."""
     client = stack.client()

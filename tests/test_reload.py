@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import aiohttp
 import pytest
@@ -168,8 +169,8 @@ def serve(tmp_path):
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return proc, port, path
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1):
+                    return proc, port, path
             except OSError:
                 time.sleep(0.05)
         proc.kill()
