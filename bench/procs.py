@@ -52,9 +52,9 @@ def tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of the process tree, children that already exited included."""
-    total = 0
+def cpu_by_pid(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of each process of the tree (reaped children included)."""
+    out = {}
     for p in tree(pid):
         try:
             stat = Path(f"/proc/{p}/stat").read_bytes()
@@ -62,8 +62,12 @@ def cpu_seconds(pid: int) -> float:
             continue
         fields = stat[stat.rfind(b")") + 2:].split()
         # fields[0] is state (field 3); utime, stime, cutime, cstime are fields 14..17
-        total += sum(int(x) for x in fields[11:15])
-    return total / CLK_TCK
+        out[p] = sum(int(x) for x in fields[11:15]) / CLK_TCK
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_by_pid(pid).values())
 
 
 def memory(pid: int) -> tuple[int, int]:

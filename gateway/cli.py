@@ -78,6 +78,10 @@ class NoClientNoise(logging.Filter):
 
 
 def setup_logging() -> None:
+    # One access line per request: skip the lookups no line of ours prints.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler])
