@@ -8,7 +8,8 @@ from typing import Any, Mapping
 
 from .config_types import Config
 
-_SECRET_HEADER = re.compile(r"auth|cookie|key|token|secret|passw", re.I)
+# Header names that carry a credential (Azure's api-key, x-api-key, ...).
+SECRET_HEADER = re.compile(r"auth|cookie|key|token|secret|passw", re.I)
 _URL_PASSWORD = re.compile(r"(//[^/@:]*):[^/@]*@")
 REDACTED = "***"
 
@@ -21,7 +22,7 @@ def redacted(cfg: Config) -> dict:
         b["api_key"] = _mask(b["api_key"])
         b["url"] = url_without_password(b["url"])
         # Some runtimes take their key in a header (Azure's api-key, x-api-key).
-        b["headers"] = {h: REDACTED if _SECRET_HEADER.search(h) else v
+        b["headers"] = {h: REDACTED if SECRET_HEADER.search(h) else v
                         for h, v in b["headers"].items()}
     for key in data["auth_keys"]:
         key["key"] = REDACTED

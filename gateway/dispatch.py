@@ -15,8 +15,8 @@ from typing import Any, AsyncIterator
 
 from .backends import BackendState
 from .config import Config
-from .errors import (GatewayError, NoHealthyBackend, NotImplementedByRuntime, RateLimited,
-                     UpstreamError, UpstreamStatus, UpstreamTimeout)
+from .errors import (DeadlineExceeded, GatewayError, NoHealthyBackend, NotImplementedByRuntime,
+                     RateLimited, UpstreamError, UpstreamStatus, UpstreamTimeout)
 from .metrics import Metrics
 from .pools import Pool, RouteTable
 from .record import RequestRecord
@@ -129,15 +129,12 @@ class Dispatcher:
                     rec.fallback = stage.fallback_to
                     self.metrics.fallbacks.labels(pool.model, stage.fallback_to).inc()
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        return await self._try(backend, stage.public, endpoint, payload, rec)
-                except TimeoutError:
-                    failures.append(UpstreamTimeout(
-                        f"no answer within the {cfg.retries.deadline_s:g} s deadline",
-                        reason="timeout"))
-                    break
+                    return await self._try(backend, stage.public, endpoint, payload, rec,
+                                           deadline)
                 except UpstreamError as err:
                     failures.append(err)
+                    if isinstance(err, DeadlineExceeded):
+                        break
             if loop.time() >= deadline:
                 break
         raise self._give_up(pool, capability, capable_seen, failures, tried)
@@ -196,7 +193,7 @@ class Dispatcher:
         return min(ejected, key=lambda b: b.ejected_until)
 
     async def _try(self, backend: BackendState, public: str, endpoint: str, payload: dict,
-                   rec: RequestRecord) -> Opened:
+                   rec: RequestRecord, deadline: float) -> Opened:
         cfg = backend.config
         body = dict(payload)
         body["model"] = backend.model_id(public)
@@ -210,10 +207,14 @@ class Dispatcher:
         self._acquire(backend)
         started = time.perf_counter()
         try:
-            response = await self.upstream.open(cfg, endpoint, body, rec.request_id)
+            response = await self.upstream.open(cfg, endpoint, body, rec.request_id, deadline)
             opened = Opened(self, backend, public, response, drop_usage)
             if rec.stream:
-                await self._first_chunk(opened)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await self._first_chunk(opened)
+                except TimeoutError:
+                    raise DeadlineExceeded() from None
         except UpstreamStatus:
             self.release(backend, None)
             raise

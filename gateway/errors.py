@@ -11,6 +11,7 @@
     ├── NotImplementedByRuntime  501 capability_not_supported
     ├── UpstreamError            502 upstream_error        (a backend failed; retryable)
     │   └── UpstreamTimeout      504 upstream_timeout
+    │       └── DeadlineExceeded 504 (reason "deadline": retries.deadline_s ran out)
     ├── NoHealthyBackend         503 no_healthy_backend    (carries retry_after)
     ├── ShuttingDown             503 shutting_down         (a stream cut when draining ends)
     └── UpstreamStatus           any status: a runtime's 4xx passed through with its own body
@@ -119,6 +120,14 @@ class UpstreamError(GatewayError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class DeadlineExceeded(UpstreamTimeout):
+    """The request's overall deadline ran out: no more tries, and no verdict on the backend."""
+
+    def __init__(self) -> None:
+        super().__init__("no answer before the request's deadline (retries.deadline_s)",
+                         reason="deadline")
 
 
 class NoHealthyBackend(GatewayError):

@@ -8,7 +8,6 @@ asyncio errors are translated here and nowhere else.
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import AsyncIterator
 
 import aiohttp
@@ -17,8 +16,10 @@ from multidict import CIMultiDict
 import orjson
 
 from .config import BackendConfig
+from .config_redact import SECRET_HEADER
 from .echo import EchoResponse
-from .errors import GatewayError, UpstreamError, UpstreamStatus, UpstreamTimeout
+from .errors import (DeadlineExceeded, GatewayError, UpstreamError, UpstreamStatus,
+                     UpstreamTimeout)
 
 ENDPOINT_PATHS = {
     "chat": "/chat/completions",
@@ -29,8 +30,6 @@ ENDPOINT_PATHS = {
 # Status codes after which another backend may well succeed.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_ERROR_BODY = 64 * 1024
-# Extra headers that carry a credential (Azure's api-key, x-api-key, ...).
-SECRET_HEADER = re.compile(r"auth|cookie|key|token|secret|passw", re.I)
 REDACTED = b"***"
 
 
@@ -62,6 +61,12 @@ class UpstreamResponse:
         self._idle_s = idle_s
 
     async def read(self) -> bytes:
+        if self._resp.content.is_eof():
+            # The usual case: the whole body came with the headers, no timer needed.
+            try:
+                return await self._resp.read()
+            finally:
+                self._resp.release()
         try:
             async with asyncio.timeout(self._idle_s):
                 return await self._resp.read()
@@ -161,15 +166,21 @@ class Upstream:
         return timeout
 
     async def open(self, backend: BackendConfig, endpoint: str, payload: dict,
-                   request_id: str) -> UpstreamResponse | EchoResponse:
+                   request_id: str, deadline: float | None = None
+                   ) -> UpstreamResponse | EchoResponse:
+        """Send the request; return once the headers are in, within first_byte_s and
+        `deadline` (loop time: the request's overall retry deadline)."""
         if backend.kind == "echo":
             return EchoResponse(endpoint, payload, payload["model"])
         body = orjson.dumps(payload)
         t = backend.timeouts
         url = backend.api_base + ENDPOINT_PATHS[endpoint]
         timeout = self._connect_timeout(t.connect_s)
+        # One timer for both limits, whichever comes first.
+        limit = asyncio.get_running_loop().time() + t.first_byte_s
+        by_deadline = deadline is not None and deadline < limit
         try:
-            async with asyncio.timeout(t.first_byte_s):
+            async with asyncio.timeout_at(deadline if by_deadline else limit):
                 resp = await self.session.post(
                     url, data=body, headers=upstream_headers(backend, request_id),
                     timeout=timeout, allow_redirects=False)
@@ -178,6 +189,8 @@ class Upstream:
         except GatewayError:
             raise
         except TimeoutError as exc:
+            if by_deadline:
+                raise DeadlineExceeded() from exc
             raise UpstreamTimeout(f"backend {backend.name} did not answer within "
                                   f"{t.first_byte_s:g} s", reason="timeout") from exc
         except (aiohttp.ConnectionTimeoutError, aiohttp.ServerTimeoutError) as exc:

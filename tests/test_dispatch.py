@@ -279,3 +279,20 @@ async def test_client_leaving_before_first_token_closes_upstream(start_runtime,
     assert fake.cancelled == 1
     metrics = await (await client.get("/metrics")).text()
     assert 'gateway_in_flight_requests{backend="x"} 0.0' in metrics
+
+
+async def test_deadline_bounds_all_tries_without_blaming_the_backend(start_runtime,
+                                                                    gateway_client):
+    _, s1 = await start_runtime(hang_s=5)
+    _, s2 = await start_runtime(hang_s=5)
+    cfg = make_config(runtime_backend("a", s1, models=["llama"]),
+                      runtime_backend("b", s2, models=["llama"]),
+                      retries=RetryConfig(attempts=2, deadline_s=0.4))
+    client = await gateway_client(cfg)
+    started = time.monotonic()
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert time.monotonic() - started < 1.5
+    assert resp.status == 504
+    assert "deadline" in (await resp.json())["error"]["message"]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'reason="deadline"' in metrics
