@@ -50,6 +50,19 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     endpoint = PROXY_ENDPOINTS.get(request.path, "") if request.method != "OPTIONS" else ""
     rec = RequestRecord(request_id_of(request), endpoint)
     request[RECORD] = rec
+    try:
+        resp = await _answer(request, handler, rec)
+        if not resp.prepared:
+            # Send first, log and measure after: the client need not wait for bookkeeping.
+            await resp.prepare(request)
+            await resp.write_eof()
+        return resp
+    finally:
+        _finish(request, rec)
+
+
+async def _answer(request: web.Request, handler, rec: RequestRecord) -> web.StreamResponse:
+    """The handler's response, or the OpenAI-shaped error for whatever it raised."""
     resp: web.StreamResponse | None = None
     try:
         resp = await handler(request)
@@ -78,7 +91,6 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
                     resp.headers["X-Gateway-Backend"] = rec.backend
                 if request.content.exception() is not None:
                     resp.force_close()   # a body that broke mid-way leaves the connection unusable
-        _finish(request, rec)
     return resp
 
 
