@@ -22,6 +22,12 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise BodyTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")
+    if request.content.is_eof():
+        # The usual case: the whole body came with the headers, no timer needed.
+        body = await _read_all(request)
+        if len(body) > limit:
+            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+        return body
     parts: list[bytes] = []
     size = 0
     try:
@@ -39,6 +45,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         # e.g. a Content-Encoding whose bytes do not decode: the client's fault, not ours.
         raise BadRequest(f"the request body could not be read: {_first_line(exc)}") from None
     return b"".join(parts)
+
+
+async def _read_all(request: web.Request) -> bytes:
+    try:
+        return await request.content.read()
+    except web.RequestPayloadError as exc:
+        raise BadRequest(f"the request body could not be read: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:
