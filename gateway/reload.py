@@ -20,7 +20,7 @@ from aiohttp import web
 from .config import Config, ConfigError, load_config
 from .log import config_logger
 from .state import Gateway
-from .typedefs import CONFIG_PATH, GATEWAY
+from .typedefs import CONFIG_PATH, GATEWAY, WORKER_PIDS
 
 POLL_S = 0.25      # how often the file's identity is looked at
 SETTLE_S = 0.3     # an edit must stay unchanged this long: no half-written files
@@ -106,8 +106,18 @@ async def config_watch(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(watch_file(gateway, path))
+    workers = app.get(WORKER_PIDS, ())
+
+    def on_hup() -> None:
+        reload_config(gateway, path)
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
     try:
-        loop.add_signal_handler(signal.SIGHUP, reload_config, gateway, path)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         hup = True
     except (NotImplementedError, RuntimeError, ValueError):
         hup = False   # not the main thread (tests), or no signals on this platform

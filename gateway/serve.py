@@ -11,6 +11,7 @@ import sys
 from aiohttp import web
 
 from .app import create_app
+from .typedefs import WORKER_PIDS
 from .config import Config
 from .log import server_logger
 
@@ -27,7 +28,7 @@ def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
     sock = _listen(host, port, reuse_port=workers > 1)
     children = [_fork_worker(config, path, sock) for _ in range(workers - 1)]
     try:
-        _serve(config, path, sock)
+        _serve(config, path, sock, tuple(children))
     finally:
         for pid in children:
             try:
@@ -64,10 +65,13 @@ def _fork_worker(config: Config, path: str, sock: socket.socket) -> int:
     return pid
 
 
-def _serve(config: Config, path: str, sock: socket.socket) -> None:
+def _serve(config: Config, path: str, sock: socket.socket,
+           workers: tuple[int, ...] = ()) -> None:
     async def make_app() -> web.Application:
         # Built inside run_app's loop: the ClientSession's connector needs a running loop.
-        return create_app(config, path)
+        app = create_app(config, path)
+        app[WORKER_PIDS] = workers   # the first process passes SIGHUP on to the others
+        return app
 
     host, port = sock.getsockname()[:2]
     server_logger.info("serving on http://%s:%s (pid %s)", host, port, os.getpid())

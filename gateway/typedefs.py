@@ -7,6 +7,7 @@ from .state import Gateway
 
 GATEWAY = web.AppKey("gateway", Gateway)
 CONFIG_PATH = web.AppKey("config_path", str)
+WORKER_PIDS = web.AppKey("worker_pids", tuple)   # the other worker processes (--workers N)
 RECORD = web.RequestKey("record", RequestRecord)
 
-__all__ = ["GATEWAY", "CONFIG_PATH", "RECORD", "RequestRecord"]
+__all__ = ["GATEWAY", "CONFIG_PATH", "WORKER_PIDS", "RECORD", "RequestRecord"]
