@@ -61,13 +61,10 @@ class UpstreamResponse:
         self._idle_s = idle_s
 
     async def read(self) -> bytes:
-        if self._resp.content.is_eof():
-            # The usual case: the whole body came with the headers, no timer needed.
-            try:
-                return await self._resp.read()
-            finally:
-                self._resp.release()
         try:
+            if self._resp.content.is_eof():
+                # The usual case: the whole body came with the headers, no timer needed.
+                return await self._resp.read()
             async with asyncio.timeout(self._idle_s):
                 return await self._resp.read()
         except TimeoutError as exc:
