@@ -6,9 +6,9 @@ assignments, so a running request keeps the objects it already holds.
 
 from __future__ import annotations
 
-from .auth import KeyRing
 import asyncio
 
+from .auth import KeyRing
 from .backends import BackendState
 from .config import Config
 from .dispatch import Dispatcher
