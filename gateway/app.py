@@ -8,13 +8,14 @@ import aiohttp_cors
 from aiohttp import hdrs, web
 
 from . import admin, handlers
+from .accesslog import AccessLog
 from .config import Config
 from .health import health_checks
 from .metrics import Metrics
 from .reload import config_watch
 from .middlewares import gateway_middleware, rate_limit_headers
 from .state import Gateway
-from .typedefs import CONFIG_PATH, GATEWAY
+from .typedefs import ACCESS_LOG, CONFIG_PATH, GATEWAY
 from .upstream import Upstream, make_session
 
 # The gateway reads bodies itself and answers 413 with an OpenAI-shaped error as soon
@@ -30,12 +31,14 @@ RATE_LIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{unit}" for unit in ("requests",
 
 
 def create_app(config: Config, config_path: str | None = None, *,
-               header_timeout_s: float = HEADER_TIMEOUT_S) -> web.Application:
+               header_timeout_s: float = HEADER_TIMEOUT_S,
+               access_log: AccessLog | None = None) -> web.Application:
     app = web.Application(middlewares=[gateway_middleware], client_max_size=AIOHTTP_BODY_CAP,
                           handler_args={"max_field_size": 16 * 1024, "max_headers": 128,
                                         "keepalive_timeout": header_timeout_s})
     session = make_session()
     app[GATEWAY] = Gateway(config, Upstream(session), Metrics())
+    app[ACCESS_LOG] = access_log or AccessLog()
     if config_path:
         app[CONFIG_PATH] = config_path
     app.cleanup_ctx.append(_client_session)
@@ -56,6 +59,7 @@ async def _start_draining(app: web.Application) -> None:
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[GATEWAY].upstream.session.close()
+    app[ACCESS_LOG].flush()   # the last lines of a draining gateway
 
 
 def _add_routes(app: web.Application, config: Config) -> None:

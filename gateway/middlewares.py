@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import time
 
-import orjson
 from aiohttp import web
 
 from .errors import BadRequest, BodyTooLarge, GatewayError, NotFound
-from .log import access_logger, server_logger
+from .log import server_logger
 from .record import RequestRecord
-from .typedefs import GATEWAY, RECORD
+from .typedefs import ACCESS_LOG, GATEWAY, RECORD
 
 PROXY_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
                    "/v1/embeddings": "embeddings"}
@@ -56,8 +54,11 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         resp = await _answer(request, handler, rec)
         if not resp.prepared:
             # Send first, log and measure after: the client need not wait for bookkeeping.
-            await resp.prepare(request)
-            await resp.write_eof()
+            try:
+                await resp.prepare(request)
+                await resp.write_eof()
+            except ConnectionError:
+                rec.status = 499   # gone before its answer: aiohttp closes up quietly
         return resp
     finally:
         _finish(request, rec)
@@ -102,11 +103,12 @@ def _finish(request: web.Request, rec: RequestRecord) -> None:
         gateway = request.app[GATEWAY]
         gateway.limiter.charge(rec.key_name, rec.usage)   # tpm: the real usage, once known
         gateway.metrics.record_request(rec, duration)
-    if access_logger.isEnabledFor(logging.INFO):
+    log = request.app[ACCESS_LOG]
+    if log.enabled():
         fields = rec.log_fields(duration)
         if not rec.endpoint:
             fields["path"] = request.path
-        access_logger.info("%s", orjson.dumps(fields).decode())
+        log.write(fields)
 
 
 async def rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -10,6 +9,7 @@ import sys
 
 from aiohttp import web
 
+from .accesslog import StderrAccessLog
 from .app import create_app
 from .typedefs import WORKER_PIDS
 from .config import Config
@@ -69,7 +69,7 @@ def _serve(config: Config, path: str, sock: socket.socket,
            workers: tuple[int, ...] = ()) -> None:
     async def make_app() -> web.Application:
         # Built inside run_app's loop: the ClientSession's connector needs a running loop.
-        app = create_app(config, path)
+        app = create_app(config, path, access_log=StderrAccessLog())
         app[WORKER_PIDS] = workers   # the first process passes SIGHUP on to the others
         return app
 
