@@ -186,25 +186,19 @@ def _gateway_config(port: int, fake_port: int, dead_port: int) -> dict:
     }
 
 
-class Gateway:
-    def __init__(self, tmp: Path, fake_port: int) -> None:
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.config = _gateway_config(self.port, fake_port, _free_port())
-        self.config_path = tmp / "gateway.yaml"
-        self.write_config()
-        self.log_path = tmp / "gateway.log"
-        self._log = self.log_path.open("wb")
-        env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}
-        self.proc = subprocess.Popen(
-            [*_gateway_command(), "serve", "--config", str(self.config_path),
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-            cwd=tmp)
+class _Service:
+    """A server this test starts: its log, a readiness wait, a clean stop."""
 
-    def write_config(self) -> None:
-        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False),
-                                    encoding="utf-8")
+    name = "service"
+    ready_path = "/"
+
+    def _start(self, args: list[str], tmp: Path, log_name: str, **popen) -> None:
+        self.port = getattr(self, "port", None) or _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / log_name
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT, cwd=tmp, **popen)
 
     def log_tail(self, n: int = 40) -> str:
         self._log.flush()
@@ -215,23 +209,15 @@ class Gateway:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail(f"gateway exited with {self.proc.returncode}:\n{self.log_tail()}")
+                pytest.fail(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.base + "/health", timeout=2) as r:
+                with urllib.request.urlopen(self.base + self.ready_path, timeout=2) as r:
                     if r.status == 200:
                         return
             except OSError:
                 pass
             time.sleep(0.2)
-        pytest.fail(f"gateway not answering /health after {timeout}s:\n{self.log_tail()}")
-
-    def metrics_text(self) -> str:
-        with urllib.request.urlopen(self.base + "/metrics", timeout=10) as r:
-            return r.read().decode()
-
-    def sample_names(self) -> set[str]:
-        return {s.name for fam in text_string_to_metric_families(self.metrics_text())
-                for s in fam.samples}
+        pytest.fail(f"{self.name} not ready after {timeout}s:\n{self.log_tail()}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -242,6 +228,33 @@ class Gateway:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self._log.close()
+
+
+class Gateway(_Service):
+    name = "gateway"
+    ready_path = "/health"
+
+    def __init__(self, tmp: Path, fake_port: int) -> None:
+        self.port = _free_port()
+        self.config = _gateway_config(self.port, fake_port, _free_port())
+        self.config_path = tmp / "gateway.yaml"
+        self.write_config()
+        env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}
+        self._start([*_gateway_command(), "serve", "--config", str(self.config_path),
+                     "--host", "127.0.0.1", "--port", str(self.port)],
+                    tmp, "gateway.log", env=env)
+
+    def write_config(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False),
+                                    encoding="utf-8")
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(self.base + "/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    def sample_names(self) -> set[str]:
+        return {s.name for fam in text_string_to_metric_families(self.metrics_text())
+                for s in fam.samples}
 
 
 @pytest.fixture
@@ -349,10 +362,11 @@ def reload_config(gw: Gateway, weight: int, timeout: float = 15) -> bool:
 
 # --- Prometheus -----------------------------------------------------------------------------
 
-class Prometheus:
+class Prometheus(_Service):
+    name = "prometheus"
+    ready_path = "/-/ready"
+
     def __init__(self, binary: str, tmp: Path, target: str) -> None:
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
         conf = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
                        "evaluation_interval": "1s"},
@@ -360,32 +374,11 @@ class Prometheus:
                                 "static_configs": [{"targets": [target]}]}],
         }
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(conf), encoding="utf-8")
-        self.log_path = tmp / "prometheus.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [binary, f"--config.file={tmp / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp / 'prometheus-data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp)
-
-    def log_tail(self, n: int = 30) -> str:
-        self._log.flush()
-        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-        return "\n".join(lines[-n:])
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.base + "/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        pytest.fail(f"prometheus not ready after {timeout}s:\n{self.log_tail()}")
+        self.port = _free_port()
+        self._start([binary, f"--config.file={tmp / 'prometheus.yml'}",
+                     f"--storage.tsdb.path={tmp / 'prometheus-data'}",
+                     f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                    tmp, "prometheus.log")
 
     def query(self, expr: str) -> list[dict]:
         url = self.base + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
@@ -404,16 +397,6 @@ class Prometheus:
                 return True
             time.sleep(0.5)
         return False
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
 
 
 def _dashboard_queries() -> list[tuple[str, str]]:
