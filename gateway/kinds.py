@@ -12,12 +12,6 @@ from typing import Mapping
 
 CAPABILITIES = ("chat", "completions", "embeddings", "tools", "stream_usage")
 
-ENDPOINT_CAPABILITY = {
-    "chat": "chat",
-    "completions": "completions",
-    "embeddings": "embeddings",
-}
-
 
 @dataclass(frozen=True)
 class Kind:

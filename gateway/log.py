@@ -4,6 +4,5 @@ import logging
 
 server_logger = logging.getLogger("gateway.server")
 access_logger = logging.getLogger("gateway.access")
-upstream_logger = logging.getLogger("gateway.upstream")
 health_logger = logging.getLogger("gateway.health")
 config_logger = logging.getLogger("gateway.config")
