@@ -71,11 +71,12 @@ class StreamRewriter:
             return b""
         if self.patterns:
             data = rewrite_model(data, self.patterns)
-        if b'"usage"' in data:
+        # `"usage":null` rides on every chunk of some runtimes: parse only real usage.
+        if b'"usage":{' in data or b'"usage": {' in data:
             data = self._take_usage(data)
         if not self.saw_token and _TOKEN.search(data):
             self.saw_token = True
-        if b"[DONE]" in data:
+        if b"[DONE]" in data and _done_line(data):
             self.saw_done = True
         return data
 
@@ -103,6 +104,21 @@ class StreamRewriter:
                         continue
             keep.append(line)
         return b"\n".join(keep)
+
+
+def _done_line(block: bytes) -> bool:
+    """True when a line of `block` is `data: [DONE]`, not when a token merely says "[DONE]".
+
+    Inside a JSON string a newline is always escaped, so a real event is the one
+    whose line starts with `data:`.
+    """
+    at = block.find(b"[DONE]")
+    while at != -1:
+        line_start = block.rfind(b"\n", 0, at) + 1
+        if block[line_start:at].rstrip() == b"data:":
+            return True
+        at = block.find(b"[DONE]", at + 1)
+    return False
 
 
 def _loads(raw: bytes) -> dict[str, Any] | None:
@@ -159,8 +175,7 @@ async def relay_stream(resp: web.StreamResponse, chunks: AsyncIterator[bytes], f
             now = clock()
             rec.upstream_wait += now - waited
             out = rewriter.feed(data)
-            if rewriter.saw_token:
-                _note_token(rewriter, rec, now)
+            _note_token(rewriter, rec, now)
             if out:
                 await resp.write(out)
             if rewriter.saw_done:

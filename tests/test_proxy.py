@@ -258,3 +258,27 @@ async def test_ready_is_503_when_no_backend_is_healthy(start_runtime, gateway_cl
     resp = await client.post("/v1/chat/completions", json=CHAT)
     assert resp.status == 503
     assert (await resp.json())["error"]["code"] == "no_healthy_backend"
+
+
+async def test_a_token_saying_done_does_not_end_the_stream(gateway_client):
+    from gateway.config import backend
+    client = await gateway_client(make_config(backend("e", "echo", models=["llama"])))
+    words = "data: [DONE] is only text here"
+    raw = await (await client.post("/v1/chat/completions", json={
+        **CHAT, "stream": True, "messages": [{"role": "user", "content": words}]})).read()
+    events = sse_events(raw)
+    assert events[-1] == "[DONE]" and events.count("[DONE]") == 1
+    text = "".join(json.loads(e)["choices"][0]["delta"].get("content", "")
+                   for e in events[:-1])
+    assert text == words
+
+
+def test_usage_null_on_every_chunk_is_not_taken_for_usage():
+    from gateway.relay import StreamRewriter
+    rewriter = StreamRewriter((), drop_usage=True)
+    chunk = b'data: {"choices":[{"delta":{"content":"x"}}],"usage":null}\n\n'
+    assert rewriter.feed(chunk) == chunk
+    assert rewriter.usage is None
+    last = b'data: {"choices":[],"usage":{"completion_tokens":1}}\n\ndata: [DONE]\n\n'
+    assert rewriter.feed(last) == b"data: [DONE]\n\n"
+    assert rewriter.usage == {"completion_tokens": 1} and rewriter.saw_done
