@@ -140,4 +140,7 @@ class Config:
     auth_keys: tuple[ApiKey, ...] = ()
 
     def route(self, model: str) -> RouteConfig:
-        return self.routes.get(model) or RouteConfig()
+        return self.routes.get(model) or DEFAULT_ROUTE
+
+
+DEFAULT_ROUTE = RouteConfig()   # a model without a `routes` entry: weighted, no fallbacks

@@ -77,12 +77,6 @@ class Metrics:
         self.config_reloads = Counter(
             "gateway_config_reloads", "Config reloads, by result.",
             ["result"], registry=r)
-        # Label children of the per-request metrics, by (metric, label values): .labels()
-        # takes a lock and re-validates every value, a dict lookup does neither.
-        self._children: dict[tuple, Any] = {}
-        for result in ("ok", "error"):
-            # Present from the start, so increase() sees the first reload of either kind.
-            self.config_reloads.labels(result)
         # `key` is a configured key's name, never the key itself.
         self.key_requests = Counter(
             "gateway_key_requests", "Requests per client key, by final status.",
@@ -90,6 +84,12 @@ class Metrics:
         self.rate_limited = Counter(
             "gateway_rate_limited", "Requests refused by a client key's rate limit.",
             ["key", "limit"], registry=r)
+        for result in ("ok", "error"):
+            # Present from the start, so increase() sees the first reload of either kind.
+            self.config_reloads.labels(result)
+        # Label children of the per-request metrics, by (metric, label values): .labels()
+        # takes a lock and re-validates every value, a dict lookup does neither.
+        self._children: dict[tuple, Any] = {}
 
     def forget_backend(self, name: str) -> None:
         """A removed backend's gauges would otherwise report stale values forever."""
