@@ -11,9 +11,9 @@ from aiohttp import web
 
 from .accesslog import StderrAccessLog
 from .app import create_app
-from .typedefs import WORKER_PIDS
 from .config import Config
 from .log import server_logger
+from .typedefs import WORKER_PIDS
 
 
 def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
@@ -25,7 +25,7 @@ def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
     # Until the app installs its reload handler, a SIGHUP must not kill the process
     # (its default action): the listener is bound, so a supervisor may already send one.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    sock = _listen(host, port, reuse_port=workers > 1)
+    sock = _listen(host, port)   # one listening socket, shared by the forked workers
     children = [_fork_worker(config, path, sock) for _ in range(workers - 1)]
     try:
         _serve(config, path, sock, tuple(children))
@@ -39,19 +39,16 @@ def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
     return 0
 
 
-def _listen(host: str, port: int, reuse_port: bool) -> socket.socket:
+def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         print(f"server: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         raise SystemExit(1) from None
     sock.listen(1024)
-    sock.set_inheritable(True)
     return sock
 
 
