@@ -13,7 +13,7 @@ from .config import Config
 from .health import health_checks
 from .metrics import Metrics
 from .reload import config_watch
-from .middlewares import gateway_middleware, rate_limit_headers
+from .middlewares import gateway_middleware
 from .state import Gateway
 from .typedefs import ACCESS_LOG, CONFIG_PATH, GATEWAY
 from .upstream import Upstream, make_session
@@ -46,7 +46,6 @@ def create_app(config: Config, config_path: str | None = None, *,
     app.cleanup_ctx.append(config_watch)
     app.on_shutdown.append(_start_draining)
     _add_routes(app, config)
-    app.on_response_prepare.append(rate_limit_headers)
     return app
 
 

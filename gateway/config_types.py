@@ -6,11 +6,13 @@ Everything outside the config_* modules sees only these objects, never the raw d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Mapping
 
 from .kinds import KINDS, normalise_root
 
+USER_AGENT = "llm-edge-gateway"
 STRATEGIES = ("weighted", "least_busy", "prefix_affinity", "session_affinity")
 
 # While loading, problems travel as (key path, message) pairs;
@@ -48,6 +50,22 @@ class BackendConfig:
     @property
     def api_base(self) -> str:
         return self.url + "/v1"
+
+    @cached_property
+    def request_headers(self) -> Mapping[str, str]:
+        """The headers every request to this backend carries (built once, not per request):
+        its own headers, then the JSON content headers and its key, which win."""
+        fixed = {"Content-Type": "application/json",
+                 "Accept": "application/json, text/event-stream",
+                 # Bodies are relayed and rewritten as bytes: they must come uncompressed.
+                 "Accept-Encoding": "identity",
+                 "User-Agent": USER_AGENT}
+        if self.api_key:
+            fixed["Authorization"] = f"Bearer {self.api_key}"
+        taken = {name.lower() for name in fixed}
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in taken}
+        headers.update(fixed)
+        return MappingProxyType(headers)
 
     def identity(self) -> tuple[str, str]:
         """What must stay equal for a reload to keep this backend's runtime state."""

@@ -11,6 +11,7 @@ from .auth import check_model, visible_models
 from .dispatch import Opened
 from .errors import ModelNotFound, RateLimited, ShuttingDown, UpstreamError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .middlewares import stamp_response
 from .record import RequestRecord
 from .relay import SSE_HEADERS, StreamRewriter, body_response, error_event, relay_stream
 from .requests import needed_capability, parse_payload, read_body
@@ -73,7 +74,7 @@ async def _relay_stream(request: web.Request, opened: Opened, rec: RequestRecord
     """The relayed stream, and the failure if it broke after the first byte."""
     gateway = request.app[GATEWAY]
     resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
-    _stamp(resp, rec)
+    stamp_response(request, resp, rec)
     rewriter = StreamRewriter(opened.patterns, opened.drop_usage)
     broken: UpstreamError | None = None
     task = asyncio.current_task()
@@ -139,12 +140,6 @@ def _route_request(request: web.Request, endpoint: str, payload: dict,
         session = request.headers.get("X-Session-ID") or (user if isinstance(user, str) else None)
         return RouteRequest(session=session)
     return RouteRequest()
-
-
-def _stamp(resp: web.StreamResponse, rec: RequestRecord) -> None:
-    resp.headers["X-Request-ID"] = rec.request_id
-    if rec.backend:
-        resp.headers["X-Gateway-Backend"] = rec.backend
 
 
 def client_key(request: web.Request) -> ApiKey | None:

@@ -89,9 +89,7 @@ async def _answer(request: web.Request, handler, rec: RequestRecord) -> web.Stre
         if resp is not None:
             rec.status = resp.status
             if not resp.prepared:
-                resp.headers["X-Request-ID"] = rec.request_id
-                if rec.backend:
-                    resp.headers["X-Gateway-Backend"] = rec.backend
+                stamp_response(request, resp, rec)
                 if request.content.exception() is not None:
                     resp.force_close()   # a body that broke mid-way leaves the connection unusable
     return resp
@@ -111,8 +109,12 @@ def _finish(request: web.Request, rec: RequestRecord) -> None:
         log.write(fields)
 
 
-async def rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: a keyed request's x-ratelimit-* headers, on every answer."""
-    rec = request.get(RECORD)
-    if rec is not None and rec.key_name:
-        response.headers.update(request.app[GATEWAY].limiter.headers(rec.key_name))
+def stamp_response(request: web.Request, resp: web.StreamResponse, rec: RequestRecord) -> None:
+    """The gateway's own headers, on every answer before it is sent: request id, the
+    backend that answered, and a keyed request's x-ratelimit-* headers."""
+    headers = resp.headers
+    headers["X-Request-ID"] = rec.request_id
+    if rec.backend:
+        headers["X-Gateway-Backend"] = rec.backend
+    if rec.key_name:
+        headers.update(request.app[GATEWAY].limiter.headers(rec.key_name))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -25,6 +26,7 @@ def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
     # Until the app installs its reload handler, a SIGHUP must not kill the process
     # (its default action): the listener is bound, so a supervisor may already send one.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    tune_gc()   # before the fork: the workers share the frozen startup heap's pages
     sock = _listen(host, port)   # one listening socket, shared by the forked workers
     children = [_fork_worker(config, path, sock) for _ in range(workers - 1)]
     try:
@@ -60,6 +62,27 @@ def _fork_worker(config: Config, path: str, sock: socket.socket) -> int:
         finally:
             os._exit(0)
     return pid
+
+
+# Objects allocated (net of those freed) between two young-generation collections.
+# CPython's 700 made a collection every ~25 requests, each walking the young objects
+# an asyncio request leaves around: 15-30 us per request (measured with gc.callbacks).
+# Nearly all of a request's garbage is freed by reference counting; cycles are still
+# collected, only in bigger, rarer batches.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Make the garbage collector's work per request small.
+
+    The startup heap (config, metrics registry, imported modules) lives as long as the
+    process: frozen, later collections no longer walk it, and forked workers keep
+    sharing its pages instead of copying them when the collector touches them.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def _serve(config: Config, path: str, sock: socket.socket,

@@ -1,31 +1,56 @@
-"""The access log `gateway serve` uses: one JSON line per request, batched per loop turn."""
+"""The access log `gateway serve` uses: one JSON line per request, written in batches."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 
 from gateway.accesslog import StderrAccessLog
 
 
-async def test_lines_of_one_loop_turn_go_out_in_one_write():
+async def test_buffered_lines_go_out_together_after_the_flush_delay():
     read_fd, write_fd = os.pipe()
     try:
-        log = StderrAccessLog(write_fd)
+        log = StderrAccessLog(write_fd, flush_after_s=0.05)
         for i in range(3):
             log.write({"request_id": f"r{i}", "status": 200})
+            await asyncio.sleep(0)
         os.set_blocking(read_fd, False)
         try:
             assert os.read(read_fd, 4096) == b""
         except BlockingIOError:
-            pass                          # nothing written yet: the turn is not over
-        await asyncio.sleep(0)
+            pass                          # nothing written yet: the delay is not over
+        await asyncio.sleep(0.2)
         lines = os.read(read_fd, 4096).decode().splitlines()
         assert [json.loads(line)["request_id"] for line in lines] == ["r0", "r1", "r2"]
         log.write({"request_id": "last"})
         log.flush()                       # what app cleanup does at shutdown
         assert json.loads(os.read(read_fd, 4096))["request_id"] == "last"
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+async def test_a_full_buffer_is_written_at_once():
+    read_fd, write_fd = os.pipe()
+    try:
+        os.set_blocking(read_fd, False)
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 1 << 20)   # room for the whole batch
+        log = StderrAccessLog(write_fd, flush_after_s=60)
+        written = 0
+        while True:                       # bounded: the buffer flushes within 64 KiB
+            log.write({"request_id": "x" * 100, "n": written})
+            written += 1
+            try:
+                data = os.read(read_fd, 1 << 20)
+                break
+            except BlockingIOError:
+                assert written < 2000
+        lines = data.decode().splitlines()
+        assert [json.loads(line)["n"] for line in lines] == list(range(written))
+        log.flush()
     finally:
         os.close(read_fd)
         os.close(write_fd)
