@@ -13,7 +13,8 @@ from .errors import ModelNotFound, RateLimited, ShuttingDown, UpstreamError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .middlewares import stamp_response
 from .record import RequestRecord
-from .relay import SSE_HEADERS, StreamRewriter, body_response, error_event, relay_stream
+from .relay import (SSE_HEADERS, StreamRewriter, body_response, body_usage, error_event,
+                    relay_stream)
 from .requests import needed_capability, parse_payload, read_body
 from .routing import RouteRequest
 from .routing.prefix_affinity import prefix_key
@@ -60,8 +61,19 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
             return resp
         started = time.perf_counter()
         body = await opened.response.read()
-        rec.upstream_wait += time.perf_counter() - started
-        return body_response(body, opened.response.content_type, rec, opened.patterns)
+        rec.first_token_at = rec.last_token_at = now = time.perf_counter()
+        rec.upstream_wait += now - started
+        resp = body_response(body, opened.response.content_type, opened.patterns)
+        stamp_response(request, resp, rec)
+        # Sent here, not by the middleware, so that the client has its answer before
+        # the bookkeeping: usage parsing, and (in finally) the backend's release.
+        try:
+            await resp.prepare(request)
+            await resp.write_eof()
+        except CLIENT_GONE:
+            rec.status = 499   # gone before its answer; its usage still counts for tpm
+        rec.usage = body_usage(body)
+        return resp
     except BaseException as exc:
         error = exc
         raise
@@ -70,8 +82,9 @@ async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
 
 
 async def _relay_stream(request: web.Request, opened: Opened, rec: RequestRecord
-                        ) -> tuple[web.StreamResponse, UpstreamError | None]:
-    """The relayed stream, and the failure if it broke after the first byte."""
+                        ) -> tuple[web.StreamResponse, BaseException | None]:
+    """The relayed stream, and why it ended early: the runtime's failure after the
+    first byte, or the client's connection breaking."""
     gateway = request.app[GATEWAY]
     resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
     stamp_response(request, resp, rec)
@@ -94,10 +107,11 @@ async def _relay_stream(request: web.Request, opened: Opened, rec: RequestRecord
         rec.aborted = "shutdown"
         await _try_write(resp, error_event(ShuttingDown(
             "the gateway is shutting down and its drain time ran out")))
-    except CLIENT_GONE:
+    except CLIENT_GONE as exc:
         opened.response.close()
         rec.aborted = "client_left"
-        raise
+        rec.status = 499
+        return resp, exc
     finally:
         gateway.streams.discard(task)
         rec.usage = rewriter.usage

@@ -87,7 +87,8 @@ async def _answer(request: web.Request, handler, rec: RequestRecord) -> web.Stre
         rec.error = "internal error"
     finally:
         if resp is not None:
-            rec.status = resp.status
+            # A handler that sent its answer itself sets 499 when the client left.
+            rec.status = rec.status or resp.status
             if not resp.prepared:
                 stamp_response(request, resp, rec)
                 if request.content.exception() is not None:

@@ -1,7 +1,7 @@
 """Relaying a runtime's answer to the client: model-name rewriting and usage capture.
 
 Non-streamed bodies are rewritten with one byte replace (the runtime's model id
-becomes the public name) and parsed once for `usage`. Streams are relayed in
+becomes the public name) and parsed once for `usage`, after the client has them. Streams are relayed in
 whole SSE lines as they arrive, never buffered whole; a chunk is parsed only
 when it carries usage or an error, so the per-chunk cost stays a few byte
 scans.
@@ -143,19 +143,19 @@ def first_event_error(block: bytes) -> dict[str, Any] | None:
     return None
 
 
-def body_response(body: bytes, content_type: str, rec: RequestRecord,
+def body_response(body: bytes, content_type: str,
                   patterns: tuple[tuple[bytes, bytes], ...]) -> web.Response:
-    """A whole JSON answer: model rewritten, usage captured."""
-    parsed = _loads(body)
-    if parsed is not None:
-        usage = parsed.get("usage")
-        if isinstance(usage, dict):
-            rec.usage = usage
-    now = time.perf_counter()
-    rec.first_token_at = rec.last_token_at = now
+    """A whole JSON answer with the model rewritten."""
     resp = web.Response(body=rewrite_model(body, patterns), status=200)
     resp.content_type = content_type.split(";")[0].strip() or "application/json"
     return resp
+
+
+def body_usage(body: bytes) -> dict[str, Any] | None:
+    """The `usage` object of a whole JSON answer, if it has one."""
+    parsed = _loads(body)
+    usage = parsed.get("usage") if parsed is not None else None
+    return usage if isinstance(usage, dict) else None
 
 
 async def relay_stream(resp: web.StreamResponse, chunks: AsyncIterator[bytes], first: bytes,
