@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from .backends import BackendState
@@ -18,22 +17,11 @@ from .config import Config
 from .errors import (DeadlineExceeded, GatewayError, NoHealthyBackend, NotImplementedByRuntime,
                      RateLimited, UpstreamError, UpstreamStatus, UpstreamTimeout)
 from .metrics import Metrics
-from .pools import Pool, RouteTable
+from .pools import Pool, RouteTable, Stage
 from .record import RequestRecord
 from .relay import first_event_error, model_patterns
 from .routing import RouteRequest
 from .upstream import Upstream, scrub_secrets
-
-
-@dataclass(slots=True)
-class Stage:
-    """One step of the walk: the pool itself, then each fallback."""
-
-    public: str                         # the public model name this stage serves
-    pool: Pool
-    backends: tuple[BackendState, ...]
-    tries: int
-    fallback_to: str | None = None      # label for gateway_fallbacks_total{to}
 
 
 class Opened:
@@ -108,9 +96,9 @@ class Dispatcher:
         tried: set[str] = set()
         failures: list[UpstreamError] = []
         capable_seen = False
-        stages = self._stages(table, pool)
+        stages = table.stages(pool)
         for index, stage in enumerate(stages):
-            capable = [b for b in stage.backends if b.config.capabilities.get(capability)]
+            capable = stage.capable(capability)
             capable_seen = capable_seen or bool(capable)
             tries = stage.tries
             last_stage = index == len(stages) - 1
@@ -139,22 +127,7 @@ class Dispatcher:
                 break
         raise self._give_up(pool, capability, capable_seen, failures, tried)
 
-    def _stages(self, table: RouteTable, pool: Pool) -> list[Stage]:
-        attempts = self.config.retries.attempts
-        stages = [Stage(pool.model, pool, pool.backends, 1 + attempts)]
-        for fb in pool.fallbacks:
-            if fb.backend is not None:
-                state = table.states.get(fb.backend)
-                if state is not None:
-                    stages.append(Stage(pool.model, pool, (state,), 1, fb.backend))
-            elif fb.model is not None:
-                target = table.pool(fb.model)
-                if target is not None:
-                    stages.append(Stage(fb.model, target, target.backends, 1 + attempts,
-                                        fb.model))
-        return stages
-
-    async def _choose(self, stage: Stage, capable: list[BackendState], tried: set[str],
+    async def _choose(self, stage: Stage, capable: tuple[BackendState, ...], tried: set[str],
                       route: RouteRequest, deadline: float,
                       desperate: bool) -> BackendState | None:
         """A backend to try now, waiting in the queue while all are at their cap."""

@@ -7,7 +7,7 @@ one step, so a request keeps the table it started with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from .backends import BackendState
@@ -21,6 +21,26 @@ class Pool:
     backends: tuple[BackendState, ...]
     strategy: Strategy
     fallbacks: tuple[Fallback, ...] = ()
+
+
+@dataclass(slots=True)
+class Stage:
+    """One step of a request's walk: the pool itself, then each fallback."""
+
+    public: str                         # the public model name this stage serves
+    pool: Pool
+    backends: tuple[BackendState, ...]
+    tries: int
+    fallback_to: str | None = None      # label for gateway_fallbacks_total{to}
+    _capable: dict[str, tuple[BackendState, ...]] = field(default_factory=dict)
+
+    def capable(self, capability: str) -> tuple[BackendState, ...]:
+        """The backends that can serve `capability` (computed once per table)."""
+        found = self._capable.get(capability)
+        if found is None:
+            found = self._capable[capability] = tuple(
+                b for b in self.backends if b.config.capabilities.get(capability))
+        return found
 
 
 class RouteTable:
@@ -43,9 +63,32 @@ class RouteTable:
             self.pools[model] = Pool(model, tuple(backends),
                                      strategy or make_strategy(route.strategy), route.fallbacks)
         self.model_names = tuple(sorted(self.pools))
+        self._stages: dict[str, tuple[Stage, ...]] = {}
 
     def pool(self, model: str) -> Pool | None:
         return self.pools.get(model)
+
+    def stages(self, pool: Pool) -> tuple[Stage, ...]:
+        """The pool, then its fallbacks that exist: the order a request tries them in."""
+        stages = self._stages.get(pool.model)
+        if stages is None:
+            stages = self._stages[pool.model] = self._build_stages(pool)
+        return stages
+
+    def _build_stages(self, pool: Pool) -> tuple[Stage, ...]:
+        attempts = self.config.retries.attempts
+        stages = [Stage(pool.model, pool, pool.backends, 1 + attempts)]
+        for fb in pool.fallbacks:
+            if fb.backend is not None:
+                state = self.states.get(fb.backend)
+                if state is not None:
+                    stages.append(Stage(pool.model, pool, (state,), 1, fb.backend))
+            elif fb.model is not None:
+                target = self.pool(fb.model)
+                if target is not None:
+                    stages.append(Stage(fb.model, target, target.backends, 1 + attempts,
+                                        fb.model))
+        return tuple(stages)
 
     def strategy_for(self, model: str, name: str) -> Strategy | None:
         """Keep a strategy's state (round-robin position, hash ring) across rebuilds."""
