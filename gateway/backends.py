@@ -13,8 +13,7 @@ from .config import BackendConfig
 class BackendState:
     __slots__ = ("config", "in_flight", "healthy", "checked", "discovered_models",
                  "consecutive_failures", "ejections", "ejected_until",
-                 "cooling_until", "health_ok_streak", "health_fail_streak",
-                 "in_flight_gauge")
+                 "cooling_until", "health_ok_streak", "health_fail_streak")
 
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
@@ -30,8 +29,6 @@ class BackendState:
         self.cooling_until = 0.0      # a 429's Retry-After: monotonic time
         self.health_ok_streak = 0
         self.health_fail_streak = 0
-        # This backend's gateway_in_flight_requests child, bound once (see Gateway.apply).
-        self.in_flight_gauge = None
 
     @property
     def name(self) -> str:

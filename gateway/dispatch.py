@@ -136,15 +136,22 @@ class Dispatcher:
         queue_deadline = min(deadline, loop.time() + self.config.queue.max_wait_s)
         while True:
             now = time.monotonic()
-            fresh = [b for b in capable if b.name not in tried and b.healthy]
-            ready = [b for b in fresh if b.available(now)]
-            if not ready:
+            fresh: list[BackendState] = []   # not tried yet, not failed its health checks
+            free: list[BackendState] = []    # of those, not ejected, cooling or at their cap
+            any_ready = False
+            for b in capable:
+                if b.healthy and b.name not in tried:
+                    fresh.append(b)
+                    if b.available(now):
+                        any_ready = True
+                        if not b.at_capacity:
+                            free.append(b)
+            if not any_ready:
                 if desperate and fresh:
                     # Every backend is ejected or cooling and nothing is left to fall back
                     # to: the one whose cooldown ends first beats failing outright.
                     return self._soonest(fresh, now)
                 return None
-            free = [b for b in ready if not b.at_capacity]
             if free:
                 backend = stage.pool.strategy.pick(free, route) if len(free) > 1 else free[0]
                 backend.start_trial(health.unhealthy_after, health.cooldown_s, now)
@@ -224,11 +231,9 @@ class Dispatcher:
 
     def _acquire(self, backend: BackendState) -> None:
         backend.in_flight += 1
-        backend.in_flight_gauge.inc()
 
     def release(self, backend: BackendState, error: BaseException | None) -> None:
         backend.in_flight -= 1
-        backend.in_flight_gauge.dec()   # a removed backend's child is detached: no stale series
         self.queue.notify()
         now = time.monotonic()
         if error is None:

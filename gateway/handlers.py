@@ -23,6 +23,7 @@ from .typedefs import GATEWAY, RECORD
 
 CLIENT_GONE = (ConnectionResetError, ConnectionError)
 DRAIN_AFTER_DONE_S = 1.0
+NO_AFFINITY = RouteRequest()   # what every strategy but the affinity ones gets
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -153,7 +154,7 @@ def _route_request(request: web.Request, endpoint: str, payload: dict,
         user = payload.get("user")
         session = request.headers.get("X-Session-ID") or (user if isinstance(user, str) else None)
         return RouteRequest(session=session)
-    return RouteRequest()
+    return NO_AFFINITY
 
 
 def client_key(request: web.Request) -> ApiKey | None:

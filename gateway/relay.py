@@ -146,9 +146,8 @@ def first_event_error(block: bytes) -> dict[str, Any] | None:
 def body_response(body: bytes, content_type: str,
                   patterns: tuple[tuple[bytes, bytes], ...]) -> web.Response:
     """A whole JSON answer with the model rewritten."""
-    resp = web.Response(body=rewrite_model(body, patterns), status=200)
-    resp.content_type = content_type.split(";")[0].strip() or "application/json"
-    return resp
+    return web.Response(body=rewrite_model(body, patterns), status=200,
+                        headers={"Content-Type": content_type or "application/json"})
 
 
 def body_usage(body: bytes) -> dict[str, Any] | None:

@@ -40,8 +40,9 @@ class Gateway:
                 old.config = backend
                 states[name] = old
             else:
-                states[name] = BackendState(backend)
-                states[name].in_flight_gauge = self.metrics.in_flight.labels(name)
+                state = states[name] = BackendState(backend)
+                # Read at scrape time: no gauge update (and its lock) on every request.
+                self.metrics.in_flight.labels(name).set_function(lambda s=state: s.in_flight)
         for name in self.states.keys() - states.keys():
             self.metrics.forget_backend(name)
         table = RouteTable(config, states, getattr(self, "table", None))

@@ -102,3 +102,19 @@ async def test_one_json_log_line_per_request_without_secrets(start_runtime, gate
     assert entry["completion_tokens"] == 5
     for secret in ("secret prompt", "w0 w1", "sk-canary-123", "client-key-456"):
         assert secret not in lines[0]
+
+
+async def test_in_flight_gauge_counts_requests_at_a_backend_while_they_run(start_runtime,
+                                                                          gateway_client):
+    fake, server = await start_runtime(hang_s=0.5)
+    client = await gateway_client(make_config(runtime_backend("x", server, models=["llama"])))
+    calls = [asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
+             for _ in range(3)]
+    for _ in range(50):                   # bounded: until the runtime holds all three
+        if len(fake.requests) == 3:
+            break
+        await asyncio.sleep(0.02)
+    assert value(await samples(client), "gateway_in_flight_requests", backend="x") == 3
+    for resp in await asyncio.gather(*calls):
+        assert resp.status == 200
+    assert value(await samples(client), "gateway_in_flight_requests", backend="x") == 0
