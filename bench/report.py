@@ -93,7 +93,8 @@ def render(doc: dict) -> str:
         fn=lambda r: "/".join(f"{c:.1f}" for c in r[-1]["cpu_s_per_process"])
         if len(r[-1]["cpu_s_per_process"]) > 1 else None)
     row("  latency p50 ms (wrk)", "saturation", "rounds", fn=lambda r: r[-1]["p50_ms"])
-    heading(f"paced {p['paced_rate']} req/s, open loop, {p['paced_s']} s")
+    heading(f"paced {p['paced_rate']} req/s, open loop, {p['paced_s']} s per target "
+            f"in {p['paced_rounds']} interleaved rounds")
     row("  latency p50 ms", "paced", "p50_ms", digits=3)
     row("  latency p99 ms", "paced", "p99_ms", digits=3)
     row("  added p50 ms", "paced", "added_p50_ms", digits=3)
