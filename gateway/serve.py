@@ -27,10 +27,12 @@ def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
     # (its default action): the listener is bound, so a supervisor may already send one.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     tune_gc()   # before the fork: the workers share the frozen startup heap's pages
-    sock = _listen(host, port)   # one listening socket, shared by the forked workers
-    children = [_fork_worker(config, path, sock) for _ in range(workers - 1)]
+    socks = _listen_all(host, port, workers)
+    children = [_fork_worker(config, path, socks, i) for i in range(1, workers)]
+    for sock in socks[1:]:
+        sock.close()   # each child serves its own
     try:
-        _serve(config, path, sock, tuple(children))
+        _serve(config, path, socks[0], tuple(children))
     finally:
         for pid in children:
             try:
@@ -41,10 +43,26 @@ def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
     return 0
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _listen_all(host: str, port: int, workers: int) -> list[socket.socket]:
+    """One listening socket per worker, all on the same port with SO_REUSEPORT.
+
+    With one shared socket, the worker that wakes first accepts every pending
+    connection (libuv accepts until the queue is empty), and keep-alive clients then
+    stay on it: a bench run saw one worker take all 64 connections. With a socket
+    each, the kernel spreads new connections over the workers evenly.
+    """
+    socks = [_listen(host, port, reuse_port=workers > 1)]
+    port = socks[0].getsockname()[1]   # port 0: the others join the port the first got
+    socks += [_listen(host, port, reuse_port=True) for _ in range(workers - 1)]
+    return socks
+
+
+def _listen(host: str, port: int, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -54,11 +72,14 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _fork_worker(config: Config, path: str, sock: socket.socket) -> int:
+def _fork_worker(config: Config, path: str, socks: list[socket.socket], index: int) -> int:
     pid = os.fork()
     if pid == 0:
         try:
-            _serve(config, path, sock)
+            for i, sock in enumerate(socks):
+                if i != index:
+                    sock.close()   # a child holding another's socket would keep it open
+            _serve(config, path, socks[index])
         finally:
             os._exit(0)
     return pid
