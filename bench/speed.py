@@ -254,8 +254,8 @@ class Bench:
                                         p["paced_s"] / rounds)
                 c = counts[name]
                 c["cpu"] += t.cpu() - before
-                for field in ("sent", "ok", "errors", "late"):
-                    c[field] += getattr(r, field)
+                for what in ("sent", "ok", "errors", "late"):
+                    c[what] += getattr(r, what)
                 latencies[name] += r.latencies
         for name in names:
             t, c, lat = self.targets[name], counts[name], latencies[name]

@@ -54,16 +54,18 @@ class BackendConfig:
     @cached_property
     def request_headers(self) -> Mapping[str, str]:
         """The headers every request to this backend carries (built once, not per request):
-        its own headers, then the JSON content headers and its key, which win."""
+        a default User-Agent, its own headers, then the fixed ones, which win."""
         fixed = {"Content-Type": "application/json",
                  "Accept": "application/json, text/event-stream",
                  # Bodies are relayed and rewritten as bytes: they must come uncompressed.
-                 "Accept-Encoding": "identity",
-                 "User-Agent": USER_AGENT}
+                 "Accept-Encoding": "identity"}
         if self.api_key:
             fixed["Authorization"] = f"Bearer {self.api_key}"
         taken = {name.lower() for name in fixed}
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in taken}
+        own = {k: v for k, v in self.headers.items() if k.lower() not in taken}
+        headers = {} if any(k.lower() == "user-agent" for k in own) else {
+            "User-Agent": USER_AGENT}
+        headers.update(own)
         headers.update(fixed)
         return MappingProxyType(headers)
 

@@ -1,10 +1,10 @@
 """Relaying a runtime's answer to the client: model-name rewriting and usage capture.
 
 Non-streamed bodies are rewritten with one byte replace (the runtime's model id
-becomes the public name) and parsed once for `usage`, after the client has them. Streams are relayed in
-whole SSE lines as they arrive, never buffered whole; a chunk is parsed only
-when it carries usage or an error, so the per-chunk cost stays a few byte
-scans.
+becomes the public name) and parsed once for `usage`, after the client has them.
+Streams are relayed in whole SSE lines as they arrive, never buffered whole; a
+chunk is parsed only when it carries usage or an error, so the per-chunk cost
+stays a few byte scans.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gateway.config import RetryConfig, Timeouts
+from gateway.config import RetryConfig, Timeouts, backend
 from tests.conftest import make_config, runtime_backend
 
 RUNTIME_ID = "meta-llama/Llama-3.1-8B-Instruct"
@@ -62,6 +62,19 @@ async def test_upstream_headers_carry_backend_key_not_the_clients(start_runtime,
     for name in ("proxy-authorization", "api-key", "x-api-key", "x-drop", "keep-alive",
                  "te", "upgrade"):
         assert name not in seen
+
+
+def test_backend_headers_keep_their_own_user_agent_but_not_the_fixed_ones():
+    plain = backend("a", "vllm", "http://127.0.0.1:1").request_headers
+    assert plain["User-Agent"] == "llm-edge-gateway"
+    assert plain["Accept-Encoding"] == "identity"   # bodies are rewritten as bytes
+    own = backend("b", "openai", "http://127.0.0.1:1", api_key="sk-b", headers={
+        "user-agent": "my-agent", "X-Org": "infra", "accept-encoding": "gzip",
+        "content-type": "text/plain", "Authorization": "Bearer other"}).request_headers
+    assert {k.lower(): v for k, v in own.items()} == {
+        "user-agent": "my-agent", "x-org": "infra", "accept-encoding": "identity",
+        "content-type": "application/json", "accept": "application/json, text/event-stream",
+        "authorization": "Bearer sk-b"}
 
 
 @pytest.mark.parametrize("spaced", [False, True])
