@@ -68,9 +68,11 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         try:
-            if self._resp.content.is_eof():
-                # The usual case: the whole body came with the headers, no timer needed.
-                return await self._resp.read()
+            content = self._resp.content
+            if content.is_eof():
+                # The usual case: the whole body came with the headers and is taken from
+                # the buffer as it is, with no timer and no wait.
+                return content.read_nowait()
             async with asyncio.timeout(self._idle_s):
                 return await self._resp.read()
         except TimeoutError as exc:

@@ -34,6 +34,7 @@ class FakeRuntime:
     spaced_json: bool = False         # write `"model": "x"` as Python's json.dumps does
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers_seen: list[dict[str, str]] = field(default_factory=list)
+    peers: list[tuple] = field(default_factory=list)   # the gateway's address per request
     health_checks: int = 0
     in_flight: int = 0
     cancelled: int = 0                # streams whose client went away mid-way
@@ -101,6 +102,7 @@ class FakeRuntime:
         body = await request.json()
         self.requests.append(body)
         self.headers_seen.append(dict(request.headers))
+        self.peers.append(request.transport.get_extra_info("peername"))
         if self.hang_s:
             await asyncio.sleep(self.hang_s)
         if self._failing():

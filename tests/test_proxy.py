@@ -64,6 +64,17 @@ async def test_upstream_headers_carry_backend_key_not_the_clients(start_runtime,
         assert name not in seen
 
 
+async def test_answers_one_after_another_reuse_one_runtime_connection(start_runtime,
+                                                                     gateway_client):
+    fake, client = await one_backend(start_runtime, gateway_client)
+    for i in range(20):
+        body = {**CHAT, "stream": True} if i % 4 == 3 else CHAT
+        resp = await client.post("/v1/chat/completions", json=body)
+        assert resp.status == 200
+        await resp.read()
+    assert len(fake.peers) == 20 and len(set(fake.peers)) == 1
+
+
 def test_backend_headers_keep_their_own_user_agent_but_not_the_fixed_ones():
     plain = backend("a", "vllm", "http://127.0.0.1:1").request_headers
     assert plain["User-Agent"] == "llm-edge-gateway"
