@@ -13,7 +13,7 @@ from .config import Config
 from .health import health_checks
 from .metrics import Metrics
 from .reload import config_watch
-from .middlewares import gateway_middleware
+from .middlewares import PROXY_ENDPOINTS, gateway_middleware
 from .state import Gateway
 from .typedefs import ACCESS_LOG, CONFIG_PATH, GATEWAY
 from .upstream import Upstream, make_session
@@ -63,9 +63,7 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 
 def _add_routes(app: web.Application, config: Config) -> None:
     proxied = [
-        app.router.add_post("/v1/chat/completions", handlers.chat_completions),
-        app.router.add_post("/v1/completions", handlers.completions),
-        app.router.add_post("/v1/embeddings", handlers.embeddings),
+        *(app.router.add_post(path, handlers.proxy) for path in PROXY_ENDPOINTS),
         app.router.add_get("/v1/models", handlers.list_models),
     ]
     app.router.add_get("/health", handlers.health)

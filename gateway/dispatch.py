@@ -74,6 +74,9 @@ class CapacityQueue:
             self.waiting -= 1
 
 
+# What Dispatcher._choose returns when every backend it could pick is at max_concurrency.
+AT_CAPACITY: Any = object()
+
 BACKEND_FAULTS = frozenset({"connect", "connect_timeout", "timeout", "disconnected",
                             "stream_error", "upstream_closed", "idle_timeout",
                             "500", "502", "503", "504"})
@@ -103,8 +106,11 @@ class Dispatcher:
             tries = stage.tries
             last_stage = index == len(stages) - 1
             while tries > 0:
-                backend = await self._choose(stage, capable, tried, route, deadline,
-                                             desperate=last_stage and not tried)
+                desperate = last_stage and not tried
+                backend = self._choose(stage, capable, tried, route, desperate)
+                if backend is AT_CAPACITY:
+                    backend = await self._queue_for(stage, capable, tried, route, deadline,
+                                                    desperate)
                 if backend is None:
                     break
                 tries -= 1
@@ -127,35 +133,41 @@ class Dispatcher:
                 break
         raise self._give_up(pool, capability, capable_seen, failures, tried)
 
-    async def _choose(self, stage: Stage, capable: tuple[BackendState, ...], tried: set[str],
-                      route: RouteRequest, deadline: float,
-                      desperate: bool) -> BackendState | None:
-        """A backend to try now, waiting in the queue while all are at their cap."""
-        loop = asyncio.get_running_loop()
+    def _choose(self, stage: Stage, capable: tuple[BackendState, ...], tried: set[str],
+                route: RouteRequest, desperate: bool) -> BackendState | None:
+        """A backend to try now; None when none is left; AT_CAPACITY when some would do
+        but all of those are at their max_concurrency."""
+        now = time.monotonic()
+        fresh: list[BackendState] = []   # not tried yet, not failed its health checks
+        free: list[BackendState] = []    # of those, not ejected, cooling or at their cap
+        any_ready = False
+        for b in capable:
+            if b.healthy and b.name not in tried:
+                fresh.append(b)
+                if b.available(now):
+                    any_ready = True
+                    if not b.at_capacity:
+                        free.append(b)
+        if not any_ready:
+            if desperate and fresh:
+                # Every backend is ejected or cooling and nothing is left to fall back
+                # to: the one whose cooldown ends first beats failing outright.
+                return self._soonest(fresh, now)
+            return None
+        if not free:
+            return AT_CAPACITY
+        backend = stage.pool.strategy.pick(free, route) if len(free) > 1 else free[0]
         health = self.config.health
+        backend.start_trial(health.unhealthy_after, health.cooldown_s, now)
+        return backend  # type: ignore[return-value]
+
+    async def _queue_for(self, stage: Stage, capable: tuple[BackendState, ...],
+                         tried: set[str], route: RouteRequest, deadline: float,
+                         desperate: bool) -> BackendState | None:
+        """Wait in the queue until `_choose` finds a backend below its cap, or refuse."""
+        loop = asyncio.get_running_loop()
         queue_deadline = min(deadline, loop.time() + self.config.queue.max_wait_s)
         while True:
-            now = time.monotonic()
-            fresh: list[BackendState] = []   # not tried yet, not failed its health checks
-            free: list[BackendState] = []    # of those, not ejected, cooling or at their cap
-            any_ready = False
-            for b in capable:
-                if b.healthy and b.name not in tried:
-                    fresh.append(b)
-                    if b.available(now):
-                        any_ready = True
-                        if not b.at_capacity:
-                            free.append(b)
-            if not any_ready:
-                if desperate and fresh:
-                    # Every backend is ejected or cooling and nothing is left to fall back
-                    # to: the one whose cooldown ends first beats failing outright.
-                    return self._soonest(fresh, now)
-                return None
-            if free:
-                backend = stage.pool.strategy.pick(free, route) if len(free) > 1 else free[0]
-                backend.start_trial(health.unhealthy_after, health.cooldown_s, now)
-                return backend  # type: ignore[return-value]
             remaining = queue_deadline - loop.time()
             if self.queue.waiting >= self.config.queue.max_size or remaining <= 0:
                 raise NoHealthyBackend("every backend of this model is at its concurrency "
@@ -163,6 +175,9 @@ class Dispatcher:
             if not await self.queue.wait(remaining):
                 raise NoHealthyBackend("every backend of this model stayed at its concurrency "
                                        "limit for the whole queue wait", retry_after=1)
+            backend = self._choose(stage, capable, tried, route, desperate)
+            if backend is not AT_CAPACITY:
+                return backend
 
     @staticmethod
     def _soonest(backends: list[BackendState], now: float) -> BackendState | None:

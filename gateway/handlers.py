@@ -26,21 +26,12 @@ DRAIN_AFTER_DONE_S = 1.0
 NO_AFFINITY = RouteRequest()   # what every strategy but the affinity ones gets
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _proxy(request, "chat")
-
-
-async def completions(request: web.Request) -> web.StreamResponse:
-    return await _proxy(request, "completions")
-
-
-async def embeddings(request: web.Request) -> web.StreamResponse:
-    return await _proxy(request, "embeddings")
-
-
-async def _proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
+async def proxy(request: web.Request) -> web.StreamResponse:
+    """/v1/chat/completions, /v1/completions and /v1/embeddings: the middleware named
+    the endpoint in the request's record."""
     gateway = request.app[GATEWAY]
     rec: RequestRecord = request[RECORD]
+    endpoint = rec.endpoint
     key = client_key(request)
     table = gateway.table
     raw = await read_body(request, table.config.server.max_body_bytes)

@@ -9,6 +9,7 @@ stays a few byte scans.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from typing import Any, AsyncIterator
@@ -25,6 +26,7 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no"}
 
 
+@functools.lru_cache(maxsize=1024)
 def model_patterns(runtime_id: str, public: str) -> tuple[tuple[bytes, bytes], ...]:
     """Exact byte patterns of the `"model"` key, compact and spaced, as serialisers write it."""
     if runtime_id == public:
