@@ -11,6 +11,7 @@ from . import admin, handlers
 from .accesslog import AccessLog
 from .config import Config
 from .health import health_checks
+from .log import quiet_client_faults
 from .metrics import Metrics
 from .reload import config_watch
 from .middlewares import PROXY_ENDPOINTS, gateway_middleware
@@ -33,6 +34,7 @@ RATE_LIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{unit}" for unit in ("requests",
 def create_app(config: Config, config_path: str | None = None, *,
                header_timeout_s: float = HEADER_TIMEOUT_S,
                access_log: AccessLog | None = None) -> web.Application:
+    quiet_client_faults()
     app = web.Application(middlewares=[gateway_middleware], client_max_size=AIOHTTP_BODY_CAP,
                           handler_args={"max_field_size": 16 * 1024, "max_headers": 128,
                                         "keepalive_timeout": header_timeout_s})

@@ -64,19 +64,6 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-class NoClientNoise(logging.Filter):
-    """aiohttp logs a traceback for every malformed request a client sends: anyone could
-    flood the log with them. The request still gets its 400; one short line is enough."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[0] is not None:
-            from aiohttp.http_exceptions import HttpProcessingError
-            if issubclass(record.exc_info[0], (HttpProcessingError, ConnectionError)):
-                record.exc_info = None
-                record.exc_text = None
-        return True
-
-
 def setup_logging() -> None:
     # One access line per request: skip the lookups no line of ours prints.
     logging.logThreads = False
@@ -86,7 +73,6 @@ def setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-    logging.getLogger("aiohttp.server").addFilter(NoClientNoise())
 
 
 if __name__ == "__main__":

@@ -92,7 +92,11 @@ async def _answer(request: web.Request, handler, rec: RequestRecord) -> web.Stre
             if not resp.prepared:
                 stamp_response(request, resp, rec)
                 if request.content.exception() is not None:
-                    resp.force_close()   # a body that broke mid-way leaves the connection unusable
+                    # A body that broke mid-way leaves the connection unusable. Marking it
+                    # read stops aiohttp reading on after the answer, meeting the same
+                    # error and logging it as an unhandled exception with a traceback.
+                    resp.force_close()
+                    request.content.feed_eof()
     return resp
 
 

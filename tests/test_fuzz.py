@@ -72,7 +72,9 @@ known_headers = st.fixed_dictionaries({}, optional={
     "Access-Control-Request-Method": st.sampled_from(["POST", "GET", "PUT"]),
 })
 path_chars = string.ascii_letters + string.digits + "-._~/%?&=+"
-paths = st.sampled_from(ENDPOINTS) | st.text(path_chars, max_size=30).map(lambda p: "/" + p)
+# "//x" would be a URL with a host to the test client; raw targets get their own test below.
+paths = st.sampled_from(ENDPOINTS) | st.text(path_chars, max_size=30).map(
+    lambda p: "/" + p.lstrip("/"))
 methods = st.sampled_from(["GET", "POST", "POST", "POST", "PUT", "DELETE", "PATCH", "OPTIONS",
                            "HEAD"])
 wild_requests = st.tuples(methods, paths, st.tuples(known_headers, random_headers), bodies)
@@ -140,8 +142,9 @@ def run_in_thread(loop: asyncio.AbstractEventLoop, coro_fn, timeout: float = 15)
 
 
 def no_gateway_errors(caplog) -> None:
+    # aiohttp's own loggers too: its "Unhandled exception" is a traceback in the gateway's log.
     errors = [r for r in caplog.records
-              if r.name.startswith("gateway") and r.levelno >= logging.ERROR]
+              if r.name.startswith(("gateway", "aiohttp")) and r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
 
 

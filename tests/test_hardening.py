@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -548,6 +550,53 @@ async def test_compressed_bodies_are_bounded_and_checked(aiohttp_server, aiohttp
         json.dumps(CHAT).encode()), headers=headers)
     assert resp.status == 200
     assert len(runtime.requests) == 1
+
+
+async def test_a_malformed_request_is_one_warning_line_not_an_error_traceback(
+        aiohttp_server, caplog):
+    _, cfg = await plain_gateway(aiohttp_server)
+    gateway = await aiohttp_server(create_app(cfg))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    try:
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n")
+        async with asyncio.timeout(5):
+            answer = await reader.read()
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400"), answer
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert records and all(r.levelno == logging.WARNING and r.exc_info is None
+                           for r in records), caplog.text
+    assert "Invalid header" in records[0].getMessage()   # the reason, on the one line
+
+
+async def test_a_body_that_fails_to_decode_midway_is_a_400_without_a_traceback(
+        aiohttp_server, caplog):
+    runtime, cfg = await plain_gateway(aiohttp_server)
+    gateway = await aiohttp_server(create_app(cfg))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    try:
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Encoding: deflate\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        # Valid deflate at first, so the handler is already reading when the rest breaks.
+        start = zlib.compress(b'{"model": "llama", "messages": [')[:-4]
+        writer.write(b"%x\r\n%s\r\n" % (len(start), start))
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(b"6\r\n\xff\xfe\xfd\xfc\xfb\xfa\r\n0\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+            body = await reader.readexactly(length)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert json.loads(body)["error"]["code"] == "invalid_request"
+    await asyncio.sleep(0.1)   # aiohttp would log after the answer, as it reads on
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert runtime.requests == []
 
 
 async def test_header_deadline_never_cuts_a_long_answer_or_a_kept_alive_client(
