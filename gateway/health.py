@@ -30,8 +30,7 @@ async def check_round(gateway: Gateway) -> None:
     changed = await asyncio.gather(*(check_backend(gateway, s) for s in states))
     if any(changed):
         gateway.rebuild()
-    for state in states:
-        gateway.metrics.backend_up.labels(state.name).set(1 if state.available() else 0)
+    gateway.publish_backend_up()
 
 
 async def check_backend(gateway: Gateway, state: BackendState) -> bool:

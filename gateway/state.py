@@ -50,7 +50,10 @@ class Gateway:
         self.limiter.apply(config.auth_keys)   # a key whose name stays keeps its buckets
         self.config, self.states, self.table = config, states, table
         self.dispatcher.config = config
-        for state in states.values():
+        self.publish_backend_up()
+
+    def publish_backend_up(self) -> None:
+        for state in self.states.values():
             self.metrics.backend_up.labels(state.name).set(1 if state.available() else 0)
 
     def rebuild(self) -> None:

@@ -18,7 +18,7 @@ from yarl import URL
 import orjson
 
 from .config import BackendConfig
-from .config_redact import SECRET_HEADER
+from .config_redact import REDACTED, SECRET_HEADER
 from .echo import EchoResponse
 from .errors import (DeadlineExceeded, GatewayError, UpstreamError, UpstreamStatus,
                      UpstreamTimeout)
@@ -32,7 +32,6 @@ ENDPOINT_PATHS = {
 # Status codes after which another backend may well succeed.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_ERROR_BODY = 64 * 1024
-REDACTED = b"***"
 
 
 def make_session(*, limit: int = 0) -> aiohttp.ClientSession:
@@ -67,6 +66,8 @@ class UpstreamResponse:
         self._idle_s = idle_s
 
     async def read(self) -> bytes:
+        """The whole body. The connection goes back with release() (or close() after
+        a failure), which the caller does once the client has its answer."""
         try:
             content = self._resp.content
             if content.is_eof():
@@ -81,8 +82,6 @@ class UpstreamResponse:
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"the runtime broke off its answer: {exc.__class__.__name__}",
                                 reason="upstream_closed") from exc
-        finally:
-            self._resp.release()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive; raises UpstreamTimeout after idle_s of silence."""
@@ -263,5 +262,5 @@ def scrub_secrets(data: bytes, backend: BackendConfig) -> bytes:
     for secret in backend_secrets(backend):
         for form in {secret.encode(), orjson.dumps(secret)[1:-1]}:
             if form in data:
-                data = data.replace(form, REDACTED)
+                data = data.replace(form, REDACTED.encode())
     return data
