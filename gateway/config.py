@@ -24,7 +24,7 @@ from typing import Mapping, TextIO
 from .config_build import build
 from .config_checks import references
 from .config_messages import flatten, format_problems
-from .config_redact import REDACTED, redacted
+from .config_redact import redacted
 from .config_schema import SCHEMA, Validator
 from .config_types import (
     STRATEGIES, ApiKey, BackendConfig, Config, ConfigError, Fallback, HealthConfig, Problem,
@@ -35,7 +35,7 @@ from .config_yaml import interpolate, parse, plain
 __all__ = [
     "STRATEGIES", "ApiKey", "BackendConfig", "Config", "ConfigError", "Fallback", "HealthConfig",
     "QueueConfig", "RetryConfig", "RouteConfig", "ServerConfig", "Timeouts", "backend",
-    "load_config", "load_config_text", "check", "redacted", "REDACTED",
+    "load_config", "load_config_text", "check", "redacted",
 ]
 
 

@@ -38,7 +38,6 @@ def _server(kw: dict) -> ServerConfig:
 
 def _backend(name: str, kw: dict) -> BackendConfig:
     kw["api_key"] = kw.get("api_key") or None   # `${KEY:-}` means no key, not an empty bearer
-    kw["headers"] = MappingProxyType(dict(kw.get("headers", {})))
     if "timeouts" in kw:
         kw["timeouts"] = Timeouts(**given(kw["timeouts"]))
     return backend(name, kw.pop("kind"), kw.pop("url", ""), **kw)

@@ -76,7 +76,8 @@ class BackendConfig:
 
 def backend(name: str, kind: str, url: str = "", *, models=None,
             capabilities: Mapping[str, bool] | None = None,
-            health_path: str | None = None, **kw) -> BackendConfig:
+            health_path: str | None = None, headers: Mapping[str, str] | None = None,
+            **kw) -> BackendConfig:
     """A BackendConfig with the kind's defaults resolved (for the loader and for tests)."""
     spec = KINDS[kind]
     caps = dict(spec.capabilities)
@@ -88,7 +89,7 @@ def backend(name: str, kind: str, url: str = "", *, models=None,
         models=MappingProxyType(dict(models)) if models is not None else None,
         capabilities=MappingProxyType(caps),
         health_path=spec.health_path if health_path is None else health_path,
-        **kw)
+        headers=MappingProxyType(dict(headers or {})), **kw)
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ class Config:
     auth_keys: tuple[ApiKey, ...] = ()
 
     def route(self, model: str) -> RouteConfig:
-        return self.routes.get(model) or DEFAULT_ROUTE
+        return self.routes.get(model, DEFAULT_ROUTE)
 
 
 DEFAULT_ROUTE = RouteConfig()   # a model without a `routes` entry: weighted, no fallbacks
