@@ -18,7 +18,6 @@ import urllib.request
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def free_port() -> int:

@@ -103,9 +103,6 @@ class Proc:
             self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
                                           stderr=subprocess.STDOUT, env=self.env)
 
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
         if self.popen is not None:

@@ -19,7 +19,6 @@ RUNTIME_ID = "meta-llama/Llama-3.1-8B-Instruct"
 CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hi"}]}
 TEAM_A = ApiKey(name="team-a", key="sk-team-a-0123456789", models=("*",))
 NARROW = ApiKey(name="narrow", key="sk-narrow-9876543210", models=("qwen-*", "phi-4"))
-USAGE_PER_ANSWER = 12    # the fake runtime: 7 prompt + 5 completion tokens
 
 
 def bearer(key: ApiKey | str) -> dict[str, str]:

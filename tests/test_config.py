@@ -19,7 +19,6 @@ from gateway.config import (
 from gateway.kinds import KINDS
 
 ECHO = "backends:\n  e: {kind: echo, models: [m1, m2]}\n"
-VLLM = "backends:\n  gpu-a: {kind: vllm, url: 'http://h:8000/v1', models: [m1]}\n"
 
 
 def load(text: str, **env: str) -> Config:

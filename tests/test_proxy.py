@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gateway.config import RetryConfig, Timeouts, backend
+from gateway.config import RetryConfig, ServerConfig, Timeouts, backend
 from tests.conftest import make_config, runtime_backend
 
 RUNTIME_ID = "meta-llama/Llama-3.1-8B-Instruct"
@@ -227,7 +227,6 @@ async def test_bad_requests_get_openai_errors(start_runtime, gateway_client, bod
 
 async def test_body_over_limit_is_413_before_reading(start_runtime, gateway_client):
     fake, server = await start_runtime()
-    from gateway.config import ServerConfig
     cfg = make_config(runtime_backend("gpu-a", server, models=["llama"]),
                       server=ServerConfig(max_body_mb=0.001))
     client = await gateway_client(cfg)
@@ -285,7 +284,6 @@ async def test_ready_is_503_when_no_backend_is_healthy(start_runtime, gateway_cl
 
 
 async def test_a_token_saying_done_does_not_end_the_stream(gateway_client):
-    from gateway.config import backend
     client = await gateway_client(make_config(backend("e", "echo", models=["llama"])))
     words = "data: [DONE] is only text here"
     raw = await (await client.post("/v1/chat/completions", json={

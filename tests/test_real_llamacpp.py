@@ -11,9 +11,7 @@ from __future__ import annotations
 import collections
 import http.client
 import json
-import os
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -22,8 +20,8 @@ import openai
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llama_support import (  # noqa: E402
+from tests.conftest import unavailable
+from tests.llama_support import (
     HOST, PUBLIC_MODEL, Gateway, LlamaServer, find_install, gateway_command, gateway_yaml,
     http_get, metric_sum, request_log, wait_until,
 )
@@ -58,9 +56,7 @@ class Stack:
 def stack(tmp_path_factory):
     binary, model, why = find_install()
     if binary is None:
-        if os.environ.get("GATEWAY_REQUIRE_LLAMACPP"):
-            pytest.fail(f"GATEWAY_REQUIRE_LLAMACPP is set but llama.cpp is not installed: {why}")
-        pytest.skip(f"llama.cpp not installed: {why}")
+        unavailable(f"llama.cpp not installed: {why}", "GATEWAY_REQUIRE_LLAMACPP")
     tmp = tmp_path_factory.mktemp("llamacpp")
     servers = {name: LlamaServer(name, binary, model, tmp) for name in WEIGHTS}
     gateway = None

@@ -7,7 +7,6 @@ import collections
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 from gateway.app import create_app
 from gateway.config import load_config
 from gateway.typedefs import GATEWAY
+from tests.llama_support import free_port
 
 KEY = {"Authorization": "Bearer k"}   # ignored until an edit turns auth on
 WORDS = " ".join(str(i) for i in range(12))
@@ -59,6 +59,9 @@ async def wait_reloads(client, result: str, above: float, within: float = 2.0) -
     raise AssertionError(f"no {result} reload within {within} s")
 
 
+MAX_LOOPS = 10_000   # requests per load task at most: ~100 s of a caller's 10 ms pace
+
+
 async def test_twenty_edits_under_load_drop_nothing(tmp_path, aiohttp_client, monkeypatch):
     monkeypatch.setenv("SET_KEY", "k")
     path = tmp_path / "gateway.yaml"
@@ -69,7 +72,9 @@ async def test_twenty_edits_under_load_drop_nothing(tmp_path, aiohttp_client, mo
 
     async def streamer() -> None:
         body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": WORDS}]}
-        while not stop.is_set():
+        for _ in range(MAX_LOOPS):   # bounded in count; `stop` ends it in time
+            if stop.is_set():
+                return
             resp = await client.post("/v1/chat/completions", json=body, headers=KEY)
             raw = (await resp.read()).decode()
             events = [l[6:] for l in raw.split("\n") if l.startswith("data: ")]
@@ -80,7 +85,9 @@ async def test_twenty_edits_under_load_drop_nothing(tmp_path, aiohttp_client, mo
 
     async def caller() -> None:
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-        while not stop.is_set():
+        for _ in range(MAX_LOOPS):
+            if stop.is_set():
+                return
             resp = await client.post("/v1/chat/completions", json=body, headers=KEY)
             outcomes["call ok" if resp.status == 200 else f"call bad {resp.status}"] += 1
             await asyncio.sleep(0.01)
@@ -147,12 +154,6 @@ async def test_admin_reload_reports_restart_needed(tmp_path, aiohttp_client):
     body = await resp.json()
     assert resp.status == 400
     assert any(p.startswith("backends.a.kind:") for p in body["problems"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
