@@ -7,6 +7,7 @@ from typing import Any, Awaitable, Callable, NoReturn
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.config import BackendConfig, Config, RouteConfig, backend
@@ -48,3 +49,24 @@ def unavailable(reason: str, require_var: str) -> NoReturn:
     if os.environ.get(require_var) == "1":
         pytest.fail(f"{reason} ({require_var}=1)")
     pytest.skip(reason)
+
+
+def dashboard_panels(dash: dict) -> list[dict]:
+    """Every panel of a Grafana dashboard, rows' nested panels included, in order."""
+    out = []
+    for panel in dash.get("panels", []):
+        out.append(panel)
+        out.extend(dashboard_panels(panel))
+    return out
+
+
+async def samples(client: TestClient) -> dict[tuple, float]:
+    """The gateway's /metrics samples by (name, sorted label pairs)."""
+    text = await (await client.get("/metrics")).text()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(all_samples: dict[tuple, float], name: str, **labels: str) -> float:
+    """The sample with exactly these labels; 0 when it is not there."""
+    return all_samples.get((name, tuple(sorted(labels.items()))), 0.0)

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 HOST = "127.0.0.1"
 PUBLIC_MODEL = "gemma-3-270m"   # also the --alias the servers report in their /v1/models
 ADMIN_KEY = "llamacpp-test-admin"
@@ -232,28 +234,11 @@ class Gateway(Proc):
         return {row["name"]: row for row in json.loads(body)["backends"]}
 
 
-def prometheus_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
-    """The samples of one metric in Prometheus text format, as (labels, value)."""
-    out = []
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        head, _, value = line.rpartition(" ")
-        labels = {}
-        if "{" in head:
-            for part in head[head.index("{") + 1:head.rindex("}")].split(","):
-                key, _, val = part.partition("=")
-                if key:
-                    labels[key.strip()] = val.strip().strip('"')
-        out.append((labels, float(value)))
-    return out
-
-
 def metric_sum(port: int, name: str, **labels: str) -> float:
     """The sum of a gateway metric's samples that carry these labels."""
     text = http_get(port, "/metrics")[1].decode()
-    return sum(v for have, v in prometheus_samples(text, name)
-               if all(have.get(k) == want for k, want in labels.items()))
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == want for k, want in labels.items()))
 
 
 def request_log(gateway: "Gateway", request_id: str) -> dict | None:

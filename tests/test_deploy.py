@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from tests.conftest import unavailable
+from tests.conftest import dashboard_panels, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -158,29 +158,8 @@ def _ignored(rel: str, patterns: list[str]) -> bool:
 
 def _exprs(dash: dict) -> list[tuple[str, str]]:
     """(panel title, PromQL) for every query of the dashboard, rows' nested panels included."""
-    out = []
-
-    def walk(panels):
-        for p in panels:
-            for t in p.get("targets", []):
-                if t.get("expr"):
-                    out.append((p.get("title", ""), t["expr"]))
-            walk(p.get("panels", []))
-
-    walk(dash.get("panels", []))
-    return out
-
-
-def _all_panels(dash: dict) -> list[dict]:
-    out = []
-
-    def walk(panels):
-        for p in panels:
-            out.append(p)
-            walk(p.get("panels", []))
-
-    walk(dash.get("panels", []))
-    return out
+    return [(p.get("title", ""), t["expr"]) for p in dashboard_panels(dash)
+            for t in p.get("targets", []) if t.get("expr")]
 
 
 PROMQL_WORDS = {
@@ -499,7 +478,7 @@ def test_dashboard_shape(dashboard):
     assert dashboard["uid"] and dashboard["title"]
     assert dashboard["schemaVersion"] >= 36          # Grafana 10 and 11
     assert not dashboard.get("templating", {}).get("list"), "queries must run as they are"
-    panels = _all_panels(dashboard)
+    panels = dashboard_panels(dashboard)
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids))
     cells = set()
@@ -523,7 +502,7 @@ def test_dashboard_shape(dashboard):
 
 
 def test_dashboard_has_the_requested_panels(dashboard):
-    titles = " | ".join(p.get("title", "").lower() for p in _all_panels(dashboard))
+    titles = " | ".join(p.get("title", "").lower() for p in dashboard_panels(dashboard))
     for words in ("requests/s", "errors/s", "request duration", "time to first token",
                   "time per output token", "tokens/s", "in-flight", "up/down", "retries",
                   "fallbacks", "upstream errors", "stream aborts", "usage missing",

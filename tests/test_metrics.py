@@ -6,25 +6,10 @@ import asyncio
 import json
 import logging
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from gateway.config import backend
-from tests.conftest import make_config, runtime_backend
+from tests.conftest import make_config, runtime_backend, samples, value
 
 CHAT = {"model": "llama", "messages": [{"role": "user", "content": "secret prompt text"}]}
-
-
-async def samples(client) -> dict[tuple, float]:
-    text = await (await client.get("/metrics")).text()
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(all_samples, name, **labels) -> float:
-    return all_samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 async def test_unknown_model_names_add_no_series(gateway_client):

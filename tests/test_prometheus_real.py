@@ -31,7 +31,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import unavailable
+from tests.conftest import dashboard_panels, unavailable
 from tests.llama_support import free_port, gateway_command
 
 pytestmark = pytest.mark.prometheus
@@ -392,18 +392,13 @@ def _dashboard_queries() -> list[tuple[str, str]]:
     with DASHBOARD.open(encoding="utf-8") as f:
         dash = json.load(f)
     out = []
-
-    def walk(panels):
-        for p in panels:
-            for t in p.get("targets", []):
-                expr = t.get("expr", "")
-                for var, value in GRAFANA_VARIABLES.items():
-                    expr = expr.replace(var, value)
-                if expr.strip():
-                    out.append((p.get("title", ""), expr))
-            walk(p.get("panels", []))
-
-    walk(dash["panels"])
+    for p in dashboard_panels(dash):
+        for t in p.get("targets", []):
+            expr = t.get("expr", "")
+            for var, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(var, value)
+            if expr.strip():
+                out.append((p.get("title", ""), expr))
     return out
 
 

@@ -19,6 +19,7 @@ import pytest
 from gateway.app import create_app
 from gateway.config import load_config
 from gateway.typedefs import GATEWAY
+from tests.conftest import samples, value
 from tests.llama_support import free_port
 
 KEY = {"Authorization": "Bearer k"}   # ignored until an edit turns auth on
@@ -43,11 +44,7 @@ def write(path, text: str, atomic: bool) -> None:
 
 
 async def reloads(client, result: str) -> float:
-    text = await (await client.get("/metrics")).text()
-    for line in text.splitlines():
-        if line.startswith(f'gateway_config_reloads_total{{result="{result}"}}'):
-            return float(line.split()[-1])
-    return 0.0
+    return value(await samples(client), "gateway_config_reloads_total", result=result)
 
 
 async def wait_reloads(client, result: str, above: float, within: float = 2.0) -> None:
