@@ -274,13 +274,8 @@ class Bench:
             body = t.body("stream", p["stream_tokens"], stream=True)
             # LiteLLM spends ~100x the CPU per chunk: one wave of streams keeps it bounded.
             total = p["stream_conc"] if name == "litellm" else p["stream_total"]
-            before_stats = self.runtime_stats("stream")
-            before = t.cpu()
-            r = await loadgen.streams(t.urls["stream"], body, total,
-                                      p["stream_conc"], 0.5, p["deadline_s"])
-            cpu = t.cpu() - before
-            after_stats = self.runtime_stats("stream")
-            t.results["streams"] = _stream_result(r, before_stats, after_stats, cpu, t)
+            t.results["streams"] = await self._measured_streams(
+                t, "stream", body, total, p["stream_conc"], 0.5)
         _added(self.targets, names, "streams", ("ttft_p50_ms", "ttft_p99_ms"))
 
     async def many(self, names: list[str], size: int) -> None:
@@ -299,18 +294,24 @@ class Bench:
                 if sampled % 4 == 0 and t.proc:       # every 200 ms: /proc walks cost CPU
                     peak[0] = max(peak[0], memory(t.proc.pid)[0])
 
-            before_stats = self.runtime_stats("many")
-            before = t.cpu()
-            r = await loadgen.streams(t.urls["many"], body, size, size, p["many_ramp_s"],
-                                      p["deadline_s"], on_tick=sample)
-            cpu = t.cpu() - before
-            after_stats = self.runtime_stats("many")
-            res = _stream_result(r, before_stats, after_stats, cpu, t)
+            res = await self._measured_streams(t, "many", body, size, size, p["many_ramp_s"],
+                                               on_tick=sample)
             if t.proc:
                 rss, hwm = memory(t.proc.pid)
                 res.update(rss_before_mb=mb(base_rss), rss_peak_mb=mb(max(peak[0], rss)),
                            hwm_mb=mb(hwm))
             t.results[key] = res
+
+    async def _measured_streams(self, t: Target, profile: str, body: dict, total: int,
+                                conc: int, ramp_s: float, on_tick=None) -> dict:
+        """Run streams against `profile`'s runtime, with the target's CPU and the events
+        the runtime sent counted around the run."""
+        before_stats = self.runtime_stats(profile)
+        before = t.cpu()
+        r = await loadgen.streams(t.urls[profile], body, total, conc, ramp_s,
+                                  self.p["deadline_s"], on_tick=on_tick)
+        cpu = t.cpu() - before
+        return _stream_result(r, before_stats, self.runtime_stats(profile), cpu, t)
 
 
 def _stream_result(r: loadgen.StreamResult, before: dict, after: dict, cpu: float,
