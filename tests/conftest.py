@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
-from gateway.config import BackendConfig, Config, RouteConfig, backend
+from gateway.config import ApiKey, BackendConfig, Config, RouteConfig, backend
 from tests.fakes import FakeRuntime
 
 
@@ -70,3 +70,8 @@ async def samples(client: TestClient) -> dict[tuple, float]:
 def value(all_samples: dict[tuple, float], name: str, **labels: str) -> float:
     """The sample with exactly these labels; 0 when it is not there."""
     return all_samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def bearer(key: ApiKey | str) -> dict[str, str]:
+    """The Authorization header for a client key (or a raw secret)."""
+    return {"Authorization": f"Bearer {key.key if isinstance(key, ApiKey) else key}"}
