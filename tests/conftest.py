@@ -13,6 +13,10 @@ from gateway.app import create_app
 from gateway.config import ApiKey, BackendConfig, Config, RouteConfig, backend
 from tests.fakes import FakeRuntime
 
+# What the fake runtime is called by its backends, and the smallest chat request to it.
+RUNTIME_ID = "meta-llama/Llama-3.1-8B-Instruct"
+CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hi"}]}
+
 
 @pytest.fixture
 def start_runtime(aiohttp_server) -> Callable[..., Awaitable[tuple[FakeRuntime, TestServer]]]:

@@ -13,10 +13,8 @@ from gateway.config import ApiKey, ServerConfig
 from gateway.errors import Unauthorized
 from gateway.ratelimit import Limiter, format_duration, usage_tokens
 from gateway.typedefs import GATEWAY
-from tests.conftest import bearer, make_config, runtime_backend
+from tests.conftest import CHAT, RUNTIME_ID, bearer, make_config, runtime_backend
 
-RUNTIME_ID = "meta-llama/Llama-3.1-8B-Instruct"
-CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hi"}]}
 TEAM_A = ApiKey(name="team-a", key="sk-team-a-0123456789", models=("*",))
 NARROW = ApiKey(name="narrow", key="sk-narrow-9876543210", models=("qwen-*", "phi-4"))
 

@@ -10,9 +10,7 @@ from gateway.config import (HealthConfig, QueueConfig, RetryConfig, RouteConfig,
                             Timeouts, backend)
 from gateway.health import apply_result
 from gateway.backends import BackendState
-from tests.conftest import make_config, runtime_backend
-
-CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hi"}]}
+from tests.conftest import CHAT, make_config, runtime_backend
 
 
 async def backends_hit(client, n, body=CHAT):

@@ -16,9 +16,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gateway.app import create_app
 from gateway.config import ApiKey, HealthConfig, RouteConfig, ServerConfig, backend
-from tests.conftest import make_config, runtime_backend
+from tests.conftest import RUNTIME_ID, make_config, runtime_backend
 
-RUNTIME_ID = "meta-llama/Llama-3.1-8B-Instruct"
 KEY = ApiKey(name="fuzz", key="sk-fuzz-0123456789", models=("*",), rpm=10**6, tpm=10**9)
 ECHO_ONLY = ApiKey(name="echo-only", key="sk-fuzz-echo-only", models=("echo-*",))
 ADMIN = "adm-fuzz-0123456789"

@@ -21,10 +21,8 @@ from aiohttp import web
 
 from gateway.app import RATE_LIMIT_HEADERS, create_app
 from gateway.config import ApiKey, RetryConfig, ServerConfig, Timeouts, load_config
-from tests.conftest import bearer, make_config, runtime_backend
+from tests.conftest import CHAT, RUNTIME_ID, bearer, make_config, runtime_backend
 
-RUNTIME_ID = "meta-llama/Llama-3.1-8B-Instruct"
-CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hi"}]}
 CANARY = "sk-canary-7f3c9a1e5b2d4f60"          # a backend's api_key
 HEADER_CANARY = "hk-canary-0e9d8c7b6a5f4e3d"   # a backend's secret extra header
 ADMIN = "adm-hardening-0123456789"

@@ -8,10 +8,7 @@ import json
 import pytest
 
 from gateway.config import RetryConfig, ServerConfig, Timeouts, backend
-from tests.conftest import make_config, runtime_backend
-
-RUNTIME_ID = "meta-llama/Llama-3.1-8B-Instruct"
-CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hi"}]}
+from tests.conftest import CHAT, RUNTIME_ID, make_config, runtime_backend
 
 
 def sse_events(raw: bytes) -> list[str]:
