@@ -133,10 +133,8 @@ def _completion(endpoint: str, model: str, payload: dict[str, Any], words: list[
 
 
 def _embeddings(payload: dict[str, Any], model: str) -> dict[str, Any]:
-    raw = payload.get("input")
+    raw = payload["input"]   # a string or a non-empty list: requests.parse_payload checked
     inputs = [raw] if isinstance(raw, str) else raw
-    if not isinstance(inputs, list) or not inputs:
-        raise BadRequest("'input' must be a string or a non-empty list", param="input")
     dims = payload.get("dimensions") or EMBEDDING_DIMS
     if not isinstance(dims, int) or not 1 <= dims <= 4096:
         raise BadRequest("'dimensions' must be an integer from 1 to 4096", param="dimensions")
