@@ -171,7 +171,7 @@ def replay(strategy, convs: list[Conversation], rng: random.Random) -> dict:
                 seq += 1
                 heapq.heappush(events, (now + think, seq, "send", conv, turn + 1, None))
             continue
-        request = RouteRequest(prefix=prefix_key("chat", chat_body(conv, turn)),
+        request = RouteRequest(prefix=prefix_key("messages", chat_body(conv, turn)),
                                session=f"conv-{conv.cid}")
         backend = strategy.pick(backends, request)
         if turn:

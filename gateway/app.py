@@ -7,17 +7,18 @@ from typing import AsyncIterator
 import aiohttp_cors
 from aiohttp import hdrs, web
 
-from . import admin, handlers
 from .accesslog import AccessLog
+from .api import admin, info
+from .api.middleware import gateway_middleware
+from .api.proxy import proxy
 from .config import Config
+from .endpoints import ENDPOINTS
 from .health import health_checks
-from .log import quiet_client_faults
 from .metrics import Metrics
 from .reload import config_watch
-from .middlewares import PROXY_ENDPOINTS, gateway_middleware
+from .runtimes.http import Transport, make_session
 from .state import Gateway
 from .typedefs import ACCESS_LOG, CONFIG_PATH, GATEWAY
-from .upstream import Upstream, make_session
 
 # The gateway reads bodies itself and answers 413 with an OpenAI-shaped error as soon
 # as max_body_mb is passed; aiohttp's own cap must not cut in first.
@@ -34,12 +35,10 @@ RATE_LIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{unit}" for unit in ("requests",
 def create_app(config: Config, config_path: str | None = None, *,
                header_timeout_s: float = HEADER_TIMEOUT_S,
                access_log: AccessLog | None = None) -> web.Application:
-    quiet_client_faults()
     app = web.Application(middlewares=[gateway_middleware], client_max_size=AIOHTTP_BODY_CAP,
                           handler_args={"max_field_size": 16 * 1024, "max_headers": 128,
                                         "keepalive_timeout": header_timeout_s})
-    session = make_session()
-    app[GATEWAY] = Gateway(config, Upstream(session), Metrics())
+    app[GATEWAY] = Gateway(config, Transport(make_session()), Metrics())
     app[ACCESS_LOG] = access_log or AccessLog()
     if config_path:
         app[CONFIG_PATH] = config_path
@@ -54,23 +53,23 @@ def create_app(config: Config, config_path: str | None = None, *,
 async def _start_draining(app: web.Application) -> None:
     """SIGTERM: the listener is closed already; readiness fails from now on."""
     gateway = app[GATEWAY]
-    await gateway.drain(gateway.config.server.drain_s)
+    await gateway.drain.run(gateway.config.server.drain_s)
 
 
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
     yield
-    await app[GATEWAY].upstream.session.close()
+    await app[GATEWAY].transport.session.close()
     app[ACCESS_LOG].flush()   # the last lines of a draining gateway
 
 
 def _add_routes(app: web.Application, config: Config) -> None:
     proxied = [
-        *(app.router.add_post(path, handlers.proxy) for path in PROXY_ENDPOINTS),
-        app.router.add_get("/v1/models", handlers.list_models),
+        *(app.router.add_route(e.method, path, proxy) for e in ENDPOINTS for path in e.paths),
+        app.router.add_get("/v1/models", info.list_models),
     ]
-    app.router.add_get("/health", handlers.health)
-    app.router.add_get("/ready", handlers.ready)
-    app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/health", info.health)
+    app.router.add_get("/ready", info.ready)
+    app.router.add_get("/metrics", info.metrics)
     app.router.add_get("/admin/backends", admin.backends)
     app.router.add_get("/admin/config", admin.active_config)
     app.router.add_post("/admin/reload", admin.reload)

@@ -17,14 +17,55 @@
     └── UpstreamStatus           any status: a runtime's 4xx passed through with its own body
 
 Lower-layer errors (aiohttp, asyncio) are translated into these in one place,
-`upstream.py`; they are rendered in one place, `middlewares.py`.
+`runtimes/failures.py`; they are rendered in one place, `api/middleware.py`.
+Why a backend failed is one of the `Reason`s, which are also the `reason` label values
+of the upstream-error, retry and stream-abort metrics.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 import orjson
+
+
+class Reason(StrEnum):
+    """Why a try on a backend failed (or a stream ended early)."""
+
+    CONNECT = "connect"                   # connection refused or unreachable
+    CONNECT_TIMEOUT = "connect_timeout"   # no connection within timeouts.connect_s
+    FIRST_BYTE_TIMEOUT = "timeout"        # no answer within timeouts.first_byte_s
+    DISCONNECTED = "disconnected"         # the connection broke before the answer's headers
+    STREAM_ERROR = "stream_error"         # a 200 stream whose first event is an error
+    UPSTREAM_CLOSED = "upstream_closed"   # the runtime broke off its answer
+    IDLE_TIMEOUT = "idle_timeout"         # the runtime went silent for timeouts.idle_s
+    DEADLINE = "deadline"                 # retries.deadline_s ran out: no verdict on the backend
+    STATUS_429 = "429"
+    STATUS_500 = "500"
+    STATUS_502 = "502"
+    STATUS_503 = "503"
+    STATUS_504 = "504"
+    STATUS_OTHER = "5xx"                  # any other 5xx but 501
+    # Why a stream ended early that is not the runtime's doing.
+    CLIENT_LEFT = "client_left"
+    SHUTDOWN = "shutdown"
+    ERROR = "error"
+
+    @classmethod
+    def for_status(cls, status: int) -> Reason:
+        try:
+            return cls(str(status))
+        except ValueError:
+            return cls.STATUS_OTHER
+
+
+# Failures that say something about the backend's health: they count towards ejection.
+# A 429 only cools the backend down; a deadline or a client leaving says nothing.
+BACKEND_FAULTS = frozenset({
+    Reason.CONNECT, Reason.CONNECT_TIMEOUT, Reason.FIRST_BYTE_TIMEOUT, Reason.DISCONNECTED,
+    Reason.STREAM_ERROR, Reason.UPSTREAM_CLOSED, Reason.IDLE_TIMEOUT, Reason.STATUS_500,
+    Reason.STATUS_502, Reason.STATUS_503, Reason.STATUS_504})
 
 
 class GatewayError(Exception):
@@ -111,7 +152,7 @@ class UpstreamError(GatewayError):
     type = "server_error"
     code = "upstream_error"
 
-    def __init__(self, message: str, *, reason: str = "error",
+    def __init__(self, message: str, *, reason: Reason = Reason.ERROR,
                  retry_after: float | None = None) -> None:
         super().__init__(message, retry_after=retry_after)
         self.reason = reason
@@ -127,7 +168,7 @@ class DeadlineExceeded(UpstreamTimeout):
 
     def __init__(self) -> None:
         super().__init__("no answer before the request's deadline (retries.deadline_s)",
-                         reason="deadline")
+                         reason=Reason.DEADLINE)
 
 
 class NoHealthyBackend(GatewayError):

@@ -13,16 +13,15 @@ import asyncio
 import random
 from typing import AsyncIterator
 
-import orjson
 from aiohttp import web
 
-from .backends import BackendState
 from .config import HealthConfig
+from .dispatch import BackendState, ejection
 from .errors import UpstreamError
 from .log import health_logger
+from .record import new_request_id
 from .state import Gateway
 from .typedefs import GATEWAY
-from .upstream import upstream_headers
 
 
 async def check_round(gateway: Gateway) -> None:
@@ -35,21 +34,15 @@ async def check_round(gateway: Gateway) -> None:
 
 async def check_backend(gateway: Gateway, state: BackendState) -> bool:
     """Probe one backend; True when its discovered models changed."""
-    cfg = state.config
-    if cfg.kind == "echo":
-        state.healthy = state.checked = True
-        return False
     timeout = gateway.config.health.timeout_s
-    headers = dict(upstream_headers(cfg, "health-check"))
-    headers.pop("Content-Type", None)
+    runtime = state.runtime
     try:
-        status, _ = await gateway.upstream.get(cfg.url + cfg.health_path, headers, timeout)
-        ok = 200 <= status < 300
+        ok = await runtime.probe(new_request_id(), timeout)
     except UpstreamError:
         ok = False
     apply_result(state, ok, gateway.config.health)
-    if ok and cfg.models is None:
-        return await discover_models(gateway, state, headers, timeout)
+    if ok and state.config.models is None:
+        return await discover_models(state, timeout)
     return False
 
 
@@ -62,7 +55,7 @@ def apply_result(state: BackendState, ok: bool, health: HealthConfig) -> None:
         if not state.checked or state.health_ok_streak >= health.healthy_after:
             state.healthy = True
         if state.ejected_until:
-            state.record_success()   # an ejected backend comes back through an active check
+            ejection.record_success(state)   # an ejected backend comes back through an active check
     else:
         state.health_fail_streak += 1
         state.health_ok_streak = 0
@@ -74,19 +67,12 @@ def apply_result(state: BackendState, ok: bool, health: HealthConfig) -> None:
                               "healthy" if state.healthy else "unhealthy")
 
 
-async def discover_models(gateway: Gateway, state: BackendState, headers: dict[str, str],
-                          timeout: float) -> bool:
+async def discover_models(state: BackendState, timeout: float) -> bool:
     try:
-        status, body = await gateway.upstream.get(state.config.api_base + "/models",
-                                                  headers, timeout)
-        data = orjson.loads(body).get("data") if status == 200 else None
-    except (UpstreamError, orjson.JSONDecodeError, AttributeError):
+        models = await state.runtime.list_models(new_request_id(), timeout)
+    except UpstreamError:
         return False
-    if not isinstance(data, list):
-        return False
-    models = tuple(sorted({m["id"] for m in data
-                           if isinstance(m, dict) and isinstance(m.get("id"), str)}))
-    if models == state.discovered_models:
+    if models is None or models == state.discovered_models:
         return False
     state.discovered_models = models
     health_logger.info("backend %s serves %s", state.name, ", ".join(models) or "no model")

@@ -29,5 +29,6 @@ CLIENT_FAULTS = ClientFaultsAreWarnings()
 
 
 def quiet_client_faults() -> None:
-    """Install the filter on aiohttp's server logger (once, however many apps are made)."""
+    """Install the filter on aiohttp's server logger: a process-wide setting, made once
+    at process start-up (`serve.prepare_process`), never by building an app."""
     logging.getLogger("aiohttp.server").addFilter(CLIENT_FAULTS)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import (CollectorRegistry, disable_created_metrics, Counter, Gauge, Histogram,
-                               generate_latest)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .record import RequestRecord
@@ -29,8 +28,6 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 class Metrics:
     def __init__(self) -> None:
-        # `_created` series double the exposition and no dashboard reads them.
-        disable_created_metrics()
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "gateway_requests", "Requests answered, by final status.",

@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator
 import orjson
 from aiohttp import web
 
-from .errors import GatewayError, UpstreamError
+from .errors import GatewayError, Reason, UpstreamError
 from .record import RequestRecord
 
 # A chunk carries a token once some content/text/arguments string is non-empty.
@@ -187,7 +187,7 @@ async def relay_stream(resp: web.StreamResponse, chunks: AsyncIterator[bytes], f
             await resp.write(out)
         if not rewriter.saw_done:
             raise UpstreamError("the runtime closed the stream before it finished",
-                                reason="upstream_closed")
+                                reason=Reason.UPSTREAM_CLOSED)
     except UpstreamError as err:
         rec.aborted = err.reason
         rec.error = err.message

@@ -9,12 +9,20 @@ import socket
 import sys
 
 from aiohttp import web
+from prometheus_client import disable_created_metrics
 
 from .accesslog import StderrAccessLog
 from .app import create_app
 from .config import Config
-from .log import server_logger
+from .log import quiet_client_faults, server_logger
 from .typedefs import WORKER_PIDS
+
+
+def prepare_process() -> None:
+    """The process-wide settings, made once before any app is built."""
+    # `_created` series double the exposition and no dashboard reads them.
+    disable_created_metrics()
+    quiet_client_faults()
 
 
 def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
@@ -26,6 +34,7 @@ def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
     # Until the app installs its reload handler, a SIGHUP must not kill the process
     # (its default action): the listener is bound, so a supervisor may already send one.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    prepare_process()
     tune_gc()   # before the fork: the workers share the frozen startup heap's pages
     socks = _listen_all(host, port, workers)
     children = [_fork_worker(config, path, socks, i) for i in range(1, workers)]

@@ -11,7 +11,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.config import ApiKey, BackendConfig, Config, RouteConfig, backend
+from gateway.serve import prepare_process
 from tests.fakes import FakeRuntime
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    prepare_process()   # what `gateway serve` does once at start-up, before any app
 
 # What the fake runtime is called by its backends, and the smallest chat request to it.
 RUNTIME_ID = "meta-llama/Llama-3.1-8B-Instruct"

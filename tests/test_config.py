@@ -11,12 +11,12 @@ from types import MappingProxyType
 import pytest
 
 from gateway import config as config_module
-from gateway import config_schema
+from gateway.config import schema as config_schema
 from gateway.config import (
     ApiKey, Config, ConfigError, Fallback, HealthConfig, QueueConfig, RetryConfig, RouteConfig,
     ServerConfig, Timeouts, check, load_config, load_config_text, redacted,
 )
-from gateway.kinds import KINDS
+from gateway.runtimes.kinds import KINDS
 
 ECHO = "backends:\n  e: {kind: echo, models: [m1, m2]}\n"
 

@@ -9,8 +9,13 @@ import time
 from gateway.config import (HealthConfig, QueueConfig, RetryConfig, RouteConfig, Fallback,
                             Timeouts, backend)
 from gateway.health import apply_result
-from gateway.backends import BackendState
+from gateway.dispatch import BackendState
+from gateway.runtimes import make_runtime
 from tests.conftest import CHAT, make_config, runtime_backend
+
+
+def new_state(config) -> BackendState:
+    return BackendState(config, make_runtime(config, None))
 
 
 async def backends_hit(client, n, body=CHAT):
@@ -166,7 +171,7 @@ async def test_all_ejected_without_fallback_tries_soonest(start_runtime, gateway
 
 def test_active_health_thresholds_are_exact():
     health = HealthConfig(unhealthy_after=3, healthy_after=2)
-    state = BackendState(backend("x", "vllm", "http://127.0.0.1:1"))
+    state = new_state(backend("x", "vllm", "http://127.0.0.1:1"))
     apply_result(state, True, health)
     assert state.healthy
     for expected in (True, True, False):
@@ -183,7 +188,7 @@ def test_active_health_thresholds_are_exact():
 
 def test_backend_still_loading_gets_no_traffic_until_healthy():
     health = HealthConfig(unhealthy_after=3, healthy_after=2)
-    state = BackendState(backend("x", "vllm", "http://127.0.0.1:1"))
+    state = new_state(backend("x", "vllm", "http://127.0.0.1:1"))
     apply_result(state, False, health)      # first check fails: not trusted at all
     assert not state.healthy
     apply_result(state, True, health)

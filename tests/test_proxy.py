@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import pytest
 
@@ -37,13 +38,29 @@ async def test_chat_rewrites_model_both_ways(start_runtime, gateway_client):
     assert fake.requests[0]["model"] == RUNTIME_ID
     assert resp.headers["X-Gateway-Backend"] == "gpu-a"
     assert resp.headers["X-Request-ID"] == "req-123"
-    assert fake.headers_seen[0]["X-Request-ID"] == "req-123"
+    # Runtimes get a UUID, the one form every runtime accepts (llama-cpp-python: 400 otherwise).
+    sent = fake.headers_seen[0]["X-Request-ID"]
+    assert str(uuid.UUID(sent)) == sent and uuid.UUID(sent).version == 4
+
+
+async def test_a_uuid_request_id_reaches_the_runtime_unchanged(start_runtime, gateway_client):
+    fake, client = await one_backend(start_runtime, gateway_client)
+    given = str(uuid.uuid4())
+    resp = await client.post("/v1/chat/completions", json=CHAT, headers={"X-Request-ID": given})
+    assert resp.status == 200 and resp.headers["X-Request-ID"] == given
+    assert fake.headers_seen[0]["X-Request-ID"] == given
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    generated = resp.headers["X-Request-ID"]
+    assert uuid.UUID(generated).version == 4 and fake.headers_seen[1]["X-Request-ID"] == generated
 
 
 async def test_request_id_is_generated_when_absent(start_runtime, gateway_client):
     _, client = await one_backend(start_runtime, gateway_client)
     resp = await client.post("/v1/chat/completions", json=CHAT)
-    assert len(resp.headers["X-Request-ID"]) == 32
+    generated = resp.headers["X-Request-ID"]
+    assert str(uuid.UUID(generated)) == generated
+    other = await client.post("/v1/chat/completions", json=CHAT)
+    assert other.headers["X-Request-ID"] != generated
 
 
 async def test_upstream_headers_carry_backend_key_not_the_clients(start_runtime,

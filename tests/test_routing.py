@@ -13,6 +13,7 @@ from gateway.config import STRATEGIES
 from gateway.routing import RouteRequest, make_strategy
 from gateway.routing import ring as ring_module
 from gateway.routing.least_busy import LeastBusy
+from gateway.endpoints import BY_NAME, BY_PATH
 from gateway.routing.prefix_affinity import PROMPT_CHARS, PrefixAffinity, prefix_key
 from gateway.routing.session_affinity import SessionAffinity
 from gateway.routing.weighted import WeightedRoundRobin
@@ -140,6 +141,11 @@ def test_least_busy_keeps_load_proportional_to_weight():
 
 # -- prefix_key -------------------------------------------------------------------
 
+def key_for(endpoint: str, body: dict) -> bytes | None:
+    """The prefix key of a body sent to the endpoint named `endpoint`."""
+    return prefix_key(BY_NAME[endpoint].prompt_field, body)
+
+
 SYSTEM = {"role": "system", "content": "You are a careful assistant. " * 20}
 
 
@@ -156,7 +162,7 @@ def test_prefix_key_is_stable_across_turns_of_one_conversation():
     messages = [SYSTEM, {"role": "user", "content": "What is a KV cache?"}]
     keys = set()
     for turn in range(6):
-        keys.add(prefix_key("chat", chat(*messages)))
+        keys.add(key_for("chat", chat(*messages)))
         messages = grow(messages, turn)
     assert len(keys) == 1
     (key,) = keys
@@ -164,9 +170,9 @@ def test_prefix_key_is_stable_across_turns_of_one_conversation():
 
 
 def test_prefix_key_separates_conversations_sharing_a_system_prompt():
-    a = prefix_key("chat", chat(SYSTEM, {"role": "user", "content": "question one"}))
-    b = prefix_key("chat", chat(SYSTEM, {"role": "user", "content": "question two"}))
-    c = prefix_key("chat", chat({"role": "system", "content": "other"},
+    a = key_for("chat", chat(SYSTEM, {"role": "user", "content": "question one"}))
+    b = key_for("chat", chat(SYSTEM, {"role": "user", "content": "question two"}))
+    c = key_for("chat", chat({"role": "system", "content": "other"},
                                 {"role": "user", "content": "question one"}))
     assert len({a, b, c}) == 3
 
@@ -181,30 +187,40 @@ def test_prefix_key_accepts_content_parts():
     other_image = chat(SYSTEM, {"role": "user", "content": [
         {"type": "text", "text": "describe this"},
         {"type": "image_url", "image_url": {"url": "https://x/dog.png"}}]})
-    assert prefix_key("chat", text) == prefix_key("chat", parts)
-    keys = {prefix_key("chat", b) for b in (text, image, other_image)}
+    assert key_for("chat", text) == key_for("chat", parts)
+    keys = {key_for("chat", b) for b in (text, image, other_image)}
     assert len(keys) == 3 and None not in keys
     later = chat(*grow(image["messages"], 0))
-    assert prefix_key("chat", later) == prefix_key("chat", image)
+    assert key_for("chat", later) == key_for("chat", image)
 
 
-def test_prefix_key_endpoint_spellings_agree():
+def test_prefix_affinity_route_key_reads_the_endpoint_row():
     body = chat(SYSTEM, {"role": "user", "content": "hi"})
-    keys = {prefix_key(e, body) for e in ("chat", "/v1/chat/completions", "chat/completions")}
-    assert len(keys) == 1 and None not in keys
+    strategy = PrefixAffinity()
+    key = strategy.route_key(BY_PATH["/v1/chat/completions"], body, {}).prefix
+    assert key == prefix_key("messages", body) is not None
+    assert strategy.route_key(BY_NAME["embeddings"], {"input": "x" * 1000}, {}).prefix is None
+
+
+def test_session_affinity_route_key_prefers_the_header_over_user():
+    strategy = SessionAffinity()
+    body = {"user": "u1", "messages": []}
+    assert strategy.route_key(BY_NAME["chat"], body, {"X-Session-ID": "s1"}).session == "s1"
+    assert strategy.route_key(BY_NAME["chat"], body, {}).session == "u1"
+    assert strategy.route_key(BY_NAME["chat"], {"user": 5}, {}).session is None
 
 
 def test_prefix_key_completions_uses_the_prompt_head():
     head = "Translate to French.\n" * 20
     assert len(head) >= PROMPT_CHARS
-    first = prefix_key("completions", {"prompt": head + "cat ->"})
-    later = prefix_key("/v1/completions", {"prompt": head + "cat -> chat\ndog ->"})
+    first = key_for("completions", {"prompt": head + "cat ->"})
+    later = key_for("completions", {"prompt": head + "cat -> chat\ndog ->"})
     assert first == later is not None
-    assert prefix_key("completions", {"prompt": "x" + head}) != first
-    assert prefix_key("completions", {"prompt": [head + "a", "b"]}) == first   # a batch
+    assert key_for("completions", {"prompt": "x" + head}) != first
+    assert key_for("completions", {"prompt": [head + "a", "b"]}) == first   # a batch
     tokens = list(range(PROMPT_CHARS))
-    assert prefix_key("completions", {"prompt": tokens}) == \
-        prefix_key("completions", {"prompt": tokens + [1, 2, 3]}) is not None
+    assert key_for("completions", {"prompt": tokens}) == \
+        key_for("completions", {"prompt": tokens + [1, 2, 3]}) is not None
 
 
 @pytest.mark.parametrize("endpoint, body", [
@@ -218,11 +234,11 @@ def test_prefix_key_completions_uses_the_prompt_head():
     ("embeddings", {"input": "x" * 1000}),
 ])
 def test_prefix_key_none_when_there_is_nothing_to_key(endpoint, body):
-    assert prefix_key(endpoint, body) is None
+    assert key_for(endpoint, body) is None
 
 
 def test_prefix_key_system_only_chat_still_keys():
-    assert prefix_key("chat", chat(SYSTEM)) is not None
+    assert key_for("chat", chat(SYSTEM)) is not None
 
 
 # -- prefix affinity ----------------------------------------------------------------
@@ -238,7 +254,7 @@ def replay_rounds(strategy, backends, rounds: int, convs: list[list[dict]]):
     seen = [Counter() for _ in convs]
     for turn in range(rounds):
         for i, messages in enumerate(convs):
-            request = RouteRequest(prefix=prefix_key("chat", chat(*messages)))
+            request = RouteRequest(prefix=key_for("chat", chat(*messages)))
             chosen = strategy.pick(backends, request)
             assert chosen.in_flight + 1 <= cap(backends, chosen)
             chosen.in_flight += 1
@@ -255,7 +271,7 @@ def test_prefix_affinity_sequential_turns_stick():
     convs = conversations(8)
     for turn in range(50):
         for i, messages in enumerate(convs):
-            chosen = strategy.pick(backends, RouteRequest(prefix=prefix_key("chat", chat(*messages))))
+            chosen = strategy.pick(backends, RouteRequest(prefix=key_for("chat", chat(*messages))))
             chosen.in_flight += 1        # in flight while no other request is routed...
             seen[i][chosen.name] += 1
             chosen.in_flight -= 1        # ...and done before the next one

@@ -3,13 +3,18 @@
 Each strategy lives in its own module behind one small interface and does no
 I/O, so it is tested with plain stubs. The dispatcher hands a strategy only the
 backends that may take the request right now (healthy, not yet tried for this
-request, under their concurrency cap); the strategy picks one of them.
+request, under their concurrency cap); the strategy picks one of them. Each
+strategy also says what of a request it keys on (`route_key`), so the HTTP layer
+never needs to know which strategy a route uses.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from ..endpoints import Endpoint
 
 
 class Candidate(Protocol):
@@ -33,10 +38,28 @@ class RouteRequest:
     session: str | None = None     # X-Session-ID header, else the body's `user`
 
 
+NO_AFFINITY = RouteRequest()   # what every strategy that keys on nothing uses
+
+
 class Strategy(Protocol):
+    def route_key(self, endpoint: Endpoint, payload: Mapping[str, Any],
+                  headers: Mapping[str, str]) -> RouteRequest:
+        """What of this request the strategy keys on (once per request)."""
+        ...
+
     def pick(self, candidates: Sequence[Candidate], request: RouteRequest) -> Candidate:
         """One of `candidates` (never empty)."""
         ...
+
+
+class KeysOnNothing:
+    """For strategies that pick by load or turn alone."""
+
+    __slots__ = ()
+
+    def route_key(self, endpoint: Endpoint, payload: Mapping[str, Any],
+                  headers: Mapping[str, str]) -> RouteRequest:
+        return NO_AFFINITY
 
 
 def make_strategy(name: str) -> Strategy:

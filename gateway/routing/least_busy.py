@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from . import Candidate, RouteRequest
+from . import Candidate, KeysOnNothing, RouteRequest
 from .weighted import WeightedRoundRobin, int_weight
 
 
@@ -29,7 +29,7 @@ def least_loaded(candidates: Sequence[Candidate]) -> list[Candidate]:
     return best
 
 
-class LeastBusy:
+class LeastBusy(KeysOnNothing):
     """Fewest in flight relative to weight; ties go round-robin.
 
     Without the round-robin an idle pool (all at zero) would send every

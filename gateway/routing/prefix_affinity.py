@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 from hashlib import blake2b
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from . import Candidate, RouteRequest
+
+if TYPE_CHECKING:
+    from ..endpoints import Endpoint
 from .ring import BoundedAffinity
 
 PROMPT_CHARS = 256          # completions: the part of the prompt that forms the key
@@ -28,27 +31,33 @@ class PrefixAffinity:
     def __init__(self, load_factor: float = 1.25) -> None:
         self._affinity = BoundedAffinity(load_factor)
 
+    def route_key(self, endpoint: Endpoint, payload: Mapping[str, Any],
+                  headers: Mapping[str, str]) -> RouteRequest:
+        return RouteRequest(prefix=prefix_key(endpoint.prompt_field, payload))
+
     def pick(self, candidates: Sequence[Candidate], request: RouteRequest) -> Candidate:
         return self._affinity.pick_by_key(candidates, request.prefix)
 
 
-def prefix_key(endpoint: str, body: dict) -> bytes | None:
-    """The affinity key of a chat or completions request, or None (no affinity).
+def prefix_key(prompt_field: str | None, body: Mapping[str, Any]) -> bytes | None:
+    """The affinity key of a request whose prompt is in `prompt_field`, or None.
 
-    Chat: the conversation root, i.e. every message up to and including the
+    `prompt_field` comes from the endpoint's row in `gateway.endpoints`: "messages"
+    for a conversation, "prompt" for a completion prompt, None for no affinity.
+
+    Messages: the conversation root, i.e. every message up to and including the
     first user message (system prompts, few-shot turns, the opening question).
     Later turns only append to the history, so every turn of one conversation
     has the same root and key, while conversations that merely share a system
     prompt still spread over the pool.
 
-    Completions: the first PROMPT_CHARS characters. A shorter prompt gets no key:
+    Prompt: the first PROMPT_CHARS characters. A shorter prompt gets no key:
     its key would change as soon as a follow-up prompt grew past it, and so
     short a prompt has little cache to reuse anyway.
     """
-    kind = endpoint.strip("/").removeprefix("v1/")
-    if kind in ("chat", "chat/completions"):
+    if prompt_field == "messages":
         parts = _chat_root(body.get("messages"))
-    elif kind == "completions":
+    elif prompt_field == "prompt":
         parts = _completion_head(body.get("prompt"))
     else:
         return None

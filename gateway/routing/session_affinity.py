@@ -8,9 +8,12 @@ the sessions that were on it.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from . import Candidate, RouteRequest
+
+if TYPE_CHECKING:
+    from ..endpoints import Endpoint
 from .ring import BoundedAffinity
 
 
@@ -20,6 +23,12 @@ class SessionAffinity:
 
     def __init__(self, load_factor: float = 1.25) -> None:
         self._affinity = BoundedAffinity(load_factor)
+
+    def route_key(self, endpoint: Endpoint, payload: Mapping[str, Any],
+                  headers: Mapping[str, str]) -> RouteRequest:
+        user = payload.get("user")
+        return RouteRequest(session=headers.get("X-Session-ID")
+                            or (user if isinstance(user, str) else None))
 
     def pick(self, candidates: Sequence[Candidate], request: RouteRequest) -> Candidate:
         session = request.session

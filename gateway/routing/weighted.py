@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from . import Candidate, RouteRequest
+from . import Candidate, KeysOnNothing, RouteRequest
 
 # Weights are compared in thousandths as integers: float sums would drift over
 # millions of picks and break the exact period; SWRR is scale invariant, so
@@ -24,7 +24,7 @@ def int_weight(weight: float) -> int:
     return max(1, round(weight * WEIGHT_SCALE))
 
 
-class WeightedRoundRobin:
+class WeightedRoundRobin(KeysOnNothing):
     """Smooth weighted round-robin with per-backend state keyed by name.
 
     The candidate set may change between calls (a backend unhealthy or already

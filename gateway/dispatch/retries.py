@@ -1,9 +1,11 @@
-"""Choosing a backend and getting a first answer from it: retries, fallbacks, queueing.
+"""Choosing a backend and getting a first answer from it: retries, then fallbacks.
 
 Tries happen only before the client got a byte. A try fails over to another
 backend on connect errors, timeouts, 429/5xx and a stream whose first event is
 an error; a runtime's other 4xx is the client's answer and is passed through.
 Each backend is tried at most once per request, within one overall deadline.
+Every setting comes from the request's own route table, so a reload during the
+request changes nothing for it.
 """
 
 from __future__ import annotations
@@ -12,27 +14,33 @@ import asyncio
 import time
 from typing import Any, AsyncIterator
 
-from .backends import BackendState
-from .config import Config
-from .errors import (DeadlineExceeded, GatewayError, NoHealthyBackend, NotImplementedByRuntime,
-                     RateLimited, UpstreamError, UpstreamStatus, UpstreamTimeout)
-from .metrics import Metrics
-from .pools import Pool, RouteTable, Stage
-from .record import RequestRecord
-from .relay import first_event_error, model_patterns
-from .routing import RouteRequest
-from .upstream import Upstream, scrub_secrets
+from ..config import Config, HealthConfig
+from ..endpoints import Endpoint
+from ..errors import (DeadlineExceeded, NoHealthyBackend, Reason, UpstreamError,
+                      UpstreamStatus)
+from ..metrics import Metrics
+from ..record import RequestRecord
+from ..relay import first_event_error, model_patterns
+from ..routing import RouteRequest
+from ..runtimes.scrub import scrub_text
+from . import ejection
+from .backend import BackendState
+from .outcome import give_up
+from .queue import CapacityQueue
+from .table import Pool, RouteTable
+from .fallbacks import Stage
 
 
 class Opened:
     """A backend that answered 200; the caller relays it, then calls finish()."""
 
     __slots__ = ("backend", "public", "patterns", "response", "chunks", "first",
-                 "drop_usage", "_dispatcher")
+                 "drop_usage", "_dispatcher", "_health")
 
     def __init__(self, dispatcher: Dispatcher, backend: BackendState, public: str,
-                 response: Any, drop_usage: bool) -> None:
+                 response: Any, drop_usage: bool, health: HealthConfig) -> None:
         self._dispatcher = dispatcher
+        self._health = health
         self.backend = backend
         self.public = public
         self.patterns = model_patterns(backend.model_id(public), public)
@@ -47,53 +55,24 @@ class Opened:
             self.response.release()
         else:
             self.response.close()
-        self._dispatcher.release(self.backend, error)
-
-
-class CapacityQueue:
-    """Requests waiting because every backend of their pool is at max_concurrency."""
-
-    def __init__(self) -> None:
-        self.waiting = 0
-        self._freed = asyncio.Event()
-
-    def notify(self) -> None:
-        if self.waiting:
-            freed, self._freed = self._freed, asyncio.Event()
-            freed.set()
-
-    async def wait(self, timeout: float) -> bool:
-        self.waiting += 1
-        try:
-            async with asyncio.timeout(timeout):
-                await self._freed.wait()
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            self.waiting -= 1
+        self._dispatcher.release(self.backend, error, self._health)
 
 
 # What Dispatcher._choose returns when every backend it could pick is at max_concurrency.
 AT_CAPACITY: Any = object()
 
-BACKEND_FAULTS = frozenset({"connect", "connect_timeout", "timeout", "disconnected",
-                            "stream_error", "upstream_closed", "idle_timeout",
-                            "500", "502", "503", "504"})
-
 
 class Dispatcher:
-    def __init__(self, config: Config, upstream: Upstream, metrics: Metrics) -> None:
-        self.config = config
-        self.upstream = upstream
+    def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self.queue = CapacityQueue()
 
     # -- the walk ------------------------------------------------------------
 
-    async def open(self, table: RouteTable, pool: Pool, endpoint: str, payload: dict,
-                   capability: str, rec: RequestRecord, route: RouteRequest) -> Opened:
-        cfg = self.config
+    async def open(self, table: RouteTable, pool: Pool, endpoint: Endpoint, payload: dict,
+                   rec: RequestRecord, route: RouteRequest) -> Opened:
+        cfg = table.config
+        capability = endpoint.capability_for(payload)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.retries.deadline_s
         tried: set[str] = set()
@@ -107,10 +86,10 @@ class Dispatcher:
             last_stage = index == len(stages) - 1
             while tries > 0:
                 desperate = last_stage and not tried
-                backend = self._choose(stage, capable, tried, route, desperate)
+                backend = self._choose(cfg, stage, capable, tried, route, desperate)
                 if backend is AT_CAPACITY:
-                    backend = await self._queue_for(stage, capable, tried, route, deadline,
-                                                    desperate)
+                    backend = await self._queue_for(cfg, stage, capable, tried, route,
+                                                    deadline, desperate)
                 if backend is None:
                     break
                 tries -= 1
@@ -123,18 +102,18 @@ class Dispatcher:
                     rec.fallback = stage.fallback_to
                     self.metrics.fallbacks.labels(pool.model, stage.fallback_to).inc()
                 try:
-                    return await self._try(backend, stage.public, endpoint, payload, rec,
-                                           deadline)
+                    return await self._try(cfg, backend, stage.public, endpoint, payload,
+                                           rec, deadline)
                 except UpstreamError as err:
                     failures.append(err)
                     if isinstance(err, DeadlineExceeded):
                         break
             if loop.time() >= deadline:
                 break
-        raise self._give_up(pool, capability, capable_seen, failures, tried)
+        raise give_up(pool, capability, capable_seen, failures, tried)
 
-    def _choose(self, stage: Stage, capable: tuple[BackendState, ...], tried: set[str],
-                route: RouteRequest, desperate: bool) -> BackendState | None:
+    def _choose(self, cfg: Config, stage: Stage, capable: tuple[BackendState, ...],
+                tried: set[str], route: RouteRequest, desperate: bool) -> BackendState | None:
         """A backend to try now; None when none is left; AT_CAPACITY when some would do
         but all of those are at their max_concurrency."""
         now = time.monotonic()
@@ -157,25 +136,24 @@ class Dispatcher:
         if not free:
             return AT_CAPACITY
         backend = stage.pool.strategy.pick(free, route) if len(free) > 1 else free[0]
-        health = self.config.health
-        backend.start_trial(health.unhealthy_after, health.cooldown_s, now)
+        ejection.start_trial(backend, cfg.health, now)   # type: ignore[arg-type]
         return backend  # type: ignore[return-value]
 
-    async def _queue_for(self, stage: Stage, capable: tuple[BackendState, ...],
+    async def _queue_for(self, cfg: Config, stage: Stage, capable: tuple[BackendState, ...],
                          tried: set[str], route: RouteRequest, deadline: float,
                          desperate: bool) -> BackendState | None:
         """Wait in the queue until `_choose` finds a backend below its cap, or refuse."""
         loop = asyncio.get_running_loop()
-        queue_deadline = min(deadline, loop.time() + self.config.queue.max_wait_s)
+        queue_deadline = min(deadline, loop.time() + cfg.queue.max_wait_s)
         while True:
             remaining = queue_deadline - loop.time()
-            if self.queue.waiting >= self.config.queue.max_size or remaining <= 0:
+            if self.queue.waiting >= cfg.queue.max_size or remaining <= 0:
                 raise NoHealthyBackend("every backend of this model is at its concurrency "
                                        "limit; try again shortly", retry_after=1)
             if not await self.queue.wait(remaining):
                 raise NoHealthyBackend("every backend of this model stayed at its concurrency "
                                        "limit for the whole queue wait", retry_after=1)
-            backend = self._choose(stage, capable, tried, route, desperate)
+            backend = self._choose(cfg, stage, capable, tried, route, desperate)
             if backend is not AT_CAPACITY:
                 return backend
 
@@ -187,23 +165,23 @@ class Dispatcher:
         ejected = [b for b in backends if b.cooling_until <= now]
         return min(ejected, key=lambda b: b.ejected_until)
 
-    async def _try(self, backend: BackendState, public: str, endpoint: str, payload: dict,
-                   rec: RequestRecord, deadline: float) -> Opened:
-        cfg = backend.config
+    async def _try(self, cfg: Config, backend: BackendState, public: str, endpoint: Endpoint,
+                   payload: dict, rec: RequestRecord, deadline: float) -> Opened:
+        bcfg = backend.config
         body = dict(payload)
         body["model"] = backend.model_id(public)
         drop_usage = False
-        if rec.stream and cfg.capabilities.get("stream_usage"):
+        if rec.stream and bcfg.capabilities.get("stream_usage"):
             options = payload.get("stream_options")
             asked = isinstance(options, dict) and bool(options.get("include_usage"))
             drop_usage = not asked
             body["stream_options"] = {**(options if isinstance(options, dict) else {}),
                                       "include_usage": True}
-        self._acquire(backend)
+        backend.in_flight += 1
         started = time.perf_counter()
         try:
-            response = await self.upstream.open(cfg, endpoint, body, rec.request_id, deadline)
-            opened = Opened(self, backend, public, response, drop_usage)
+            response = await backend.runtime.open(endpoint, body, rec.id_for_runtimes(), deadline)
+            opened = Opened(self, backend, public, response, drop_usage, cfg.health)
             if rec.stream:
                 try:
                     async with asyncio.timeout_at(deadline):
@@ -211,10 +189,10 @@ class Dispatcher:
                 except TimeoutError:
                     raise DeadlineExceeded() from None
         except UpstreamStatus:
-            self.release(backend, None)
+            self.release(backend, None, cfg.health)
             raise
         except BaseException as err:
-            self.release(backend, err)
+            self.release(backend, err, cfg.health)
             raise
         finally:
             rec.upstream_wait += time.perf_counter() - started
@@ -235,54 +213,18 @@ class Dispatcher:
             await chunks.aclose()
             opened.response.close()
             message = str((error or {}).get("message", "the runtime sent an empty stream"))
-            message = scrub_secrets(message.encode(errors="replace"),
-                                    opened.backend.config).decode(errors="replace")
+            message = scrub_text(message, opened.backend.config)
             raise UpstreamError(f"backend {opened.backend.name} failed: {message}",
-                                reason="stream_error")
+                                reason=Reason.STREAM_ERROR)
         opened.chunks = chunks
         opened.first = first
 
     # -- bookkeeping -----------------------------------------------------------
 
-    def _acquire(self, backend: BackendState) -> None:
-        backend.in_flight += 1
-
-    def release(self, backend: BackendState, error: BaseException | None) -> None:
+    def release(self, backend: BackendState, error: BaseException | None,
+                health: HealthConfig) -> None:
         backend.in_flight -= 1
         self.queue.notify()
-        now = time.monotonic()
-        if error is None:
-            backend.record_success()
-            return
-        if not isinstance(error, UpstreamError):
-            return  # the client left, or a bug of ours: no verdict on the backend
-        self.metrics.upstream_errors.labels(backend.name, error.reason).inc()
-        if error.reason == "429":
-            backend.cool_down(error.retry_after or 1.0, now)
-        elif error.reason in BACKEND_FAULTS:
-            h = self.config.health
-            backend.record_failure(h.unhealthy_after, h.cooldown_s, h.max_cooldown_s, now)
-
-    def _give_up(self, pool: Pool, capability: str, capable_seen: bool,
-                 failures: list[UpstreamError], tried: set[str]) -> GatewayError:
-        if not capable_seen:
-            return NotImplementedByRuntime(
-                f"no backend of model '{pool.model}' supports {capability}", param="model")
-        if not failures:
-            cooling = [b.cooling_until for b in pool.backends if b.cooling_until]
-            now = time.monotonic()
-            if cooling and min(cooling) > now:
-                return RateLimited(f"every backend of model '{pool.model}' is rate limited",
-                                   retry_after=min(cooling) - now)
-            return NoHealthyBackend(f"no healthy backend for model '{pool.model}'",
-                                    retry_after=1)
-        if all(f.reason == "429" for f in failures):
-            waits = [f.retry_after for f in failures if f.retry_after is not None]
-            return RateLimited(f"every backend of model '{pool.model}' is rate limited",
-                               retry_after=min(waits) if waits else 1)
-        last = failures[-1]
-        if isinstance(last, UpstreamTimeout):
-            return UpstreamTimeout(f"{last.message} (tried {len(tried)} backend(s))",
-                                   reason=last.reason)
-        return UpstreamError(f"every backend and fallback failed; last: {last.message}",
-                             reason=last.reason)
+        if isinstance(error, UpstreamError):
+            self.metrics.upstream_errors.labels(backend.name, error.reason).inc()
+        ejection.judge(backend, error, health, time.monotonic())

@@ -10,7 +10,7 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Mapping
 
-from .kinds import KINDS, normalise_root
+from ..runtimes.kinds import KINDS, normalise_root
 
 USER_AGENT = "llm-edge-gateway"
 STRATEGIES = ("weighted", "least_busy", "prefix_affinity", "session_affinity")

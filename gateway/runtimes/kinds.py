@@ -19,6 +19,7 @@ class Kind:
     health_path: str
     capabilities: Mapping[str, bool] = field(default_factory=dict)
     needs_url: bool = True
+    in_process: bool = False       # answered inside the gateway, no network hop
 
 
 def _caps(**off: bool) -> Mapping[str, bool]:
@@ -39,7 +40,7 @@ KINDS: Mapping[str, Kind] = MappingProxyType({
     # LM Studio and hosted OpenAI-compatible APIs have no health endpoint; listing models is the check.
     "lmstudio": Kind("lmstudio", "/v1/models", _caps()),
     "openai": Kind("openai", "/v1/models", _caps()),
-    "echo": Kind("echo", "", _caps(tools=False), needs_url=False),
+    "echo": Kind("echo", "", _caps(tools=False), needs_url=False, in_process=True),
 })
 
 

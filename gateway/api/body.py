@@ -8,13 +8,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .errors import BadRequest, BodyTooLarge, RequestTimeout
+from ..endpoints import Endpoint
+from ..errors import BadRequest, BodyTooLarge, RequestTimeout
 
 BODY_READ_TIMEOUT_S = 60
-
-# The field each endpoint cannot do without, and its accepted JSON types.
-REQUIRED_FIELD = {"chat": ("messages", list), "completions": ("prompt", (str, list)),
-                  "embeddings": ("input", (str, list))}
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -60,8 +57,9 @@ def _first_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def parse_payload(raw: bytes, endpoint: str) -> dict[str, Any]:
-    """The JSON object of a /v1 request, with the fields the gateway relies on checked."""
+def parse_payload(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
+    """The JSON object of a request to `endpoint`, with the fields the gateway relies on
+    checked: the model, the endpoint's required field, and the streaming options."""
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -71,29 +69,27 @@ def parse_payload(raw: bytes, endpoint: str) -> dict[str, Any]:
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required and must be a non-empty string", param="model")
-    field, kinds = REQUIRED_FIELD[endpoint]
-    value = payload.get(field)
-    if value is None:
-        raise BadRequest(f"'{field}' is required", param=field)
-    if not isinstance(value, kinds) or (isinstance(value, list) and not value):
-        raise BadRequest(f"'{field}' must be a non-empty {_type_names(kinds)}", param=field)
-    if endpoint == "chat" and not all(isinstance(m, dict) for m in value):
-        raise BadRequest("each of 'messages' must be an object", param="messages")
+    if endpoint.required is not None:
+        _check_required(payload, *endpoint.required)
     stream = payload.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean", param="stream")
-    if endpoint == "embeddings" and stream:
-        raise BadRequest("embeddings cannot be streamed", param="stream")
+    if stream and not endpoint.streams:
+        raise BadRequest(f"{endpoint.name} cannot be streamed", param="stream")
     options = payload.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise BadRequest("'stream_options' must be an object", param="stream_options")
     return payload
 
 
-def needed_capability(endpoint: str, payload: dict[str, Any]) -> str:
-    if endpoint == "chat" and payload.get("tools"):
-        return "tools"
-    return endpoint
+def _check_required(payload: dict[str, Any], field: str, kinds: tuple[type, ...]) -> None:
+    value = payload.get(field)
+    if value is None:
+        raise BadRequest(f"'{field}' is required", param=field)
+    if not isinstance(value, kinds) or (isinstance(value, list) and not value):
+        raise BadRequest(f"'{field}' must be a non-empty {_type_names(kinds)}", param=field)
+    if field == "messages" and not all(isinstance(m, dict) for m in value):
+        raise BadRequest("each of 'messages' must be an object", param="messages")
 
 
 def _type_names(kinds: type | tuple[type, ...]) -> str:

@@ -7,9 +7,9 @@ from typing import Iterable, Iterator
 
 from cerberus import errors as cerberus_errors
 
-from .config_schema import SCHEMA
-from .config_types import Problem
-from .config_yaml import describe
+from .schema import SCHEMA
+from .types import Problem
+from .source import describe
 
 _TYPE_WORDS = {"dict": "a mapping", "list": "a list", "string": "a string",
                "integer": "an integer", "number": "a number", "boolean": "true or false"}

@@ -16,14 +16,35 @@ from typing import Any, AsyncIterator
 
 import orjson
 
-from .errors import BadRequest
+from ..config import BackendConfig
+from ..endpoints import Endpoint
+from ..errors import BadRequest
 
 WORD_DELAY_S = 0.02      # slow enough to see words arrive one by one in a terminal
 EMBEDDING_DIMS = 64
 
 
+class EchoRuntime:
+    """The in-process runtime: always healthy, serves the models it is listed for."""
+
+    __slots__ = ("config",)
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+
+    async def open(self, endpoint: Endpoint, payload: dict, request_id: str,
+                   deadline: float | None = None) -> EchoResponse:
+        return EchoResponse(endpoint.name, payload, payload["model"])
+
+    async def probe(self, request_id: str, timeout_s: float) -> bool:
+        return True
+
+    async def list_models(self, request_id: str, timeout_s: float) -> tuple[str, ...] | None:
+        return None
+
+
 class EchoResponse:
-    """Quacks like upstream.UpstreamResponse."""
+    """An answer made in process, read like an HTTP runtime's."""
 
     status = 200
 

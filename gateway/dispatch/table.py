@@ -2,17 +2,19 @@
 
 A `RouteTable` is an immutable snapshot built from a Config and the live
 `BackendState`s; a reload or a model discovery builds a new one and swaps it in
-one step, so a request keeps the table it started with.
+one step, so a request keeps the table it started with, and reads every setting
+(retries, queue, health) from that table's config: one snapshot from start to end.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
-from .backends import BackendState
-from .config import Config, Fallback
-from .routing import Strategy, make_strategy
+from ..config import Config, Fallback
+from ..routing import Strategy, make_strategy
+from .backend import BackendState
+from .fallbacks import Stage, build_stages
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,26 +23,6 @@ class Pool:
     backends: tuple[BackendState, ...]
     strategy: Strategy
     fallbacks: tuple[Fallback, ...] = ()
-
-
-@dataclass(slots=True)
-class Stage:
-    """One step of a request's walk: the pool itself, then each fallback."""
-
-    public: str                         # the public model name this stage serves
-    pool: Pool
-    backends: tuple[BackendState, ...]
-    tries: int
-    fallback_to: str | None = None      # label for gateway_fallbacks_total{to}
-    _capable: dict[str, tuple[BackendState, ...]] = field(default_factory=dict)
-
-    def capable(self, capability: str) -> tuple[BackendState, ...]:
-        """The backends that can serve `capability` (computed once per table)."""
-        found = self._capable.get(capability)
-        if found is None:
-            found = self._capable[capability] = tuple(
-                b for b in self.backends if b.config.capabilities.get(capability))
-        return found
 
 
 class RouteTable:
@@ -72,23 +54,8 @@ class RouteTable:
         """The pool, then its fallbacks that exist: the order a request tries them in."""
         stages = self._stages.get(pool.model)
         if stages is None:
-            stages = self._stages[pool.model] = self._build_stages(pool)
+            stages = self._stages[pool.model] = build_stages(self, pool, self.states)
         return stages
-
-    def _build_stages(self, pool: Pool) -> tuple[Stage, ...]:
-        attempts = self.config.retries.attempts
-        stages = [Stage(pool.model, pool, pool.backends, 1 + attempts)]
-        for fb in pool.fallbacks:
-            if fb.backend is not None:
-                state = self.states.get(fb.backend)
-                if state is not None:
-                    stages.append(Stage(pool.model, pool, (state,), 1, fb.backend))
-            elif fb.model is not None:
-                target = self.pool(fb.model)
-                if target is not None:
-                    stages.append(Stage(fb.model, target, target.backends, 1 + attempts,
-                                        fb.model))
-        return tuple(stages)
 
     def strategy_for(self, model: str, name: str) -> Strategy | None:
         """Keep a strategy's state (round-robin position, hash ring) across rebuilds."""

@@ -6,7 +6,7 @@ import dataclasses
 import re
 from typing import Any, Mapping
 
-from .config_types import Config
+from .types import Config
 
 # Header names that carry a credential (Azure's api-key, x-api-key, ...).
 SECRET_HEADER = re.compile(r"auth|cookie|key|token|secret|passw", re.I)

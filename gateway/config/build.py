@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from .config_types import (
+from .types import (
     ApiKey, BackendConfig, Config, Fallback, HealthConfig, QueueConfig, RetryConfig, RouteConfig,
     ServerConfig, Timeouts, backend,
 )

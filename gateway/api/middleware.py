@@ -1,29 +1,18 @@
-"""The one middleware every request passes: request id, error rendering, log line, metrics."""
+"""The one middleware every request passes: request id, error rendering, sending the
+answer, then the bookkeeping that waited for it, the log line and metrics."""
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 
 from aiohttp import web
 
-from .errors import BadRequest, BodyTooLarge, GatewayError, NotFound
-from .log import server_logger
-from .record import RequestRecord
-from .typedefs import ACCESS_LOG, GATEWAY, RECORD
-
-PROXY_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
-                   "/v1/embeddings": "embeddings"}
-
-
-def request_id_of(request: web.Request) -> str:
-    given = request.headers.get("X-Request-ID", "")
-    if 0 < len(given) <= 128 and given.isprintable() and given.isascii():
-        return given
-    # 128 random bits like a uuid4, without a getrandom syscall per request: an id
-    # names a request in logs, it guards nothing.
-    return "%032x" % random.getrandbits(128)
+from ..endpoints import BY_PATH
+from ..errors import BadRequest, BodyTooLarge, GatewayError, NotFound
+from ..log import server_logger
+from ..record import RequestRecord, client_request_id
+from ..typedefs import ACCESS_LOG, GATEWAY, RECORD
 
 
 def error_response(err: GatewayError) -> web.Response:
@@ -47,21 +36,34 @@ def _from_http_exception(exc: web.HTTPException) -> GatewayError:
 @web.middleware
 async def gateway_middleware(request: web.Request, handler) -> web.StreamResponse:
     # A CORS preflight is the browser asking, not an API request: not logged or measured.
-    endpoint = PROXY_ENDPOINTS.get(request.path, "") if request.method != "OPTIONS" else ""
-    rec = RequestRecord(request_id_of(request), endpoint)
+    endpoint = BY_PATH.get(request.path) if request.method != "OPTIONS" else None
+    rec = RequestRecord(client_request_id(request.headers.get("X-Request-ID", "")),
+                        endpoint.name if endpoint is not None else "")
     request[RECORD] = rec
     try:
         resp = await _answer(request, handler, rec)
-        if not resp.prepared:
-            # Send first, log and measure after: the client need not wait for bookkeeping.
-            try:
-                await resp.prepare(request)
-                await resp.write_eof()
-            except ConnectionError:
-                rec.status = 499   # gone before its answer: aiohttp closes up quietly
+        await _send(request, resp, rec)
         return resp
     finally:
         _finish(request, rec)
+
+
+async def _send(request: web.Request, resp: web.StreamResponse, rec: RequestRecord) -> None:
+    """Send an answer not sent yet (a stream was, as it came), then the bookkeeping that
+    waited for it: the client need not wait for usage parsing or the backend's release."""
+    error: BaseException | None = None
+    try:
+        if not resp.prepared:
+            await resp.prepare(request)
+            await resp.write_eof()
+    except ConnectionError:
+        rec.status = 499   # gone before its answer: aiohttp closes up quietly
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        if rec.after_send is not None:
+            rec.after_send(error)
 
 
 async def _answer(request: web.Request, handler, rec: RequestRecord) -> web.StreamResponse:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .config_build import given
-from .config_types import HealthConfig, Problem
+from .build import given
+from .types import HealthConfig, Problem
 
 
 def references(doc: dict) -> list[Problem]:

@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 import cerberus
 from cerberus import errors as cerberus_errors
 
-from .config_redact import url_without_password
-from .config_types import STRATEGIES
-from .config_yaml import EnvStr, describe
-from .kinds import CAPABILITIES, KINDS
+from .redact import url_without_password
+from .types import STRATEGIES
+from .source import EnvStr, describe
+from ..runtimes.kinds import CAPABILITIES, KINDS
 
 
 def _number(**rules) -> dict:

@@ -6,12 +6,11 @@ import time
 
 from aiohttp import web
 
-from .auth import bearer_token, same_secret
-from .config import redacted
-from .config_redact import url_without_password
-from .errors import BadRequest, NotFound, Unauthorized
-from .reload import reload_config
-from .typedefs import CONFIG_PATH, GATEWAY
+from ..auth import bearer_token, same_secret
+from ..config import redacted, url_without_password
+from ..errors import BadRequest, NotFound, Unauthorized
+from ..reload import reload_config
+from ..typedefs import CONFIG_PATH, GATEWAY
 
 
 def require_admin(request: web.Request) -> None:

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .config_types import ConfigError, Problem
+from .types import ConfigError, Problem
 
 
 # --- YAML ------------------------------------------------------------------

@@ -2,17 +2,17 @@
 
 `load_config(path)` returns a `Config` or raises `ConfigError`, whose `problems`
 are `key.path: message` lines (the same lines `gateway check` prints).
-Only the config_* modules see raw dicts; everything else gets the frozen dataclasses.
+Only this package sees raw dicts; everything else gets the frozen dataclasses, and
+imports them from here: this module is the package's one face and the loading pipeline.
+Each step lives in its own module:
 
-This module is the public face and the loading pipeline; each step lives in its own module:
-
-    config_types     the frozen dataclasses, `backend()`, ConfigError
-    config_yaml      read -> parse (line/column errors) -> interpolate `${VAR}`
-    config_schema    the cerberus schema and its custom rules
-    config_messages  cerberus errors and other problems -> `key.path: message` lines
-    config_checks    references between sections, fallback cycles, auth keys
-    config_build     the validated dict -> frozen objects
-    config_redact    a Config as plain data with secrets masked
+    types     the frozen dataclasses, `backend()`, ConfigError
+    source    read -> parse (line/column errors) -> interpolate `${VAR}`
+    schema    the cerberus schema and its custom rules
+    messages  cerberus errors and other problems -> `key.path: message` lines
+    checks    references between sections, fallback cycles, auth keys
+    build     the validated dict -> frozen objects
+    redact    secrets masked: a Config as plain data, URLs without passwords
 """
 
 from __future__ import annotations
@@ -21,21 +21,22 @@ import os
 import sys
 from typing import Mapping, TextIO
 
-from .config_build import build
-from .config_checks import references
-from .config_messages import flatten, format_problems
-from .config_redact import redacted
-from .config_schema import SCHEMA, Validator
-from .config_types import (
+from .build import build
+from .checks import references
+from .messages import flatten, format_problems
+from .redact import REDACTED, SECRET_HEADER, redacted, url_without_password
+from .schema import SCHEMA, Validator
+from .types import (
     STRATEGIES, ApiKey, BackendConfig, Config, ConfigError, Fallback, HealthConfig, Problem,
     QueueConfig, RetryConfig, RouteConfig, ServerConfig, Timeouts, backend,
 )
-from .config_yaml import interpolate, parse, plain
+from .source import interpolate, parse, plain
 
 __all__ = [
     "STRATEGIES", "ApiKey", "BackendConfig", "Config", "ConfigError", "Fallback", "HealthConfig",
     "QueueConfig", "RetryConfig", "RouteConfig", "ServerConfig", "Timeouts", "backend",
-    "load_config", "load_config_text", "check", "redacted",
+    "load_config", "load_config_text", "check", "redacted", "url_without_password",
+    "REDACTED", "SECRET_HEADER",
 ]
 
 

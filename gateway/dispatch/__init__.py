@@ -1,0 +1,18 @@
+"""Which backend answers a request: the route table, backend state and the dispatcher.
+
+    table.py      RouteTable and Pool: each public model's backends and strategy
+    fallbacks.py  Stage: the pool, then each fallback, in the order a request walks
+    backend.py    BackendState: a backend's transport, load, health and cooldowns
+    ejection.py   passive ejection and 429 cooldowns: what real traffic says
+    queue.py      the waiting room while every backend is at max_concurrency
+    retries.py    Dispatcher: the walk (tries, retries, fallbacks) to a first answer
+    outcome.py    the error when the walk found no answer
+
+The strategies that pick one backend of a pool are pure and live in `gateway.routing`.
+"""
+
+from .backend import BackendState
+from .retries import Dispatcher, Opened
+from .table import Pool, RouteTable
+
+__all__ = ["BackendState", "Dispatcher", "Opened", "Pool", "RouteTable"]

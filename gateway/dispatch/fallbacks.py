@@ -1,0 +1,54 @@
+"""The order a request walks: its model's pool first, then each fallback of its route.
+
+A fallback is another backend that also lists the model (`backend:`), or another
+public model's whole pool (`model:`). Each step is a `Stage`; stages are built once
+per route table, so a request does no work on them but walk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping
+
+from .backend import BackendState
+
+if TYPE_CHECKING:
+    from .table import Pool, RouteTable
+
+
+@dataclass(slots=True)
+class Stage:
+    """One step of a request's walk: the pool itself, then each fallback."""
+
+    public: str                         # the public model name this stage serves
+    pool: Pool
+    backends: tuple[BackendState, ...]
+    tries: int                          # backends of this stage a request may try
+    fallback_to: str | None = None      # label for gateway_fallbacks_total{to}
+    _capable: dict[str, tuple[BackendState, ...]] = field(default_factory=dict)
+
+    def capable(self, capability: str) -> tuple[BackendState, ...]:
+        """The backends that can serve `capability` (computed once per table)."""
+        found = self._capable.get(capability)
+        if found is None:
+            found = self._capable[capability] = tuple(
+                b for b in self.backends if b.config.capabilities.get(capability))
+        return found
+
+
+def build_stages(table: RouteTable, pool: Pool,
+                 states: Mapping[str, BackendState]) -> tuple[Stage, ...]:
+    """The pool with 1 + retries.attempts tries, then each fallback that exists."""
+    attempts = table.config.retries.attempts
+    stages = [Stage(pool.model, pool, pool.backends, 1 + attempts)]
+    for fb in pool.fallbacks:
+        if fb.backend is not None:
+            state = states.get(fb.backend)
+            if state is not None:
+                stages.append(Stage(pool.model, pool, (state,), 1, fb.backend))
+        elif fb.model is not None:
+            target = table.pool(fb.model)
+            if target is not None:
+                stages.append(Stage(fb.model, target, target.backends, 1 + attempts,
+                                    fb.model))
+    return tuple(stages)

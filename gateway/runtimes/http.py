@@ -1,0 +1,203 @@
+"""A model server over HTTP: URLs, headers, timeouts, the one ClientSession.
+
+`HttpRuntime.open()` sends a request and returns an `HttpResponse` once the
+runtime's headers are in; every aiohttp or asyncio error on the way is
+translated by `failures.translated`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import AsyncIterator
+
+import aiohttp
+import orjson
+from multidict import CIMultiDict
+from yarl import URL
+
+from ..config import BackendConfig
+from ..endpoints import Endpoint
+from .failures import Phase, status_error, translated
+
+
+def make_session(*, limit: int = 0) -> aiohttp.ClientSession:
+    """The app's one ClientSession: pooled keep-alive, no hidden caps.
+
+    aiohttp's defaults cap at 100 connections and cut every request at 300 s;
+    long generations and many streams need neither. Per-request timeouts come
+    from each backend's config instead.
+    """
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, keepalive_timeout=60,
+                                     ttl_dns_cache=300, enable_cleanup_closed=False)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None),
+        # No cookie jar: a cookie one runtime sets must never reach another client's request.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        # Every aiohttp auto header is set in BackendConfig.request_headers, so none is
+        # skipped: skip_auto_headers costs a header-set copy per request.
+        auto_decompress=False,
+        json_serialize=None)  # type: ignore[arg-type]
+
+
+class HttpResponse:
+    """A runtime's answer whose headers have arrived; the body is read on demand."""
+
+    __slots__ = ("status", "content_type", "_resp", "_backend")
+
+    def __init__(self, resp: aiohttp.ClientResponse, backend: BackendConfig) -> None:
+        self.status = resp.status
+        self.content_type = resp.headers.get("Content-Type", "application/json")
+        self._resp = resp
+        self._backend = backend
+
+    async def read(self) -> bytes:
+        """The whole body. The connection goes back with release() (or close() after
+        a failure), which the caller does once the client has its answer."""
+        content = self._resp.content
+        with translated(Phase.READ, self._backend):
+            if content.is_eof():
+                # The usual case: the whole body came with the headers and is taken from
+                # the buffer as it is, with no timer and no wait.
+                return content.read_nowait()
+            async with asyncio.timeout(self._backend.timeouts.idle_s):
+                return await self._resp.read()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive; raises UpstreamTimeout after idle_s of silence."""
+        content = self._resp.content
+        loop = asyncio.get_running_loop()
+        with translated(Phase.STREAM, self._backend):
+            async with asyncio.timeout(None) as deadline:
+                watch = IdleWatch(loop, self._backend.timeouts.idle_s, deadline)
+                try:
+                    while True:
+                        data = await content.readany()
+                        if not data:
+                            return
+                        watch.last = loop.time()
+                        yield data
+                finally:
+                    watch.cancel()
+
+    def close(self) -> None:
+        self._resp.close()
+
+    def release(self) -> None:
+        self._resp.release()
+
+
+class IdleWatch:
+    """Expires `deadline` once `idle_s` pass with no chunk noted in `last`.
+
+    Rescheduling a timer on every chunk cost more than the rest of the relay's
+    per-chunk work; this timer fires once per idle period instead, and re-arms
+    from the last chunk's time unless nothing came since it was set.
+    """
+
+    __slots__ = ("last", "_armed", "_loop", "_idle", "_deadline", "_handle")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, idle_s: float,
+                 deadline: asyncio.Timeout) -> None:
+        self._loop = loop
+        self._idle = idle_s
+        self._deadline = deadline
+        self.last = self._armed = loop.time()
+        self._handle: asyncio.TimerHandle | None = loop.call_at(self.last + idle_s, self._check)
+
+    def _check(self) -> None:
+        if self.last == self._armed:
+            self._handle = None
+            self._deadline.reschedule(self._loop.time())   # silent for idle_s: expire now
+        else:
+            self._armed = self.last
+            self._handle = self._loop.call_at(self.last + self._idle, self._check)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+def upstream_headers(backend: BackendConfig, request_id: str) -> CIMultiDict[str]:
+    headers = CIMultiDict(backend.request_headers)
+    headers["X-Request-ID"] = request_id
+    return headers
+
+
+@functools.lru_cache(maxsize=1024)
+def endpoint_url(api_base: str, upstream_path: str) -> URL:
+    """The parsed URL of an endpoint, so yarl parses each one once, not once per request."""
+    return URL(api_base + upstream_path)
+
+
+class Transport:
+    """The session every HttpRuntime shares, and the timeout objects made from configs."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self._connect_timeouts: dict[float, aiohttp.ClientTimeout] = {}
+
+    def connect_timeout(self, connect_s: float) -> aiohttp.ClientTimeout:
+        """One immutable ClientTimeout per connect_s value, not one per request."""
+        timeout = self._connect_timeouts.get(connect_s)
+        if timeout is None:
+            timeout = self._connect_timeouts[connect_s] = aiohttp.ClientTimeout(
+                total=None, sock_connect=connect_s, connect=connect_s)
+        return timeout
+
+
+class HttpRuntime:
+    __slots__ = ("config", "_transport")
+
+    def __init__(self, config: BackendConfig, transport: Transport) -> None:
+        self.config = config
+        self._transport = transport
+
+    async def open(self, endpoint: Endpoint, payload: dict, request_id: str,
+                   deadline: float | None = None) -> HttpResponse:
+        """Send the request; return once the headers are in, within first_byte_s and
+        `deadline` (loop time: the request's overall retry deadline)."""
+        backend = self.config
+        body = orjson.dumps(payload)
+        t = backend.timeouts
+        url = endpoint_url(backend.api_base, endpoint.upstream_path)
+        timeout = self._transport.connect_timeout(t.connect_s)
+        # One timer for both limits, whichever comes first.
+        limit = asyncio.get_running_loop().time() + t.first_byte_s
+        by_deadline = deadline is not None and deadline < limit
+        with translated(Phase.OPEN, backend, by_deadline=by_deadline):
+            async with asyncio.timeout_at(deadline if by_deadline else limit):
+                resp = await self._transport.session.post(
+                    url, data=body, headers=upstream_headers(backend, request_id),
+                    timeout=timeout, allow_redirects=False)
+                if resp.status >= 400:
+                    raise await status_error(backend, resp)
+        return HttpResponse(resp, backend)
+
+    async def probe(self, request_id: str, timeout_s: float) -> bool:
+        cfg = self.config
+        status, _ = await self._get(cfg.url + cfg.health_path, request_id, timeout_s)
+        return 200 <= status < 300
+
+    async def list_models(self, request_id: str, timeout_s: float) -> tuple[str, ...] | None:
+        status, body = await self._get(self.config.api_base + "/models", request_id, timeout_s)
+        try:
+            data = orjson.loads(body).get("data") if status == 200 else None
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        if not isinstance(data, list):
+            return None
+        return tuple(sorted({m["id"] for m in data
+                             if isinstance(m, dict) and isinstance(m.get("id"), str)}))
+
+    async def _get(self, url: str, request_id: str, timeout_s: float) -> tuple[int, bytes]:
+        """A small GET for health checks and model discovery."""
+        headers = upstream_headers(self.config, request_id)
+        headers.pop("Content-Type", None)
+        with translated(Phase.GET, self.config, what=url):
+            async with asyncio.timeout(timeout_s):
+                async with self._transport.session.get(url, headers=headers,
+                                                       allow_redirects=False) as resp:
+                    return resp.status, await resp.read()
