@@ -11,7 +11,8 @@ from gateway.config import (HealthConfig, QueueConfig, RetryConfig, RouteConfig,
 from gateway.health import apply_result
 from gateway.dispatch import BackendState
 from gateway.runtimes import make_runtime
-from tests.conftest import CHAT, make_config, runtime_backend
+from gateway.typedefs import GATEWAY
+from tests.conftest import CHAT, RUNTIME_ID, make_config, runtime_backend
 
 
 def new_state(config) -> BackendState:
@@ -299,3 +300,25 @@ async def test_deadline_bounds_all_tries_without_blaming_the_backend(start_runti
     assert "deadline" in (await resp.json())["error"]["message"]
     metrics = await (await client.get("/metrics")).text()
     assert 'reason="deadline"' in metrics
+
+
+async def test_a_request_spanning_a_reload_keeps_its_config(start_runtime, gateway_client):
+    """Every setting a request reads comes from the config it started with: here its
+    failure is judged by the health settings it started under, not the reloaded ones."""
+    fake, server = await start_runtime(status=500, hang_s=0.4)
+    gpu = runtime_backend("gpu", server, models={"llama": RUNTIME_ID})
+    strict = make_config(gpu, health=HealthConfig(unhealthy_after=1, cooldown_s=60),
+                         retries=RetryConfig(attempts=0))
+    client = await gateway_client(strict)
+    gateway = client.server.app[GATEWAY]
+    request = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
+    for _ in range(100):   # until the request is at the runtime
+        if fake.requests:
+            break
+        await asyncio.sleep(0.01)
+    gateway.apply(make_config(gpu, health=HealthConfig(unhealthy_after=5, cooldown_s=60),
+                              retries=RetryConfig(attempts=0)))
+    assert (await request).status == 502
+    state = gateway.states["gpu"]
+    assert state.consecutive_failures == 1
+    assert state.ejected_until > time.monotonic() + 30   # ejected by unhealthy_after=1

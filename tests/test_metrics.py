@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 
 from gateway.config import backend
 from tests.conftest import make_config, runtime_backend, samples, value
@@ -87,6 +88,22 @@ async def test_one_json_log_line_per_request_without_secrets(start_runtime, gate
     assert entry["completion_tokens"] == 5
     for secret in ("secret prompt", "w0 w1", "sk-canary-123", "client-key-456"):
         assert secret not in lines[0]
+
+
+async def test_log_line_holds_both_request_ids_when_they_differ(start_runtime, gateway_client,
+                                                                caplog):
+    fake, server = await start_runtime()
+    client = await gateway_client(make_config(runtime_backend("gpu", server, models=["llama"])))
+    given = str(uuid.uuid4())
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        await client.post("/v1/chat/completions", json=CHAT, headers={"X-Request-ID": "req-42"})
+        await client.post("/v1/chat/completions", json=CHAT, headers={"X-Request-ID": given})
+    first, second = [json.loads(r.getMessage()) for r in caplog.records
+                     if r.name == "gateway.access"]
+    assert first["request_id"] == "req-42"
+    assert first["upstream_request_id"] == fake.headers_seen[0]["X-Request-ID"] != "req-42"
+    assert second["request_id"] == given == fake.headers_seen[1]["X-Request-ID"]
+    assert "upstream_request_id" not in second
 
 
 async def test_in_flight_gauge_counts_requests_at_a_backend_while_they_run(start_runtime,
