@@ -17,18 +17,22 @@ Skipped when kubectl is missing, unless GATEWAY_REQUIRE_K8S=1 (CI sets it).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import unavailable
+from gateway.app import create_app
+from gateway.config import load_config
+from tests.conftest import bearer, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
@@ -60,11 +64,13 @@ def _kustomize_major(kubectl: str) -> int | None:
 def kubectl() -> str:
     path = shutil.which("kubectl")
     if path is None:
-        unavailable("kubectl not installed (apt-get install -y kubernetes-client)", REQUIRE)
+        unavailable("kubectl not installed (1.21 or newer)", REQUIRE)
     major = _kustomize_major(path)
     if major is None or major < 4:
-        # Components and per-generator options need kustomize v4 (kubectl 1.21 and later).
-        unavailable(f"{path}: its built-in kustomize is older than v4", REQUIRE)
+        # Components and per-generator options need kustomize v4 (kubectl 1.21 and later);
+        # Debian 12's kubernetes-client is 1.20.
+        unavailable(f"{path}: its built-in kustomize is older than v4 (kubectl < 1.21)",
+                    REQUIRE)
     return path
 
 
@@ -122,7 +128,7 @@ def with_monitor(kubectl, tmp_path_factory) -> list[dict]:
     return render(kubectl, with_components(tmp_path_factory.mktemp("sm"), "servicemonitor"))
 
 
-# --- reading the objects ----------------------------------------------------------------------
+# --- reading the objects ---------------------------------------------------------------------
 
 def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
     found = [o for o in objects
@@ -205,7 +211,7 @@ def core(objects: list[dict]) -> list[dict]:
     return [o for o in objects if o["apiVersion"] not in CUSTOM_RESOURCES]
 
 
-# --- schemas ------------------------------------------------------------------------------------
+# --- schemas ---------------------------------------------------------------------------------
 
 def test_base_has_the_objects_and_no_custom_resources(base):
     kinds = sorted(o["kind"] for o in base)
@@ -242,7 +248,7 @@ def test_servicemonitor_component(with_monitor, validate):
     assert endpoint["path"] == "/metrics"
 
 
-# --- the gateway's Deployment ---------------------------------------------------------------------
+# --- the gateway's Deployment ----------------------------------------------------------------
 
 def test_container_runs_the_images_command_with_workers(base):
     cont = container(one(base, "Deployment", "gateway"), "gateway")
@@ -280,6 +286,60 @@ def test_config_is_a_directory_mount_so_hot_reload_sees_updates(base):
     cmap = one(base, "ConfigMap", volume["configMap"]["name"])
     assert cmap["metadata"]["name"] == "gateway-config"   # no hash suffix: edits update it
     assert list(cmap["data"]) == [config_path.name]
+    assert cmap["data"][config_path.name] == (K8S / "gateway.yaml").read_text(encoding="utf-8")
+
+
+def kubelet_update(volume: Path, files: dict[str, str], generation: int) -> None:
+    """Write a ConfigMap volume as the kubelet's atomic writer does.
+
+    The files go into a new hidden timestamped directory; a `..data_tmp` symlink to it is
+    renamed over `..data`; each key is a symlink `name -> ..data/name`, made once; the
+    previous directory is then removed.
+    """
+    old = os.readlink(volume / "..data") if (volume / "..data").is_symlink() else None
+    stamp = f"..2026_01_01_00_00_{generation:02d}.{generation}"
+    (volume / stamp).mkdir()
+    for name, text in files.items():
+        (volume / stamp / name).write_text(text, encoding="utf-8")
+    (volume / "..data_tmp").symlink_to(stamp)
+    os.replace(volume / "..data_tmp", volume / "..data")
+    for name in files:
+        if not (volume / name).is_symlink():
+            (volume / name).symlink_to(f"..data/{name}")
+    if old:
+        shutil.rmtree(volume / old)
+
+
+async def test_an_updated_configmap_volume_is_hot_reloaded(tmp_path, aiohttp_client,
+                                                          monkeypatch):
+    """The kubelet's symlink swap of the mounted ConfigMap reaches the gateway's file watch."""
+    text = (K8S / "gateway.yaml").read_text(encoding="utf-8")
+    secrets = yaml.safe_load((K8S / "secret.yaml").read_text(encoding="utf-8"))["stringData"]
+    for name, secret in secrets.items():
+        monkeypatch.setenv(name, secret)
+    # The example runtime's Service does not exist here: a closed loopback port instead.
+    text = text.replace("http://vllm:8000/v1", "http://127.0.0.1:9/v1")
+    assert "127.0.0.1:9" in text
+    volume = tmp_path / "gateway"
+    volume.mkdir()
+    kubelet_update(volume, {"gateway.yaml": text}, 1)
+    path = str(volume / "gateway.yaml")
+    client = await aiohttp_client(create_app(load_config(path), path))
+    headers = bearer(secrets["TEAM_A_KEY"])
+
+    async def models() -> set[str]:
+        resp = await client.get("/v1/models", headers=headers)
+        assert resp.status == 200
+        return {m["id"] for m in (await resp.json())["data"]}
+
+    assert "echo-2" not in await models()
+    edited = text.replace("models: [echo]", "models: [echo, echo-2]")
+    assert edited != text
+    kubelet_update(volume, {"gateway.yaml": edited}, 2)
+    deadline = time.monotonic() + 5
+    while "echo-2" not in await models():
+        assert time.monotonic() < deadline, "the swapped ConfigMap was not reloaded in 5 s"
+        await asyncio.sleep(0.1)
 
 
 def test_grace_period_covers_prestop_and_drain(base):
@@ -322,7 +382,7 @@ def test_pods_carry_prometheus_scrape_annotations(base):
     assert notes["prometheus.io/path"] == "/metrics"
 
 
-# --- config and secrets ---------------------------------------------------------------------------
+# --- config and secrets ----------------------------------------------------------------------
 
 def _check(config_text: str, secrets: dict[str, str], unset: str | None,
            tmp_path: Path) -> subprocess.CompletedProcess:
@@ -358,7 +418,7 @@ def test_the_secret_reaches_the_container_as_environment(base):
     assert refs == [one(base, "Secret")["metadata"]["name"]]
 
 
-# --- Service, disruption budget, autoscaler ---------------------------------------------------------
+# --- Service, disruption budget, autoscaler --------------------------------------------------
 
 def test_service_selects_the_gateway_pods_on_the_http_port(base):
     deploy = one(base, "Deployment", "gateway")
@@ -389,7 +449,7 @@ def test_disruption_budget_and_autoscaler_fit_together(base):
     assert "replicas" not in deploy["spec"]
 
 
-# --- the Redis component -------------------------------------------------------------------------
+# --- the Redis component ---------------------------------------------------------------------
 
 def test_redis_component_adds_redis_for_the_state_url(with_redis, base):
     redis = one(with_redis, "Deployment", "gateway-redis")
