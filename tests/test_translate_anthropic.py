@@ -585,6 +585,24 @@ def test_every_call_at_index_zero_with_its_own_id():
     assert deltas == [(0, '{"n": 1}'), (1, '{"n": 2}')]
 
 
+def test_a_late_fragment_goes_to_its_own_block():
+    """A runtime that interleaves calls: the fragment keeps its call's block index."""
+    translator = ChatStreamToMessages("m")
+    raw = b"".join(translator.feed(c) for c in (
+        tool_chunk(0, '{"a": ', id="c1", name="f"), tool_chunk(1, '{"b": 2}', id="c2", name="g"),
+        tool_chunk(0, "1}"), chunk({}, "tool_calls"))) + translator.finish()
+    json_deltas = [(d["index"], d["delta"]["partial_json"]) for n, d in events(raw)
+                   if n == "content_block_delta"]
+    assert json_deltas == [(0, '{"a": '), (1, '{"b": 2}'), (0, "1}")]
+
+
+def test_leading_whitespace_before_the_object_is_streamed():
+    evts = run_stream([tool_chunk(0, " ", id="c1", name="f"), tool_chunk(0, ' {"a"'),
+                       tool_chunk(0, ": 1}"), chunk({}, "tool_calls")])
+    assert [d["delta"]["partial_json"] for n, d in evts if n == "content_block_delta"] == [
+        '  {"a"', ": 1}"]
+
+
 def test_arguments_before_the_name_and_a_call_without_id():
     evts = run_stream([tool_chunk(0, '{"a"'), tool_chunk(0, ": 1}", name="f"),
                        chunk({}, "tool_calls")])
