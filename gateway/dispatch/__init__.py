@@ -1,6 +1,7 @@
 """Which backend answers a request: the route table, backend state and the dispatcher.
 
-    table.py      RouteTable and Pool: each public model's backends and strategy
+    table.py      RouteTable: every public model's pool, one snapshot of the config
+    pool.py       Pool: one model's backends, strategy and fallbacks
     fallbacks.py  Stage: the pool, then each fallback, in the order a request walks
     backend.py    BackendState: a backend's transport, load, health and cooldowns
     ejection.py   passive ejection and 429 cooldowns: what real traffic says
@@ -13,6 +14,7 @@ The strategies that pick one backend of a pool are pure and live in `gateway.rou
 
 from .backend import BackendState
 from .retries import Dispatcher, Opened
-from .table import Pool, RouteTable
+from .pool import Pool
+from .table import RouteTable
 
 __all__ = ["BackendState", "Dispatcher", "Opened", "Pool", "RouteTable"]

@@ -8,12 +8,11 @@ per route table, so a request does no work on them but walk.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
+from ..config import Config
 from .backend import BackendState
-
-if TYPE_CHECKING:
-    from .table import Pool, RouteTable
+from .pool import Pool
 
 
 @dataclass(slots=True)
@@ -36,10 +35,10 @@ class Stage:
         return found
 
 
-def build_stages(table: RouteTable, pool: Pool,
+def build_stages(config: Config, pool: Pool, pools: Mapping[str, Pool],
                  states: Mapping[str, BackendState]) -> tuple[Stage, ...]:
     """The pool with 1 + retries.attempts tries, then each fallback that exists."""
-    attempts = table.config.retries.attempts
+    attempts = config.retries.attempts
     stages = [Stage(pool.model, pool, pool.backends, 1 + attempts)]
     for fb in pool.fallbacks:
         if fb.backend is not None:
@@ -47,7 +46,7 @@ def build_stages(table: RouteTable, pool: Pool,
             if state is not None:
                 stages.append(Stage(pool.model, pool, (state,), 1, fb.backend))
         elif fb.model is not None:
-            target = table.pool(fb.model)
+            target = pools.get(fb.model)
             if target is not None:
                 stages.append(Stage(fb.model, target, target.backends, 1 + attempts,
                                     fb.model))

@@ -6,7 +6,7 @@ import time
 
 from ..errors import (GatewayError, NoHealthyBackend, NotImplementedByRuntime, RateLimited,
                       Reason, UpstreamError, UpstreamTimeout)
-from .table import Pool
+from .pool import Pool
 
 
 def give_up(pool: Pool, capability: str, capable_seen: bool,

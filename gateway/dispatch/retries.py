@@ -27,7 +27,8 @@ from . import ejection
 from .backend import BackendState
 from .outcome import give_up
 from .queue import CapacityQueue
-from .table import Pool, RouteTable
+from .pool import Pool
+from .table import RouteTable
 from .fallbacks import Stage
 
 

@@ -8,21 +8,13 @@ one step, so a request keeps the table it started with, and reads every setting
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Mapping
 
-from ..config import Config, Fallback
+from ..config import Config
 from ..routing import Strategy, make_strategy
 from .backend import BackendState
 from .fallbacks import Stage, build_stages
-
-
-@dataclass(frozen=True, slots=True)
-class Pool:
-    model: str
-    backends: tuple[BackendState, ...]
-    strategy: Strategy
-    fallbacks: tuple[Fallback, ...] = ()
+from .pool import Pool
 
 
 class RouteTable:
@@ -54,7 +46,8 @@ class RouteTable:
         """The pool, then its fallbacks that exist: the order a request tries them in."""
         stages = self._stages.get(pool.model)
         if stages is None:
-            stages = self._stages[pool.model] = build_stages(self, pool, self.states)
+            stages = self._stages[pool.model] = build_stages(
+                self.config, pool, self.pools, self.states)
         return stages
 
     def strategy_for(self, model: str, name: str) -> Strategy | None:
