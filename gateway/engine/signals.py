@@ -55,8 +55,9 @@ Models = tuple[str, ...] | None
 class EngineLoad:
     """One reading of a backend's own load. None = not exposed by this kind (or this answer).
 
-    `loaded_models`: for Ollama, which of the asked-for model ids (as the caller spelled
-    them) are in memory; `loaded` is whether any is.
+    `loaded`: Ollama has one of the asked-for models in memory (`loaded_models`: which ones,
+    spelled as asked; with none asked, every loaded model in Ollama's spelling); vLLM is
+    awake (False: put to sleep, weights off the GPU). None for the other kinds.
     """
 
     running: float | None
