@@ -2,8 +2,9 @@
 
 Chat and completions echo the last user message (or the prompt) word by word,
 streamed or not; embeddings are deterministic vectors; `tokenize` counts words as
-vLLM's /tokenize counts tokens (Anthropic Messages reach echo translated to chat). It serves any model it
-is listed for, so the shipped config works on a machine with no LLM runtime.
+vLLM's /tokenize counts tokens (Anthropic Messages reach echo translated to chat). It
+serves any model it is listed for, so the shipped config works on a machine with no LLM
+runtime.
 """
 
 from __future__ import annotations
