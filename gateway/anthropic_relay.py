@@ -49,6 +49,9 @@ class _Lines:
         if self._tail:
             data = self._tail + data
         cut = data.rfind(b"\n") + 1
+        if cut == len(data):      # the usual case: whole events, no copy
+            self._tail = b""
+            return data
         self._tail = data[cut:]
         return data[:cut]
 
@@ -74,13 +77,15 @@ class NativeEvents:
             return b""
         if self.patterns:
             data = rewrite_model(data, self.patterns)
-        if b"message_start" in data or b"message_delta" in data:
-            self._take_usage(data)
         if not self.saw_token and b"content_block_delta" in data:
             self.saw_token = True
-        if b"message_stop" in data and _has_line(data, _STOP_LINES):
-            self.done = True
-        elif b"error" in data and _has_line(data, _ERROR_LINES):
+        if b"message_" in data:     # a token event (most of them) has no such name
+            if b"message_start" in data or b"message_delta" in data:
+                self._take_usage(data)
+            if b"message_stop" in data and _has_line(data, _STOP_LINES):
+                self.done = True
+                return data
+        if b"error" in data and _has_line(data, _ERROR_LINES):
             self.done = True
             self.failed = _error_message(data)
         return data

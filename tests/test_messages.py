@@ -6,6 +6,7 @@ Two fake runtimes answer the same scripted model output: one serves chat complet
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -15,6 +16,7 @@ import pytest
 from gateway.app import create_app
 from gateway.config import ApiKey, RetryConfig, ServerConfig, backend
 from gateway.translate.anthropic import SIGNATURE
+from gateway.typedefs import GATEWAY
 from tests.conftest import make_config, samples, value
 from tests.fake_anthropic import INPUT_TOKENS, Answer, Call, FakeMessagesRuntime
 
@@ -435,3 +437,18 @@ async def test_metrics_ttft_and_the_log_line(fakes, gateway, caplog):
     assert line["endpoint"] == "messages" and line["stream"] is True
     assert line["prompt_tokens"] == INPUT_TOKENS and line["completion_tokens"] == 4
     assert line["ttft_s"] is not None and line["status"] == 200
+
+
+async def test_a_stream_cut_by_the_drain_deadline_ends_with_an_error_event(gateway):
+    client, _ = await gateway(backend("echo", "echo", models=["echo-1"]))
+    resp = await client.post("/v1/messages", json={
+        "model": "echo-1", "max_tokens": 500, "stream": True,
+        "messages": [{"role": "user", "content": " ".join(["w"] * 200)}]})   # 4 s of words
+    assert resp.status == 200
+    first = await resp.content.readuntil(b"\n\n")
+    assert first.startswith(b"event: message_start")
+    await client.app[GATEWAY].drain.run(0.1)
+    rest = await asyncio.wait_for(resp.read(), 5)
+    names = sse_names(first + rest)
+    assert names[-1] == "error" and "message_stop" not in names
+    assert b'"type":"overloaded_error"' in rest
