@@ -49,6 +49,7 @@ class FakeMessagesRuntime:
     fail_times: int | None = None
     error_body: dict[str, Any] | None = None
     break_after: int | None = None
+    first_event_error: bool = False   # a 200 stream whose first event is `event: error`
     tokenizer: str = "vllm"         # the /tokenize format: "vllm" or "llamacpp"
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     headers_seen: list[dict[str, str]] = field(default_factory=list)
@@ -110,6 +111,9 @@ class FakeMessagesRuntime:
         failed = self._failure(anthropic=True)
         if failed is not None:
             return failed
+        if body.get("stream") and self.first_event_error:
+            return await self._sse(request, [_event("error", {"type": "error", "error": {
+                "type": "overloaded_error", "message": "Overloaded"}})])
         if body.get("stream"):
             return await self._sse(request, message_events(self.answer, body["model"]))
         return web.json_response(message(self.answer, body["model"]))

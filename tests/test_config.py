@@ -102,6 +102,8 @@ BAD = [
          "embeddings, tools, stream_usage, messages)"),
     case("capability-not-bool", one_backend("kind: echo, capabilities: {tools: 'no'}"),
          "backends.e.capabilities.tools: must be true or false, got a string"),
+    case("messages-not-bool", one_backend("kind: echo, capabilities: {messages: 2}"),
+         "backends.e.capabilities.messages: must be true or false, got an integer"),
     case("models-empty", one_backend("kind: echo, models: []"),
          "backends.e.models: must not be empty; omit it to discover the models from the runtime"),
     case("models-list-item", one_backend("kind: echo, models: [a, 3]"),

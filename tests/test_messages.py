@@ -220,6 +220,21 @@ async def test_each_try_takes_the_way_its_backend_needs(fakes, gateway):
     assert native.paths() == ["/v1/messages"] * 2 and native.requests[1][1]["stream"] is True
 
 
+async def test_a_native_stream_opening_with_an_error_event_is_retried(fakes, gateway):
+    native, native_url = await fakes(kind="vllm", native=True, first_event_error=True)
+    chat, chat_url = await fakes(kind="sglang")
+    client, sdk = await gateway(
+        backend("a-native", "vllm", native_url, models={"m": RUNTIME_ID}, weight=1000),
+        backend("b-chat", "sglang", chat_url, models={"m": RUNTIME_ID}, weight=1))
+    async with sdk.messages.stream(model="m", max_tokens=8, messages=HELLO) as events:
+        done = await events.get_final_message()
+    assert done.content[0].text == "Hello from the runtime"
+    assert native.paths() == ["/v1/messages"] and chat.paths() == ["/v1/chat/completions"]
+    metrics = await samples(client)
+    assert value(metrics, "gateway_retries_total", backend="a-native",
+                 reason="stream_error") == 1
+
+
 # -- count_tokens ---------------------------------------------------------------------------
 
 async def test_count_tokens_is_passed_to_runtimes_that_serve_it(fakes, gateway):
