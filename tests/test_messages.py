@@ -14,7 +14,8 @@ import anthropic
 import pytest
 
 from gateway.app import create_app
-from gateway.config import ApiKey, RetryConfig, ServerConfig, backend
+from gateway.config import (ApiKey, Fallback, RetryConfig, RouteConfig, ServerConfig,
+                            backend)
 from gateway.translate.anthropic import SIGNATURE
 from gateway.typedefs import GATEWAY
 from tests.conftest import make_config, samples, value
@@ -233,6 +234,29 @@ async def test_a_native_stream_opening_with_an_error_event_is_retried(fakes, gat
     metrics = await samples(client)
     assert value(metrics, "gateway_retries_total", backend="a-native",
                  reason="stream_error") == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_failing_pool_falls_back_to_another_model(fakes, gateway, stream):
+    down, down_url = await fakes(kind="sglang", status=503)
+    spare, spare_url = await fakes(kind="vllm", native=True)
+    client, sdk = await gateway(
+        backend("rt", "sglang", down_url, models={"m": RUNTIME_ID}),
+        backend("spare", "vllm", spare_url, models={"small": "org/Small-1B"}),
+        routes={"m": RouteConfig(fallbacks=(Fallback(model="small"),))},
+        retries=RetryConfig(attempts=0))
+    ask = dict(model="m", max_tokens=8, messages=HELLO)
+    if stream:
+        async with sdk.messages.stream(**ask) as events:
+            done = await events.get_final_message()
+    else:
+        done = await sdk.messages.create(**ask)
+    assert done.content[0].text == "Hello from the runtime" and done.model == "small"
+    assert down.paths() == ["/v1/chat/completions"]
+    assert spare.requests[0][0] == "/v1/messages"
+    assert spare.requests[0][1]["model"] == "org/Small-1B"
+    assert value(await samples(client), "gateway_fallbacks_total", model="m",
+                 to="small") == 1
 
 
 # -- count_tokens ---------------------------------------------------------------------------

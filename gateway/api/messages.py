@@ -99,8 +99,10 @@ async def _whole(opened: Opened, rec: RequestRecord, way: str, counting: bool
     rec.upstream_wait += now - started
 
     def after_send(error: BaseException | None) -> None:
-        # Counting generates nothing: no tokens to charge, and no usage missing either.
-        rec.usage = {} if counting else usage if way != NATIVE else native_whole(body)
+        if counting:
+            rec.usage = {}   # nothing generated: no tokens to charge, and none missing
+        else:   # a runtime's own message is parsed only now, after the client has it
+            rec.usage = native_whole(body) if way == NATIVE else usage
         opened.finish(error)
 
     rec.after_send = after_send
