@@ -52,7 +52,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     # Anthropic Messages (gateway/api/messages.py): kinds without the `messages` capability
     # get it translated to chat completions, so any backend that can chat can answer.
     Endpoint("messages", ("/v1/messages",), "/messages", "chat", streams=ANTHROPIC_SSE,
-             error_shape=ANTHROPIC, prompt_field="messages"),
+             error_shape=ANTHROPIC, prompt_field="messages", tools_capability="tools"),
     Endpoint("messages", ("/v1/messages/count_tokens",), "/messages/count_tokens", "chat",
              error_shape=ANTHROPIC),
 )

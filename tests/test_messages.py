@@ -56,10 +56,11 @@ async def gateway(aiohttp_client):
         await sdk.close()
 
 
-async def one(fakes, gateway, kind="sglang", native=False, **kw):
+async def one(fakes, gateway, kind="sglang", native=False, capabilities=None, **kw):
     """One backend of `kind` serving model "m"; sglang serves chat only (translated)."""
     fake, url = await fakes(kind=kind, native=native, **kw)
-    client, sdk = await gateway(backend("rt", kind, url, models={"m": RUNTIME_ID}))
+    client, sdk = await gateway(backend("rt", kind, url, models={"m": RUNTIME_ID},
+                                        capabilities=capabilities))
     return fake, client, sdk
 
 
@@ -162,7 +163,9 @@ async def test_reasoning_becomes_a_signed_thinking_block(fakes, gateway, stream)
 @pytest.mark.parametrize("kind", ["vllm", "llamacpp"])
 async def test_a_runtime_serving_messages_gets_the_body_as_is(fakes, gateway, kind):
     answer = Answer(text="Native hello", reasoning="hmm", calls=[CALL])
-    fake, client, sdk = await one(fakes, gateway, kind=kind, native=True, answer=answer)
+    # llama-server calls tools only when started with --jinja: its backends say so.
+    fake, client, sdk = await one(fakes, gateway, kind=kind, native=True, answer=answer,
+                                  capabilities={"tools": True})
     ask = dict(model="m", max_tokens=64, messages=HELLO, tools=[WEATHER_TOOL],
                extra_headers={"anthropic-version": "2023-06-01",
                               "anthropic-beta": "fine-grained-tool-streaming-2025-05-14"})
@@ -427,13 +430,19 @@ async def test_a_request_the_translation_cannot_express_is_a_400(fakes, gateway)
     assert fake.requests == []
 
 
-async def test_no_backend_that_can_chat_is_a_501(fakes, gateway):
+async def test_no_backend_that_can_chat_or_call_tools_is_a_501(fakes, gateway):
     _, url = await fakes()
     client, _ = await gateway(backend("rt", "sglang", url, models={"m": RUNTIME_ID},
-                                      capabilities={"chat": False}))
+                                      capabilities={"chat": False}),
+                              backend("echo", "echo", models=["echo-1"]))
     resp = await client.post("/v1/messages", json={"model": "m", "max_tokens": 8,
                                                    "messages": HELLO})
     assert resp.status == 501 and (await resp.json())["type"] == "error"
+    # As on /v1/chat/completions: tools need a backend with the `tools` capability.
+    resp = await client.post("/v1/messages", json={"model": "echo-1", "max_tokens": 8,
+                                                   "messages": HELLO, "tools": [WEATHER_TOOL]})
+    assert resp.status == 501
+    assert "supports tools" in (await resp.json())["error"]["message"]
 
 
 # -- streams that break --------------------------------------------------------------------
