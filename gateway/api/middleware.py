@@ -5,18 +5,35 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 from aiohttp import web
 
-from ..endpoints import BY_PATH
+from ..endpoints import BY_ROUTE, OPENAI, Endpoint
 from ..errors import BadRequest, BodyTooLarge, GatewayError, NotFound
 from ..log import server_logger
 from ..record import RequestRecord, client_request_id
 from ..typedefs import ACCESS_LOG, GATEWAY, RECORD
 
 
-def error_response(err: GatewayError) -> web.Response:
-    resp = web.Response(status=err.status, body=err.to_json(), headers=err.headers())
+# How each error shape of `endpoints` renders a GatewayError (a runtime's own 4xx body,
+# UpstreamStatus, renders as itself in the OpenAI shape). A new shape is a new entry.
+def _openai_body(err: GatewayError) -> bytes:
+    return err.to_json()
+
+
+ERROR_BODIES: Mapping[str, Callable[[GatewayError], bytes]] = MappingProxyType({
+    OPENAI: _openai_body,
+})
+
+
+def error_body(err: GatewayError, shape: str = OPENAI) -> bytes:
+    return ERROR_BODIES.get(shape, _openai_body)(err)
+
+
+def error_response(err: GatewayError, shape: str = OPENAI) -> web.Response:
+    resp = web.Response(status=err.status, body=error_body(err, shape), headers=err.headers())
     resp.content_type = getattr(err, "content_type", "application/json").split(";")[0]
     return resp
 
@@ -36,16 +53,25 @@ def _from_http_exception(exc: web.HTTPException) -> GatewayError:
 @web.middleware
 async def gateway_middleware(request: web.Request, handler) -> web.StreamResponse:
     # A CORS preflight is the browser asking, not an API request: not logged or measured.
-    endpoint = BY_PATH.get(request.path) if request.method != "OPTIONS" else None
+    endpoint = endpoint_of(request) if request.method != "OPTIONS" else None
     rec = RequestRecord(client_request_id(request.headers.get("X-Request-ID", "")),
                         endpoint.name if endpoint is not None else "")
     request[RECORD] = rec
     try:
-        resp = await _answer(request, handler, rec)
+        resp = await _answer(request, handler, rec,
+                             endpoint.error_shape if endpoint is not None else OPENAI)
         await _send(request, resp, rec)
         return resp
     finally:
         _finish(request, rec)
+
+
+def endpoint_of(request: web.Request) -> Endpoint | None:
+    """The row of `endpoints` this request was routed to (None for other routes)."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return None
+    return BY_ROUTE.get((request.method, resource.canonical))
 
 
 async def _send(request: web.Request, resp: web.StreamResponse, rec: RequestRecord) -> None:
@@ -66,18 +92,19 @@ async def _send(request: web.Request, resp: web.StreamResponse, rec: RequestReco
             rec.after_send(error)
 
 
-async def _answer(request: web.Request, handler, rec: RequestRecord) -> web.StreamResponse:
-    """The handler's response, or the OpenAI-shaped error for whatever it raised."""
+async def _answer(request: web.Request, handler, rec: RequestRecord,
+                  shape: str) -> web.StreamResponse:
+    """The handler's response, or the error in the endpoint's shape for whatever it raised."""
     resp: web.StreamResponse | None = None
     try:
         resp = await handler(request)
     except GatewayError as err:
-        resp = error_response(err)
+        resp = error_response(err, shape)
         rec.error = err.message
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        resp = error_response(_from_http_exception(exc))
+        resp = error_response(_from_http_exception(exc), shape)
     except asyncio.CancelledError:
         rec.status = 499   # the client left before an answer; logged, not sent
         raise
@@ -85,7 +112,7 @@ async def _answer(request: web.Request, handler, rec: RequestRecord) -> web.Stre
         server_logger.exception("unexpected error on %s %s", request.method, request.path)
         err = GatewayError("internal error in the gateway; see its log for request "
                            + rec.request_id)
-        resp = error_response(err)
+        resp = error_response(err, shape)
         rec.error = "internal error"
     finally:
         if resp is not None:

@@ -15,12 +15,14 @@ import time
 from typing import Any, AsyncIterator
 
 from ..config import Config, HealthConfig
-from ..endpoints import Endpoint
+from ..endpoints import BYTES, Endpoint
 from ..errors import (DeadlineExceeded, NoHealthyBackend, Reason, UpstreamError,
                       UpstreamStatus)
 from ..metrics import Metrics
 from ..record import RequestRecord
-from ..relay import first_event_error, model_patterns
+from ..forms import body_for
+from ..relay import model_patterns
+from ..relay_events import stream_error
 from ..routing import RouteRequest
 from ..runtimes.scrub import scrub_text
 from . import ejection
@@ -70,7 +72,10 @@ class Dispatcher:
     # -- the walk ------------------------------------------------------------
 
     async def open(self, table: RouteTable, pool: Pool, endpoint: Endpoint, payload: dict,
-                   rec: RequestRecord, route: RouteRequest) -> Opened:
+                   rec: RequestRecord, route: RouteRequest, *,
+                   pinned: BackendState | None = None, target: str | None = None) -> Opened:
+        """The first backend that answered. `pinned`: the one backend that may (it holds a
+        stored response), tried once; `target`: the upstream path when it is not the row's."""
         cfg = table.config
         capability = endpoint.capability_for(payload)
         loop = asyncio.get_running_loop()
@@ -78,7 +83,8 @@ class Dispatcher:
         tried: set[str] = set()
         failures: list[UpstreamError] = []
         capable_seen = False
-        stages = table.stages(pool)
+        stages = ((Stage(pool.model, pool, (pinned,), 1),) if pinned is not None
+                  else table.stages(pool))
         for index, stage in enumerate(stages):
             capable = stage.capable(capability)
             capable_seen = capable_seen or bool(capable)
@@ -103,7 +109,7 @@ class Dispatcher:
                     self.metrics.fallbacks.labels(pool.model, stage.fallback_to).inc()
                 try:
                     return await self._try(cfg, backend, stage.public, endpoint, payload,
-                                           rec, deadline)
+                                           rec, deadline, target)
                 except UpstreamError as err:
                     failures.append(err)
                     if isinstance(err, DeadlineExceeded):
@@ -166,12 +172,12 @@ class Dispatcher:
         return min(ejected, key=lambda b: b.ejected_until)
 
     async def _try(self, cfg: Config, backend: BackendState, public: str, endpoint: Endpoint,
-                   payload: dict, rec: RequestRecord, deadline: float) -> Opened:
+                   payload: dict, rec: RequestRecord, deadline: float,
+                   target: str | None = None) -> Opened:
         bcfg = backend.config
-        body = dict(payload)
-        body["model"] = backend.model_id(public)
+        body = body_for(endpoint, payload, backend.model_id(public))
         drop_usage = False
-        if rec.stream and bcfg.capabilities.get("stream_usage"):
+        if rec.stream and endpoint.asks_stream_usage and bcfg.capabilities.get("stream_usage"):
             options = payload.get("stream_options")
             asked = isinstance(options, dict) and bool(options.get("include_usage"))
             drop_usage = not asked
@@ -180,12 +186,13 @@ class Dispatcher:
         backend.in_flight += 1
         started = time.perf_counter()
         try:
-            response = await backend.runtime.open(endpoint, body, rec.id_for_runtimes(), deadline)
+            response = await backend.runtime.open(endpoint, body, rec.id_for_runtimes(),
+                                                  deadline, target=target)
             opened = Opened(self, backend, public, response, drop_usage, cfg.health)
-            if rec.stream:
+            if rec.stream or endpoint.streams == BYTES:
                 try:
                     async with asyncio.timeout_at(deadline):
-                        await self._first_chunk(opened)
+                        await self._first_chunk(opened, endpoint)
                 except TimeoutError:
                     raise DeadlineExceeded() from None
         except UpstreamStatus:
@@ -198,7 +205,7 @@ class Dispatcher:
             rec.upstream_wait += time.perf_counter() - started
         return opened
 
-    async def _first_chunk(self, opened: Opened) -> None:
+    async def _first_chunk(self, opened: Opened, endpoint: Endpoint) -> None:
         """Hold the stream until its first bytes: an error there can still be retried."""
         chunks = opened.response.chunks()
         try:
@@ -208,7 +215,7 @@ class Dispatcher:
         except BaseException:
             opened.response.close()
             raise
-        error = first_event_error(first) if first else None
+        error = stream_error(endpoint, first) if first and endpoint.streams != BYTES else None
         if not first or error is not None:
             await chunks.aclose()
             opened.response.close()
