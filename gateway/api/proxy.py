@@ -31,7 +31,7 @@ from .body import parse_payload, read_body
 from .keys import client_key
 from .middleware import endpoint_of, stamp_response
 from .relay_bytes import relay_bytes
-from .stored import follow_up, stored_call
+from .stored import backend_patterns, follow_up, stored_call
 
 CLIENT_GONE = (ConnectionResetError, ConnectionError)
 DRAIN_AFTER_DONE_S = 1.0
@@ -72,6 +72,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
                                            pinned=pinned, target=target)
     if endpoint.stored_ids and ids is None:
         ids = IdRewriter(opened.backend.name)
+    if endpoint.body == NO_BODY:
+        opened.patterns = backend_patterns(opened.backend)
     if endpoint.streams == BYTES:
         return await relay_bytes(request, opened, rec, endpoint.has_usage)
     if rec.stream:

@@ -17,6 +17,7 @@ from ..config import ApiKey
 from ..dispatch import BackendState, Pool, RouteTable
 from ..endpoints import Endpoint
 from ..errors import BadRequest, Forbidden, NotFound
+from ..relay import model_patterns
 from ..response_ids import IdRewriter, runtime_ref
 from ..routing import make_strategy
 
@@ -65,3 +66,14 @@ def follow_up(table: RouteTable, pool: Pool, payload: dict
                          f"does not serve model '{pool.model}'", param="previous_response_id")
     payload["previous_response_id"] = runtime_id
     return state, IdRewriter(state.name, (runtime_id,))
+
+
+def backend_patterns(state: BackendState) -> tuple[tuple[bytes, bytes], ...]:
+    """A stored response names no model in its request: rewrite every model id the
+    backend knows back to its public name (the first, when one id has several)."""
+    models = state.config.models or {}
+    seen: dict[str, str] = {}
+    for public, runtime_id in models.items():
+        seen.setdefault(runtime_id, public)
+    return tuple(p for runtime_id, public in seen.items()
+                 for p in model_patterns(runtime_id, public))
