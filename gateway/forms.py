@@ -44,33 +44,39 @@ class Form(dict):
     A dict, so routing and validation read it like a JSON body.
     """
 
-    __slots__ = ("buffer", "content_type", "files", "_model_span")
+    __slots__ = ("buffer", "content_type", "files", "sizes", "_model_span")
 
     def __init__(self, buffer: bytearray, content_type: str) -> None:
         super().__init__()
         self.buffer = buffer
         self.content_type = content_type
         self.files: list[str] = []          # names of the parts that carry a filename
+        self.sizes: dict[str, int] = {}     # bytes of each of those parts
         self._model_span: tuple[int, int] | None = None
 
     def for_model(self, model_id: str) -> Upload:
         """The upload for a backend that knows the model as `model_id`."""
         view = memoryview(self.buffer)
+        fields = {**self, "model": model_id}
         start, end = self._model_span or (0, 0)
         if self._model_span is None or bytes(view[start:end]) == model_id.encode():
-            return Upload((view,), self.content_type)
+            return Upload((view,), self.content_type, fields, self.sizes)
         return Upload((view[:start], memoryview(model_id.encode()), view[end:]),
-                      self.content_type)
+                      self.content_type, fields, self.sizes)
 
 
 class Upload:
-    """What goes to one runtime: the slices and the content type with its boundary."""
+    """What goes to one runtime: the slices and the content type with its boundary; the
+    text fields and file sizes for a runtime that answers in process."""
 
-    __slots__ = ("slices", "content_type")
+    __slots__ = ("slices", "content_type", "fields", "sizes")
 
-    def __init__(self, slices: tuple[memoryview, ...], content_type: str) -> None:
+    def __init__(self, slices: tuple[memoryview, ...], content_type: str,
+                 fields: dict[str, Any], sizes: dict[str, int]) -> None:
         self.slices = slices
         self.content_type = content_type
+        self.fields = fields
+        self.sizes = sizes
 
     def payload(self) -> Payload:
         return SlicesPayload(self.slices, content_type=self.content_type)
@@ -172,6 +178,7 @@ def _add_part(form: Form, head: bytes, start: int, end: int) -> None:
                          param="file")
     if "filename" in params or "filename*" in params:
         form.files.append(name)
+        form.sizes[name] = end - start
         return
     if end - start > MAX_FIELD:
         return

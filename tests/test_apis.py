@@ -200,11 +200,11 @@ async def test_a_body_that_is_not_json_is_a_400(strict, path):
 
 def form(**fields) -> FormData:
     data = FormData()
-    for name, value in fields.items():
-        if name == "file" and isinstance(value, bytes):
-            data.add_field("file", value, filename="a.wav", content_type="audio/wav")
+    for name, given in fields.items():
+        if name == "file" and isinstance(given, bytes):
+            data.add_field("file", given, filename="a.wav", content_type="audio/wav")
         else:
-            data.add_field(name, value)
+            data.add_field(name, given)
     return data
 
 
@@ -305,3 +305,45 @@ async def test_echo_backends_answer_the_new_apis(aiohttp_client):
     scores = await (await client.post("/score", json={
         "model": "echo-1", "text_1": "red fox", "text_2": ["red fox", "sky"]})).json()
     assert [d["score"] for d in scores["data"]] == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("done_event", [True, False])
+async def test_a_streamed_transcription_ends_as_its_runtime_ends_it(
+        aiohttp_server, aiohttp_client, done_event):
+    fake = FakeApis(transcript_done_event=done_event)
+    client = await start(aiohttp_server, aiohttp_client, fake)
+    resp = await client.post("/v1/audio/transcriptions",
+                             data=form(model="llama", file=b"RIFF", stream="true"))
+    text = await resp.text()
+    assert resp.status == 200 and '"error"' not in text
+    assert text.rstrip().endswith("[DONE]") != done_event
+    if not done_event:   # vLLM's chunks name the model: the client sees the public name
+        assert '"model": "llama"' in text and RUNTIME_ID not in text
+    fake.close_after = 2
+    resp = await client.post("/v1/audio/transcriptions",
+                             data=form(model="llama", file=b"RIFF", stream="true"))
+    last = (await resp.text()).strip().split("\n\n")[-1]
+    assert last.startswith('data: {"error"')
+
+
+async def test_echo_serves_audio_and_images(aiohttp_client):
+    import base64
+    client = await aiohttp_client(create_app(make_config(
+        backend("e", "echo", models=["echo-1"]))))
+    resp = await client.post("/v1/audio/transcriptions",
+                             data=form(model="echo-1", file=b"x" * 1234))
+    assert (await resp.json())["text"] == "echo heard 1234 bytes of audio"
+    resp = await client.post("/v1/audio/translations",
+                             data=form(model="echo-1", file=b"x" * 10, stream="true"))
+    assert [n for n, _ in events(await resp.text())] == [""] * 7
+    resp = await client.post("/v1/audio/speech", json={"model": "echo-1", "input": "a b c",
+                                                       "voice": "alloy"})
+    wav = await resp.read()
+    assert resp.headers["Content-Type"] == "audio/wav" and wav[:4] == b"RIFF"
+    assert len(wav) == 44 + 3 * 400
+    resp = await client.post("/v1/images/generations", json={"model": "echo-1",
+                                                              "prompt": "a red fox"})
+    png = base64.b64decode((await resp.json())["data"][0]["b64_json"])
+    assert png.startswith(b"\x89PNG")
+    m = await samples(client)
+    assert value(m, "gateway_tokens_total", model="echo-1", backend="e", type="prompt") == 3

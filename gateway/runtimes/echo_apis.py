@@ -1,4 +1,5 @@
-"""The echo runtime's other APIs: Responses (stored, streamed or not), tokenizer, rerank, score.
+"""The echo runtime's other APIs: Responses (stored, streamed or not) and the tokenizer;
+rerank and score are in echo_rank.py, audio and images in echo_media.py.
 
 Each answers in the format of a real runtime (vLLM's for the tokenizer and score, the
 Jina/vLLM rerank format, OpenAI's Responses objects and event sequence), so a client
@@ -20,6 +21,8 @@ import orjson
 
 from ..endpoints import NO_BODY, Endpoint
 from ..errors import BadRequest, UpstreamStatus
+from . import echo_media
+from .echo_rank import rerank, score
 
 WORD_DELAY_S = 0.02
 MAX_STORED = 1000
@@ -32,10 +35,12 @@ class Made:
 
     status = 200
 
-    def __init__(self, body: bytes = b"", events: AsyncIterator[bytes] | None = None) -> None:
+    def __init__(self, body: bytes = b"", events: AsyncIterator[bytes] | None = None,
+                 content_type: str | None = None) -> None:
         self._body = body
         self._events = events
-        self.content_type = "text/event-stream" if events is not None else "application/json"
+        self.content_type = content_type or (
+            "text/event-stream" if events is not None else "application/json")
 
     async def read(self) -> bytes:
         return self._body
@@ -78,9 +83,18 @@ class EchoApis:
             return Made(orjson.dumps(self._tokenize(payload) if endpoint.paths[0] == "/tokenize"
                                      else self._detokenize(payload)))
         if endpoint.name == "rerank":
-            return Made(orjson.dumps(_rerank(payload)))
+            return Made(orjson.dumps(rerank(payload)))
         if endpoint.name == "score":
-            return Made(orjson.dumps(_score(payload)))
+            return Made(orjson.dumps(score(payload)))
+        if endpoint.name in ("transcriptions", "translations"):
+            body, content_type, words = echo_media.transcription(payload.fields, payload.sizes)
+            if payload.fields.get("stream"):
+                return Made(events=echo_media.transcript_events(words))
+            return Made(body, content_type=content_type)
+        if endpoint.name == "speech":
+            return Made(events=echo_media.speech(payload["input"]), content_type="audio/wav")
+        if endpoint.name == "images":
+            return Made(echo_media.image(payload))
         raise _not_found(f"the echo runtime does not serve {endpoint.name}", "model")
 
     # -- Responses ---------------------------------------------------------------------
@@ -231,61 +245,3 @@ async def _response_events(done: dict, words: list[str]) -> AsyncIterator[bytes]
     yield event("response.content_part.done", **at, part={**part, "text": text})
     yield event("response.output_item.done", output_index=0, item=message)
     yield event("response.completed", response=done)
-
-
-# -- rerank and score ------------------------------------------------------------------
-
-def _words(text: str) -> set[str]:
-    return {w.strip(".,;:!?\"'()").lower() for w in text.split()} - {""}
-
-
-def _similarity(a: str, b: str) -> float:
-    """Word overlap (Jaccard): deterministic, and higher for the obviously closer text."""
-    wa, wb = _words(a), _words(b)
-    return round(len(wa & wb) / len(wa | wb), 6) if wa | wb else 0.0
-
-
-def _doc_text(doc: Any) -> str:
-    return doc.get("text", "") if isinstance(doc, dict) else str(doc)
-
-
-def _rerank(payload: dict) -> dict:
-    query, docs = payload["query"], payload.get("documents")
-    if not isinstance(docs, list) or not docs:
-        raise BadRequest("'documents' is required and must be a non-empty array",
-                         param="documents")
-    scored = sorted(((i, _similarity(query, _doc_text(d))) for i, d in enumerate(docs)),
-                    key=lambda pair: (-pair[1], pair[0]))
-    top_n = payload.get("top_n")
-    if isinstance(top_n, int) and top_n > 0:
-        scored = scored[:top_n]
-    tokens = len(query.split()) + sum(len(_doc_text(d).split()) for d in docs)
-    return {"id": "rerank-" + uuid.uuid4().hex[:24], "model": payload["model"],
-            "usage": {"total_tokens": tokens},
-            "results": [{"index": i, "document": {"text": _doc_text(docs[i])},
-                         "relevance_score": s} for i, s in scored]}
-
-
-def _texts(payload: dict, field: str) -> list[str]:
-    value = payload.get(field)
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return value
-    raise BadRequest(f"'{field}' is required: a string or a non-empty list of strings",
-                     param=field)
-
-
-def _score(payload: dict) -> dict:
-    left, right = _texts(payload, "text_1"), _texts(payload, "text_2")
-    if len(left) == 1:
-        left = left * len(right)
-    if len(left) != len(right):
-        raise BadRequest("'text_1' and 'text_2' must have the same length, or text_1 one item",
-                         param="text_2")
-    tokens = sum(len(t.split()) for t in left + right)
-    return {"id": "score-" + uuid.uuid4().hex[:24], "object": "list",
-            "created": int(time.time()), "model": payload["model"],
-            "data": [{"index": i, "object": "score", "score": _similarity(a, b)}
-                     for i, (a, b) in enumerate(zip(left, right))],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0}}

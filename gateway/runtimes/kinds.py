@@ -57,7 +57,8 @@ KINDS: Mapping[str, Kind] = MappingProxyType({
     "lmstudio": Kind("lmstudio", "/v1/models", _caps(responses=True, messages=True)),
     "openai": Kind("openai", "/v1/models", _caps(responses=True, audio=True, images=True)),
     "echo": Kind("echo", "", _caps(tools=False, responses=True, rerank=True, score=True,
-                                   tokenize=True), needs_url=False, in_process=True),
+                                   tokenize=True, audio=True, images=True),
+                 needs_url=False, in_process=True),
 })
 
 
