@@ -20,8 +20,9 @@ from aiohttp import web
 from .errors import GatewayError, Reason, UpstreamError
 from .record import RequestRecord
 
-# A chunk carries a token once some content/text/arguments string is non-empty.
-_TOKEN = re.compile(rb'"(?:content|text|arguments|reasoning_content)":\s*"[^"]')
+# A chunk carries a token once some content/text/arguments string is non-empty
+# (`delta` is a streamed transcription's text).
+_TOKEN = re.compile(rb'"(?:content|text|arguments|reasoning_content|delta)":\s*"[^"]')
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no"}
 
