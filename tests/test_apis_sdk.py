@@ -119,6 +119,11 @@ async def test_retrieve_and_delete_stored_responses(pair):
         got = await client.responses.retrieve(r.id)
         assert got.id == r.id and got.model == "llama" and got.output_text == "w0 w1 w2 w3"
         assert fakes[name].stored_calls[-1][0] == "GET"
+    cancelled = await client.responses.cancel(made["gpu-a"].id)
+    assert cancelled.id == made["gpu-a"].id
+    assert fakes["gpu-a"].stored_calls[-1][0] == "POST"
+    with pytest.raises(openai.NotFoundError):             # vLLM lists no input items: its 404
+        await client.responses.input_items.list(made["gpu-a"].id, limit=2)
     await client.responses.delete(made["gpu-b"].id)      # gpu-b serves DELETE
     assert fakes["gpu-b"].stored_calls[-1][0] == "DELETE"
     with pytest.raises(openai.NotFoundError):
