@@ -31,8 +31,9 @@ class EventFormat:
     usage_of: Callable[[dict, dict | None], dict | None]   # (event data, usage so far)
     error_event: Callable[[GatewayError, bytes], bytes]    # (error, last bytes relayed)
     first_error: Callable[[dict], dict | None]      # the first event's error, if it is one
-    watched: tuple[bytes, ...]                      # terminal | usage_events: a block with
-                                                    # one of these is parsed
+    watched: re.Pattern[bytes]                      # any name of terminal | usage_events: a
+                                                    # block it finds is parsed (one regex
+                                                    # scan costs less than one `in` per name)
 
 
 # -- the Responses API -------------------------------------------------------------------
@@ -70,7 +71,8 @@ RESPONSES = EventFormat(
     token=re.compile(rb"response\.(?:output_text|reasoning_text|reasoning_summary_text|"
                      rb"refusal|function_call_arguments)\.delta"),
     usage_of=_responses_usage, error_event=_responses_error_event,
-    first_error=_responses_first_error, watched=tuple(sorted(_RESPONSES_END)))
+    first_error=_responses_first_error,
+    watched=re.compile(rb"response\.(?:completed|failed|incomplete)"))
 
 EVENT_FORMATS: Mapping[str, EventFormat] = MappingProxyType({"responses": RESPONSES})
 # Streams of `data:` chunks that may end without [DONE], and the chunk that says they did.
@@ -121,10 +123,8 @@ class EventRewriter:
             data = ids.apply(data)
         if not self.saw_token and self.fmt.token.search(data):
             self.saw_token = True
-        for name in self.fmt.watched:
-            if name in data:
-                self._scan(data)
-                break
+        if self.fmt.watched.search(data):
+            self._scan(data)
         self._last = data
         return data
 
