@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 
 import aiohttp
 import pytest
@@ -17,6 +18,7 @@ from gateway.forms import Form
 from tests.conftest import RUNTIME_ID, bearer, make_config, runtime_backend, samples, value
 from tests.fake_apis import FakeApis
 from tests.test_hardening import read_http_response
+from tests.test_reload import serve, yaml_text  # noqa: F401  (serve is a fixture)
 
 
 async def start(aiohttp_server, aiohttp_client, *fakes: FakeApis, kind: str = "vllm", **cfg_kw):
@@ -347,3 +349,37 @@ async def test_echo_serves_audio_and_images(aiohttp_client):
     assert png.startswith(b"\x89PNG")
     m = await samples(client)
     assert value(m, "gateway_tokens_total", model="echo-1", backend="e", type="prompt") == 3
+
+
+async def test_a_responses_stream_cut_by_the_drain_ends_with_its_error_event(serve):
+    text = yaml_text({"a": 1}).replace("{admin_key: adm}", "{admin_key: adm, drain_s: 1}")
+    proc, port, _ = serve(text)
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(f"http://127.0.0.1:{port}/v1/responses", json={
+            "model": "m", "stream": True, "input": " ".join(["w"] * 200)})   # 4 s of words
+        await resp.content.readuntil(b"response.output_text.delta")
+        proc.send_signal(signal.SIGTERM)
+        got = events((await asyncio.wait_for(resp.read(), 10)).decode())
+    assert got[-1][0] == "error" and '"code":"shutting_down"' in got[-1][1]
+    assert "response.completed" not in [name for name, _ in got]
+    assert proc.wait(10) == 0
+
+
+@pytest.mark.parametrize("path,body,tokens", [
+    ("/v1/responses", {"input": "x"}, 7 + 4),                 # input_tokens + output_tokens
+    ("/v1/responses", {"input": "x", "stream": True}, 7 + 4),  # from response.completed
+    ("/v1/rerank", {"query": "q", "documents": ["a"]}, 11),    # total_tokens
+    ("/v1/audio/transcriptions", None, 20 + 4),
+])
+async def test_tpm_is_charged_from_each_apis_own_usage(aiohttp_server, aiohttp_client,
+                                                       path, body, tokens):
+    key = ApiKey("team", "sk-team", tpm=600)   # refills 10 a second
+    client = await start(aiohttp_server, aiohttp_client, FakeApis(), auth_keys=(key,))
+    data = form(model="llama", file=b"RIFF") if body is None else None
+    resp = await client.post(path, headers=bearer(key), data=data,
+                             json=None if body is None else {"model": "llama", **body})
+    assert resp.status == 200
+    await resp.read()
+    resp = await client.get("/v1/models", headers=bearer(key))   # admitted: no tpm taken
+    remaining = int(resp.headers["x-ratelimit-remaining-tokens"])
+    assert 600 - tokens <= remaining < 600 - tokens + 10   # what refilled in under 1 s
