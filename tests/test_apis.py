@@ -142,13 +142,14 @@ async def test_images_usage_is_charged_to_the_keys_tpm(aiohttp_server, aiohttp_c
 async def test_stored_calls_need_a_key_allowed_on_that_backends_models(
         aiohttp_server, aiohttp_client):
     allowed, other = ApiKey("a", "sk-a", models=["llama"]), ApiKey("b", "sk-b", models=["x"])
-    client = await start(aiohttp_server, aiohttp_client, FakeApis(),
-                         auth_keys=(allowed, other))
+    fake = FakeApis()
+    client = await start(aiohttp_server, aiohttp_client, fake, auth_keys=(allowed, other))
     made = await (await client.post("/v1/responses", headers=bearer(allowed),
                                     json={"model": "llama", "input": "x"})).json()
     assert (await client.get(f"/v1/responses/{made['id']}", headers=bearer(other))).status == 403
     resp = await client.get(f"/v1/responses/{made['id']}?include=x", headers=bearer(allowed))
     assert resp.status == 200 and (await resp.json())["id"] == made["id"]
+    assert fake.stored_calls == [("GET", f"/v1/responses/{fake.created[0]}?include=x")]
     assert (await client.get(f"/v1/responses/{made['id']}")).status == 401
 
 
