@@ -89,7 +89,7 @@ class StreamRewriter:
     @staticmethod
     def error_event(err: GatewayError) -> bytes:
         """How this API's stream says it broke: a `data: {"error": ...}` event."""
-        return b"data: " + err.to_json() + b"\n\n"
+        return error_event(err)
 
     def feed(self, data: bytes) -> bytes:
         """The complete lines received so far, rewritten; a partial line waits."""
