@@ -75,8 +75,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              required=("input", (str, list))),
     Endpoint("responses", ("/v1/responses",), "/responses", "responses",
              streams=SSE_EVENTS, optional=_RESPONSE_FIELDS, stored_ids=True),
+    # GET ?stream=true replays a stored (background) response's events.
     Endpoint("responses", ("/v1/responses/{response_id}",), "/responses/{response_id}",
-             method="GET", **_STORED),
+             method="GET", streams=SSE_EVENTS, **_STORED),
     Endpoint("responses", ("/v1/responses/{response_id}",), "/responses/{response_id}",
              method="DELETE", **_STORED),
     Endpoint("responses", ("/v1/responses/{response_id}/cancel",),

@@ -128,6 +128,8 @@ class FakeApis:
         if rid not in self._stored:
             return web.json_response({"error": {"message": "Response not found",
                                                 "type": "invalid_request_error"}}, status=404)
+        if request.method == "GET" and request.query.get("stream") == "true":
+            return await self._events(request, self._stored[rid])
         return web.json_response(self._stored[rid])
 
     async def _delete(self, request: web.Request) -> web.Response:

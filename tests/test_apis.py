@@ -150,6 +150,11 @@ async def test_stored_calls_need_a_key_allowed_on_that_backends_models(
     resp = await client.get(f"/v1/responses/{made['id']}?include=x", headers=bearer(allowed))
     assert resp.status == 200 and (await resp.json())["id"] == made["id"]
     assert fake.stored_calls == [("GET", f"/v1/responses/{fake.created[0]}?include=x")]
+    resp = await client.get(f"/v1/responses/{made['id']}?stream=true", headers=bearer(allowed))
+    assert resp.headers["Content-Type"] == "text/event-stream"
+    replay = events(await resp.text())
+    assert replay[-1][0] == "response.completed" and made["id"] in replay[-1][1]
+    assert RUNTIME_ID not in replay[0][1] and '"model":"llama"' in replay[0][1]
     assert (await client.get(f"/v1/responses/{made['id']}")).status == 401
 
 
@@ -384,3 +389,21 @@ async def test_tpm_is_charged_from_each_apis_own_usage(aiohttp_server, aiohttp_c
     resp = await client.get("/v1/models", headers=bearer(key))   # admitted: no tpm taken
     remaining = int(resp.headers["x-ratelimit-remaining-tokens"])
     assert 600 - tokens <= remaining < 600 - tokens + 10   # what refilled in under 1 s
+
+
+async def test_a_chunked_upload_reaches_the_runtime_whole(aiohttp_server, aiohttp_client):
+    fake = FakeApis()
+    client = await start(aiohttp_server, aiohttp_client, fake)
+    audio = bytes(range(256)) * 300
+    raw = (b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nllama\r\n"
+           b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
+           b"Content-Type: audio/wav\r\n\r\n" + audio + b"\r\n--b--\r\n")
+
+    async def pieces():
+        for at in range(0, len(raw), 7000):
+            yield raw[at:at + 7000]
+
+    resp = await client.post("/v1/audio/translations", data=pieces(),
+                             headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert resp.status == 200 and (await resp.json())["text"] == "w0 w1 w2 w3"
+    assert fake.uploads[-1]["data"] == audio and fake.uploads[-1]["model"] == RUNTIME_ID

@@ -50,6 +50,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     if endpoint.body == NO_BODY:
         payload: dict = {}
         pool, pinned, target, ids = stored_call(request, table, endpoint, key)
+        rec.stream = endpoint.streams is not None and request.query.get("stream") == "true"
         route = NO_AFFINITY
     else:
         if endpoint.body == MULTIPART:
