@@ -129,29 +129,22 @@ async def _read_into_buffer(request: web.Request, limit: int) -> bytearray:
     length = request.content_length
     if length is not None and length > limit:
         raise BodyTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")
-    # With a Content-Length the buffer is made at its size once and filled in place: no
-    # regrowth copies. A chunked upload grows it as it comes.
-    buffer = bytearray(length or 0)
-    filled = 0
+    # Grown as the bytes arrive, never made at the announced size up front: a client
+    # announcing max_body_mb and sending nothing must not cost that much memory. (A
+    # bytearray over-allocates as it grows, so it is moved a few times at most, and a
+    # large one is usually remapped by the allocator rather than copied.)
+    buffer = bytearray()
     try:
         async with asyncio.timeout(READ_TIMEOUT_S):
             async for chunk in request.content.iter_any():
-                end = filled + len(chunk)
-                if end > limit:
+                if len(buffer) + len(chunk) > limit:
                     raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
-                if end <= len(buffer):
-                    buffer[filled:end] = chunk
-                else:
-                    del buffer[filled:]
-                    buffer += chunk
-                filled = end
+                buffer += chunk
     except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within "
                              f"{READ_TIMEOUT_S:g} s") from None
     except web.RequestPayloadError as exc:
         raise BadRequest(f"the request body could not be read: {exc}") from None
-    if filled < len(buffer):
-        del buffer[filled:]   # the client sent less than it announced
     return buffer
 
 
