@@ -9,9 +9,12 @@ request bodies, JSON answers and SSE streams as chunked transfer encoding.
 `max_tokens` in the request sets the tokens per answer (default --tokens). A
 stream writes one SSE event per token, a finish event, a usage event when
 `stream_options.include_usage` is set, then `data: [DONE]`; each event goes out
-as its own write, `--chunk-ms` apart. GET /stats returns what was sent, so the
-benchmark can compare chunks received with chunks sent. POST /v1/messages answers in
-Anthropic's format (whole, or one SSE event per token), for the Messages benchmark.
+as its own write, `--chunk-ms` apart. POST /v1/responses streams the Responses
+API's event sequence instead (`max_output_tokens` deltas between the created /
+in-progress / item / part events and `response.completed` with usage, no [DONE]).
+POST /v1/messages answers in Anthropic's format (whole, or one SSE event per token),
+for the Messages benchmark. GET /stats returns what was sent, so the benchmark can
+compare chunks received with chunks sent.
 """
 
 from __future__ import annotations
@@ -90,6 +93,13 @@ class RuntimeProtocol(asyncio.Protocol):
             self._chat(body)
         elif method == b"POST" and path.endswith(b"/v1/messages"):
             self._messages(body)
+        elif method == b"POST" and path.endswith(b"/responses"):
+            req = orjson.loads(body)
+            self.rt.stats.requests += 1
+            self.busy = True
+            tokens = min(int(req.get("max_output_tokens") or self.rt.tokens), MAX_TOKENS)
+            asyncio.get_running_loop().create_task(
+                self._write_events(responses_events(req.get("model", ""), tokens)))
         elif path in (b"/health", b"/v1/health"):
             self._send(200, b"{}")
         elif path in (b"/v1/models", b"/models"):
@@ -138,31 +148,22 @@ class RuntimeProtocol(asyncio.Protocol):
             self.busy = False
             self._drain()
 
-    async def _stream(self, model: str, tokens: int, usage: bool) -> None:
+    async def _write_events(self, events: list[bytes], usage_at: int = -1) -> None:
+        """One stream: each event its own chunk, --chunk-ms apart (usage_at: not counted)."""
         rt, stats = self.rt, self.rt.stats
         stats.streams += 1
-        created = int(time.time())
-        prefix = (b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":%d,'
-                  b'"model":%s,"choices":[' % (created, orjson.dumps(model)))
         write = self.transport.write
         write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
               b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
         if rt.ttft_s:
             await asyncio.sleep(rt.ttft_s)
-        events = [prefix + b'{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}\n\n'
-                  ] * tokens
-        events.append(prefix + b'{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n')
-        if usage:
-            events.append(prefix + b'],"usage":{"prompt_tokens":8,"completion_tokens":%d,'
-                          b'"total_tokens":%d}}\n\n' % (tokens, tokens + 8))
-        events.append(b"data: [DONE]\n\n")
         last = len(events) - 1
         for i, event in enumerate(events):
             if self.closed:
                 stats.broken += 1
                 return
             write(b"%x\r\n%s\r\n" % (len(event), event))
-            if usage and i == last - 1:
+            if i == usage_at:
                 stats.usage_events += 1
             else:
                 stats.events += 1
@@ -172,6 +173,18 @@ class RuntimeProtocol(asyncio.Protocol):
         self.busy = False
         self._drain()
 
+    async def _stream(self, model: str, tokens: int, usage: bool) -> None:
+        created = int(time.time())
+        prefix = (b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":%d,'
+                  b'"model":%s,"choices":[' % (created, orjson.dumps(model)))
+        events = [prefix + b'{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}\n\n'
+                  ] * tokens
+        events.append(prefix + b'{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n')
+        if usage:
+            events.append(prefix + b'],"usage":{"prompt_tokens":8,"completion_tokens":%d,'
+                          b'"total_tokens":%d}}\n\n' % (tokens, tokens + 8))
+        events.append(b"data: [DONE]\n\n")
+        await self._write_events(events, len(events) - 2 if usage else -1)
 
     # -- Anthropic's /v1/messages, as vLLM and llama-server serve it ----------------------
 
@@ -226,6 +239,36 @@ class RuntimeProtocol(asyncio.Protocol):
         write(b"0\r\n\r\n")
         self.busy = False
         self._drain()
+
+
+def responses_events(model: str, tokens: int) -> list[bytes]:
+    """The Responses API's stream for one text message of `tokens` deltas."""
+    rid, item = "resp_" + "b" * 32, "msg_" + "c" * 32
+    usage = {"input_tokens": 8, "output_tokens": tokens, "total_tokens": 8 + tokens}
+    message = {"id": item, "type": "message", "status": "completed", "role": "assistant",
+               "content": [{"type": "output_text", "text": " ".join(["tok"] * tokens),
+                            "annotations": []}]}
+    base = {"id": rid, "object": "response", "created_at": int(time.time()), "model": model,
+            "status": "in_progress", "output": [], "usage": None, "error": None,
+            "previous_response_id": None}
+    done = {**base, "status": "completed", "output": [message], "usage": usage}
+    at = {"item_id": item, "output_index": 0, "content_index": 0}
+    part = {"type": "output_text", "text": "", "annotations": []}
+    kinds: list[tuple[str, dict]] = [
+        ("response.created", {"response": base}), ("response.in_progress", {"response": base}),
+        ("response.output_item.added", {"output_index": 0,
+                                        "item": {**message, "status": "in_progress",
+                                                 "content": []}}),
+        ("response.content_part.added", {**at, "part": part})]
+    kinds += [("response.output_text.delta", {**at, "delta": "tok ", "logprobs": []})] * tokens
+    kinds += [("response.output_text.done", {**at, "text": message["content"][0]["text"],
+                                             "logprobs": []}),
+              ("response.content_part.done", {**at, "part": message["content"][0]}),
+              ("response.output_item.done", {"output_index": 0, "item": message}),
+              ("response.completed", {"response": done})]
+    return [b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps(
+                {"type": kind, "sequence_number": seq, **data}))
+            for seq, (kind, data) in enumerate(kinds)]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -94,8 +94,10 @@ class StreamResult:
 
 
 async def streams(url: str, body: dict, total: int, concurrency: int, ramp_s: float,
-                  deadline_s: float, on_tick=None) -> StreamResult:
-    """`total` streams, at most `concurrency` at once, the first wave spread over ramp_s."""
+                  deadline_s: float, on_tick=None, done: bytes | None = None) -> StreamResult:
+    """`total` streams, at most `concurrency` at once, the first wave spread over ramp_s.
+    A stream is complete when it ends with `data: [DONE]`, or holds `done` when given
+    (a Responses stream's `event: response.completed`)."""
     result = StreamResult()
     payload = orjson.dumps(body)
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
@@ -112,6 +114,7 @@ async def streams(url: str, body: dict, total: int, concurrency: int, ramp_s: fl
         first = True
         tail = b""
         last = b""
+        saw_done = False
         try:
             async with session.post(url, data=payload, headers=headers) as resp:
                 if resp.status != 200:
@@ -132,9 +135,11 @@ async def streams(url: str, body: dict, total: int, concurrency: int, ramp_s: fl
                         tail = b"\n" if data.endswith(b"\n") and not data.endswith(
                             b"\n\n") else b""
                         last = (last + data)[-64:]
+                        if done is not None and not saw_done:
+                            saw_done = done in data
                 finally:
                     open_now -= 1
-            if b"data: [DONE]" in last:
+            if saw_done if done is not None else b"data: [DONE]" in last:
                 result.completed += 1
             else:
                 result.errors += 1

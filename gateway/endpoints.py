@@ -1,9 +1,12 @@
 """The APIs the gateway serves: one row per endpoint, and nothing else names them.
 
-A row says where clients call it, where it goes on a runtime, what a request must
-carry, which capability a backend needs for it, how its answer streams, and which
-error shape its clients expect. Routes, validation, the upstream URL, the `endpoint`
-metric label and the affinity key all read the row; a new API is a new row.
+A row says where clients call it (method and path, path parameters in braces), where
+it goes on a runtime (under its /v1, or at its server root), what a request must
+carry and in which body (JSON, a multipart form, none), which capability a backend
+needs for it, how its answer streams, and which error shape its clients expect.
+Routes, validation, the upstream URL, the `endpoint` metric label and the affinity
+key all read the row; a new API is a new row. Several rows may share one `name`
+(the stored-response paths are all `responses`).
 """
 
 from __future__ import annotations
@@ -13,11 +16,21 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 # How an endpoint's answer may stream.
-SSE = "sse"          # Server-Sent Events of `data:` chunks, ending with `data: [DONE]`
-ANTHROPIC_SSE = "anthropic_sse"   # SSE with Anthropic's `event:` names, ending with message_stop
+SSE = "sse"                 # Server-Sent Events of `data:` chunks, ending with `data: [DONE]`
+SSE_EVENTS = "sse-events"   # SSE with the API's own `event:` names, no [DONE]: the API's
+                            # terminal event ends it (Responses)
+ANTHROPIC_SSE = "anthropic_sse"   # Anthropic's `event:` names, ending with message_stop;
+                                  # relayed by gateway/anthropic_relay.py
+BYTES = "bytes"             # any answer (audio, images), relayed as bytes as they come
+# What a request's body is.
+JSON = "json"
+MULTIPART = "multipart"     # a form with a file; the model is its `model` field
+NO_BODY = "none"
 # Error shapes: the body a client of that API expects.
 OPENAI = "openai"
 ANTHROPIC = "anthropic"   # {"type": "error", "error": {"type": ..., "message": ...}}
+# `upstream_path` for rows whose runtimes serve the very path the client called, at their root.
+SAME_PATH = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,25 +41,39 @@ class Endpoint:
     capability: str                           # what a backend must be able to do
     required: tuple[str, tuple[type, ...]] | None = None   # a field and its JSON types
     model_field: str = "model"                # the body field that names the model
-    streams: str | None = None                # SSE, or None when it never streams
+    streams: str | None = None                # SSE, SSE_EVENTS, BYTES, or None
     error_shape: str = OPENAI
     prompt_field: str | None = None           # where the prompt is, for prefix affinity
     tools_capability: str | None = None       # needed instead when the body has `tools`
     method: str = "POST"
-    at_root: bool = False                     # upstream_path is under the server root, not /v1
+    body: str = JSON
+    upstream_root: bool = False               # upstream_path is at the server root, not /v1
+    optional: tuple[tuple[str, tuple[type, ...]], ...] = ()   # fields typed when present
+    has_usage: bool = True                    # its answers report token usage
+    asks_stream_usage: bool = False           # streams get stream_options.include_usage
+    stored_ids: bool = False                  # carries stored-response ids (Responses)
 
     def capability_for(self, payload: Mapping[str, Any]) -> str:
         if self.tools_capability and payload.get("tools"):
             return self.tools_capability
         return self.capability
 
+    def upstream_for(self, client_path: str) -> str:
+        """The upstream path template for a call on `client_path` (one of `paths`)."""
+        return self.upstream_path or client_path
+
+
+_STORED = dict(capability="responses", body=NO_BODY, has_usage=False, stored_ids=True)
+_RESPONSE_FIELDS = (("input", (str, list)), ("previous_response_id", (str,)),
+                    ("instructions", (str,)), ("tools", (list,)), ("store", (bool,)))
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("chat", ("/v1/chat/completions",), "/chat/completions", "chat",
              required=("messages", (list,)), streams=SSE, prompt_field="messages",
-             tools_capability="tools"),
+             tools_capability="tools", asks_stream_usage=True),
     Endpoint("completions", ("/v1/completions",), "/completions", "completions",
-             required=("prompt", (str, list)), streams=SSE, prompt_field="prompt"),
+             required=("prompt", (str, list)), streams=SSE, prompt_field="prompt",
+             asks_stream_usage=True),
     Endpoint("embeddings", ("/v1/embeddings",), "/embeddings", "embeddings",
              required=("input", (str, list))),
     # Anthropic Messages (gateway/api/messages.py): kinds without the `messages` capability
@@ -55,9 +82,39 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              error_shape=ANTHROPIC, prompt_field="messages", tools_capability="tools"),
     Endpoint("messages", ("/v1/messages/count_tokens",), "/messages/count_tokens", "chat",
              error_shape=ANTHROPIC),
+    Endpoint("responses", ("/v1/responses",), "/responses", "responses",
+             streams=SSE_EVENTS, optional=_RESPONSE_FIELDS, stored_ids=True),
+    # GET ?stream=true replays a stored (background) response's events.
+    Endpoint("responses", ("/v1/responses/{response_id}",), "/responses/{response_id}",
+             method="GET", streams=SSE_EVENTS, **_STORED),
+    Endpoint("responses", ("/v1/responses/{response_id}",), "/responses/{response_id}",
+             method="DELETE", **_STORED),
+    Endpoint("responses", ("/v1/responses/{response_id}/cancel",),
+             "/responses/{response_id}/cancel", **_STORED),
+    Endpoint("responses", ("/v1/responses/{response_id}/input_items",),
+             "/responses/{response_id}/input_items", method="GET", **_STORED),
+    Endpoint("rerank", ("/v1/rerank", "/rerank", "/v2/rerank"), SAME_PATH, "rerank",
+             required=("query", (str,)), optional=(("documents", (list,)),),
+             upstream_root=True),
+    Endpoint("score", ("/v1/score", "/score"), SAME_PATH, "score", upstream_root=True),
+    Endpoint("tokenize", ("/tokenize",), "/tokenize", "tokenize", upstream_root=True,
+             has_usage=False),
+    Endpoint("tokenize", ("/detokenize",), "/detokenize", "tokenize", upstream_root=True,
+             required=("tokens", (list,)), has_usage=False),
+    Endpoint("transcriptions", ("/v1/audio/transcriptions",), "/audio/transcriptions",
+             "audio", body=MULTIPART, streams=SSE),
+    Endpoint("translations", ("/v1/audio/translations",), "/audio/translations",
+             "audio", body=MULTIPART, streams=SSE),
+    Endpoint("speech", ("/v1/audio/speech",), "/audio/speech", "audio",
+             required=("input", (str,)), streams=BYTES, has_usage=False),
+    Endpoint("images", ("/v1/images/generations",), "/images/generations", "images",
+             required=("prompt", (str,)), streams=BYTES),
 )
 
-# An API with several rows (one metric label) is named by its first row.
-BY_NAME: Mapping[str, Endpoint] = MappingProxyType({e.name: e for e in reversed(ENDPOINTS)})
+BY_NAME: Mapping[str, Endpoint] = MappingProxyType(
+    {e.name: e for e in reversed(ENDPOINTS)})   # an API with several rows: its first row
 BY_PATH: Mapping[str, Endpoint] = MappingProxyType(
-    {path: e for e in ENDPOINTS for path in e.paths})
+    {path: e for e in reversed(ENDPOINTS) for path in e.paths})
+# (method, path template as routed) -> row: what the middleware and the proxy look up.
+BY_ROUTE: Mapping[tuple[str, str], Endpoint] = MappingProxyType(
+    {(e.method, path): e for e in ENDPOINTS for path in e.paths})

@@ -20,8 +20,9 @@ from aiohttp import web
 from .errors import GatewayError, Reason, UpstreamError
 from .record import RequestRecord
 
-# A chunk carries a token once some content/text/arguments string is non-empty.
-_TOKEN = re.compile(rb'"(?:content|text|arguments|reasoning_content)":\s*"[^"]')
+# A chunk carries a token once some content/text/arguments string is non-empty
+# (`delta` is a streamed transcription's text).
+_TOKEN = re.compile(rb'"(?:content|text|arguments|reasoning_content|delta)":\s*"[^"]')
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no"}
 
@@ -46,18 +47,49 @@ def error_event(err: GatewayError) -> bytes:
     return b"data: " + err.to_json() + b"\n\n"
 
 
+def api_usage(usage: Any) -> dict[str, Any] | None:
+    """Any API's usage object in chat's terms (prompt/completion/total tokens), which the
+    metrics, the log line and tpm read: Responses, Anthropic and OpenAI audio and images
+    count `input_tokens`/`output_tokens`, rerank only `total_tokens` (all of it input)."""
+    if not isinstance(usage, dict):
+        return None
+    if "prompt_tokens" in usage or "completion_tokens" in usage:
+        return usage
+    prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
+    total = usage.get("total_tokens")
+    if prompt is None and completion is None:
+        prompt = total
+    if total is None and isinstance(prompt, int) and isinstance(completion, int):
+        total = prompt + completion
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+
+
 class StreamRewriter:
-    """Per-stream state: carries partial lines, rewrites the model, captures usage."""
+    """Per-stream state: carries partial lines, rewrites the model, captures usage.
 
-    __slots__ = ("patterns", "drop_usage", "usage", "saw_done", "saw_token", "_tail")
+    `end_marker`, when given, is a chunk that makes the stream complete without [DONE]
+    (OpenAI's streamed transcriptions end with `transcript.text.done`, vLLM's with [DONE]):
+    the relay then goes on to [DONE] or the runtime's close, and either is a clean end.
+    """
 
-    def __init__(self, patterns: tuple[tuple[bytes, bytes], ...], drop_usage: bool) -> None:
+    __slots__ = ("patterns", "drop_usage", "usage", "saw_done", "saw_token", "finished",
+                 "end_marker", "_tail")
+
+    def __init__(self, patterns: tuple[tuple[bytes, bytes], ...], drop_usage: bool,
+                 end_marker: bytes | None = None) -> None:
         self.patterns = patterns
         self.drop_usage = drop_usage
         self.usage: dict[str, Any] | None = None
         self.saw_done = False
         self.saw_token = False
+        self.finished = False
+        self.end_marker = end_marker
         self._tail = b""
+
+    @staticmethod
+    def error_event(err: GatewayError) -> bytes:
+        """How this API's stream says it broke: a `data: {"error": ...}` event."""
+        return error_event(err)
 
     def feed(self, data: bytes) -> bytes:
         """The complete lines received so far, rewritten; a partial line waits."""
@@ -80,6 +112,8 @@ class StreamRewriter:
             self.saw_token = True
         if b"[DONE]" in data and _done_line(data):
             self.saw_done = True
+        if self.end_marker is not None and self.end_marker in data:
+            self.finished = True
         return data
 
     def flush(self) -> bytes:
@@ -100,7 +134,7 @@ class StreamRewriter:
                 chunk = _loads(line[5:])
                 usage = chunk.get("usage") if chunk else None
                 if isinstance(usage, dict):
-                    self.usage = usage
+                    self.usage = api_usage(usage)
                     if self.drop_usage and not chunk.get("choices"):
                         skip_blank = True
                         continue
@@ -155,14 +189,15 @@ def body_response(body: bytes, content_type: str,
 def body_usage(body: bytes) -> dict[str, Any] | None:
     """The `usage` object of a whole JSON answer, if it has one."""
     parsed = _loads(body)
-    usage = parsed.get("usage") if parsed is not None else None
-    return usage if isinstance(usage, dict) else None
+    return api_usage(parsed.get("usage")) if parsed is not None else None
 
 
 async def relay_stream(resp: web.StreamResponse, chunks: AsyncIterator[bytes], first: bytes,
-                       rewriter: StreamRewriter, rec: RequestRecord) -> None:
-    """Pass an SSE stream through chunk by chunk until `[DONE]`; a break ends with an
-    error event. What the runtime sends after `[DONE]` is left for the caller to drain."""
+                       rewriter: Any, rec: RequestRecord) -> None:
+    """Pass an SSE stream through chunk by chunk until `[DONE]` (or the API's terminal
+    event: `rewriter` is a StreamRewriter or one with its interface); a break ends with
+    the API's error event. What the runtime sends after the end is left for the caller
+    to drain."""
     out = rewriter.feed(first)
     _note_token(rewriter, rec)
     if out:
@@ -185,13 +220,13 @@ async def relay_stream(resp: web.StreamResponse, chunks: AsyncIterator[bytes], f
         out = rewriter.flush()
         if out:
             await resp.write(out)
-        if not rewriter.saw_done:
+        if not rewriter.saw_done and not rewriter.finished:
             raise UpstreamError("the runtime closed the stream before it finished",
                                 reason=Reason.UPSTREAM_CLOSED)
     except UpstreamError as err:
         rec.aborted = err.reason
         rec.error = err.message
-        await resp.write(error_event(err))
+        await resp.write(rewriter.error_event(err))
         raise
 
 

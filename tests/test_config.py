@@ -99,7 +99,10 @@ BAD = [
          "backends.e.timeouts.idle_s: must be greater than 0"),
     case("capability-unknown", one_backend("kind: echo, capabilities: {vision: true}"),
          "backends.e.capabilities.vision: unknown key (expected one of: chat, completions, "
-         "embeddings, tools, stream_usage, messages)"),
+         "embeddings, tools, stream_usage, responses, messages, rerank, score, tokenize, "
+         "audio, images)"),
+    case("capability-new-not-bool", one_backend("kind: echo, capabilities: {rerank: 2}"),
+         "backends.e.capabilities.rerank: must be true or false, got an integer"),
     case("capability-not-bool", one_backend("kind: echo, capabilities: {tools: 'no'}"),
          "backends.e.capabilities.tools: must be true or false, got a string"),
     case("messages-not-bool", one_backend("kind: echo, capabilities: {messages: 2}"),
@@ -499,7 +502,8 @@ def test_capability_overrides_merge_on_kind_defaults():
         """)
     assert dict(cfg.backends["l"].capabilities) == {
         "chat": True, "completions": True, "embeddings": False, "tools": True, "stream_usage": True,
-        "messages": True}
+        "responses": False, "messages": True, "rerank": False, "score": False, "tokenize": True,
+        "audio": False, "images": False}
     assert dict(cfg.backends["v"].capabilities) == {**KINDS["vllm"].capabilities, "tools": False}
 
 

@@ -24,7 +24,10 @@ ADMIN = "adm-fuzz-0123456789"
 MODELS = ["llama", "echo-model", "echo-embed", "nope", ""]
 ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
              "/health", "/ready", "/metrics", "/admin/backends", "/admin/config",
-             "/admin/reload"]
+             "/admin/reload", "/v1/responses", "/v1/responses/resp_x",
+             "/v1/responses/resp_x/input_items", "/v1/rerank", "/v2/rerank", "/v1/score",
+             "/tokenize", "/detokenize", "/v1/audio/transcriptions", "/v1/audio/speech",
+             "/v1/images/generations"]
 # Framing headers are the client library's business; random ones would only hang it.
 FRAMING = {"content-length", "transfer-encoding", "host", "connection", "expect", "upgrade",
            "te", "keep-alive", "trailer"}
@@ -97,6 +100,15 @@ valid_bodies = st.one_of(
         "model": st.sampled_from(["llama", "echo-embed"]),
         "input": st.text(max_size=40) | st.lists(st.text(max_size=10), min_size=1,
                                                  max_size=3)}), extras),
+    st.tuples(st.just("/v1/responses"), st.fixed_dictionaries({
+        "model": st.sampled_from(["llama", "echo-model"]), "input": st.text(max_size=40),
+        "stream": st.booleans()}), extras),
+    st.tuples(st.sampled_from(["/v1/rerank", "/rerank"]), st.fixed_dictionaries({
+        "model": st.sampled_from(["llama", "echo-model"]), "query": st.text(max_size=20),
+        "documents": st.lists(st.text(max_size=10), min_size=1, max_size=3)}), extras),
+    st.tuples(st.just("/tokenize"), st.fixed_dictionaries({
+        "model": st.sampled_from(["llama", "echo-model"]), "prompt": st.text(max_size=40)}),
+        extras),
 )
 valid_requests = st.builds(
     lambda shaped, headers: ("POST", shaped[0], headers,

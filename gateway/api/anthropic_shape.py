@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from aiohttp import web
 
 from ..errors import GatewayError, UpstreamStatus
 from ..translate.anthropic import error_body, error_event, error_type_for_status
@@ -20,13 +19,8 @@ from ..translate.anthropic import error_body, error_event, error_type_for_status
 MAX_MESSAGE = 2000   # a runtime's error text, cut: it may be an HTML page
 
 
-def anthropic_error_response(err: GatewayError) -> web.Response:
-    """The answer for any gateway error on an Anthropic path."""
-    return web.Response(status=err.status, body=anthropic_error_json(err),
-                        headers={**err.headers(), "Content-Type": "application/json"})
-
-
 def anthropic_error_json(err: GatewayError) -> bytes:
+    """The body of any gateway error on an Anthropic path (the middleware's ERROR_BODIES)."""
     if isinstance(err, UpstreamStatus):
         return _runtime_error(err)
     return orjson.dumps(error_body(error_type_for_status(err.status), err.message))

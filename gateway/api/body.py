@@ -71,6 +71,10 @@ def parse_payload(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
         raise BadRequest("'model' is required and must be a non-empty string", param="model")
     if endpoint.required is not None:
         _check_required(payload, *endpoint.required)
+    for field, kinds in endpoint.optional:
+        value = payload.get(field)
+        if value is not None and not isinstance(value, kinds):
+            raise BadRequest(f"'{field}' must be a {_type_names(kinds)}", param=field)
     stream = payload.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean", param="stream")
@@ -93,6 +97,6 @@ def _check_required(payload: dict[str, Any], field: str, kinds: tuple[type, ...]
 
 
 def _type_names(kinds: type | tuple[type, ...]) -> str:
-    names = {str: "string", list: "array"}
+    names = {str: "string", list: "array", bool: "boolean", dict: "object"}
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
     return " or ".join(names.get(k, k.__name__) for k in kinds)

@@ -59,7 +59,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
     plan = plan_type(payload, passed_headers(request.headers))
     plan.check(table.stages(pool))
     route = pool.strategy.route_key(endpoint, payload, request.headers)
-    opened = await gateway.dispatcher.open(table, pool, endpoint, payload, rec, route, plan)
+    opened = await gateway.dispatcher.open(table, pool, endpoint, payload, rec, route,
+                                           plan=plan)
     way = plan.way(opened.backend.config)
     if rec.stream:
         events = (NativeEvents(opened.patterns) if way == NATIVE

@@ -41,7 +41,8 @@ CHAT = BY_NAME["chat"]
 MESSAGES = BY_PATH["/v1/messages"]
 COUNT_TOKENS = BY_PATH["/v1/messages/count_tokens"]
 # Not a public route: the tokenizer a count_tokens request may be answered from.
-TOKENIZE = Endpoint("tokenize", (), "/tokenize", "chat", at_root=True)
+TOKENIZE = Endpoint("tokenize", ("/tokenize",), "/tokenize", "chat", upstream_root=True,
+                    has_usage=False)
 
 
 def passed_headers(headers: Mapping[str, str]) -> Mapping[str, str] | None:

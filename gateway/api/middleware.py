@@ -5,20 +5,40 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 from aiohttp import web
 
-from ..endpoints import ANTHROPIC, BY_PATH
+from ..endpoints import ANTHROPIC, BY_ROUTE, OPENAI, Endpoint
 from ..errors import BadRequest, BodyTooLarge, GatewayError, NotFound
 from ..log import server_logger
 from ..record import RequestRecord, client_request_id
 from ..typedefs import ACCESS_LOG, GATEWAY, RECORD
-from .anthropic_shape import anthropic_error_response
+from .anthropic_shape import anthropic_error_json
 
 
-def error_response(err: GatewayError) -> web.Response:
-    resp = web.Response(status=err.status, body=err.to_json(), headers=err.headers())
-    resp.content_type = getattr(err, "content_type", "application/json").split(";")[0]
+# How each error shape of `endpoints` renders a GatewayError (a runtime's own 4xx body,
+# UpstreamStatus, renders as itself in the OpenAI shape). A new shape is a new entry.
+def _openai_body(err: GatewayError) -> bytes:
+    return err.to_json()
+
+
+ERROR_BODIES: Mapping[str, Callable[[GatewayError], bytes]] = MappingProxyType({
+    OPENAI: _openai_body,
+    ANTHROPIC: anthropic_error_json,   # a runtime's 4xx re-shaped unless it already is
+})
+
+
+def error_body(err: GatewayError, shape: str = OPENAI) -> bytes:
+    return ERROR_BODIES.get(shape, _openai_body)(err)
+
+
+def error_response(err: GatewayError, shape: str = OPENAI) -> web.Response:
+    resp = web.Response(status=err.status, body=error_body(err, shape), headers=err.headers())
+    # A runtime's own body passed through keeps its type; a body made for a shape is JSON.
+    passed = shape == OPENAI and getattr(err, "content_type", None)
+    resp.content_type = (passed or "application/json").split(";")[0]
     return resp
 
 
@@ -37,18 +57,25 @@ def _from_http_exception(exc: web.HTTPException) -> GatewayError:
 @web.middleware
 async def gateway_middleware(request: web.Request, handler) -> web.StreamResponse:
     # A CORS preflight is the browser asking, not an API request: not logged or measured.
-    endpoint = BY_PATH.get(request.path) if request.method != "OPTIONS" else None
+    endpoint = endpoint_of(request) if request.method != "OPTIONS" else None
     rec = RequestRecord(client_request_id(request.headers.get("X-Request-ID", "")),
                         endpoint.name if endpoint is not None else "")
     request[RECORD] = rec
-    render = (anthropic_error_response if endpoint is not None
-              and endpoint.error_shape == ANTHROPIC else error_response)
     try:
-        resp = await _answer(request, handler, rec, render)
+        resp = await _answer(request, handler, rec,
+                             endpoint.error_shape if endpoint is not None else OPENAI)
         await _send(request, resp, rec)
         return resp
     finally:
         _finish(request, rec)
+
+
+def endpoint_of(request: web.Request) -> Endpoint | None:
+    """The row of `endpoints` this request was routed to (None for other routes)."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return None
+    return BY_ROUTE.get((request.method, resource.canonical))
 
 
 async def _send(request: web.Request, resp: web.StreamResponse, rec: RequestRecord) -> None:
@@ -70,19 +97,18 @@ async def _send(request: web.Request, resp: web.StreamResponse, rec: RequestReco
 
 
 async def _answer(request: web.Request, handler, rec: RequestRecord,
-                  render=error_response) -> web.StreamResponse:
-    """The handler's response, or the error for whatever it raised, in the shape `render`
-    gives (OpenAI's, or the endpoint's own)."""
+                  shape: str) -> web.StreamResponse:
+    """The handler's response, or the error in the endpoint's shape for whatever it raised."""
     resp: web.StreamResponse | None = None
     try:
         resp = await handler(request)
     except GatewayError as err:
-        resp = render(err)
+        resp = error_response(err, shape)
         rec.error = err.message
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        resp = render(_from_http_exception(exc))
+        resp = error_response(_from_http_exception(exc), shape)
     except asyncio.CancelledError:
         rec.status = 499   # the client left before an answer; logged, not sent
         raise
@@ -90,7 +116,7 @@ async def _answer(request: web.Request, handler, rec: RequestRecord,
         server_logger.exception("unexpected error on %s %s", request.method, request.path)
         err = GatewayError("internal error in the gateway; see its log for request "
                            + rec.request_id)
-        resp = render(err)
+        resp = error_response(err, shape)
         rec.error = "internal error"
     finally:
         if resp is not None:

@@ -1,11 +1,12 @@
 """The model APIs of `gateway.endpoints`: read the body, pick a pool, dispatch, relay.
 
-A request flows one way: the middleware named its endpoint; here the body is read
-and checked, the caller's key admitted, the model's pool found; the dispatcher
+A request flows one way: the middleware named its endpoint; here the body (JSON, a
+multipart form, or none) is read and checked, the caller's key admitted, the model's
+pool found (or, for a stored response, the one backend holding it); the dispatcher
 returns the first backend that answered; its answer is relayed. A whole answer is
 returned unsent: the middleware sends it, then runs `rec.after_send` (usage, the
-backend's release) so the client need not wait for bookkeeping. A stream is
-relayed here as it comes, since it cannot wait.
+backend's release) so the client need not wait for bookkeeping. A stream (SSE,
+named events, or bytes) is relayed here as it comes, since it cannot wait.
 """
 
 from __future__ import annotations
@@ -17,15 +18,20 @@ from aiohttp import web
 
 from ..auth import check_model
 from ..dispatch import Opened
-from ..endpoints import BY_NAME
+from ..endpoints import BYTES, MULTIPART, NO_BODY, SAME_PATH, Endpoint
 from ..errors import ModelNotFound, Reason, ShuttingDown, UpstreamError
+from ..forms import read_form
 from ..record import RequestRecord
-from ..relay import (SSE_HEADERS, StreamRewriter, body_response, body_usage, error_event,
-                     relay_stream)
+from ..relay import SSE_HEADERS, body_response, body_usage, relay_stream
+from ..relay_events import make_rewriter, rewrite_stored
+from ..response_ids import IdRewriter
+from ..routing import NO_AFFINITY
 from ..typedefs import GATEWAY, RECORD
 from .body import parse_payload, read_body
 from .keys import client_key
-from .middleware import stamp_response
+from .middleware import endpoint_of, stamp_response
+from .relay_bytes import relay_bytes
+from .stored import backend_patterns, follow_up, stored_call
 
 CLIENT_GONE = (ConnectionResetError, ConnectionError)
 DRAIN_AFTER_DONE_S = 1.0
@@ -34,26 +40,50 @@ DRAIN_AFTER_DONE_S = 1.0
 async def proxy(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     rec: RequestRecord = request[RECORD]
-    endpoint = BY_NAME[rec.endpoint]
+    endpoint = endpoint_of(request)
+    assert endpoint is not None   # only the rows of `endpoints` are routed here
     key = client_key(request)
     table = gateway.table   # this request's one config snapshot, from here to the end
-    raw = await read_body(request, table.config.server.max_body_bytes)
-    payload = parse_payload(raw, endpoint)
-    model = payload["model"]
-    check_model(key, model)
-    pool = table.pool(model)
-    if pool is None:
-        raise ModelNotFound(f"The model '{model}' does not exist", param="model")
-    rec.model = model
-    rec.stream = bool(payload.get("stream"))
-    route = pool.strategy.route_key(endpoint, payload, request.headers)
-    opened = await gateway.dispatcher.open(table, pool, endpoint, payload, rec, route)
+    limit = table.config.server.max_body_bytes
+    ids: IdRewriter | None = None
+    pinned = target = None
+    if endpoint.body == NO_BODY:
+        payload: dict = {}
+        pool, pinned, target, ids = stored_call(request, table, endpoint, key)
+        rec.stream = endpoint.streams is not None and request.query.get("stream") == "true"
+        route = NO_AFFINITY
+    else:
+        if endpoint.body == MULTIPART:
+            payload = await read_form(request, limit)
+        else:
+            payload = parse_payload(await read_body(request, limit), endpoint)
+        model = payload["model"]
+        check_model(key, model)
+        pool = table.pool(model)
+        if pool is None:
+            raise ModelNotFound(f"The model '{model}' does not exist", param="model")
+        rec.model = model
+        rec.stream = bool(payload.get("stream"))
+        if endpoint.stored_ids:
+            pinned, ids = follow_up(table, pool, payload)
+        if endpoint.upstream_path == SAME_PATH:
+            target = request.rel_url.raw_path
+        route = pool.strategy.route_key(endpoint, payload, request.headers)
+    opened = await gateway.dispatcher.open(table, pool, endpoint, payload, rec, route,
+                                           pinned=pinned, target=target)
+    if endpoint.stored_ids and ids is None:
+        ids = IdRewriter(opened.backend.name)
+    if endpoint.body == NO_BODY:
+        opened.patterns = backend_patterns(opened.backend)
+    if endpoint.streams == BYTES:
+        return await relay_bytes(request, opened, rec, endpoint.has_usage)
     if rec.stream:
-        return await _stream(request, opened, rec)
-    return await _whole(opened, rec)
+        return await _stream(request, opened, rec, endpoint, ids)
+    return await _whole(opened, rec, endpoint, ids)
 
 
-async def _whole(opened: Opened, rec: RequestRecord) -> web.Response:
+async def _whole(opened: Opened, rec: RequestRecord, endpoint: Endpoint,
+                 ids: IdRewriter | None) -> web.Response:
     started = time.perf_counter()
     try:
         body = await opened.response.read()
@@ -64,18 +94,21 @@ async def _whole(opened: Opened, rec: RequestRecord) -> web.Response:
     rec.upstream_wait += now - started
 
     def after_send(error: BaseException | None) -> None:
-        rec.usage = body_usage(body)   # a client gone mid-send still used its tokens
+        # A client gone mid-send still used its tokens; {} = this API reports none.
+        rec.usage = body_usage(body) if endpoint.has_usage else {}
         opened.finish(error)
 
     rec.after_send = after_send
+    if ids is not None:
+        body = rewrite_stored(body, ids)
     return body_response(body, opened.response.content_type, opened.patterns)
 
 
-async def _stream(request: web.Request, opened: Opened, rec: RequestRecord
-                  ) -> web.StreamResponse:
+async def _stream(request: web.Request, opened: Opened, rec: RequestRecord,
+                  endpoint: Endpoint, ids: IdRewriter | None) -> web.StreamResponse:
     error: BaseException | None = None
     try:
-        resp, error = await _relay_stream(request, opened, rec)
+        resp, error = await _relay_stream(request, opened, rec, endpoint, ids)
         return resp
     except BaseException as exc:
         error = exc
@@ -84,14 +117,15 @@ async def _stream(request: web.Request, opened: Opened, rec: RequestRecord
         opened.finish(error)
 
 
-async def _relay_stream(request: web.Request, opened: Opened, rec: RequestRecord
+async def _relay_stream(request: web.Request, opened: Opened, rec: RequestRecord,
+                        endpoint: Endpoint, ids: IdRewriter | None
                         ) -> tuple[web.StreamResponse, BaseException | None]:
     """The relayed stream, and why it ended early: the runtime's failure after the
     first byte, or the client's connection breaking."""
     drain = request.app[GATEWAY].drain
     resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
     stamp_response(request, resp, rec)
-    rewriter = StreamRewriter(opened.patterns, opened.drop_usage)
+    rewriter = make_rewriter(endpoint, opened.patterns, opened.drop_usage, ids)
     broken: UpstreamError | None = None
     task = asyncio.current_task()
     drain.track(task)
@@ -108,7 +142,7 @@ async def _relay_stream(request: web.Request, opened: Opened, rec: RequestRecord
         # Our own drain deadline cut this stream: end it with an error event, not silence.
         task.uncancel()
         rec.aborted = Reason.SHUTDOWN
-        await _try_write(resp, error_event(ShuttingDown(
+        await _try_write(resp, rewriter.error_event(ShuttingDown(
             "the gateway is shutting down and its drain time ran out")))
     except CLIENT_GONE as exc:
         opened.response.close()
@@ -125,7 +159,8 @@ async def _relay_stream(request: web.Request, opened: Opened, rec: RequestRecord
 
 
 async def _drain_runtime(opened: Opened, task: asyncio.Task) -> None:
-    """Read the runtime's last bytes after [DONE], so its connection goes back to the pool.
+    """Read the runtime's last bytes after [DONE] (or the terminal event), so its
+    connection goes back to the pool.
 
     The client already has the whole answer: if it leaves now, the stream still counts
     as complete, not as a client that left.

@@ -15,12 +15,14 @@ import time
 from typing import Any, AsyncIterator, Mapping, Protocol
 
 from ..config import BackendConfig, Config, HealthConfig
-from ..endpoints import Endpoint
+from ..endpoints import BYTES, Endpoint
 from ..errors import (DeadlineExceeded, NoHealthyBackend, Reason, UpstreamError,
                       UpstreamStatus)
 from ..metrics import Metrics
 from ..record import RequestRecord
-from ..relay import first_event_error, model_patterns
+from ..forms import body_for
+from ..relay import model_patterns
+from ..relay_events import stream_error
 from ..routing import RouteRequest
 from ..runtimes.scrub import scrub_text
 from . import ejection
@@ -85,8 +87,11 @@ class Dispatcher:
     # -- the walk ------------------------------------------------------------
 
     async def open(self, table: RouteTable, pool: Pool, endpoint: Endpoint, payload: dict,
-                   rec: RequestRecord, route: RouteRequest, plan: TryPlan | None = None
-                   ) -> Opened:
+                   rec: RequestRecord, route: RouteRequest, *, plan: TryPlan | None = None,
+                   pinned: BackendState | None = None, target: str | None = None) -> Opened:
+        """The first backend that answered. `plan`: how each try is shaped (an API some
+        backends serve only translated); `pinned`: the one backend that may (it holds a
+        stored response), tried once; `target`: the upstream path when it is not the row's."""
         cfg = table.config
         capability = endpoint.capability_for(payload)
         loop = asyncio.get_running_loop()
@@ -94,7 +99,8 @@ class Dispatcher:
         tried: set[str] = set()
         failures: list[UpstreamError] = []
         capable_seen = False
-        stages = table.stages(pool)
+        stages = ((Stage(pool.model, pool, (pinned,), 1),) if pinned is not None
+                  else table.stages(pool))
         for index, stage in enumerate(stages):
             capable = stage.capable(capability)
             if plan is not None:
@@ -121,7 +127,7 @@ class Dispatcher:
                     self.metrics.fallbacks.labels(pool.model, stage.fallback_to).inc()
                 try:
                     return await self._try(cfg, backend, stage.public, endpoint, payload,
-                                           rec, deadline, plan)
+                                           rec, deadline, plan, target)
                 except UpstreamError as err:
                     failures.append(err)
                     if isinstance(err, DeadlineExceeded):
@@ -185,15 +191,14 @@ class Dispatcher:
 
     async def _try(self, cfg: Config, backend: BackendState, public: str, endpoint: Endpoint,
                    payload: dict, rec: RequestRecord, deadline: float,
-                   plan: TryPlan | None = None) -> Opened:
+                   plan: TryPlan | None = None, target: str | None = None) -> Opened:
         bcfg = backend.config
-        body = dict(payload)
-        body["model"] = backend.model_id(public)
+        body = body_for(endpoint, payload, backend.model_id(public))
         drop_usage = False
         extra_headers = None
         if plan is not None:
             endpoint, body, extra_headers = plan.prepare(bcfg, body)
-        elif rec.stream and bcfg.capabilities.get("stream_usage"):
+        elif rec.stream and endpoint.asks_stream_usage and bcfg.capabilities.get("stream_usage"):
             options = payload.get("stream_options")
             asked = isinstance(options, dict) and bool(options.get("include_usage"))
             drop_usage = not asked
@@ -202,13 +207,14 @@ class Dispatcher:
         backend.in_flight += 1
         started = time.perf_counter()
         try:
-            response = await backend.runtime.open(endpoint, body, rec.id_for_runtimes(), deadline,
-                                                  extra_headers)
+            response = await backend.runtime.open(endpoint, body, rec.id_for_runtimes(),
+                                                  deadline, target=target,
+                                                  extra_headers=extra_headers)
             opened = Opened(self, backend, public, response, drop_usage, cfg.health)
-            if rec.stream:
+            if rec.stream or endpoint.streams == BYTES:
                 try:
                     async with asyncio.timeout_at(deadline):
-                        await self._first_chunk(opened)
+                        await self._first_chunk(opened, endpoint)
                 except TimeoutError:
                     raise DeadlineExceeded() from None
         except UpstreamStatus:
@@ -221,7 +227,7 @@ class Dispatcher:
             rec.upstream_wait += time.perf_counter() - started
         return opened
 
-    async def _first_chunk(self, opened: Opened) -> None:
+    async def _first_chunk(self, opened: Opened, endpoint: Endpoint) -> None:
         """Hold the stream until its first bytes: an error there can still be retried."""
         chunks = opened.response.chunks()
         try:
@@ -231,7 +237,7 @@ class Dispatcher:
         except BaseException:
             opened.response.close()
             raise
-        error = first_event_error(first) if first else None
+        error = stream_error(endpoint, first) if first and endpoint.streams != BYTES else None
         if not first or error is not None:
             await chunks.aclose()
             opened.response.close()

@@ -3,7 +3,8 @@
     Runtime      one backend's transport: open() a request, probe() its health,
                  list_models() for discovery
     ├── HttpRuntime   a model server over HTTP (http.py); errors translated in failures.py
-    └── EchoRuntime   the built-in `echo` runtime, answering in process (echo.py)
+    └── EchoRuntime   the built-in `echo` runtime, answering in process (echo.py; its
+                      Responses, tokenizer, rerank and score in echo_apis.py)
 
 `kinds.py` holds what each kind of runtime does by default (health path, capabilities).
 This module imports nothing heavy: `gateway check` reads `kinds` without aiohttp.
@@ -39,10 +40,13 @@ class Runtime(Protocol):
     config: BackendConfig
 
     async def open(self, endpoint: Endpoint, payload: dict, request_id: str,
-                   deadline: float | None = None,
+                   deadline: float | None = None, *, target: str | None = None,
                    extra_headers: Mapping[str, str] | None = None) -> RuntimeResponse:
         """Send a request; return once the answer's headers are in, or raise a
-        `gateway.errors` error (never an aiohttp or asyncio one)."""
+        `gateway.errors` error (never an aiohttp or asyncio one). `payload` is what the
+        row's body kind holds (a dict, a multipart Upload, or None); `target` the upstream
+        path and query when it is not the row's own (path parameters, SAME_PATH rows);
+        `extra_headers` the client's headers an API passes through."""
         ...
 
     async def probe(self, request_id: str, timeout_s: float) -> bool:

@@ -1,10 +1,10 @@
 """The built-in `echo` runtime: answers in process, with no network hop.
 
 Chat and completions echo the last user message (or the prompt) word by word,
-streamed or not; embeddings are deterministic vectors; `tokenize` counts words as
-vLLM's /tokenize counts tokens (Anthropic Messages reach echo translated to chat). It
-serves any model it is listed for, so the shipped config works on a machine with no LLM
-runtime.
+streamed or not; embeddings are deterministic vectors. The Responses API, the
+tokenizer, rerank and score are in echo_apis.py; Anthropic Messages reach echo
+translated to chat. It serves any model it is listed for, so the shipped config
+works on a machine with no LLM runtime.
 """
 
 from __future__ import annotations
@@ -21,24 +21,27 @@ import orjson
 from ..config import BackendConfig
 from ..endpoints import Endpoint
 from ..errors import BadRequest
+from .echo_apis import EchoApis, Made
 
 WORD_DELAY_S = 0.02      # slow enough to see words arrive one by one in a terminal
 EMBEDDING_DIMS = 64
-ECHO_CONTEXT = 32768     # the context length echo's tokenizer reports
 
 
 class EchoRuntime:
     """The in-process runtime: always healthy, serves the models it is listed for."""
 
-    __slots__ = ("config",)
+    __slots__ = ("config", "apis")
 
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
+        self.apis = EchoApis()   # this backend's stored responses and vocabulary
 
     async def open(self, endpoint: Endpoint, payload: dict, request_id: str,
-                   deadline: float | None = None,
-                   extra_headers: Mapping[str, str] | None = None) -> EchoResponse:
-        return EchoResponse(endpoint.name, payload, payload["model"])
+                   deadline: float | None = None, *, target: str | None = None,
+                   extra_headers: Mapping[str, str] | None = None) -> EchoResponse | Made:
+        if endpoint.name in ("chat", "completions", "embeddings"):
+            return EchoResponse(endpoint.name, payload, payload["model"])
+        return self.apis.open(endpoint, payload, target)
 
     async def probe(self, request_id: str, timeout_s: float) -> bool:
         return True
@@ -62,10 +65,6 @@ class EchoResponse:
     async def read(self) -> bytes:
         if self.endpoint == "embeddings":
             return orjson.dumps(_embeddings(self.payload, self.model))
-        if self.endpoint == "tokenize":
-            count = _count_prompt_words(self.payload)
-            return orjson.dumps({"count": count, "max_model_len": ECHO_CONTEXT,
-                                 "tokens": list(range(count))})
         words, finish = _answer(self.endpoint, self.payload)
         return orjson.dumps(_completion(self.endpoint, self.model, self.payload, words, finish))
 

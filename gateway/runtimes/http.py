@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..config import BackendConfig
-from ..endpoints import Endpoint
+from ..endpoints import BYTES, JSON, MULTIPART, Endpoint
 from .failures import Phase, status_error, translated
 
 
@@ -156,27 +156,38 @@ class HttpRuntime:
         self._transport = transport
 
     async def open(self, endpoint: Endpoint, payload: dict, request_id: str,
-                   deadline: float | None = None,
+                   deadline: float | None = None, *, target: str | None = None,
                    extra_headers: Mapping[str, str] | None = None) -> HttpResponse:
         """Send the request; return once the headers are in, within first_byte_s and
-        `deadline` (loop time: the request's overall retry deadline). `extra_headers`:
-        the client's headers an API passes through (e.g. anthropic-version)."""
+        `deadline` (loop time: the request's overall retry deadline). `target` is the
+        upstream path (and query), already encoded, when it is not the row's own.
+        `extra_headers`: the client's headers an API passes through (anthropic-version)."""
         backend = self.config
-        body = orjson.dumps(payload)
+        headers = upstream_headers(backend, request_id)
+        if endpoint.body == JSON:
+            body = orjson.dumps(payload)
+        elif endpoint.body == MULTIPART:
+            body = payload.payload()
+            headers["Content-Type"] = payload.content_type
+        else:
+            body = None
+            del headers["Content-Type"]
+        if endpoint.streams == BYTES:
+            headers["Accept"] = "*/*"
         t = backend.timeouts
-        url = endpoint_url(backend.url if endpoint.at_root else backend.api_base,
-                           endpoint.upstream_path)
+        base = backend.url if endpoint.upstream_root else backend.api_base
+        url = (endpoint_url(base, endpoint.upstream_path) if target is None
+               else URL(base + target, encoded=True))
         timeout = self._transport.connect_timeout(t.connect_s)
         # One timer for both limits, whichever comes first.
         limit = asyncio.get_running_loop().time() + t.first_byte_s
         by_deadline = deadline is not None and deadline < limit
-        headers = upstream_headers(backend, request_id)
         if extra_headers:
             headers.update(extra_headers)
         with translated(Phase.OPEN, backend, by_deadline=by_deadline):
             async with asyncio.timeout_at(deadline if by_deadline else limit):
-                resp = await self._transport.session.post(
-                    url, data=body, headers=headers,
+                resp = await self._transport.session.request(
+                    endpoint.method, url, data=body, headers=headers,
                     timeout=timeout, allow_redirects=False)
                 if resp.status >= 400:
                     raise await status_error(backend, resp)

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-CAPABILITIES = ("chat", "completions", "embeddings", "tools", "stream_usage", "messages")
-# Off unless a kind's docs say it serves them. `messages`: /v1/messages (Anthropic) itself,
-# as vLLM, llama-server and Ollama (0.14+) do; other kinds get it translated to chat.
-OFF_BY_DEFAULT = frozenset({"messages"})
+CAPABILITIES = ("chat", "completions", "embeddings", "tools", "stream_usage",
+                "responses", "messages", "rerank", "score", "tokenize", "audio", "images")
+# What most kinds do not serve: a kind that does says so in KINDS. (Checked against each
+# runtime's docs in December 2026; the README says where that was unsure.)
+_NOT_BY_DEFAULT = ("responses", "messages", "rerank", "score", "tokenize", "audio", "images")
 
 
 @dataclass(frozen=True)
@@ -25,25 +26,39 @@ class Kind:
     in_process: bool = False       # answered inside the gateway, no network hop
 
 
-def _caps(**off: bool) -> Mapping[str, bool]:
-    caps = {c: c not in OFF_BY_DEFAULT for c in CAPABILITIES}
-    caps.update(off)
+def _caps(**given: bool) -> Mapping[str, bool]:
+    caps = dict.fromkeys(CAPABILITIES, True)
+    caps.update(dict.fromkeys(_NOT_BY_DEFAULT, False))
+    caps.update(given)
     return MappingProxyType(caps)
 
 
 KINDS: Mapping[str, Kind] = MappingProxyType({
-    "vllm": Kind("vllm", "/health", _caps(messages=True)),
-    "sglang": Kind("sglang", "/health", _caps()),
-    "ollama": Kind("ollama", "/api/tags", _caps(messages=True)),
-    # llama-server has no tool calls unless started with --jinja; embeddings need --embeddings.
-    "llamacpp": Kind("llamacpp", "/health", _caps(tools=False, messages=True)),
-    # TGI's Messages API: chat and completions, no embeddings, no usage in streams.
-    "tgi": Kind("tgi", "/health", _caps(embeddings=False, stream_usage=False)),
-    "localai": Kind("localai", "/readyz", _caps()),
+    # vLLM: Responses (stored with its store enabled), Anthropic Messages, Jina/Cohere rerank,
+    # score, /tokenize and /detokenize, transcriptions and translations (ASR models).
+    "vllm": Kind("vllm", "/health", _caps(responses=True, messages=True, rerank=True,
+                                          score=True, tokenize=True, audio=True)),
+    # SGLang: /v1/rerank (cross-encoders), /v1/score, /tokenize, /detokenize, /v1/responses.
+    "sglang": Kind("sglang", "/health", _caps(responses=True, rerank=True, score=True,
+                                              tokenize=True)),
+    # Ollama: stateless /v1/responses (0.13.3+) and the Anthropic API at its root.
+    "ollama": Kind("ollama", "/api/tags", _caps(responses=True, messages=True)),
+    # llama-server has no tool calls unless started with --jinja; embeddings need --embeddings,
+    # rerank needs --reranking; /v1/messages since late 2025; /tokenize, /detokenize at its root.
+    "llamacpp": Kind("llamacpp", "/health", _caps(tools=False, messages=True, tokenize=True)),
+    # TGI's Messages API: chat and completions, no embeddings, no usage in streams; /tokenize
+    # takes TGI's own body ({"inputs": ...}).
+    "tgi": Kind("tgi", "/health", _caps(embeddings=False, stream_usage=False, tokenize=True)),
+    # LocalAI: audio (whisper, TTS), images (diffusers, stable-diffusion), /v1/rerank,
+    # Anthropic Messages; its tokenizer is at /v1/tokenize, not the root /tokenize.
+    "localai": Kind("localai", "/readyz", _caps(messages=True, rerank=True, audio=True,
+                                               images=True)),
     # LM Studio and hosted OpenAI-compatible APIs have no health endpoint; listing models is the check.
-    "lmstudio": Kind("lmstudio", "/v1/models", _caps()),
-    "openai": Kind("openai", "/v1/models", _caps()),
-    "echo": Kind("echo", "", _caps(tools=False), needs_url=False, in_process=True),
+    "lmstudio": Kind("lmstudio", "/v1/models", _caps(responses=True, messages=True)),
+    "openai": Kind("openai", "/v1/models", _caps(responses=True, audio=True, images=True)),
+    "echo": Kind("echo", "", _caps(tools=False, responses=True, rerank=True, score=True,
+                                   tokenize=True, audio=True, images=True),
+                 needs_url=False, in_process=True),
 })
 
 
