@@ -7,6 +7,7 @@ by `tests.engine_samples` from scripted values a test changes while it runs:
     vllm, sglang, tgi   /metrics
     llamacpp            /metrics (`metrics_status=501`: started without --metrics), /slots
     ollama              /api/ps
+    localai             /metrics with API-call histograms only: the gateway must not ask
 
 `metrics` switches how the load endpoints answer: "ok", "hang" (never answers until the
 test ends), "500", "404" (gone), "garbage" (not the format at all).
@@ -26,9 +27,16 @@ from aiohttp import web
 from tests import engine_samples as samples
 
 HEALTH = {"vllm": "/health", "sglang": "/health", "llamacpp": "/health", "tgi": "/health",
-          "ollama": "/api/tags"}
+          "ollama": "/api/tags", "localai": "/readyz"}
 LOAD_PATHS = {"vllm": ("/metrics",), "sglang": ("/metrics",), "tgi": ("/metrics",),
-              "llamacpp": ("/metrics", "/slots"), "ollama": ("/api/ps",)}
+              "llamacpp": ("/metrics", "/slots"), "ollama": ("/api/ps",),
+              "localai": ("/metrics",)}
+LOCALAI_METRICS = """# HELP localai_api_call How many times an API call was made
+# TYPE localai_api_call histogram
+localai_api_call_bucket{method="POST",path="/v1/chat/completions",le="+Inf"} 3
+localai_api_call_sum{method="POST",path="/v1/chat/completions"} 1.25
+localai_api_call_count{method="POST",path="/v1/chat/completions"} 3
+"""
 
 
 @dataclass(eq=False)
@@ -71,6 +79,8 @@ class FakeEngine:
             return samples.tgi_metrics(queue=self.waiting, batch=self.running)
         if self.kind == "ollama":
             return samples.ollama_ps(*self.loaded)
+        if self.kind == "localai":
+            return LOCALAI_METRICS
         if path == "/slots":
             busy = int(self.running)
             return samples.llamacpp_slots(busy=busy, total=max(busy, 4))

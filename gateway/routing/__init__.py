@@ -3,7 +3,8 @@
 Each strategy lives in its own module behind one small interface and does no
 I/O, so it is tested with plain stubs. The dispatcher hands a strategy only the
 backends that may take the request right now (healthy, not yet tried for this
-request, under their concurrency cap); the strategy picks one of them. Each
+request, under their concurrency cap, not saturated by their runtime's own report);
+the strategy picks one of them. Each
 strategy also says what of a request it keys on (`route_key`), so the HTTP layer
 never needs to know which strategy a route uses.
 """
