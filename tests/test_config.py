@@ -639,6 +639,20 @@ def test_check_prints_every_problem(tmp_path):
                               "server.port: must be at least 1\n")
 
 
+def test_check_names_the_bad_engine_key(tmp_path):
+    path = tmp_path / "gateway.yaml"
+    path.write_text("engine: {max_kv_usage: 2, stale_after_s: 0.5, rounds: 3}\n" + ECHO)
+    out = io.StringIO()
+    assert check(str(path), out) == 1
+    assert out.getvalue() == ("engine.max_kv_usage: must be at most 1\n"
+                              "engine.rounds: unknown key (expected one of: interval_s, "
+                              "stale_after_s, max_queue, max_kv_usage)\n")
+    path.write_text("engine: {stale_after_s: 0.5}\n" + ECHO)   # the schema holds: the check
+    out = io.StringIO()
+    assert check(str(path), out) == 1
+    assert out.getvalue() == "engine.stale_after_s: must be greater than interval_s (1)\n"
+
+
 def test_check_missing_file_writes_to_stdout_by_default(tmp_path, capsys):
     path = tmp_path / "nope.yaml"
     assert check(str(path)) == 1
