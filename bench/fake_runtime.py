@@ -10,7 +10,8 @@ request bodies, JSON answers and SSE streams as chunked transfer encoding.
 stream writes one SSE event per token, a finish event, a usage event when
 `stream_options.include_usage` is set, then `data: [DONE]`; each event goes out
 as its own write, `--chunk-ms` apart. GET /stats returns what was sent, so the
-benchmark can compare chunks received with chunks sent.
+benchmark can compare chunks received with chunks sent. POST /v1/messages answers in
+Anthropic's format (whole, or one SSE event per token), for the Messages benchmark.
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ class RuntimeProtocol(asyncio.Protocol):
     def _handle(self, method: bytes, path: bytes, body: bytes) -> None:
         if method == b"POST" and path.endswith(b"/chat/completions"):
             self._chat(body)
+        elif method == b"POST" and path.endswith(b"/v1/messages"):
+            self._messages(body)
         elif path in (b"/health", b"/v1/health"):
             self._send(200, b"{}")
         elif path in (b"/v1/models", b"/models"):
@@ -163,6 +166,61 @@ class RuntimeProtocol(asyncio.Protocol):
                 stats.usage_events += 1
             else:
                 stats.events += 1
+            if rt.chunk_s and i < last:
+                await asyncio.sleep(rt.chunk_s)
+        write(b"0\r\n\r\n")
+        self.busy = False
+        self._drain()
+
+
+    # -- Anthropic's /v1/messages, as vLLM and llama-server serve it ----------------------
+
+    def _messages(self, body: bytes) -> None:
+        rt = self.rt
+        rt.stats.requests += 1
+        req = orjson.loads(body)
+        model = req.get("model", "")
+        tokens = min(int(req.get("max_tokens") or rt.tokens), MAX_TOKENS)
+        if req.get("stream"):
+            self.busy = True
+            asyncio.get_running_loop().create_task(self._message_stream(model, tokens))
+            return
+        self._send(200, orjson.dumps({
+            "id": "msg_bench", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": " ".join(["tok"] * tokens)}],
+            "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": 8, "output_tokens": tokens}}))
+
+    async def _message_stream(self, model: str, tokens: int) -> None:
+        """One event per token, each its own write, `--chunk-ms` apart, like _stream."""
+        rt, stats = self.rt, self.rt.stats
+        stats.streams += 1
+        start = orjson.dumps({"type": "message_start", "message": {
+            "id": "msg_bench", "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": 8, "output_tokens": 0}}})
+        events = [b"event: message_start\ndata: " + start + b"\n\n",
+                  b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+                  b'"content_block":{"type":"text","text":""}}\n\n']
+        events += [b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+                   b'"delta":{"type":"text_delta","text":"tok "}}\n\n'] * tokens
+        events += [b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}'
+                   b"\n\n",
+                   b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":'
+                   b'"end_turn","stop_sequence":null},"usage":{"output_tokens":%d}}\n\n' % tokens,
+                   b'event: message_stop\ndata: {"type":"message_stop"}\n\n']
+        write = self.transport.write
+        write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+              b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
+        if rt.ttft_s:
+            await asyncio.sleep(rt.ttft_s)
+        last = len(events) - 1
+        for i, event in enumerate(events):
+            if self.closed:
+                stats.broken += 1
+                return
+            write(b"%x\r\n%s\r\n" % (len(event), event))
+            stats.events += 1
             if rt.chunk_s and i < last:
                 await asyncio.sleep(rt.chunk_s)
         write(b"0\r\n\r\n")

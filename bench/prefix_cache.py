@@ -6,8 +6,17 @@ blocks its backend still holds, and its hit ratio is matched tokens / prompt
 tokens. Conversations share a handful of system prompts, open with a question
 that often carries a pasted document, then alternate assistant replies and
 follow-ups; they start at random times, so many are interleaved and several
-requests are in flight at once. Each strategy is driven through its real class,
-with in-flight counts kept by a discrete-event simulation of request durations.
+requests are in flight at once. A few very hot prefixes (one system prompt and
+one opening question that many short conversations share, arriving in bursts)
+test that one hot key cannot overload a backend. Each strategy is driven through
+its real class, with in-flight counts kept by a discrete-event simulation of
+request durations.
+
+The oracle knows every backend's cache: it sends each request to the backend
+holding the longest cached prefix of its prompt, under the same load bound as
+`prefix_affinity` (no backend above ceil(1.25 x its share of what is in flight)).
+Each strategy's hit ratio is reported as a fraction of the oracle's on the same
+replay; the goal for `prefix_affinity` is >= 0.90 of it at max/mean load <= 1.25.
 
 Run from the repository root: `python -m bench.prefix_cache` (or the file path).
 Prints a table and writes bench/results/prefix_cache.json.
@@ -22,6 +31,7 @@ import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 if __package__ in (None, ""):      # run as a file: make the gateway package importable
@@ -38,6 +48,10 @@ PARAMS = {
     "conversations": 200,
     "system_prompts": 10,
     "turns": [3, 8],
+    "hot_prefixes": 3,                     # shared (system prompt, opening question) roots
+    "hot_conversations": 120,              # short conversations on those roots, in bursts
+    "hot_turns": [1, 3],
+    "hot_burst_s": 20.0,
     "block_tokens": BLOCK,
     "cache_blocks_per_backend": 2048,      # 32k tokens, a few conversations' worth
     "arrival_window_s": 600.0,
@@ -54,6 +68,9 @@ STRATEGIES = {
     "session_affinity": lambda: make_strategy("session_affinity"),
     "prefix_affinity c=2": lambda: PrefixAffinity(load_factor=2.0),
 }
+LOAD_FACTOR = Fraction(5, 4)        # the oracle's load bound: prefix_affinity's default c
+GOAL_OF_ORACLE = 0.90
+GOAL_MAX_MEAN = 1.25
 RESULTS = Path(__file__).resolve().parent / "results" / "prefix_cache.json"
 
 
@@ -72,6 +89,7 @@ class Conversation:
     system_id: int
     start: float
     turns: list[Turn]
+    root: str = ""             # the opening question's text; shared by a hot prefix
 
 
 def _tokens(rng: random.Random, n: int) -> list[int]:
@@ -90,7 +108,30 @@ def make_workload(rng: random.Random) -> list[Conversation]:
             user_len = rng.randint(300, 2500) if t == 0 and rng.random() < 0.7 else rng.randint(20, 250)
             turns.append(Turn(_tokens(rng, user_len), _tokens(rng, rng.randint(50, 500))))
         start = rng.uniform(0, PARAMS["arrival_window_s"])
-        convs.append(Conversation(cid, systems[sid], sid, start, turns))
+        convs.append(Conversation(cid, systems[sid], sid, start, turns, f"conv {cid} user 0"))
+    return convs + _hot_conversations(rng, systems, len(convs))
+
+
+def _hot_conversations(rng: random.Random, systems: list[list[int]],
+                       first_cid: int) -> list[Conversation]:
+    """Many short conversations opening with the same question on the same system prompt
+    (a popular template, a shared document), each root's arrivals in one burst."""
+    low, high = PARAMS["hot_turns"]
+    roots = []
+    for h in range(PARAMS["hot_prefixes"]):
+        sid = rng.randrange(len(systems))
+        roots.append((sid, _tokens(rng, rng.randint(800, 2000)),
+                      rng.uniform(0, PARAMS["arrival_window_s"] - PARAMS["hot_burst_s"])))
+    convs = []
+    for i in range(PARAMS["hot_conversations"]):
+        h = i % len(roots)
+        sid, opening, burst = roots[h]
+        turns = [Turn(list(opening), _tokens(rng, rng.randint(50, 300)))]
+        turns += [Turn(_tokens(rng, rng.randint(20, 200)), _tokens(rng, rng.randint(50, 300)))
+                  for _ in range(rng.randint(low, high) - 1)]
+        start = burst + rng.uniform(0, PARAMS["hot_burst_s"])
+        convs.append(Conversation(first_cid + i, systems[sid], sid, start, turns,
+                                  f"hot {h} user 0"))
     return convs
 
 
@@ -105,7 +146,8 @@ def chat_body(conv: Conversation, turn: int) -> dict:
     """The OpenAI body of this turn, for prefix_key (token ids stand in for text)."""
     messages = [{"role": "system", "content": f"system prompt {conv.system_id}"}]
     for i in range(turn + 1):
-        messages.append({"role": "user", "content": f"conv {conv.cid} user {i}"})
+        text = conv.root if i == 0 else f"conv {conv.cid} user {i}"
+        messages.append({"role": "user", "content": text})
         if i < turn:
             messages.append({"role": "assistant", "content": f"conv {conv.cid} reply {i}"})
     return {"messages": messages}
@@ -145,6 +187,15 @@ class SimBackend:
             matched += 1
         return matched
 
+    def peek(self, blocks: list[int]) -> int:
+        """Leading blocks cached, without touching them (what the oracle looks at)."""
+        matched = 0
+        for block in blocks:
+            if block not in self.cache:
+                break
+            matched += 1
+        return matched
+
     def store(self, blocks: list[int]) -> None:
         cache = self.cache
         for block in blocks:
@@ -152,6 +203,16 @@ class SimBackend:
             cache.move_to_end(block)
         while len(cache) > PARAMS["cache_blocks_per_backend"]:
             cache.popitem(last=False)
+
+
+class Oracle:
+    """Knows every backend's cache: the longest cached prefix wins, under the load bound."""
+
+    def pick(self, backends: list[SimBackend], blocks: list[int]) -> SimBackend:
+        total_load = 1 + sum(b.in_flight for b in backends)    # +1: the request placed now
+        cap = -(-LOAD_FACTOR.numerator * total_load // (LOAD_FACTOR.denominator * len(backends)))
+        room = [b for b in backends if b.in_flight < cap]
+        return max(room, key=lambda b: (b.peek(blocks), -b.in_flight, b.name))
 
 
 # -- replay -------------------------------------------------------------------
@@ -176,15 +237,18 @@ def replay(strategy, convs: list[Conversation], rng: random.Random) -> dict:
                 seq += 1
                 heapq.heappush(events, (now + think, seq, "send", conv, turn + 1, None))
             continue
-        request = RouteRequest(prefix=prefix_key("messages", chat_body(conv, turn)),
-                               session=f"conv-{conv.cid}")
-        backend = strategy.pick(backends, request)
+        tokens = prompt_tokens(conv, turn)
+        blocks = block_hashes(tokens)
+        if isinstance(strategy, Oracle):
+            backend = strategy.pick(backends, blocks)
+        else:
+            request = RouteRequest(prefix=prefix_key("messages", chat_body(conv, turn)),
+                                   session=f"conv-{conv.cid}")
+            backend = strategy.pick(backends, request)
         if turn:
             follow_ups += 1
             same += last[conv.cid] is backend
         last[conv.cid] = backend
-        tokens = prompt_tokens(conv, turn)
-        blocks = block_hashes(tokens)
         matched = backend.lookup(blocks) * BLOCK
         backend.store(blocks)
         backend.in_flight += 1
@@ -221,18 +285,25 @@ def describe(convs: list[Conversation]) -> str:
 def main() -> None:
     started = time.perf_counter()
     convs = make_workload(random.Random(SEED))
+    factories = {**STRATEGIES, "oracle": Oracle}
     results = {name: replay(factory(), convs, random.Random(SEED + 1))
-               for name, factory in STRATEGIES.items()}
-    base = results["weighted"]["hit_ratio"]
+               for name, factory in factories.items()}
+    base, best = results["weighted"]["hit_ratio"], results["oracle"]["hit_ratio"]
     for res in results.values():
         res["vs_weighted"] = res["hit_ratio"] / base
+        res["of_oracle"] = res["hit_ratio"] / best
     print(describe(convs))
     print(f"{'strategy':<21}{'hit ratio':>10}{'token hit':>10}{'x weighted':>11}"
-          f"{'max/mean':>9}{'same backend':>13}{'peak in flight':>15}")
+          f"{'of oracle':>10}{'max/mean':>9}{'same backend':>13}{'peak in flight':>15}")
     for name, res in results.items():
         print(f"{name:<21}{res['hit_ratio']:>10.3f}{res['token_hit_ratio']:>10.3f}"
-              f"{res['vs_weighted']:>11.2f}{res['max_mean_load']:>9.3f}"
+              f"{res['vs_weighted']:>11.2f}{res['of_oracle']:>10.3f}{res['max_mean_load']:>9.3f}"
               f"{res['same_backend']:>13.3f}{res['peak_in_flight']:>15}")
+    pa = results["prefix_affinity"]
+    met = pa["of_oracle"] >= GOAL_OF_ORACLE and pa["max_mean_load"] <= GOAL_MAX_MEAN
+    print(f"goal: prefix_affinity >= {GOAL_OF_ORACLE:.2f} of the oracle's hit ratio at "
+          f"max/mean <= {GOAL_MAX_MEAN}: {pa['of_oracle']:.3f} at {pa['max_mean_load']:.3f} "
+          f"-> {'met' if met else 'NOT met'}")
     elapsed = time.perf_counter() - started
     print(f"({elapsed:.1f}s)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from aiohttp import hdrs, web
 from .accesslog import AccessLog
 from .api import admin, info
 from .api.middleware import gateway_middleware
+from .api.messages import messages
 from .api.proxy import proxy
 from .config import Config
 from .endpoints import ENDPOINTS
@@ -29,6 +30,8 @@ AIOHTTP_BODY_CAP = 1024 ** 4
 # do not extend it). Set short, it is the deadline for a request's headers: a client
 # trickling them byte by byte (slowloris) is cut off, and an idle connection closes.
 HEADER_TIMEOUT_S = 15.0
+# Endpoints answered by their own handler rather than `proxy`, by their rows' name.
+HANDLERS = {"messages": messages}
 RATE_LIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{unit}" for unit in ("requests", "tokens")
                            for what in ("limit", "remaining", "reset"))
 
@@ -66,7 +69,8 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 
 def _add_routes(app: web.Application, config: Config) -> None:
     proxied = [
-        *(app.router.add_route(e.method, path, proxy) for e in ENDPOINTS for path in e.paths),
+        *(app.router.add_route(e.method, path, HANDLERS.get(e.name, proxy))
+          for e in ENDPOINTS for path in e.paths),
         app.router.add_get("/v1/models", info.list_models),
     ]
     app.router.add_get("/health", info.health)

@@ -16,6 +16,9 @@ from .config import ApiKey
 from .errors import Forbidden, Unauthorized
 
 UNAUTHORIZED_MESSAGE = "Missing or invalid API key. Send it as 'Authorization: Bearer <key>'."
+# Anthropic clients send their key as x-api-key (or as a bearer token).
+X_API_KEY_MESSAGE = ("Missing or invalid API key. Send it as 'x-api-key: <key>' or "
+                     "'Authorization: Bearer <key>'.")
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -56,14 +59,19 @@ class KeyRing:
             return None
         return found[1]
 
-    def authenticate(self, authorization: str | None) -> ApiKey | None:
-        """The caller's key; None when auth is off. Raises Unauthorized otherwise."""
+    def authenticate(self, authorization: str | None, x_api_key: str | None = None, *,
+                     accepts_x_api_key: bool = False) -> ApiKey | None:
+        """The caller's key; None when auth is off. Raises Unauthorized otherwise.
+
+        `accepts_x_api_key`: an API whose clients may send `x-api-key` instead; when both
+        headers come, x-api-key is the one its SDK sets."""
         if not self._by_digest:
             return None
-        token = bearer_token(authorization)
+        token = x_api_key.strip() if accepts_x_api_key and x_api_key else None
+        token = token or bearer_token(authorization)
         key = self.find(token) if token is not None else None
         if key is None:
-            raise Unauthorized(UNAUTHORIZED_MESSAGE)
+            raise Unauthorized(X_API_KEY_MESSAGE if accepts_x_api_key else UNAUTHORIZED_MESSAGE)
         return key
 
 

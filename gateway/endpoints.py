@@ -14,8 +14,10 @@ from typing import Any, Mapping
 
 # How an endpoint's answer may stream.
 SSE = "sse"          # Server-Sent Events of `data:` chunks, ending with `data: [DONE]`
+ANTHROPIC_SSE = "anthropic_sse"   # SSE with Anthropic's `event:` names, ending with message_stop
 # Error shapes: the body a client of that API expects.
 OPENAI = "openai"
+ANTHROPIC = "anthropic"   # {"type": "error", "error": {"type": ..., "message": ...}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,7 @@ class Endpoint:
     prompt_field: str | None = None           # where the prompt is, for prefix affinity
     tools_capability: str | None = None       # needed instead when the body has `tools`
     method: str = "POST"
+    at_root: bool = False                     # upstream_path is under the server root, not /v1
 
     def capability_for(self, payload: Mapping[str, Any]) -> str:
         if self.tools_capability and payload.get("tools"):
@@ -46,8 +49,15 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              required=("prompt", (str, list)), streams=SSE, prompt_field="prompt"),
     Endpoint("embeddings", ("/v1/embeddings",), "/embeddings", "embeddings",
              required=("input", (str, list))),
+    # Anthropic Messages (gateway/api/messages.py): kinds without the `messages` capability
+    # get it translated to chat completions, so any backend that can chat can answer.
+    Endpoint("messages", ("/v1/messages",), "/messages", "chat", streams=ANTHROPIC_SSE,
+             error_shape=ANTHROPIC, prompt_field="messages", tools_capability="tools"),
+    Endpoint("messages", ("/v1/messages/count_tokens",), "/messages/count_tokens", "chat",
+             error_shape=ANTHROPIC),
 )
 
-BY_NAME: Mapping[str, Endpoint] = MappingProxyType({e.name: e for e in ENDPOINTS})
+# An API with several rows (one metric label) is named by its first row.
+BY_NAME: Mapping[str, Endpoint] = MappingProxyType({e.name: e for e in reversed(ENDPOINTS)})
 BY_PATH: Mapping[str, Endpoint] = MappingProxyType(
     {path: e for e in ENDPOINTS for path in e.paths})

@@ -99,9 +99,11 @@ BAD = [
          "backends.e.timeouts.idle_s: must be greater than 0"),
     case("capability-unknown", one_backend("kind: echo, capabilities: {vision: true}"),
          "backends.e.capabilities.vision: unknown key (expected one of: chat, completions, "
-         "embeddings, tools, stream_usage)"),
+         "embeddings, tools, stream_usage, messages)"),
     case("capability-not-bool", one_backend("kind: echo, capabilities: {tools: 'no'}"),
          "backends.e.capabilities.tools: must be true or false, got a string"),
+    case("messages-not-bool", one_backend("kind: echo, capabilities: {messages: 2}"),
+         "backends.e.capabilities.messages: must be true or false, got an integer"),
     case("models-empty", one_backend("kind: echo, models: []"),
          "backends.e.models: must not be empty; omit it to discover the models from the runtime"),
     case("models-list-item", one_backend("kind: echo, models: [a, 3]"),
@@ -516,7 +518,8 @@ def test_capability_overrides_merge_on_kind_defaults():
           v: {kind: vllm, url: 'http://h', capabilities: {tools: false}}
         """)
     assert dict(cfg.backends["l"].capabilities) == {
-        "chat": True, "completions": True, "embeddings": False, "tools": True, "stream_usage": True}
+        "chat": True, "completions": True, "embeddings": False, "tools": True, "stream_usage": True,
+        "messages": True}
     assert dict(cfg.backends["v"].capabilities) == {**KINDS["vllm"].capabilities, "tools": False}
 
 

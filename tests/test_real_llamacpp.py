@@ -2,7 +2,7 @@
 
 Two `llama-server` processes (Gemma 3 270M Q4_K_M, 1 thread, 1 slot, small context) behind one
 public model with weights 3:1, the gateway started with `gateway serve` as a subprocess, and the
-official `openai` SDK as the client. Install with `.ci/install-llama.sh`; without the install the
+official `openai` SDK as the client (the `anthropic` SDK for /v1/messages). Install with `.ci/install-llama.sh`; without the install the
 whole module is skipped, unless GATEWAY_REQUIRE_LLAMACPP is set (CI), where it fails instead.
 """
 
@@ -16,6 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
+import anthropic
 import openai
 import pytest
 import yaml
@@ -216,6 +217,37 @@ def test_weights_are_honoured(stack):
     # 3:1 means 18:6 on average; a weighted random pick stays within these bounds >99.7% of runs.
     assert counts["llama-b"] >= 1
     assert 12 <= counts["llama-a"] <= 23, counts
+
+
+def test_anthropic_sdk_reaches_both_servers_natively(stack):
+    """llama-server serves /v1/messages itself: the anthropic SDK's requests reach both
+    servers as they are (streamed and not), and count_tokens is llama-server's own."""
+    stack.wait_backends({"llama-a": True, "llama-b": True})
+    client = anthropic.Anthropic(base_url=stack.gateway.base_url[:-3], api_key="unused",
+                                 timeout=60, max_retries=0)
+    seen: collections.Counter = collections.Counter()
+    before = metric_sum(stack.gateway.port, "gateway_requests_total", endpoint="messages")
+    for i in range(16):                       # bounded: 3:1 weights reach llama-b early
+        if i % 2:
+            with client.messages.stream(model=PUBLIC_MODEL, max_tokens=4,
+                                        messages=MESSAGES) as stream:
+                pieces = list(stream.text_stream)
+                done = stream.get_final_message()
+            backend = stream.response.headers.get("x-gateway-backend")
+            assert "".join(pieces) == done.content[0].text
+        else:
+            raw = client.messages.with_raw_response.create(model=PUBLIC_MODEL, max_tokens=4,
+                                                           messages=MESSAGES)
+            backend, done = raw.headers.get("x-gateway-backend"), raw.parse()
+        seen[backend] += 1
+        assert done.model == PUBLIC_MODEL and done.stop_reason in ("end_turn", "max_tokens")
+        assert done.usage.input_tokens > 0 and 0 < done.usage.output_tokens <= 4
+        if i >= 3 and len(seen) == 2:
+            break
+    assert set(seen) == set(WEIGHTS), seen
+    assert client.messages.count_tokens(model=PUBLIC_MODEL, messages=MESSAGES).input_tokens > 0
+    after = metric_sum(stack.gateway.port, "gateway_requests_total", endpoint="messages")
+    assert after - before == sum(seen.values()) + 1
 
 
 # ---------------------------------------------------------------- failures

@@ -9,10 +9,13 @@ from ..errors import RateLimited
 from ..typedefs import GATEWAY, RECORD
 
 
-def client_key(request: web.Request) -> ApiKey | None:
-    """The caller's key (None when auth is off), once its rate limits admit the request."""
+def client_key(request: web.Request, *, accepts_x_api_key: bool = False) -> ApiKey | None:
+    """The caller's key (None when auth is off), once its rate limits admit the request.
+    `accepts_x_api_key`: Anthropic's clients send the key as `x-api-key`."""
     gateway = request.app[GATEWAY]
-    key = gateway.keys.authenticate(request.headers.get("Authorization"))
+    headers = request.headers
+    key = gateway.keys.authenticate(headers.get("Authorization"), headers.get("x-api-key"),
+                                    accepts_x_api_key=accepts_x_api_key)
     if key is None:
         return None
     request[RECORD].key_name = key.name

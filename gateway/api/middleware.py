@@ -8,11 +8,12 @@ import time
 
 from aiohttp import web
 
-from ..endpoints import BY_PATH
+from ..endpoints import ANTHROPIC, BY_PATH
 from ..errors import BadRequest, BodyTooLarge, GatewayError, NotFound
 from ..log import server_logger
 from ..record import RequestRecord, client_request_id
 from ..typedefs import ACCESS_LOG, GATEWAY, RECORD
+from .anthropic_shape import anthropic_error_response
 
 
 def error_response(err: GatewayError) -> web.Response:
@@ -40,8 +41,10 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     rec = RequestRecord(client_request_id(request.headers.get("X-Request-ID", "")),
                         endpoint.name if endpoint is not None else "")
     request[RECORD] = rec
+    render = (anthropic_error_response if endpoint is not None
+              and endpoint.error_shape == ANTHROPIC else error_response)
     try:
-        resp = await _answer(request, handler, rec)
+        resp = await _answer(request, handler, rec, render)
         await _send(request, resp, rec)
         return resp
     finally:
@@ -66,18 +69,20 @@ async def _send(request: web.Request, resp: web.StreamResponse, rec: RequestReco
             rec.after_send(error)
 
 
-async def _answer(request: web.Request, handler, rec: RequestRecord) -> web.StreamResponse:
-    """The handler's response, or the OpenAI-shaped error for whatever it raised."""
+async def _answer(request: web.Request, handler, rec: RequestRecord,
+                  render=error_response) -> web.StreamResponse:
+    """The handler's response, or the error for whatever it raised, in the shape `render`
+    gives (OpenAI's, or the endpoint's own)."""
     resp: web.StreamResponse | None = None
     try:
         resp = await handler(request)
     except GatewayError as err:
-        resp = error_response(err)
+        resp = render(err)
         rec.error = err.message
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        resp = error_response(_from_http_exception(exc))
+        resp = render(_from_http_exception(exc))
     except asyncio.CancelledError:
         rec.status = 499   # the client left before an answer; logged, not sent
         raise
@@ -85,7 +90,7 @@ async def _answer(request: web.Request, handler, rec: RequestRecord) -> web.Stre
         server_logger.exception("unexpected error on %s %s", request.method, request.path)
         err = GatewayError("internal error in the gateway; see its log for request "
                            + rec.request_id)
-        resp = error_response(err)
+        resp = render(err)
         rec.error = "internal error"
     finally:
         if resp is not None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping, Protocol
 
-from ..config import Config, HealthConfig
+from ..config import BackendConfig, Config, HealthConfig
 from ..endpoints import Endpoint
 from ..errors import (DeadlineExceeded, NoHealthyBackend, Reason, UpstreamError,
                       UpstreamStatus)
@@ -59,6 +59,20 @@ class Opened:
         self._dispatcher.release(self.backend, error, self._health)
 
 
+class TryPlan(Protocol):
+    """How each try of a request is shaped, for an API that some backends serve as it is
+    and others only through a translation (Anthropic Messages: api/messages_plan.py)."""
+
+    def accepts(self, backend: BackendConfig) -> bool:
+        """Whether this backend can serve the request at all (else it is not tried)."""
+        ...
+
+    def prepare(self, backend: BackendConfig, body: dict
+                ) -> tuple[Endpoint, dict, Mapping[str, str] | None]:
+        """The endpoint, body (model already rewritten) and extra headers of one try."""
+        ...
+
+
 # What Dispatcher._choose returns when every backend it could pick is at max_concurrency.
 AT_CAPACITY: Any = object()
 
@@ -71,7 +85,8 @@ class Dispatcher:
     # -- the walk ------------------------------------------------------------
 
     async def open(self, table: RouteTable, pool: Pool, endpoint: Endpoint, payload: dict,
-                   rec: RequestRecord, route: RouteRequest) -> Opened:
+                   rec: RequestRecord, route: RouteRequest, plan: TryPlan | None = None
+                   ) -> Opened:
         cfg = table.config
         capability = endpoint.capability_for(payload)
         loop = asyncio.get_running_loop()
@@ -82,6 +97,8 @@ class Dispatcher:
         stages = table.stages(pool)
         for index, stage in enumerate(stages):
             capable = stage.capable(capability)
+            if plan is not None:
+                capable = tuple(b for b in capable if plan.accepts(b.config))
             capable_seen = capable_seen or bool(capable)
             tries = stage.tries
             last_stage = index == len(stages) - 1
@@ -104,7 +121,7 @@ class Dispatcher:
                     self.metrics.fallbacks.labels(pool.model, stage.fallback_to).inc()
                 try:
                     return await self._try(cfg, backend, stage.public, endpoint, payload,
-                                           rec, deadline)
+                                           rec, deadline, plan)
                 except UpstreamError as err:
                     failures.append(err)
                     if isinstance(err, DeadlineExceeded):
@@ -170,12 +187,16 @@ class Dispatcher:
         return min(ejected, key=lambda b: b.ejected_until)
 
     async def _try(self, cfg: Config, backend: BackendState, public: str, endpoint: Endpoint,
-                   payload: dict, rec: RequestRecord, deadline: float) -> Opened:
+                   payload: dict, rec: RequestRecord, deadline: float,
+                   plan: TryPlan | None = None) -> Opened:
         bcfg = backend.config
         body = dict(payload)
         body["model"] = backend.model_id(public)
         drop_usage = False
-        if rec.stream and bcfg.capabilities.get("stream_usage"):
+        extra_headers = None
+        if plan is not None:
+            endpoint, body, extra_headers = plan.prepare(bcfg, body)
+        elif rec.stream and bcfg.capabilities.get("stream_usage"):
             options = payload.get("stream_options")
             asked = isinstance(options, dict) and bool(options.get("include_usage"))
             drop_usage = not asked
@@ -184,7 +205,8 @@ class Dispatcher:
         backend.in_flight += 1
         started = time.perf_counter()
         try:
-            response = await backend.runtime.open(endpoint, body, rec.id_for_runtimes(), deadline)
+            response = await backend.runtime.open(endpoint, body, rec.id_for_runtimes(), deadline,
+                                                  extra_headers)
             opened = Opened(self, backend, public, response, drop_usage, cfg.health)
             if rec.stream:
                 try:

@@ -11,7 +11,7 @@ This module imports nothing heavy: `gateway check` reads `kinds` without aiohttp
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, AsyncIterator, Protocol
+from typing import TYPE_CHECKING, AsyncIterator, Mapping, Protocol
 
 if TYPE_CHECKING:
     from ..config import BackendConfig
@@ -43,7 +43,8 @@ class Runtime(Protocol):
     config: BackendConfig
 
     async def open(self, endpoint: Endpoint, payload: dict, request_id: str,
-                   deadline: float | None = None) -> RuntimeResponse:
+                   deadline: float | None = None,
+                   extra_headers: Mapping[str, str] | None = None) -> RuntimeResponse:
         """Send a request; return once the answer's headers are in, or raise a
         `gateway.errors` error (never an aiohttp or asyncio one)."""
         ...

@@ -1,8 +1,10 @@
 """The built-in `echo` runtime: answers in process, with no network hop.
 
 Chat and completions echo the last user message (or the prompt) word by word,
-streamed or not; embeddings are deterministic vectors. It serves any model it
-is listed for, so the shipped config works on a machine with no LLM runtime.
+streamed or not; embeddings are deterministic vectors; `tokenize` counts words as
+vLLM's /tokenize counts tokens (Anthropic Messages reach echo translated to chat). It
+serves any model it is listed for, so the shipped config works on a machine with no LLM
+runtime.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 import struct
 import time
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 import orjson
 
@@ -22,6 +24,7 @@ from ..errors import BadRequest
 
 WORD_DELAY_S = 0.02      # slow enough to see words arrive one by one in a terminal
 EMBEDDING_DIMS = 64
+ECHO_CONTEXT = 32768     # the context length echo's tokenizer reports
 
 
 class EchoRuntime:
@@ -33,7 +36,8 @@ class EchoRuntime:
         self.config = config
 
     async def open(self, endpoint: Endpoint, payload: dict, request_id: str,
-                   deadline: float | None = None) -> EchoResponse:
+                   deadline: float | None = None,
+                   extra_headers: Mapping[str, str] | None = None) -> EchoResponse:
         return EchoResponse(endpoint.name, payload, payload["model"])
 
     async def probe(self, request_id: str, timeout_s: float) -> bool:
@@ -61,6 +65,10 @@ class EchoResponse:
     async def read(self) -> bytes:
         if self.endpoint == "embeddings":
             return orjson.dumps(_embeddings(self.payload, self.model))
+        if self.endpoint == "tokenize":
+            count = _count_prompt_words(self.payload)
+            return orjson.dumps({"count": count, "max_model_len": ECHO_CONTEXT,
+                                 "tokens": list(range(count))})
         words, finish = _answer(self.endpoint, self.payload)
         return orjson.dumps(_completion(self.endpoint, self.model, self.payload, words, finish))
 

@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-CAPABILITIES = ("chat", "completions", "embeddings", "tools", "stream_usage")
+CAPABILITIES = ("chat", "completions", "embeddings", "tools", "stream_usage", "messages")
+# Off unless a kind's docs say it serves them. `messages`: /v1/messages (Anthropic) itself,
+# as vLLM, llama-server and Ollama (0.14+) do; other kinds get it translated to chat.
+OFF_BY_DEFAULT = frozenset({"messages"})
 
 
 @dataclass(frozen=True)
@@ -23,17 +26,17 @@ class Kind:
 
 
 def _caps(**off: bool) -> Mapping[str, bool]:
-    caps = dict.fromkeys(CAPABILITIES, True)
+    caps = {c: c not in OFF_BY_DEFAULT for c in CAPABILITIES}
     caps.update(off)
     return MappingProxyType(caps)
 
 
 KINDS: Mapping[str, Kind] = MappingProxyType({
-    "vllm": Kind("vllm", "/health", _caps()),
+    "vllm": Kind("vllm", "/health", _caps(messages=True)),
     "sglang": Kind("sglang", "/health", _caps()),
-    "ollama": Kind("ollama", "/api/tags", _caps()),
+    "ollama": Kind("ollama", "/api/tags", _caps(messages=True)),
     # llama-server has no tool calls unless started with --jinja; embeddings need --embeddings.
-    "llamacpp": Kind("llamacpp", "/health", _caps(tools=False)),
+    "llamacpp": Kind("llamacpp", "/health", _caps(tools=False, messages=True)),
     # TGI's Messages API: chat and completions, no embeddings, no usage in streams.
     "tgi": Kind("tgi", "/health", _caps(embeddings=False, stream_usage=False)),
     "localai": Kind("localai", "/readyz", _caps()),

@@ -1,0 +1,160 @@
+"""Anthropic Messages: `POST /v1/messages` and `POST /v1/messages/count_tokens`.
+
+Routed like chat (body's model, keys, limits, retries, fallbacks, metrics, log line); each
+try goes the way its backend needs (`messages_plan`): as it is to a runtime serving
+/v1/messages, else translated to and from chat completions. Errors are Anthropic-shaped:
+the middleware renders them (`anthropic_shape`) from the endpoint row's error_shape.
+
+As in `proxy`, a whole answer is returned unsent and its bookkeeping waits in
+`rec.after_send`; a stream is relayed here as it comes, ending with `event: error` if it
+breaks after its first byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..anthropic_relay import (NativeEvents, TranslatedEvents, native_whole, relay_events,
+                               stream_error_event, tokenizer_count, translated_whole)
+from ..auth import check_model
+from ..dispatch import Opened
+from ..endpoints import BY_PATH
+from ..errors import BadRequest, ModelNotFound, Reason, ShuttingDown, UpstreamError
+from ..record import RequestRecord
+from ..relay import SSE_HEADERS, rewrite_model
+from ..translate.anthropic import TranslationError, validate_messages
+from ..typedefs import GATEWAY, RECORD
+from .body import read_body
+from .keys import client_key
+from .messages_plan import (NATIVE, TOKENIZER, CountTokensPlan, MessagesPlan,
+                            passed_headers)
+from .middleware import stamp_response
+from .proxy import CLIENT_GONE, _drain_runtime, _try_write
+
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    rec: RequestRecord = request[RECORD]
+    endpoint = BY_PATH[request.path]
+    counting = request.path == COUNT_TOKENS_PATH
+    key = client_key(request, accepts_x_api_key=True)
+    table = gateway.table   # this request's one config snapshot, from here to the end
+    raw = await read_body(request, table.config.server.max_body_bytes)
+    payload = parse_messages(raw, counting)
+    model = payload["model"]
+    check_model(key, model)
+    pool = table.pool(model)
+    if pool is None:
+        raise ModelNotFound(f"The model '{model}' does not exist", param="model")
+    rec.model = model
+    rec.stream = bool(payload.get("stream")) and not counting
+    plan_type = CountTokensPlan if counting else MessagesPlan
+    plan = plan_type(payload, passed_headers(request.headers))
+    plan.check(table.stages(pool))
+    route = pool.strategy.route_key(endpoint, payload, request.headers)
+    opened = await gateway.dispatcher.open(table, pool, endpoint, payload, rec, route, plan)
+    way = plan.way(opened.backend.config)
+    if rec.stream:
+        events = (NativeEvents(opened.patterns) if way == NATIVE
+                  else TranslatedEvents(opened.public))
+        return await _stream(request, opened, rec, events)
+    return await _whole(opened, rec, way, counting)
+
+
+def parse_messages(raw: bytes, counting: bool) -> dict[str, Any]:
+    """The request's JSON object, checked as Anthropic's API would: a 400 naming the field."""
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    try:
+        validate_messages(payload, count_tokens=counting)
+    except TranslationError as err:
+        raise BadRequest(err.message, param=err.param) from None
+    return payload
+
+
+async def _whole(opened: Opened, rec: RequestRecord, way: str, counting: bool
+                 ) -> web.Response:
+    started = time.perf_counter()
+    try:
+        body = await opened.response.read()
+        if way == NATIVE:
+            out, usage = rewrite_model(body, opened.patterns), None
+        elif way == TOKENIZER:
+            out, usage = tokenizer_count(body), None
+        else:
+            out, usage = translated_whole(body, opened.public)
+    except BaseException as exc:
+        opened.finish(exc)
+        raise
+    rec.first_token_at = rec.last_token_at = now = time.perf_counter()
+    rec.upstream_wait += now - started
+
+    def after_send(error: BaseException | None) -> None:
+        if counting:
+            rec.usage = {}   # nothing generated: no tokens to charge, and none missing
+        else:   # a runtime's own message is parsed only now, after the client has it
+            rec.usage = native_whole(body) if way == NATIVE else usage
+        opened.finish(error)
+
+    rec.after_send = after_send
+    return web.Response(body=out, status=200, headers={"Content-Type": "application/json"})
+
+
+async def _stream(request: web.Request, opened: Opened, rec: RequestRecord,
+                  events: NativeEvents | TranslatedEvents) -> web.StreamResponse:
+    error: BaseException | None = None
+    try:
+        resp, error = await _relay(request, opened, rec, events)
+        return resp
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        opened.finish(error)
+
+
+async def _relay(request: web.Request, opened: Opened, rec: RequestRecord,
+                 events: NativeEvents | TranslatedEvents
+                 ) -> tuple[web.StreamResponse, BaseException | None]:
+    """The relayed stream, and why it ended early (as `proxy._relay_stream`)."""
+    drain = request.app[GATEWAY].drain
+    resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
+    stamp_response(request, resp, rec)
+    broken: UpstreamError | None = None
+    task = asyncio.current_task()
+    drain.track(task)
+    try:
+        await resp.prepare(request)
+        await relay_events(resp, opened.chunks, opened.first, events, rec)
+    except UpstreamError as err:
+        broken = err   # the client already got it as an `event: error`
+    except asyncio.CancelledError:
+        opened.response.close()
+        if not drain.was_cut(task):
+            rec.aborted = Reason.CLIENT_LEFT
+            raise
+        task.uncancel()
+        rec.aborted = Reason.SHUTDOWN
+        await _try_write(resp, stream_error_event(ShuttingDown(
+            "the gateway is shutting down and its drain time ran out")))
+    except CLIENT_GONE as exc:
+        opened.response.close()
+        rec.aborted = Reason.CLIENT_LEFT
+        rec.status = 499
+        return resp, exc
+    finally:
+        drain.untrack(task)
+        rec.usage = events.usage
+    await resp.write_eof()
+    if broken is None:
+        await _drain_runtime(opened, task)
+    return resp, broken
