@@ -173,3 +173,30 @@ async def test_a_scrape_answer_past_the_cap_is_never_read_whole(aiohttp_server):
             await runtime.scrape("/metrics", "id", 5.0, max_bytes=len(body) - 1)
     finally:
         await transport.session.close()
+
+
+class _OddRuntime:
+    """A runtime whose scrape fails in a way nobody foresaw."""
+
+    async def scrape(self, path, request_id, timeout_s):
+        raise ValueError("odd")
+
+
+async def test_one_backends_odd_failure_does_not_stop_the_round(aiohttp_server):
+    fake = FakeEngine(kind="vllm", model=RUNTIME_ID, waiting=2)
+    server = await aiohttp_server(fake.app())
+    cfg = make_config(runtime_backend("ok", server, models={"llama": RUNTIME_ID}),
+                      runtime_backend("odd", server, models={"llama": RUNTIME_ID}))
+    gateway = Gateway(cfg, Transport(make_session()), Metrics())
+    gateway.states["odd"].runtime = _OddRuntime()
+    try:
+        await scrape_round(gateway)
+        now = time.monotonic()
+        assert gateway.states["ok"].engine.fresh(now).waiting == 2
+        assert gateway.states["odd"].engine.fresh(now) is None
+        assert gateway.states["odd"].engine.failure == "error"
+        text = gateway.metrics.expose().decode()
+        assert ('gateway_engine_scrape_failures_total{backend="odd",reason="error"} 1.0'
+                in text)
+    finally:
+        await gateway.transport.session.close()

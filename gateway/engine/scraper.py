@@ -82,6 +82,10 @@ async def _scrape_path(state: BackendState, spec: ScrapeSpec,
         return str(err.reason)
     except BodyTooLarge:
         return "too_large"
+    except Exception as exc:  # noqa: BLE001 - one backend's oddity must not stop the round
+        engine_logger.debug("scraping %s of backend %s failed: %s: %s", spec.path,
+                            state.name, type(exc).__name__, exc)
+        return "error"
 
 
 def _runtime_models(state: BackendState) -> tuple[str, ...] | None:
