@@ -171,6 +171,11 @@ class SimBackend:
     in_flight: int = 0
     served: int = 0
     cache: OrderedDict = field(default_factory=OrderedDict)
+    ewma_ttft: float | None = None
+
+    @property
+    def load(self) -> int:     # what strategies read: no engine reading here
+        return self.in_flight
 
     def lookup(self, blocks: list[int]) -> int:
         """Leading blocks already cached (touched as used)."""

@@ -14,6 +14,7 @@ from .api.messages import messages
 from .api.proxy import proxy
 from .config import Config
 from .endpoints import ENDPOINTS
+from .engine.scraper import engine_scrapes
 from .health import health_checks
 from .metrics import Metrics
 from .reload import config_watch
@@ -47,6 +48,7 @@ def create_app(config: Config, config_path: str | None = None, *,
         app[CONFIG_PATH] = config_path
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(health_checks)
+    app.cleanup_ctx.append(engine_scrapes)
     app.cleanup_ctx.append(config_watch)
     app.on_shutdown.append(_start_draining)
     _add_routes(app, config)

@@ -6,6 +6,7 @@ server_logger = logging.getLogger("gateway.server")
 access_logger = logging.getLogger("gateway.access")
 health_logger = logging.getLogger("gateway.health")
 config_logger = logging.getLogger("gateway.config")
+engine_logger = logging.getLogger("gateway.engine")
 
 
 class ClientFaultsAreWarnings(logging.Filter):

@@ -81,6 +81,24 @@ class Metrics:
         self.rate_limited = Counter(
             "gateway_rate_limited", "Requests refused by a client key's rate limit.",
             ["key", "limit"], registry=r)
+        # What each runtime says of its own load (engine/scraper.py): a series only while
+        # the backend's kind exposes the value and its last reading is fresh.
+        self.engine_queue = Gauge(
+            "gateway_backend_queue_depth",
+            "Requests waiting in the runtime's own queue, as it last reported.",
+            ["backend"], registry=r)
+        self.engine_running = Gauge(
+            "gateway_backend_running_requests",
+            "Requests the runtime is running, as it last reported.",
+            ["backend"], registry=r)
+        self.engine_kv = Gauge(
+            "gateway_backend_kv_cache_usage",
+            "The runtime's KV-cache usage (0..1), as it last reported.",
+            ["backend"], registry=r)
+        self.engine_scrape_failures = Counter(
+            "gateway_engine_scrape_failures",
+            "Scrapes of a runtime's load endpoint that gave no reading, by why.",
+            ["backend", "reason"], registry=r)
         for result in ("ok", "error"):
             # Present from the start, so increase() sees the first reload of either kind.
             self.config_reloads.labels(result)
@@ -91,7 +109,8 @@ class Metrics:
     def forget_backend(self, name: str) -> None:
         """A removed backend's gauges would otherwise report stale values forever."""
         self._children.clear()
-        for gauge in (self.backend_up, self.in_flight):
+        for gauge in (self.backend_up, self.in_flight, self.engine_queue, self.engine_running,
+                      self.engine_kv):
             try:
                 gauge.remove(name)
             except KeyError:

@@ -13,8 +13,8 @@ import pytest
 from gateway import config as config_module
 from gateway.config import schema as config_schema
 from gateway.config import (
-    ApiKey, Config, ConfigError, Fallback, HealthConfig, QueueConfig, RetryConfig, RouteConfig,
-    ServerConfig, Timeouts, check, load_config, load_config_text, redacted,
+    ApiKey, Config, ConfigError, EngineConfig, Fallback, HealthConfig, QueueConfig, RetryConfig,
+    RouteConfig, ServerConfig, Timeouts, check, load_config, load_config_text, redacted,
 )
 from gateway.runtimes.kinds import KINDS
 
@@ -152,6 +152,17 @@ BAD = [
     case("queue", "queue: {max_wait_s: -1, max_size: 1.5}\n" + ECHO,
          "queue.max_size: must be an integer, got a number",
          "queue.max_wait_s: must be at least 0"),
+    case("engine", "engine: {interval_s: 0, stale_after_s: -1, max_queue: -1, max_kv_usage: 1.5}\n"
+         + ECHO, "engine.interval_s: must be greater than 0",
+         "engine.max_kv_usage: must be at most 1", "engine.max_queue: must be at least 0",
+         "engine.stale_after_s: must be greater than 0"),
+    case("engine-kv-zero", "engine: {max_kv_usage: 0, max_queue: 2.5}\n" + ECHO,
+         "engine.max_kv_usage: must be greater than 0",
+         "engine.max_queue: must be an integer, got a number"),
+    case("engine-stale-before-next-scrape", "engine: {interval_s: 5}\n" + ECHO,
+         "engine.stale_after_s: must be greater than interval_s (5)"),
+    case("engine-unknown-key", "engine: {interval: 1}\n" + ECHO,
+         "engine.interval: unknown key; did you mean 'interval_s'?"),
     # environment
     case("env-unset", "backends:\n  gpu-a: {kind: vllm, url: 'http://h', api_key: '${VLLM_KEY}'}\n",
          "backends.gpu-a.api_key: environment variable VLLM_KEY is not set"),
@@ -170,7 +181,7 @@ BAD = [
     # routes
     case("strategy", ECHO + "routes:\n  m1: {strategy: fastest}\n",
          "routes.m1.strategy: must be one of: weighted, least_busy, prefix_affinity, "
-         "session_affinity; got 'fastest'"),
+         "session_affinity, least_latency; got 'fastest'"),
     case("route-unserved", ECHO + "routes:\n  nope: {}\n",
          "routes.nope: no backend serves model 'nope'"),
     case("fallback-unknown-backend", ECHO + "routes:\n  m1: {fallbacks: [{backend: nope}]}\n",
@@ -253,7 +264,7 @@ def test_an_unset_variable_under_an_unknown_key_reports_both():
     assert problems("extra: ${X}\n" + ECHO) == [
         "extra: environment variable X is not set",
         "extra: unknown key (expected one of: server, backends, routes, health, retries, queue, "
-        "auth)",
+        "auth, engine)",
     ]
 
 
@@ -393,9 +404,18 @@ def test_empty_sections_mean_defaults():
         queue:
         auth:
           keys:
+        engine:
         """)
     assert cfg == Config(backends=cfg.backends)
     assert cfg.backends["e"].models is None
+
+
+def test_engine_section_defaults_and_values():
+    assert load(ECHO).engine == EngineConfig(interval_s=1, stale_after_s=3, max_queue=8,
+                                             max_kv_usage=0.9)
+    cfg = load("engine: {interval_s: 0.5, stale_after_s: '${STALE}', max_queue: 0}\n" + ECHO,
+               STALE="2")
+    assert cfg.engine == EngineConfig(0.5, 2.0, 0, 0.9)
 
 
 def test_models_as_list_or_mapping():
@@ -576,7 +596,7 @@ def test_schema_covers_every_dataclass_field():
 
     schema = config_schema.SCHEMA
     for name, cls in {"server": ServerConfig, "health": HealthConfig, "retries": RetryConfig,
-                      "queue": QueueConfig}.items():
+                      "queue": QueueConfig, "engine": EngineConfig}.items():
         assert set(schema[name]["schema"]) == fields(cls)
     backend_schema = schema["backends"]["valuesrules"]["schema"]
     assert set(backend_schema) == fields(config_module.BackendConfig) - {"name"}
@@ -624,6 +644,20 @@ def test_check_prints_every_problem(tmp_path):
     assert check(str(path), out) == 1
     assert out.getvalue() == ("backends.e.weight: must be greater than 0\n"
                               "server.port: must be at least 1\n")
+
+
+def test_check_names_the_bad_engine_key(tmp_path):
+    path = tmp_path / "gateway.yaml"
+    path.write_text("engine: {max_kv_usage: 2, stale_after_s: 0.5, rounds: 3}\n" + ECHO)
+    out = io.StringIO()
+    assert check(str(path), out) == 1
+    assert out.getvalue() == ("engine.max_kv_usage: must be at most 1\n"
+                              "engine.rounds: unknown key (expected one of: interval_s, "
+                              "stale_after_s, max_queue, max_kv_usage)\n")
+    path.write_text("engine: {stale_after_s: 0.5}\n" + ECHO)   # the schema holds: the check
+    out = io.StringIO()
+    assert check(str(path), out) == 1
+    assert out.getvalue() == "engine.stale_after_s: must be greater than interval_s (1)\n"
 
 
 def test_check_missing_file_writes_to_stdout_by_default(tmp_path, capsys):

@@ -474,10 +474,46 @@ def test_grafana_local_provisioning_matches():
 
 # --- the dashboard --------------------------------------------------------------------------
 
+DATASOURCE_VARIABLE = "${datasource}"
+# Template variables: (name, the label it filters, the metric whose label values it offers).
+VARIABLES = {"model": "gateway_requests_total", "backend": "gateway_backend_up"}
+
+
+def _variables(dash: dict) -> dict[str, dict]:
+    return {v["name"]: v for v in dash.get("templating", {}).get("list", [])}
+
+
+def test_dashboard_variables_datasource_model_backend(dashboard):
+    variables = _variables(dashboard)
+    assert list(variables) == ["datasource", "model", "backend"]
+    ds = variables["datasource"]
+    assert (ds["type"], ds["query"], ds["current"]["value"]) == ("datasource", "prometheus",
+                                                                  DATASOURCE_UID)
+    samples, _ = _exposed()
+    for name, metric in VARIABLES.items():
+        var = variables[name]
+        assert var["type"] == "query" and var["datasource"]["uid"] == DATASOURCE_VARIABLE
+        assert var["query"]["query"] == var["definition"] == f"label_values({metric}, {name})"
+        assert name in samples[metric]
+        # "All" must match every value, the empty model of unknown-model requests included.
+        assert var["includeAll"] and var["multi"] and var["allValue"] == ".*"
+
+
+def test_every_query_filters_by_the_variables_its_metric_has(dashboard):
+    samples, _ = _exposed()
+    for title, expr in _exprs(dashboard):
+        for selector in re.finditer(r"\b(gateway_[a-z0-9_]+)(\{[^}]*\})?", expr):
+            metric, matchers = selector.group(1), selector.group(2) or ""
+            for name in VARIABLES:
+                if name in samples.get(metric, ()):
+                    assert f'{name}=~"${name}"' in matchers, f"{title}: {metric} not by ${name}"
+        for used in re.findall(r"\$(\w+)", expr):
+            assert used in VARIABLES, f"{title}: unknown variable ${used}"
+
+
 def test_dashboard_shape(dashboard):
     assert dashboard["uid"] and dashboard["title"]
     assert dashboard["schemaVersion"] >= 36          # Grafana 10 and 11
-    assert not dashboard.get("templating", {}).get("list"), "queries must run as they are"
     panels = dashboard_panels(dashboard)
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids))
@@ -492,13 +528,12 @@ def test_dashboard_shape(dashboard):
                 cells.add(cell)
         if p["type"] == "row":
             continue
-        assert p["datasource"] == {"type": "prometheus", "uid": DATASOURCE_UID}, p["title"]
+        assert p["datasource"] == {"type": "prometheus", "uid": DATASOURCE_VARIABLE}, p["title"]
         refs = [t["refId"] for t in p["targets"]]
         assert refs and len(refs) == len(set(refs)), p["title"]
         for t in p["targets"]:
-            assert t["datasource"]["uid"] == DATASOURCE_UID
+            assert t["datasource"]["uid"] == DATASOURCE_VARIABLE
             assert t["expr"].strip()
-            assert "$" not in t["expr"], f"{p['title']}: template variable in {t['expr']}"
 
 
 def test_dashboard_has_the_requested_panels(dashboard):
@@ -506,7 +541,8 @@ def test_dashboard_has_the_requested_panels(dashboard):
     for words in ("requests/s", "errors/s", "request duration", "time to first token",
                   "time per output token", "tokens/s", "in-flight", "up/down", "retries",
                   "fallbacks", "upstream errors", "stream aborts", "usage missing",
-                  "config reloads", "overhead"):
+                  "config reloads", "overhead", "queue depth", "running requests",
+                  "kv-cache usage", "scrape failures"):
         assert words in titles, words
     exprs = [e for _, e in _exprs(dashboard)]
     for q in ("0.5", "0.95", "0.99"):

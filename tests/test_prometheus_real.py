@@ -32,14 +32,16 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import dashboard_panels, unavailable
+from tests.engine_samples import vllm_metrics
 from tests.llama_support import free_port, gateway_command
 
 pytestmark = pytest.mark.prometheus
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "grafana" / "dashboards" / "gateway.json"
-# The dashboard has no template variables; should one appear, these stand in for Grafana's.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "5m"}
+# What Grafana puts in for its own variables and the dashboard's (model and backend at "All").
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "5m",
+                     "$model": ".*", "$backend": ".*"}
 KEY, TINY_KEY = "sk-test-team-a", "sk-test-tiny"
 
 
@@ -57,7 +59,8 @@ def _binary(name: str) -> str:
 class _FakeRuntime(BaseHTTPRequestHandler):
     """Healthy, but: model "nousage" answers without token usage; model "broken" drops its
     streams midway (and answers 500 when not streaming); model "echo-model" always gets 503,
-    so the gateway retries it on another backend of its pool."""
+    so the gateway retries it on another backend of its pool. Its /metrics is a vLLM's, so
+    the backend of kind vllm on it has engine gauges."""
 
     protocol_version = "HTTP/1.1"
     MODELS = ("nousage", "broken")
@@ -77,6 +80,13 @@ class _FakeRuntime(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/health":
             self._json(200, {})
+        elif self.path == "/metrics":
+            data = vllm_metrics(running=2, waiting=3, kv=0.4, model="echo-model").encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
         elif self.path.rstrip("/") == "/v1/models":
             self._json(200, {"object": "list", "data": [
                 {"id": m, "object": "model", "owned_by": "fake"} for m in self.MODELS]})
@@ -151,7 +161,8 @@ def _gateway_config(port: int, fake_port: int, dead_port: int) -> dict:
             "echo-a": {"kind": "echo", "models": ["echo-model"]},
             "echo-b": {"kind": "echo", "models": ["echo-model"]},
             # Healthy but answers 503: picked first most of the time (weight), so the
-            # request is retried on an echo backend.
+            # request is retried on an echo backend. Its /metrics feeds the engine gauges;
+            # "dead" below (kind vllm too) feeds the scrape failures.
             "sick": {"kind": "vllm", "url": f"http://127.0.0.1:{fake_port}", "weight": 20,
                      "models": ["echo-model"],
                      "timeouts": {"connect_s": 2, "first_byte_s": 5, "idle_s": 5}},
@@ -379,6 +390,15 @@ class Prometheus(_Service):
             return [{"value": result}]
         return result
 
+    def label_values(self, label: str, metric: str) -> list[str]:
+        """What Grafana's `label_values(metric, label)` variable query asks Prometheus."""
+        url = (self.base + f"/api/v1/label/{label}/values?"
+               + urllib.parse.urlencode({"match[]": metric}))
+        with urllib.request.urlopen(url, timeout=10) as r:
+            body = json.load(r)
+        assert body["status"] == "success", body
+        return body["data"]
+
     def wait_for(self, expr: str, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -400,6 +420,18 @@ def _dashboard_queries() -> list[tuple[str, str]]:
             if expr.strip():
                 out.append((p.get("title", ""), expr))
     return out
+
+
+def _dashboard_variables() -> list[dict]:
+    with DASHBOARD.open(encoding="utf-8") as f:
+        return json.load(f)["templating"]["list"]
+
+
+def _label_values_args(query: str) -> tuple[str, str]:
+    """`label_values(metric, label)` -> (label, metric)."""
+    match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", query)
+    assert match, query
+    return match.group(2), match.group(1)
 
 
 def _dashboard_sample_names(queries) -> set[str]:
@@ -479,8 +511,13 @@ def test_every_dashboard_query_returns_data(gateway, tmp_path):
             if not pending or time.monotonic() > deadline:
                 break
             time.sleep(1)
+        variables = {v["name"]: prom.label_values(*_label_values_args(v["query"]["query"]))
+                     for v in _dashboard_variables() if v["type"] == "query"}
     finally:
         prom.stop()
+    assert set(variables) == {"model", "backend"}
+    assert {"echo-model", "nousage"} <= set(variables["model"]), variables
+    assert {"echo-a", "sick", "dead"} <= set(variables["backend"]), variables
     assert not verdicts, (
         "".join(f"{problem}:\n  " + "\n  ".join(items) + "\n"
                 for problem, items in verdicts.items())

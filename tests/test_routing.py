@@ -13,6 +13,7 @@ from gateway.config import STRATEGIES
 from gateway.routing import RouteRequest, make_strategy
 from gateway.routing import ring as ring_module
 from gateway.routing.least_busy import LeastBusy
+from gateway.routing.least_latency import LeastLatency
 from gateway.endpoints import BY_NAME, BY_PATH
 from gateway.routing.prefix_affinity import PROMPT_CHARS, PrefixAffinity, prefix_key
 from gateway.routing.session_affinity import SessionAffinity
@@ -26,6 +27,11 @@ class Stub:
     name: str
     weight: float = 1.0
     in_flight: int = 0
+    ewma_ttft: float | None = None
+
+    @property
+    def load(self) -> int:     # no engine reading: the gateway's own count
+        return self.in_flight
 
 
 def pool(*weights: float) -> list[Stub]:
@@ -418,7 +424,8 @@ def test_single_candidate_is_always_returned():
 def test_make_strategy_knows_every_configurable_name():
     kinds = {name: type(make_strategy(name)) for name in STRATEGIES}
     assert kinds == {"weighted": WeightedRoundRobin, "least_busy": LeastBusy,
-                     "prefix_affinity": PrefixAffinity, "session_affinity": SessionAffinity}
+                     "prefix_affinity": PrefixAffinity, "session_affinity": SessionAffinity,
+                     "least_latency": LeastLatency}
     assert make_strategy("weighted") is not make_strategy("weighted")    # one per pool
 
 

@@ -7,7 +7,9 @@ import time
 from aiohttp import web
 
 from ..auth import bearer_token, same_secret
-from ..config import redacted, url_without_password
+from ..config import EngineConfig, redacted, url_without_password
+from ..dispatch import BackendState
+from ..engine import specs_for
 from ..errors import BadRequest, NotFound, Unauthorized
 from ..reload import reload_config
 from ..typedefs import CONFIG_PATH, GATEWAY
@@ -37,8 +39,34 @@ async def backends(request: web.Request) -> web.Response:
             "cooling_for_s": round(max(0.0, state.cooling_until - now), 3),
             "consecutive_failures": state.consecutive_failures,
             "models": list(state.serves()),
+            "load": state.load,
+            "ewma_ttft_s": _rounded(state.ewma_ttft),
+            "engine": _engine(state, gateway.config.engine, now),
         })
     return web.json_response({"backends": rows})
+
+
+def _engine(state: BackendState, engine: EngineConfig, now: float) -> dict | None:
+    """What the runtime last said of its own load: None for a kind that says nothing.
+    The values are those of the gauges: null when not exposed or no longer fresh."""
+    if not specs_for(state.config.kind):
+        return None
+    view = state.engine
+    reading = view.fresh(now)
+    return {
+        "fresh": reading is not None,
+        "age_s": _rounded(view.age(now)),
+        "queue_depth": reading.waiting if reading else None,
+        "running_requests": reading.running if reading else None,
+        "kv_cache_usage": reading.kv_usage if reading else None,
+        "loaded": reading.loaded if reading else None,
+        "saturated": state.saturated(now, engine),
+        "last_failure": view.failure,
+    }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return round(seconds, 3) if seconds is not None else None
 
 
 async def reload(request: web.Request) -> web.Response:

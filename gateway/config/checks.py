@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .build import given
-from .types import HealthConfig, Problem
+from .types import EngineConfig, HealthConfig, Problem
 
 
 def references(doc: dict) -> list[Problem]:
@@ -26,6 +26,7 @@ def references(doc: dict) -> list[Problem]:
     problems += _cycle_problems(routes)
     problems += _auth_problems(((doc.get("auth") or {}).get("keys")) or [], known)
     problems += _health_problems(doc.get("health"))
+    problems += _engine_problems(doc.get("engine"))
     return problems
 
 
@@ -114,4 +115,13 @@ def _health_problems(health: dict | None) -> list[Problem]:
     if resolved.cooldown_s > resolved.max_cooldown_s:
         return [(("health", "cooldown_s"),
                  f"must not exceed max_cooldown_s ({resolved.max_cooldown_s:g})")]
+    return []
+
+
+def _engine_problems(engine: dict | None) -> list[Problem]:
+    resolved = EngineConfig(**given(engine))
+    if resolved.stale_after_s <= resolved.interval_s:
+        # Every reading would go stale before the next scrape: engine load never counted.
+        return [(("engine", "stale_after_s"),
+                 f"must be greater than interval_s ({resolved.interval_s:g})")]
     return []

@@ -90,6 +90,12 @@ SCHEMA = {
     "retries": _section({"attempts": _integer(min=0), "deadline_s": _number(gt=0)}),
     "queue": _section({"max_wait_s": _number(min=0), "max_size": _integer(min=0)}),
     "auth": _section({"keys": _list_of({"type": "dict", "schema": _API_KEY})}),
+    "engine": _section({
+        "interval_s": _number(gt=0),
+        "stale_after_s": _number(gt=0),
+        "max_queue": _integer(min=0),
+        "max_kv_usage": _number(gt=0, max=1),
+    }),
 }
 
 _BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,

@@ -13,7 +13,7 @@ from typing import Mapping
 from ..runtimes.kinds import KINDS, normalise_root
 
 USER_AGENT = "llm-edge-gateway"
-STRATEGIES = ("weighted", "least_busy", "prefix_affinity", "session_affinity")
+STRATEGIES = ("weighted", "least_busy", "prefix_affinity", "session_affinity", "least_latency")
 
 # While loading, problems travel as (key path, message) pairs;
 # config_messages turns them into "key.path: message" lines at the end.
@@ -142,6 +142,15 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    """Reading each runtime's own load (engine/scraper.py) and when a backend is saturated."""
+    interval_s: float = 1            # scrape every backend whose kind exposes load this often
+    stale_after_s: float = 3         # a reading older than this (since its scrape) is ignored
+    max_queue: int = 8               # saturated past this many requests waiting in the runtime
+    max_kv_usage: float = 0.9        # ...or past this KV-cache usage (0..1)
+
+
+@dataclass(frozen=True)
 class ApiKey:
     name: str
     key: str
@@ -159,6 +168,7 @@ class Config:
     retries: RetryConfig = RetryConfig()
     queue: QueueConfig = QueueConfig()
     auth_keys: tuple[ApiKey, ...] = ()
+    engine: EngineConfig = EngineConfig()
 
     def route(self, model: str) -> RouteConfig:
         return self.routes.get(model, DEFAULT_ROUTE)

@@ -5,7 +5,7 @@
     fallbacks.py  Stage: the pool, then each fallback, in the order a request walks
     backend.py    BackendState: a backend's transport, load, health and cooldowns
     ejection.py   passive ejection and 429 cooldowns: what real traffic says
-    queue.py      the waiting room while every backend is at max_concurrency
+    queue.py      the waiting room while every backend is at max_concurrency or saturated
     retries.py    Dispatcher: the walk (tries, retries, fallbacks) to a first answer
     outcome.py    the error when the walk found no answer
 

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import time
 
-from ..config import BackendConfig
+from ..config import BackendConfig, EngineConfig
+from ..engine.signals import saturated
+from ..engine.view import EngineView
 from ..runtimes import Runtime
+
+# Weight of the newest time to first token in `ewma_ttft` (least_latency): about the
+# last ten answers count, so a backend that slows down or recovers shows it within seconds.
+TTFT_EWMA_ALPHA = 0.2
 
 
 class BackendState:
     __slots__ = ("config", "runtime", "in_flight", "healthy", "checked", "discovered_models",
                  "consecutive_failures", "ejections", "ejected_until",
-                 "cooling_until", "health_ok_streak", "health_fail_streak")
+                 "cooling_until", "health_ok_streak", "health_fail_streak", "engine",
+                 "ewma_ttft")
 
     def __init__(self, config: BackendConfig, runtime: Runtime) -> None:
         self.config = config
@@ -32,6 +39,8 @@ class BackendState:
         self.cooling_until = 0.0      # a 429's Retry-After: monotonic time
         self.health_ok_streak = 0
         self.health_fail_streak = 0
+        self.engine = EngineView()    # what the runtime says of its own load (engine/)
+        self.ewma_ttft: float | None = None   # seconds; None until a first answer came
 
     @property
     def name(self) -> str:
@@ -45,6 +54,33 @@ class BackendState:
     def at_capacity(self) -> bool:
         cap = self.config.max_concurrency
         return cap is not None and self.in_flight >= cap
+
+    @property
+    def load(self) -> int:
+        """Requests this backend is busy with, for least_busy and the affinity bound.
+
+        Without a fresh engine reading: the gateway's own in-flight count. With one:
+        the runtime's running + waiting, which already counts the gateway's requests in
+        flight when it was read, moved by what the gateway itself sent or finished since
+        (in_flight - in_flight_then), and never below in_flight, which the runtime may
+        not have seen yet. Adding in_flight on top would count the gateway's share twice.
+        """
+        eng = self.engine
+        busy = eng.busy
+        if busy is None or time.monotonic() >= eng.expires_at:
+            return self.in_flight
+        return max(self.in_flight, busy + self.in_flight - eng.in_flight_then)
+
+    def saturated(self, now: float, engine: EngineConfig) -> bool:
+        """Past engine.max_queue or engine.max_kv_usage by a fresh reading of its own."""
+        eng = self.engine
+        return (now < eng.expires_at and eng.reading is not None
+                and saturated(eng.reading, engine.max_queue, engine.max_kv_usage))
+
+    def observe_ttft(self, seconds: float) -> None:
+        """One answer's time to first token (a whole answer's time when not streamed)."""
+        ewma = self.ewma_ttft
+        self.ewma_ttft = seconds if ewma is None else ewma + TTFT_EWMA_ALPHA * (seconds - ewma)
 
     def available(self, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now

@@ -1,9 +1,10 @@
 """The waiting room: requests wait here while every backend they could use is full.
 
-A backend is full at its `max_concurrency`. A request waits at most
+A backend is full at its `max_concurrency`, or while its runtime's own fresh reading
+says it is saturated (`engine.max_queue`, `engine.max_kv_usage`). A request waits at most
 `queue.max_wait_s` (within its retry deadline) in a queue of at most
 `queue.max_size`, then gets 503 with Retry-After. Every release wakes the waiters,
-who each look again.
+who each look again, and so does a scrape round that shows a saturated backend has room.
 """
 
 from __future__ import annotations

@@ -139,17 +139,19 @@ class Dispatcher:
     def _choose(self, cfg: Config, stage: Stage, capable: tuple[BackendState, ...],
                 tried: set[str], route: RouteRequest, desperate: bool) -> BackendState | None:
         """A backend to try now; None when none is left; AT_CAPACITY when some would do
-        but all of those are at their max_concurrency."""
+        but all of those are at their max_concurrency or saturated (engine.max_queue,
+        engine.max_kv_usage): those wait in the queue."""
         now = time.monotonic()
         fresh: list[BackendState] = []   # not tried yet, not failed its health checks
-        free: list[BackendState] = []    # of those, not ejected, cooling or at their cap
-        any_ready = False
+        free: list[BackendState] = []    # of those, not ejected, cooling, at their cap
+        any_ready = False                # or saturated by their runtime's own reading
+        engine = cfg.engine
         for b in capable:
             if b.healthy and b.name not in tried:
                 fresh.append(b)
                 if b.available(now):
                     any_ready = True
-                    if not b.at_capacity:
+                    if not b.at_capacity and not b.saturated(now, engine):
                         free.append(b)
         if not any_ready:
             if desperate and fresh:
@@ -173,10 +175,11 @@ class Dispatcher:
             remaining = queue_deadline - loop.time()
             if self.queue.waiting >= cfg.queue.max_size or remaining <= 0:
                 raise NoHealthyBackend("every backend of this model is at its concurrency "
-                                       "limit; try again shortly", retry_after=1)
+                                       "limit or saturated; try again shortly", retry_after=1)
             if not await self.queue.wait(remaining):
                 raise NoHealthyBackend("every backend of this model stayed at its concurrency "
-                                       "limit for the whole queue wait", retry_after=1)
+                                       "limit or saturated for the whole queue wait",
+                                       retry_after=1)
             backend = self._choose(cfg, stage, capable, tried, route, desperate)
             if backend is not AT_CAPACITY:
                 return backend
@@ -217,6 +220,10 @@ class Dispatcher:
                         await self._first_chunk(opened, endpoint)
                 except TimeoutError:
                     raise DeadlineExceeded() from None
+            if endpoint.prompt_field is not None:
+                # least_latency's time to first token: runtimes send a stream's first chunk
+                # with its first token, and a whole answer's headers with the whole answer.
+                backend.observe_ttft(time.perf_counter() - started)
         except UpstreamStatus:
             self.release(backend, None, cfg.health)
             raise

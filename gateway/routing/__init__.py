@@ -3,7 +3,8 @@
 Each strategy lives in its own module behind one small interface and does no
 I/O, so it is tested with plain stubs. The dispatcher hands a strategy only the
 backends that may take the request right now (healthy, not yet tried for this
-request, under their concurrency cap); the strategy picks one of them. Each
+request, under their concurrency cap, not saturated by their runtime's own report);
+the strategy picks one of them. Each
 strategy also says what of a request it keys on (`route_key`), so the HTTP layer
 never needs to know which strategy a route uses.
 """
@@ -18,7 +19,13 @@ if TYPE_CHECKING:
 
 
 class Candidate(Protocol):
-    """What a strategy may look at: a backend's name, weight and current load."""
+    """What a strategy may look at: a backend's name, weight and current load.
+
+    `load` is the gateway's in-flight count blended with what the runtime last reported
+    of its own running and waiting requests (`dispatch.BackendState.load`); without a
+    fresh report it is `in_flight`. `ewma_ttft`: the moving average of the backend's
+    time to first token in seconds, None before its first answer.
+    """
 
     @property
     def name(self) -> str: ...
@@ -28,6 +35,12 @@ class Candidate(Protocol):
 
     @property
     def in_flight(self) -> int: ...
+
+    @property
+    def load(self) -> int: ...
+
+    @property
+    def ewma_ttft(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +80,13 @@ def make_strategy(name: str) -> Strategy:
     # Imported here: the strategy modules import Candidate and RouteRequest from
     # this package, so a top-level import would be circular.
     from .least_busy import LeastBusy
+    from .least_latency import LeastLatency
     from .prefix_affinity import PrefixAffinity
     from .session_affinity import SessionAffinity
     from .weighted import WeightedRoundRobin
 
     factories = {cls.name: cls for cls in
-                 (WeightedRoundRobin, LeastBusy, PrefixAffinity, SessionAffinity)}
+                 (WeightedRoundRobin, LeastBusy, PrefixAffinity, SessionAffinity, LeastLatency)}
     try:
         return factories[name]()
     except KeyError:

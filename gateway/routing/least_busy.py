@@ -1,4 +1,9 @@
-"""Least busy: the candidate with the fewest in-flight requests per unit of weight."""
+"""Least busy: the candidate with the lowest load per unit of weight.
+
+The load is the gateway's in-flight count, blended with the runtime's own running and
+waiting counts while it reports them (see `Candidate.load`): other clients of the same
+server, long prompts and a queue behind a full KV cache count too.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from .weighted import WeightedRoundRobin, int_weight
 
 
 def least_loaded(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """Every candidate whose in_flight / weight is the minimum.
+    """Every candidate whose load / weight is the minimum.
 
     Compared by cross-multiplying integers, so 1/3 and 2/6 tie exactly
     (a float division could tell them apart).
@@ -17,7 +22,7 @@ def least_loaded(candidates: Sequence[Candidate]) -> list[Candidate]:
     best: list[Candidate] = []
     best_load = best_weight = 0
     for cand in candidates:
-        load, weight = cand.in_flight, int_weight(cand.weight)
+        load, weight = cand.load, int_weight(cand.weight)
         if not best:
             best, best_load, best_weight = [cand], load, weight
             continue
@@ -30,7 +35,7 @@ def least_loaded(candidates: Sequence[Candidate]) -> list[Candidate]:
 
 
 class LeastBusy(KeysOnNothing):
-    """Fewest in flight relative to weight; ties go round-robin.
+    """Lowest load relative to weight; ties go round-robin.
 
     Without the round-robin an idle pool (all at zero) would send every
     sequential request to the first backend. The tie-break is weighted, so

@@ -6,10 +6,12 @@ nodes in proportion to its weight, so removing one of n backends moves only the
 keys it owned (~1/n) and adding one takes ~1/(n+1) from the others.
 
 Bounded loads (Mirrokni, Thorup, Zadimoghaddam 2018): a backend may hold at most
-ceil(c * (total_in_flight + 1) * weight_share) requests; when the preferred
+ceil(c * (total_load + 1) * weight_share) requests; when the preferred
 backend is full, the walk continues clockwise to the next distinct backend. A
 hot key therefore spills onto the same second backend every time, which keeps
-the spilled part of its traffic cache-friendly too.
+the spilled part of its traffic cache-friendly too. The load is `Candidate.load`:
+the runtime's own running and waiting counts while it reports them, so a prefix
+whose server is busy with other clients' work spills too.
 """
 
 from __future__ import annotations
@@ -120,13 +122,13 @@ class BoundedAffinity:
         for cand in candidates:
             by_name[cand.name] = cand
             total_weight += int_weight(cand.weight)
-            total_load += cand.in_flight
+            total_load += cand.load
         num = self._factor.numerator * total_load
         den = self._factor.denominator * total_weight
         for name in self._rings.get(candidates).walk(hash_point(key)):
             cand = by_name[name]
             cap = -(-num * int_weight(cand.weight) // den)
-            if cand.in_flight < cap:
+            if cand.load < cap:
                 return cand
         # Unreachable: the caps sum to at least c * total_load, more than is in
         # flight now, so some candidate is under its cap. A safe answer anyway.

@@ -1,7 +1,7 @@
 """The runtimes behind the gateway, behind one interface.
 
     Runtime      one backend's transport: open() a request, probe() its health,
-                 list_models() for discovery
+                 list_models() for discovery, scrape() its own load endpoints
     ├── HttpRuntime   a model server over HTTP (http.py); errors translated in failures.py
     └── EchoRuntime   the built-in `echo` runtime, answering in process (echo.py; its
                       Responses, tokenizer, rerank and score in echo_apis.py)
@@ -17,6 +17,10 @@ from typing import TYPE_CHECKING, AsyncIterator, Mapping, Protocol
 if TYPE_CHECKING:
     from ..config import BackendConfig
     from ..endpoints import Endpoint
+
+
+class BodyTooLarge(ValueError):
+    """A scrape answer longer than the cap: a misconfigured URL, never read whole."""
 
 
 class RuntimeResponse(Protocol):
@@ -55,6 +59,12 @@ class Runtime(Protocol):
 
     async def list_models(self, request_id: str, timeout_s: float) -> tuple[str, ...] | None:
         """The model ids the runtime serves now, or None when it could not tell."""
+        ...
+
+    async def scrape(self, path: str, request_id: str, timeout_s: float) -> tuple[int, bytes]:
+        """GET `path` (relative to the server root, like the health path): the status and
+        body, for the engine scraper. Raises a `gateway.errors` error on transport
+        failures and BodyTooLarge past the cap; never reads an unbounded body."""
         ...
 
 

@@ -49,6 +49,9 @@ class EchoRuntime:
     async def list_models(self, request_id: str, timeout_s: float) -> tuple[str, ...] | None:
         return None
 
+    async def scrape(self, path: str, request_id: str, timeout_s: float) -> tuple[int, bytes]:
+        return 404, b""   # echo exposes no load: the scraper never asks it
+
 
 class EchoResponse:
     """An answer made in process, read like an HTTP runtime's."""

@@ -18,7 +18,12 @@ from yarl import URL
 
 from ..config import BackendConfig
 from ..endpoints import BYTES, JSON, MULTIPART, Endpoint
+from . import BodyTooLarge
 from .failures import Phase, status_error, translated
+
+# A runtime's load endpoint: vLLM's /metrics with many LoRA adapters and data-parallel
+# ranks is a few hundred kB; anything past this is not a metrics answer.
+SCRAPE_MAX_BYTES = 8 * 1024 * 1024
 
 
 def make_session(*, limit: int = 0) -> aiohttp.ClientSession:
@@ -209,6 +214,17 @@ class HttpRuntime:
         return tuple(sorted({m["id"] for m in data
                              if isinstance(m, dict) and isinstance(m.get("id"), str)}))
 
+    async def scrape(self, path: str, request_id: str, timeout_s: float,
+                     max_bytes: int = SCRAPE_MAX_BYTES) -> tuple[int, bytes]:
+        url = self.config.url + path
+        headers = upstream_headers(self.config, request_id)
+        headers.pop("Content-Type", None)
+        with translated(Phase.GET, self.config, what=url):
+            async with asyncio.timeout(timeout_s):
+                async with self._transport.session.get(url, headers=headers,
+                                                       allow_redirects=False) as resp:
+                    return resp.status, await _read_capped(resp, max_bytes)
+
     async def _get(self, url: str, request_id: str, timeout_s: float) -> tuple[int, bytes]:
         """A small GET for health checks and model discovery."""
         headers = upstream_headers(self.config, request_id)
@@ -218,3 +234,16 @@ class HttpRuntime:
                 async with self._transport.session.get(url, headers=headers,
                                                        allow_redirects=False) as resp:
                     return resp.status, await resp.read()
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    if resp.content_length is not None and resp.content_length > max_bytes:
+        raise BodyTooLarge(f"{resp.content_length} bytes, more than {max_bytes}")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > max_bytes:
+            raise BodyTooLarge(f"more than {max_bytes} bytes")
+        parts.append(chunk)
+    return b"".join(parts)

@@ -1,0 +1,51 @@
+"""One backend's view of its runtime's own load: the last reading and how old it is.
+
+The scraper writes it off the request path; routing reads it on every pick, so reading
+is a couple of attribute loads and a comparison, and a backend that was never scraped
+(a kind that exposes nothing) costs one `is None` test. A reading counts only while it
+is fresh: younger than `engine.stale_after_s` since its scrape succeeded. After that the
+gateway routes on its own in-flight count alone, as if the runtime exposed nothing.
+"""
+
+from __future__ import annotations
+
+from .signals import EngineLoad
+
+
+class EngineView:
+    __slots__ = ("reading", "at", "expires_at", "busy", "in_flight_then", "failure",
+                 "skip_until")
+
+    def __init__(self) -> None:
+        self.reading: EngineLoad | None = None
+        self.at = 0.0                 # monotonic time of the last successful scrape
+        self.expires_at = 0.0         # the reading is ignored from then on
+        # running + waiting of the reading (None: the kind counts neither), and the
+        # gateway's own in-flight count at that moment, for `BackendState.load`.
+        self.busy: int | None = None
+        self.in_flight_then = 0
+        self.failure: str | None = None   # why the last round gave no reading, if it did not
+        # Paths the runtime does not serve (404/501: llama-server without --metrics) are
+        # asked again only from this time on, not every round.
+        self.skip_until: dict[str, float] = {}
+
+    def record(self, reading: EngineLoad, now: float, stale_after_s: float,
+               in_flight: int) -> None:
+        counts = [v for v in (reading.running, reading.waiting) if v is not None]
+        self.reading = reading
+        self.at = now
+        self.expires_at = now + stale_after_s
+        self.busy = round(sum(counts)) if counts else None
+        self.in_flight_then = in_flight
+        self.failure = None
+
+    def fail(self, reason: str) -> None:
+        """A round without a reading: the last one stays until it goes stale."""
+        self.failure = reason
+
+    def fresh(self, now: float) -> EngineLoad | None:
+        """The reading, while it may be trusted; None once stale or when there is none."""
+        return self.reading if now < self.expires_at else None
+
+    def age(self, now: float) -> float | None:
+        return now - self.at if self.reading is not None else None

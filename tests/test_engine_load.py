@@ -1,0 +1,202 @@
+"""The load view, the blended load, least_latency and one scrape round, without the app."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+
+from gateway.config import EngineConfig, backend
+from gateway.dispatch import BackendState
+from gateway.engine import EngineLoad
+from gateway.engine.scraper import scrape_round
+from gateway.metrics import Metrics
+from gateway.routing.least_latency import LeastLatency
+from gateway.runtimes import BodyTooLarge, make_runtime
+from gateway.runtimes.http import Transport, make_session
+from gateway.state import Gateway
+from tests.conftest import RUNTIME_ID, make_config, runtime_backend
+from tests.fake_engines import FakeEngine
+
+ENGINE = EngineConfig()
+
+
+def state(kind: str = "vllm") -> BackendState:
+    cfg = backend("b", kind, "http://127.0.0.1:9", models=["m"])
+    return BackendState(cfg, make_runtime(cfg, None))
+
+
+def reading(running=None, waiting=None, kv=None) -> EngineLoad:
+    return EngineLoad(running=running, waiting=waiting, kv_usage=kv)
+
+
+# -- BackendState.load and saturated ---------------------------------------------------
+
+def test_without_a_reading_load_is_the_gateways_own_count():
+    b = state()
+    b.in_flight = 3
+    assert b.load == 3 and not b.saturated(time.monotonic(), ENGINE)
+
+
+def test_load_is_the_runtimes_count_moved_by_what_the_gateway_did_since():
+    b = state()
+    b.in_flight = 2
+    b.engine.record(reading(running=7, waiting=3), time.monotonic(), 3.0, b.in_flight)
+    assert b.load == 10          # the runtime's 10 include our 2: not 12
+    b.in_flight = 5              # three more sent since the scrape
+    assert b.load == 13
+    b.in_flight = 0              # ours all finished: the other clients' 8 remain
+    assert b.load == 8
+
+
+def test_load_never_falls_below_the_gateways_own_count():
+    b = state()
+    b.in_flight = 4               # sent, but not yet admitted when the runtime answered
+    b.engine.record(reading(running=0, waiting=0), time.monotonic(), 3.0, b.in_flight)
+    assert b.load == 4
+
+
+def test_a_stale_reading_counts_for_nothing():
+    b = state()
+    b.in_flight = 1
+    old = time.monotonic() - 10
+    b.engine.record(reading(running=50, waiting=50, kv=1.0), old, 3.0, 0)
+    assert b.engine.fresh(time.monotonic()) is None
+    assert b.load == 1 and not b.saturated(time.monotonic(), ENGINE)
+    assert b.engine.age(time.monotonic()) >= 10
+
+
+@pytest.mark.parametrize("load, saturated", [
+    (reading(waiting=8), False), (reading(waiting=9), True), (reading(kv=0.9), False),
+    (reading(kv=0.91), True), (reading(running=500), False), (reading(), False)])
+def test_saturated_past_max_queue_or_max_kv_usage(load, saturated):
+    b = state()
+    b.engine.record(load, time.monotonic(), 3.0, 0)
+    assert b.saturated(time.monotonic(), ENGINE) is saturated
+
+
+def test_a_reading_with_no_counts_leaves_load_to_the_gateway():
+    b = state("ollama")
+    b.in_flight = 2
+    b.engine.record(EngineLoad(None, None, None, loaded=True), time.monotonic(), 3.0, 0)
+    assert b.engine.busy is None and b.load == 2
+
+
+def test_ttft_average_moves_a_fifth_of_the_way():
+    b = state()
+    b.observe_ttft(1.0)
+    assert b.ewma_ttft == 1.0
+    b.observe_ttft(2.0)
+    assert b.ewma_ttft == pytest.approx(1.2)
+
+
+# -- least_latency -------------------------------------------------------------------
+
+@dataclass(eq=False)
+class Stub:
+    name: str
+    ewma_ttft: float | None = None
+    load: int = 0
+    weight: float = 1.0
+    in_flight: int = 0
+
+
+def test_least_latency_takes_the_lower_expected_wait():
+    s = LeastLatency(random.Random(1))
+    fast, slow = Stub("fast", 0.1, load=3), Stub("slow", 0.5, load=0)
+    assert s.pick([fast, slow]) is fast          # 0.1 * 4 < 0.5 * 1
+    fast.load = 5
+    assert s.pick([fast, slow]) is slow          # 0.1 * 6 > 0.5 * 1
+
+
+def test_least_latency_weights_divide_the_cost():
+    s = LeastLatency(random.Random(1))
+    big, small = Stub("big", 0.2, load=2, weight=4), Stub("small", 0.2, load=0)
+    assert s.pick([big, small]) is big           # 0.2 * 3 / 4 < 0.2 * 1 / 1
+
+
+def test_an_unmeasured_backend_counts_as_fast_as_its_rival_and_loses_on_load():
+    s = LeastLatency(random.Random(1))
+    new, known = Stub("new", None, load=2), Stub("known", 0.3, load=0)
+    assert s.pick([new, known]) is known
+    new.load = 0
+    assert Counter(s.pick([new, known]).name for _ in range(400)).keys() == {"new", "known"}
+
+
+def test_power_of_two_choices_never_picks_the_worst_of_three():
+    s = LeastLatency(random.Random(7))
+    pool = [Stub("best", 0.1), Stub("mid", 0.2), Stub("worst", 0.3)]
+    got = Counter(s.pick(pool).name for _ in range(900))
+    assert "worst" not in got
+    assert 500 < got["best"] < 700            # it wins both pairs it is in: 2/3
+
+
+def test_a_single_candidate_is_returned_without_a_draw():
+    only = Stub("only")
+    assert LeastLatency(random.Random(1)).pick([only]) is only
+
+
+# -- one scrape round and the runtime's scrape ----------------------------------------------
+
+async def test_a_round_records_readings_and_publishes_gauges(aiohttp_server):
+    fake = FakeEngine(kind="vllm", model=RUNTIME_ID, running=4, waiting=9, kv=0.5)
+    server = await aiohttp_server(fake.app())
+    cfg = make_config(runtime_backend("v", server, models={"llama": RUNTIME_ID}))
+    gateway = Gateway(cfg, Transport(make_session()), Metrics())
+    try:
+        saturated = await scrape_round(gateway)       # what a leader process would run
+        assert saturated == {"v"}
+        view = gateway.states["v"].engine
+        assert view.fresh(time.monotonic()) == EngineLoad(4, 9, 0.5, loaded=True)
+        text = gateway.metrics.expose().decode()
+        assert 'gateway_backend_queue_depth{backend="v"} 9.0' in text
+        assert 'gateway_backend_kv_cache_usage{backend="v"} 0.5' in text
+        fake.waiting = 0
+        assert await scrape_round(gateway, saturated) == frozenset()
+    finally:
+        await gateway.transport.session.close()
+
+
+async def test_a_scrape_answer_past_the_cap_is_never_read_whole(aiohttp_server):
+    fake = FakeEngine(kind="vllm", model=RUNTIME_ID)
+    server = await aiohttp_server(fake.app())
+    cfg = runtime_backend("v", server)
+    transport = Transport(make_session())
+    try:
+        runtime = make_runtime(cfg, transport)
+        status, body = await runtime.scrape("/metrics", "id", 5.0)
+        assert status == 200 and b"vllm:num_requests_waiting" in body
+        with pytest.raises(BodyTooLarge):
+            await runtime.scrape("/metrics", "id", 5.0, max_bytes=len(body) - 1)
+    finally:
+        await transport.session.close()
+
+
+class _OddRuntime:
+    """A runtime whose scrape fails in a way nobody foresaw."""
+
+    async def scrape(self, path, request_id, timeout_s):
+        raise ValueError("odd")
+
+
+async def test_one_backends_odd_failure_does_not_stop_the_round(aiohttp_server):
+    fake = FakeEngine(kind="vllm", model=RUNTIME_ID, waiting=2)
+    server = await aiohttp_server(fake.app())
+    cfg = make_config(runtime_backend("ok", server, models={"llama": RUNTIME_ID}),
+                      runtime_backend("odd", server, models={"llama": RUNTIME_ID}))
+    gateway = Gateway(cfg, Transport(make_session()), Metrics())
+    gateway.states["odd"].runtime = _OddRuntime()
+    try:
+        await scrape_round(gateway)
+        now = time.monotonic()
+        assert gateway.states["ok"].engine.fresh(now).waiting == 2
+        assert gateway.states["odd"].engine.fresh(now) is None
+        assert gateway.states["odd"].engine.failure == "error"
+        text = gateway.metrics.expose().decode()
+        assert ('gateway_engine_scrape_failures_total{backend="odd",reason="error"} 1.0'
+                in text)
+    finally:
+        await gateway.transport.session.close()
