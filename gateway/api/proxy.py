@@ -18,7 +18,8 @@ from aiohttp import web
 from ..auth import check_model
 from ..dispatch import Opened
 from ..endpoints import BY_NAME
-from ..errors import ModelNotFound, Reason, ShuttingDown, UpstreamError
+from ..clientwatch import ClientWatch
+from ..errors import ClientTooSlow, ModelNotFound, Reason, ShuttingDown, UpstreamError
 from ..record import RequestRecord
 from ..relay import (SSE_HEADERS, StreamRewriter, body_response, body_usage, error_event,
                      relay_stream)
@@ -29,6 +30,7 @@ from .middleware import stamp_response
 
 CLIENT_GONE = (ConnectionResetError, ConnectionError)
 DRAIN_AFTER_DONE_S = 1.0
+SLOW_CLIENT_GRACE_S = 1.0   # for the error event to a client cut by server.client_idle_s
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
@@ -49,7 +51,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     route = pool.strategy.route_key(endpoint, payload, request.headers)
     opened = await gateway.dispatcher.open(table, pool, endpoint, payload, rec, route)
     if rec.stream:
-        return await _stream(request, opened, rec)
+        return await _stream(request, opened, rec, table.config.server.client_idle_s)
     return await _whole(opened, rec)
 
 
@@ -71,11 +73,11 @@ async def _whole(opened: Opened, rec: RequestRecord) -> web.Response:
     return body_response(body, opened.response.content_type, opened.patterns)
 
 
-async def _stream(request: web.Request, opened: Opened, rec: RequestRecord
-                  ) -> web.StreamResponse:
+async def _stream(request: web.Request, opened: Opened, rec: RequestRecord,
+                  client_idle_s: float) -> web.StreamResponse:
     error: BaseException | None = None
     try:
-        resp, error = await _relay_stream(request, opened, rec)
+        resp, error = await _relay_stream(request, opened, rec, client_idle_s)
         return resp
     except BaseException as exc:
         error = exc
@@ -84,24 +86,33 @@ async def _stream(request: web.Request, opened: Opened, rec: RequestRecord
         opened.finish(error)
 
 
-async def _relay_stream(request: web.Request, opened: Opened, rec: RequestRecord
+async def _relay_stream(request: web.Request, opened: Opened, rec: RequestRecord,
+                        client_idle_s: float
                         ) -> tuple[web.StreamResponse, BaseException | None]:
     """The relayed stream, and why it ended early: the runtime's failure after the
-    first byte, or the client's connection breaking."""
+    first byte, the client's connection breaking, or the client not reading."""
     drain = request.app[GATEWAY].drain
     resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
     stamp_response(request, resp, rec)
     rewriter = StreamRewriter(opened.patterns, opened.drop_usage)
     broken: UpstreamError | None = None
     task = asyncio.current_task()
+    watch = ClientWatch(task, client_idle_s)
     drain.track(task)
     try:
         await resp.prepare(request)
-        await relay_stream(resp, opened.chunks, opened.first, rewriter, rec)
-    except UpstreamError as err:
-        broken = err  # the client already got it as an SSE error event
+        try:
+            await relay_stream(resp, opened.chunks, opened.first, rewriter, rec, watch)
+        except UpstreamError as err:
+            broken = err  # the client already got it as an SSE error event
+        watch.since = time.perf_counter()
+        await resp.write_eof()
     except asyncio.CancelledError:
         opened.response.close()
+        if watch.fired:
+            # Our own cut: the client read nothing for client_idle_s.
+            task.uncancel()
+            return resp, await _cut_slow_client(request, resp, rec, client_idle_s)
         if not drain.was_cut(task):
             rec.aborted = Reason.CLIENT_LEFT
             raise
@@ -110,18 +121,44 @@ async def _relay_stream(request: web.Request, opened: Opened, rec: RequestRecord
         rec.aborted = Reason.SHUTDOWN
         await _try_write(resp, error_event(ShuttingDown(
             "the gateway is shutting down and its drain time ran out")))
+        await resp.write_eof()
     except CLIENT_GONE as exc:
         opened.response.close()
         rec.aborted = Reason.CLIENT_LEFT
         rec.status = 499
         return resp, exc
     finally:
+        watch.cancel()
         drain.untrack(task)
         rec.usage = rewriter.usage
-    await resp.write_eof()
     if broken is None:
         await _drain_runtime(opened, task)
     return resp, broken
+
+
+async def _cut_slow_client(request: web.Request, resp: web.StreamResponse,
+                           rec: RequestRecord, client_idle_s: float) -> ClientTooSlow:
+    """End the stream of a client that stopped reading with an error event, which it
+    gets if it reads again; its connection is closed in any case."""
+    err = ClientTooSlow(f"the client read nothing for {client_idle_s:g} s "
+                        "(server.client_idle_s); the stream was cut")
+    rec.aborted = Reason.CLIENT_SLOW
+    rec.error = err.message
+    resp.force_close()
+    try:
+        async with asyncio.timeout(min(client_idle_s, SLOW_CLIENT_GRACE_S)):
+            await resp.write(error_event(err))
+            await resp.write_eof()
+        return err
+    except (TimeoutError, *CLIENT_GONE):
+        pass
+    transport = request.transport
+    if transport is not None:
+        # What is buffered, the error event included, still goes out if the client
+        # reads again soon; a client that never does is dropped.
+        transport.close()
+        asyncio.get_running_loop().call_later(client_idle_s, transport.abort)
+    return err
 
 
 async def _drain_runtime(opened: Opened, task: asyncio.Task) -> None:

@@ -1,8 +1,10 @@
 """Choosing a backend and getting a first answer from it: retries, then fallbacks.
 
 Tries happen only before the client got a byte. A try fails over to another
-backend on connect errors, timeouts, 429/5xx and a stream whose first event is
-an error; a runtime's other 4xx is the client's answer and is passed through.
+backend on connect errors, timeouts, 429/5xx and a stream whose first data event
+is an error (comments before it are held, not committed to: until that event, a
+retry is still possible); a runtime's other 4xx is the client's answer and is
+passed through.
 Each backend is tried at most once per request, within one overall deadline.
 Every setting comes from the request's own route table, so a reload during the
 request changes nothing for it.
@@ -17,10 +19,10 @@ from typing import Any, AsyncIterator
 from ..config import Config, HealthConfig
 from ..endpoints import Endpoint
 from ..errors import (DeadlineExceeded, NoHealthyBackend, Reason, UpstreamError,
-                      UpstreamStatus)
+                      UpstreamStatus, UpstreamTimeout)
 from ..metrics import Metrics
 from ..record import RequestRecord
-from ..relay import first_event_error, model_patterns
+from ..relay import first_event_error, has_data_line, model_patterns
 from ..routing import RouteRequest
 from ..runtimes.scrub import scrub_text
 from . import ejection
@@ -179,15 +181,24 @@ class Dispatcher:
                                       "include_usage": True}
         backend.in_flight += 1
         started = time.perf_counter()
+        # first_byte_s runs from the request's sending to the first data event of a
+        # stream (to the headers of a whole answer); the retry deadline may end it sooner.
+        first_by = asyncio.get_running_loop().time() + bcfg.timeouts.first_byte_s
         try:
             response = await backend.runtime.open(endpoint, body, rec.id_for_runtimes(), deadline)
             opened = Opened(self, backend, public, response, drop_usage, cfg.health)
             if rec.stream:
+                by_deadline = deadline < first_by
                 try:
-                    async with asyncio.timeout_at(deadline):
+                    async with asyncio.timeout_at(deadline if by_deadline else first_by):
                         await self._first_chunk(opened)
                 except TimeoutError:
-                    raise DeadlineExceeded() from None
+                    if by_deadline:
+                        raise DeadlineExceeded() from None
+                    raise UpstreamTimeout(
+                        f"backend {backend.name} sent no event within "
+                        f"{bcfg.timeouts.first_byte_s:g} s",
+                        reason=Reason.FIRST_BYTE_TIMEOUT) from None
         except UpstreamStatus:
             self.release(backend, None, cfg.health)
             raise
@@ -199,12 +210,18 @@ class Dispatcher:
         return opened
 
     async def _first_chunk(self, opened: Opened) -> None:
-        """Hold the stream until its first bytes: an error there can still be retried."""
+        """Hold the stream until its first data event: an error there can still be
+        retried. Comments (keep-alives) before it are held, then relayed with it."""
         chunks = opened.response.chunks()
+        first = b""
         try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            first = b""
+            async for data in chunks:
+                first += data
+                if has_data_line(first):
+                    break
+            else:
+                if b"data:" not in first:
+                    first = b""   # ended before any event: nothing for the client
         except BaseException:
             opened.response.close()
             raise
@@ -212,7 +229,8 @@ class Dispatcher:
         if not first or error is not None:
             await chunks.aclose()
             opened.response.close()
-            message = str((error or {}).get("message", "the runtime sent an empty stream"))
+            message = str((error or {}).get(
+                "message", "the runtime ended the stream before its first event"))
             message = scrub_text(message, opened.backend.config)
             raise UpstreamError(f"backend {opened.backend.name} failed: {message}",
                                 reason=Reason.STREAM_ERROR)
