@@ -117,8 +117,13 @@ class StreamRewriter:
 
     def _usage(self, data: bytes) -> bytes:
         """`"usage":null` rides on every chunk once usage is asked for: out with it when
-        the gateway asked, not the client; only real usage is parsed."""
-        if self.drop_usage and (b'"usage":null' in data or b'"usage": null' in data):
+        the gateway asked, not the client; only real usage is parsed. The usual form
+        costs one replace and one scan (bytes.replace returns `data` itself when it
+        finds nothing)."""
+        if self.drop_usage:
+            data = data.replace(b',"usage":null', b"")
+            if b'"usage"' not in data:
+                return data
             data = strip_null_usage(data)
         if b'"usage":{' in data or b'"usage": {' in data:
             data = self._take_usage(data)
