@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ from gateway.config import (HealthConfig, RetryConfig, ServerConfig, Timeouts, b
                             load_config)
 from gateway.dispatch import BackendState, ejection
 from gateway.health import apply_result
+from gateway.log import access_logger
 from gateway.runtimes import make_runtime
 from gateway.typedefs import GATEWAY
 from tests.conftest import CHAT, RUNTIME_ID, make_config, runtime_backend, samples, value
@@ -169,13 +171,18 @@ async def test_a_slow_reader_within_client_idle_s_gets_the_whole_stream(start_fa
 
 
 async def test_a_reader_stalled_past_client_idle_s_is_cut_with_an_error_event(start_faulty,
-                                                                              gateway_client):
+                                                                              gateway_client,
+                                                                              caplog):
+    caplog.set_level(logging.INFO, logger=access_logger.name)
     fake, client, raw, _ = await slow_reader(
-        start_faulty, gateway_client, idle_s=10, client_idle_s=0.8, pause_s=2.5)
+        start_faulty, gateway_client, idle_s=10, client_idle_s=1.2, pause_s=2)
     events = data_events(raw)
     assert "[DONE]" not in events
     error = json.loads(events[-1])["error"]
     assert error["code"] == "client_too_slow" and "server.client_idle_s" in error["message"]
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == access_logger.name]
+    [line] = [entry for entry in lines if entry["stream"]]
+    assert (line["status"], line["aborted"]) == (200, "client_slow")
     found = await samples(client)
     assert value(found, "gateway_stream_aborts_total", backend="gpu", reason="client_slow") == 1
     assert value(found, "gateway_stream_aborts_total", backend="gpu", reason="client_left") == 0
@@ -184,6 +191,24 @@ async def test_a_reader_stalled_past_client_idle_s_is_cut_with_an_error_event(st
             break
         await asyncio.sleep(0.02)
     assert fake.in_flight == 0
+
+
+async def test_a_client_that_never_reads_again_is_dropped(start_faulty, gateway_client):
+    fake, server = await start_faulty(words=1500, chunk_bytes=16384)
+    cfg = make_config(runtime_backend("gpu", server, models={"llama": RUNTIME_ID}),
+                      server=ServerConfig(client_idle_s=0.5))
+    client = await gateway_client(cfg)
+    resp = await client.post("/v1/chat/completions", json=STREAM)
+    await resp.content.readuntil(b"\n\n")
+    connections = client.server.runner.server.connections
+    assert len(connections) == 1
+    for _ in range(150):    # cut after 0.5 s of waiting, dropped 0.5 s after that
+        if not connections:
+            break
+        await asyncio.sleep(0.02)
+        connections = client.server.runner.server.connections
+    assert not connections and fake.in_flight == 0
+    resp.close()
 
 
 # --- 5. hung-but-healthy: a passive ejection stands for its cooldown ------------------------

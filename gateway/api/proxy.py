@@ -145,11 +145,17 @@ async def _cut_slow_client(request: web.Request, resp: web.StreamResponse,
     rec.aborted = Reason.CLIENT_SLOW
     rec.error = err.message
     resp.force_close()
+    task = asyncio.current_task()
     try:
         async with asyncio.timeout(min(client_idle_s, SLOW_CLIENT_GRACE_S)):
             await resp.write(error_event(err))
             await resp.write_eof()
         return err
+    except asyncio.CancelledError:
+        if task is None or task.cancelling():
+            raise   # a real cancellation
+        # No one cancelled this task: aiohttp's drain waiter is the future the cut
+        # cancelled, and stays so until the client reads. The bytes are buffered.
     except (TimeoutError, *CLIENT_GONE):
         pass
     transport = request.transport
