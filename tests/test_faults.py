@@ -20,7 +20,6 @@ from gateway.dispatch import BackendState, ejection
 from gateway.health import apply_result
 from gateway.log import access_logger
 from gateway.runtimes import make_runtime
-from gateway.typedefs import GATEWAY
 from tests.conftest import CHAT, RUNTIME_ID, make_config, runtime_backend, samples, value
 from tests.fakes import FaultyRuntime
 
