@@ -6,6 +6,7 @@
     ├── Forbidden                403 model_not_allowed
     ├── ModelNotFound            404 model_not_found
     ├── RequestTimeout           408 request_timeout       (a body that never finished)
+    │   └── ClientTooSlow        408 client_too_slow       (a stream's client stopped reading)
     ├── BodyTooLarge             413 request_too_large
     ├── RateLimited              429 rate_limit_exceeded   (carries retry_after)
     ├── NotImplementedByRuntime  501 capability_not_supported
@@ -49,6 +50,7 @@ class Reason(StrEnum):
     STATUS_OTHER = "5xx"                  # any other 5xx but 501
     # Why a stream ended early that is not the runtime's doing.
     CLIENT_LEFT = "client_left"
+    CLIENT_SLOW = "client_slow"           # the client did not read for server.client_idle_s
     SHUTDOWN = "shutdown"
     ERROR = "error"
 
@@ -125,6 +127,12 @@ class RequestTimeout(GatewayError):
     status = 408
     type = "invalid_request_error"
     code = "request_timeout"
+
+
+class ClientTooSlow(RequestTimeout):
+    """A stream cut because its client stopped reading (server.client_idle_s)."""
+
+    code = "client_too_slow"
 
 
 class BodyTooLarge(GatewayError):

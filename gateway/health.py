@@ -5,6 +5,8 @@ gateways don't beat in step) and flips state only after `unhealthy_after` /
 `healthy_after` consecutive results. A backend is not trusted before its first
 check: one still loading at start-up gets no traffic until it answers.
 Backends with no `models` list are asked for their models on every round.
+Checks decide only `healthy`: a passing check ends what failing checks did, never
+a passive ejection (see `dispatch/ejection.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from .config import HealthConfig
-from .dispatch import BackendState, ejection
+from .dispatch import BackendState
 from .errors import UpstreamError
 from .log import health_logger
 from .record import new_request_id
@@ -54,8 +56,8 @@ def apply_result(state: BackendState, ok: bool, health: HealthConfig) -> None:
         state.health_fail_streak = 0
         if not state.checked or state.health_ok_streak >= health.healthy_after:
             state.healthy = True
-        if state.ejected_until:
-            ejection.record_success(state)   # an ejected backend comes back through an active check
+        # A passive ejection is not ended here: /health may answer while completions
+        # hang (vLLM does). It stands for its cooldown, then a real request decides.
     else:
         state.health_fail_streak += 1
         state.health_ok_streak = 0

@@ -4,7 +4,9 @@ Non-streamed bodies are rewritten with one byte replace (the runtime's model id
 becomes the public name) and parsed once for `usage`, after the client has them.
 Streams are relayed in whole SSE lines as they arrive, never buffered whole; a
 chunk is parsed only when it carries usage or an error, so the per-chunk cost
-stays a few byte scans.
+stays a few byte scans. Every event reaches the client with its terminator,
+`data: [DONE]` included; a `"usage": null` the gateway's own `include_usage`
+caused is taken out again for a client that did not ask for usage.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, AsyncIterator
 import orjson
 from aiohttp import web
 
+from .clientwatch import ClientWatch
 from .errors import GatewayError, Reason, UpstreamError
 from .record import RequestRecord
 
@@ -67,13 +70,15 @@ def api_usage(usage: Any) -> dict[str, Any] | None:
 class StreamRewriter:
     """Per-stream state: carries partial lines, rewrites the model, captures usage.
 
-    `end_marker`, when given, is a chunk that makes the stream complete without [DONE]
-    (OpenAI's streamed transcriptions end with `transcript.text.done`, vLLM's with [DONE]):
-    the relay then goes on to [DONE] or the runtime's close, and either is a clean end.
+    `saw_done` is set at the `data: [DONE]` line, `finished` once that event's
+    blank line is out too: a runtime may write the two apart. `end_marker`, when
+    given, is a chunk that makes the stream `complete` without [DONE] (OpenAI's
+    streamed transcriptions end with `transcript.text.done`, vLLM's with [DONE]): the
+    relay then goes on to [DONE] or the runtime's close, and either is a clean end.
     """
 
     __slots__ = ("patterns", "drop_usage", "usage", "saw_done", "saw_token", "finished",
-                 "end_marker", "_tail")
+                 "complete", "end_marker", "_tail")
 
     def __init__(self, patterns: tuple[tuple[bytes, bytes], ...], drop_usage: bool,
                  end_marker: bytes | None = None) -> None:
@@ -81,8 +86,9 @@ class StreamRewriter:
         self.drop_usage = drop_usage
         self.usage: dict[str, Any] | None = None
         self.saw_done = False
-        self.saw_token = False
         self.finished = False
+        self.complete = False
+        self.saw_token = False
         self.end_marker = end_marker
         self._tail = b""
 
@@ -103,23 +109,56 @@ class StreamRewriter:
             self._tail = b""
         if not data:
             return b""
+        if self.saw_done:
+            # [DONE]'s line went out; its blank line is the next line, and the last.
+            self.finished = True
+            return _blank_line(data) or b"\n"
         if self.patterns:
             data = rewrite_model(data, self.patterns)
-        # `"usage":null` rides on every chunk of some runtimes: parse only real usage.
-        if b'"usage":{' in data or b'"usage": {' in data:
-            data = self._take_usage(data)
+        if b'"usage"' in data:
+            data = self._usage(data)
         if not self.saw_token and _TOKEN.search(data):
             self.saw_token = True
-        if b"[DONE]" in data and _done_line(data):
-            self.saw_done = True
+        if b"[DONE]" in data:
+            end = _done_end(data)
+            if end >= 0:
+                self.saw_done = True
+                data = self._done(data, end)
         if self.end_marker is not None and self.end_marker in data:
-            self.finished = True
+            self.complete = True
         return data
 
     def flush(self) -> bytes:
-        """What is left when the runtime closed: a last line without its newline."""
+        """What is left when the runtime closed: a last line without its newline, and
+        the blank line of a `[DONE]` the runtime did not terminate."""
         tail, self._tail = self._tail, b""
-        return self.feed(tail + b"\n") if tail.strip() else b""
+        out = self.feed(tail + b"\n") if tail.strip() else b""
+        if self.saw_done and not self.finished:
+            self.finished = True
+            out += b"\n"
+        return out
+
+    def _done(self, data: bytes, end: int) -> bytes:
+        """`data` up to the `data: [DONE]` line ending at `end`, then that event's blank
+        line if it came with it (else it is still to come); nothing after it."""
+        if end == len(data):
+            return data
+        self.finished = True
+        return data[:end] + (_blank_line(data[end:]) or b"\n")
+
+    def _usage(self, data: bytes) -> bytes:
+        """`"usage":null` rides on every chunk once usage is asked for: out with it when
+        the gateway asked, not the client; only real usage is parsed. The usual form
+        costs one replace and one scan (bytes.replace returns `data` itself when it
+        finds nothing)."""
+        if self.drop_usage:
+            data = data.replace(b',"usage":null', b"")
+            if b'"usage"' not in data:
+                return data
+            data = strip_null_usage(data)
+        if b'"usage":{' in data or b'"usage": {' in data:
+            data = self._take_usage(data)
+        return data
 
     def _take_usage(self, block: bytes) -> bytes:
         lines = block.split(b"\n")
@@ -142,18 +181,54 @@ class StreamRewriter:
         return b"\n".join(keep)
 
 
-def _done_line(block: bytes) -> bool:
-    """True when a line of `block` is `data: [DONE]`, not when a token merely says "[DONE]".
+# `"usage": null` as serialisers write it, with the comma that joins it to its chunk.
+_NULL_USAGE = ((b'"usage":null', (b',"usage":null', b'"usage":null,')),
+               (b'"usage": null', (b', "usage": null', b'"usage": null, ')))
+
+
+def strip_null_usage(data: bytes) -> bytes:
+    """`data` with every `"usage": null` member taken out of its chunks."""
+    for field, forms in _NULL_USAGE:
+        for form in forms:
+            if field not in data:
+                break
+            data = data.replace(form, b"")
+    return data
+
+
+def _blank_line(data: bytes) -> bytes | None:
+    """The blank line `data` starts with, if it does."""
+    if data.startswith(b"\n"):
+        return b"\n"
+    if data.startswith(b"\r\n"):
+        return b"\r\n"
+    return None
+
+
+def _done_end(block: bytes) -> int:
+    """Where the `data: [DONE]` line of `block` ends (after its newline), or -1: a token
+    that merely says "[DONE]" is no such line.
 
     Inside a JSON string a newline is always escaped, so a real event is the one
-    whose line starts with `data:`.
+    whose line starts with `data:`. `block` holds whole lines only.
     """
     at = block.find(b"[DONE]")
     while at != -1:
         line_start = block.rfind(b"\n", 0, at) + 1
         if block[line_start:at].rstrip() == b"data:":
-            return True
+            return block.find(b"\n", at) + 1
         at = block.find(b"[DONE]", at + 1)
+    return -1
+
+
+def has_data_line(block: bytes) -> bool:
+    """True once `block` holds a whole `data:` line: a stream's first event has come.
+    Comments (`: keep-alive`) and other fields before it are no event."""
+    at = block.find(b"data:")
+    while at != -1:
+        if (at == 0 or block[at - 1] in b"\r\n") and block.find(b"\n", at) != -1:
+            return True
+        at = block.find(b"data:", at + 1)
     return False
 
 
@@ -193,18 +268,20 @@ def body_usage(body: bytes) -> dict[str, Any] | None:
 
 
 async def relay_stream(resp: web.StreamResponse, chunks: AsyncIterator[bytes], first: bytes,
-                       rewriter: Any, rec: RequestRecord) -> None:
-    """Pass an SSE stream through chunk by chunk until `[DONE]` (or the API's terminal
-    event: `rewriter` is a StreamRewriter or one with its interface); a break ends with
-    the API's error event. What the runtime sends after the end is left for the caller
-    to drain."""
+                       rewriter: Any, rec: RequestRecord, watch: ClientWatch) -> None:
+    """Pass an SSE stream through chunk by chunk until `[DONE]` and its blank line (or
+    the API's terminal event: `rewriter` is a StreamRewriter or one with its interface);
+    a break ends with the API's error event. What the runtime sends after the end is left
+    for the caller to drain. `watch` times each write to the client (server.client_idle_s)."""
+    clock = time.perf_counter
     out = rewriter.feed(first)
     _note_token(rewriter, rec)
     if out:
+        watch.since = clock()
         await resp.write(out)
-    if rewriter.saw_done:
+        watch.since = 0.0
+    if rewriter.finished:
         return
-    clock = time.perf_counter
     try:
         waited = clock()
         async for data in chunks:
@@ -213,20 +290,26 @@ async def relay_stream(resp: web.StreamResponse, chunks: AsyncIterator[bytes], f
             out = rewriter.feed(data)
             _note_token(rewriter, rec, now)
             if out:
+                watch.since = now
                 await resp.write(out)
-            if rewriter.saw_done:
+                watch.since = 0.0
+            if rewriter.finished:
                 return
             waited = clock()
         out = rewriter.flush()
         if out:
+            watch.since = clock()
             await resp.write(out)
-        if not rewriter.saw_done and not rewriter.finished:
+            watch.since = 0.0
+        if not rewriter.saw_done and not rewriter.complete:
             raise UpstreamError("the runtime closed the stream before it finished",
                                 reason=Reason.UPSTREAM_CLOSED)
     except UpstreamError as err:
         rec.aborted = err.reason
         rec.error = err.message
+        watch.since = clock()
         await resp.write(rewriter.error_event(err))
+        watch.since = 0.0
         raise
 
 

@@ -87,7 +87,7 @@ class EventRewriter:
     and response ids rewritten, usage and the terminal event noticed."""
 
     __slots__ = ("patterns", "ids", "fmt", "usage", "saw_done", "saw_token", "finished",
-                 "_ids_known", "_tail", "_last")
+                 "complete", "_ids_known", "_tail", "_last")
 
     def __init__(self, patterns: tuple[tuple[bytes, bytes], ...], ids: IdRewriter | None,
                  fmt: EventFormat) -> None:
@@ -97,7 +97,8 @@ class EventRewriter:
         self.usage: dict[str, Any] | None = None
         self.saw_done = False
         self.saw_token = False
-        self.finished = False
+        self.finished = False    # the terminal event and its blank line are out
+        self.complete = False    # only StreamRewriter's end markers set it
         self._ids_known = ids is None
         self._tail = b""
         self._last = b""
@@ -113,6 +114,10 @@ class EventRewriter:
             self._tail = b""
         if not data:
             return b""
+        if self.saw_done:
+            # The terminal event's data line went out; its blank line is the next line.
+            self.finished = True
+            return b"\r\n" if data.startswith(b"\r\n") else b"\n"
         for old, new in self.patterns:
             if old in data:
                 data = data.replace(old, new)
@@ -125,12 +130,20 @@ class EventRewriter:
             self.saw_token = True
         if self.fmt.watched.search(data):
             self._scan(data)
+            if self.saw_done and (data.endswith(b"\n\n") or data.endswith(b"\r\n\r\n")):
+                self.finished = True
         self._last = data
         return data
 
     def flush(self) -> bytes:
+        """What is left when the runtime closed, and a missing blank line after the
+        terminal event."""
         tail, self._tail = self._tail, b""
-        return self.feed(tail + b"\n") if tail.strip() else b""
+        out = self.feed(tail + b"\n") if tail.strip() else b""
+        if self.saw_done and not self.finished:
+            self.finished = True
+            out += b"\n"
+        return out
 
     def error_event(self, err: GatewayError) -> bytes:
         return self.fmt.error_event(err, self._last)

@@ -167,3 +167,85 @@ class FakeRuntime:
             raise
         finally:
             self.in_flight -= 1
+
+
+# --- Stream faults (issue 19) -------------------------------------------------------------
+# Kept apart from FakeRuntime's own switches: a subclass whose streams misbehave in the ways
+# a stuck or quirky runtime does. Every switch off = FakeRuntime's own stream.
+
+@dataclass
+class FaultyRuntime(FakeRuntime):
+    """FakeRuntime plus stream faults, for chat completions streams."""
+
+    silent_after_headers_s: float = 0.0   # send the SSE headers, then nothing for this long
+    keepalives: int = 0               # `: keepalive` comments before the first event...
+    keepalive_every_s: float = 0.05   # ...this far apart
+    split_done: bool = False          # write `data: [DONE]\n` and its blank line apart
+    done_unterminated: bool = False   # end with `data: [DONE]\n` and no blank line
+    chunk_bytes: int = 0              # pad each token chunk to about this many bytes
+    null_usage: bool = False          # `"usage": null` on every chunk, as OpenAI's API does
+    sent: bytearray = field(default_factory=bytearray)   # every stream byte written
+    writes_done: int = 0              # chunk writes that returned (backpressure shows here)
+
+    def _faulty(self) -> bool:
+        return bool(self.silent_after_headers_s or self.keepalives or self.split_done
+                    or self.done_unterminated or self.chunk_bytes or self.null_usage)
+
+    async def _stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        if not self._faulty():
+            return await super()._stream(request, body)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        self.in_flight += 1
+        try:
+            await self._faulty_events(resp, body)
+            await resp.write_eof()
+            return resp
+        except ConnectionResetError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+
+    async def _write(self, resp: web.StreamResponse, data: bytes) -> None:
+        self.sent += data
+        await resp.write(data)
+        self.writes_done += 1
+
+    async def _faulty_events(self, resp: web.StreamResponse, body: dict[str, Any]) -> None:
+        await resp.write(b"")   # headers out now
+        if self.silent_after_headers_s:
+            await asyncio.sleep(self.silent_after_headers_s)
+        for _ in range(self.keepalives):
+            await self._write(resp, b": keepalive\n\n")
+            await asyncio.sleep(self.keepalive_every_s)
+        if self.first_event_error:
+            await self._write(resp, b"data: " + self._dumps(
+                {"error": {"message": "model overloaded", "code": 503}}) + b"\n\n")
+            return
+        asked = bool((body.get("stream_options") or {}).get("include_usage"))
+        base = {"id": "cmpl-fake", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": body["model"]}
+        if asked and self.null_usage:
+            base["usage"] = None
+        pad = "x" * max(0, self.chunk_bytes - 200)
+        for i in range(self.words):
+            choice = {"index": 0, "delta": {"content": f"w{i} {pad}"}, "finish_reason": None}
+            await self._write(resp, b"data: " + self._dumps({**base, "choices": [choice]})
+                              + b"\n\n")
+            if self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+        last = {"index": 0, "delta": {}, "finish_reason": "stop"}
+        await self._write(resp, b"data: " + self._dumps({**base, "choices": [last]}) + b"\n\n")
+        if asked and self.send_usage:
+            await self._write(resp, b"data: " + self._dumps({**base, "choices": [], "usage": {
+                "prompt_tokens": 7, "completion_tokens": self.words,
+                "total_tokens": 7 + self.words}}) + b"\n\n")
+        if self.done_unterminated:
+            await self._write(resp, b"data: [DONE]\n")
+        elif self.split_done:
+            await self._write(resp, b"data: [DONE]\n")
+            await asyncio.sleep(0.05)   # a read of its own on the gateway's side
+            await self._write(resp, b"\n")
+        else:
+            await self._write(resp, b"data: [DONE]\n\n")

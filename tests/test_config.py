@@ -136,6 +136,8 @@ BAD = [
     case("max-body", "server: {max_body_mb: 0}\n" + ECHO,
          "server.max_body_mb: must be greater than 0"),
     case("drain", "server: {drain_s: -1}\n" + ECHO, "server.drain_s: must be at least 0"),
+    case("client-idle", "server: {client_idle_s: 0}\n" + ECHO,
+         "server.client_idle_s: must be greater than 0"),
     case("cors-origin", "server: {cors_origins: ['https://app.example.com/']}\n" + ECHO,
          "server.cors_origins.0: must be \"*\" or an origin like https://app.example.com "
          "(no path or trailing slash), got 'https://app.example.com/'"),
@@ -249,7 +251,7 @@ def test_every_problem_is_collected_and_sorted():
         "backends.b.url: is required for kind 'vllm'",
         "retries.attempts: must be at least 0",
         "server.colour: unknown key (expected one of: host, port, cors_origins, max_body_mb, "
-        "drain_s, admin_key)",
+        "drain_s, admin_key, client_idle_s)",
         "server.port: must be at least 1",
     ]
 

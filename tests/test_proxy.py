@@ -313,8 +313,11 @@ def test_usage_null_on_every_chunk_is_not_taken_for_usage():
     from gateway.relay import StreamRewriter
     rewriter = StreamRewriter((), drop_usage=True)
     chunk = b'data: {"choices":[{"delta":{"content":"x"}}],"usage":null}\n\n'
-    assert rewriter.feed(chunk) == chunk
+    # The client did not ask for usage: the null the gateway's include_usage caused goes.
+    assert rewriter.feed(chunk) == b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'
     assert rewriter.usage is None
+    asked = StreamRewriter((), drop_usage=False)
+    assert asked.feed(chunk) == chunk and asked.usage is None
     last = b'data: {"choices":[],"usage":{"completion_tokens":1}}\n\ndata: [DONE]\n\n'
     assert rewriter.feed(last) == b"data: [DONE]\n\n"
     assert rewriter.usage == {"completion_tokens": 1} and rewriter.saw_done

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from aiohttp import web
 
 from ..auth import check_model
 from ..dispatch import Opened
+from ..clientwatch import ClientWatch
 from ..endpoints import BYTES, MULTIPART, NO_BODY, SAME_PATH, Endpoint
-from ..errors import ModelNotFound, Reason, ShuttingDown, UpstreamError
+from ..errors import ClientTooSlow, ModelNotFound, Reason, ShuttingDown, UpstreamError
 from ..forms import read_form
 from ..record import RequestRecord
 from ..relay import SSE_HEADERS, body_response, body_usage, relay_stream
@@ -35,6 +37,7 @@ from .stored import backend_patterns, follow_up, stored_call
 
 CLIENT_GONE = (ConnectionResetError, ConnectionError)
 DRAIN_AFTER_DONE_S = 1.0
+SLOW_CLIENT_GRACE_S = 1.0   # for the error event to a client cut by server.client_idle_s
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
@@ -78,7 +81,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     if endpoint.streams == BYTES:
         return await relay_bytes(request, opened, rec, endpoint.has_usage)
     if rec.stream:
-        return await _stream(request, opened, rec, endpoint, ids)
+        return await _stream(request, opened, rec, endpoint, ids,
+                             table.config.server.client_idle_s)
     return await _whole(opened, rec, endpoint, ids)
 
 
@@ -105,10 +109,11 @@ async def _whole(opened: Opened, rec: RequestRecord, endpoint: Endpoint,
 
 
 async def _stream(request: web.Request, opened: Opened, rec: RequestRecord,
-                  endpoint: Endpoint, ids: IdRewriter | None) -> web.StreamResponse:
+                  endpoint: Endpoint, ids: IdRewriter | None,
+                  client_idle_s: float) -> web.StreamResponse:
     error: BaseException | None = None
     try:
-        resp, error = await _relay_stream(request, opened, rec, endpoint, ids)
+        resp, error = await _relay_stream(request, opened, rec, endpoint, ids, client_idle_s)
         return resp
     except BaseException as exc:
         error = exc
@@ -118,24 +123,33 @@ async def _stream(request: web.Request, opened: Opened, rec: RequestRecord,
 
 
 async def _relay_stream(request: web.Request, opened: Opened, rec: RequestRecord,
-                        endpoint: Endpoint, ids: IdRewriter | None
+                        endpoint: Endpoint, ids: IdRewriter | None, client_idle_s: float
                         ) -> tuple[web.StreamResponse, BaseException | None]:
     """The relayed stream, and why it ended early: the runtime's failure after the
-    first byte, or the client's connection breaking."""
+    first byte, the client's connection breaking, or the client not reading."""
     drain = request.app[GATEWAY].drain
     resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
     stamp_response(request, resp, rec)
     rewriter = make_rewriter(endpoint, opened.patterns, opened.drop_usage, ids)
     broken: UpstreamError | None = None
     task = asyncio.current_task()
+    watch = ClientWatch(task, client_idle_s)
     drain.track(task)
     try:
         await resp.prepare(request)
-        await relay_stream(resp, opened.chunks, opened.first, rewriter, rec)
-    except UpstreamError as err:
-        broken = err  # the client already got it as an SSE error event
+        try:
+            await relay_stream(resp, opened.chunks, opened.first, rewriter, rec, watch)
+        except UpstreamError as err:
+            broken = err  # the client already got it as an SSE error event
+        watch.since = time.perf_counter()
+        await resp.write_eof()
     except asyncio.CancelledError:
         opened.response.close()
+        if watch.fired:
+            # Our own cut: the client read nothing for client_idle_s.
+            task.uncancel()
+            return resp, await _cut_slow_client(request, resp, rec, client_idle_s,
+                                                rewriter)
         if not drain.was_cut(task):
             rec.aborted = Reason.CLIENT_LEFT
             raise
@@ -144,18 +158,51 @@ async def _relay_stream(request: web.Request, opened: Opened, rec: RequestRecord
         rec.aborted = Reason.SHUTDOWN
         await _try_write(resp, rewriter.error_event(ShuttingDown(
             "the gateway is shutting down and its drain time ran out")))
+        await resp.write_eof()
     except CLIENT_GONE as exc:
         opened.response.close()
         rec.aborted = Reason.CLIENT_LEFT
         rec.status = 499
         return resp, exc
     finally:
+        watch.cancel()
         drain.untrack(task)
         rec.usage = rewriter.usage
-    await resp.write_eof()
     if broken is None:
         await _drain_runtime(opened, task)
     return resp, broken
+
+
+async def _cut_slow_client(request: web.Request, resp: web.StreamResponse,
+                           rec: RequestRecord, client_idle_s: float,
+                           rewriter: Any) -> ClientTooSlow:
+    """End the stream of a client that stopped reading with an error event, which it
+    gets if it reads again; its connection is closed in any case."""
+    err = ClientTooSlow(f"the client read nothing for {client_idle_s:g} s "
+                        "(server.client_idle_s); the stream was cut")
+    rec.aborted = Reason.CLIENT_SLOW
+    rec.error = err.message
+    resp.force_close()
+    task = asyncio.current_task()
+    try:
+        async with asyncio.timeout(min(client_idle_s, SLOW_CLIENT_GRACE_S)):
+            await resp.write(rewriter.error_event(err))
+            await resp.write_eof()
+        return err
+    except asyncio.CancelledError:
+        if task is None or task.cancelling():
+            raise   # a real cancellation
+        # No one cancelled this task: aiohttp's drain waiter is the future the cut
+        # cancelled, and stays so until the client reads. The bytes are buffered.
+    except (TimeoutError, *CLIENT_GONE):
+        pass
+    transport = request.transport
+    if transport is not None:
+        # What is buffered, the error event included, still goes out if the client
+        # reads again soon; a client that never does is dropped.
+        transport.close()
+        asyncio.get_running_loop().call_later(client_idle_s, transport.abort)
+    return err
 
 
 async def _drain_runtime(opened: Opened, task: asyncio.Task) -> None:

@@ -73,6 +73,7 @@ SCHEMA = {
         "max_body_mb": _number(gt=0),
         "drain_s": _number(min=0),
         "admin_key": {"type": "string", "nullable": True},
+        "client_idle_s": _number(gt=0),
     }),
     "backends": {"type": "dict", "required": True, "empty": False,
                  "keysrules": _string(check_with="name"),

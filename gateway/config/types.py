@@ -112,6 +112,7 @@ class ServerConfig:
     max_body_mb: float = 16
     drain_s: float = 30
     admin_key: str | None = None
+    client_idle_s: float = 30      # a stream's client that reads nothing this long is cut
 
     @property
     def max_body_bytes(self) -> int:

@@ -3,7 +3,9 @@
 Consecutive backend faults (see `errors.BACKEND_FAULTS`) eject a backend for a
 cooldown that doubles per ejection, from `health.cooldown_s` up to
 `health.max_cooldown_s`. When the cooldown ends the backend gets one trial
-request, not a flood; a success readmits it. A 429 is no fault: its
+request, not a flood; only a real request's success readmits it and resets the
+counts: active health checks never end a passive ejection, since a runtime's
+/health may answer while its completions hang. A 429 is no fault: its
 `Retry-After` only cools the backend down for that long.
 """
 
@@ -45,9 +47,11 @@ def record_failure(backend: BackendState, health: HealthConfig, now: float) -> b
 
 
 def start_trial(backend: BackendState, health: HealthConfig, now: float) -> None:
-    """An ejected backend whose cooldown ended gets one trial request, not a flood."""
+    """An ejected backend whose cooldown ended gets one trial request, not a flood:
+    until the trial is judged, no other request is sent for the next cooldown."""
     if backend.consecutive_failures >= health.unhealthy_after:
-        backend.ejected_until = now + health.cooldown_s
+        backend.ejected_until = now + min(health.cooldown_s * 2 ** backend.ejections,
+                                          health.max_cooldown_s)
 
 
 def cool_down(backend: BackendState, seconds: float, now: float) -> None:

@@ -1,8 +1,10 @@
 """Choosing a backend and getting a first answer from it: retries, then fallbacks.
 
 Tries happen only before the client got a byte. A try fails over to another
-backend on connect errors, timeouts, 429/5xx and a stream whose first event is
-an error; a runtime's other 4xx is the client's answer and is passed through.
+backend on connect errors, timeouts, 429/5xx and a stream whose first data event
+is an error (comments before it are held, not committed to: until that event, a
+retry is still possible); a runtime's other 4xx is the client's answer and is
+passed through.
 Each backend is tried at most once per request, within one overall deadline.
 Every setting comes from the request's own route table, so a reload during the
 request changes nothing for it.
@@ -17,11 +19,11 @@ from typing import Any, AsyncIterator, Mapping, Protocol
 from ..config import BackendConfig, Config, HealthConfig
 from ..endpoints import BYTES, Endpoint
 from ..errors import (DeadlineExceeded, NoHealthyBackend, Reason, UpstreamError,
-                      UpstreamStatus)
+                      UpstreamStatus, UpstreamTimeout)
 from ..metrics import Metrics
 from ..record import RequestRecord
 from ..forms import body_for
-from ..relay import model_patterns
+from ..relay import has_data_line, model_patterns
 from ..relay_events import stream_error
 from ..routing import RouteRequest
 from ..runtimes.scrub import scrub_text
@@ -209,20 +211,29 @@ class Dispatcher:
                                       "include_usage": True}
         backend.in_flight += 1
         started = time.perf_counter()
+        # first_byte_s runs from the request's sending to the first data event of a
+        # stream (to the headers of a whole answer); the retry deadline may end it sooner.
+        first_by = asyncio.get_running_loop().time() + bcfg.timeouts.first_byte_s
         try:
             response = await backend.runtime.open(endpoint, body, rec.id_for_runtimes(),
                                                   deadline, target=target,
                                                   extra_headers=extra_headers)
             opened = Opened(self, backend, public, response, drop_usage, cfg.health)
             if rec.stream or endpoint.streams == BYTES:
+                by_deadline = deadline < first_by
                 try:
-                    async with asyncio.timeout_at(deadline):
+                    async with asyncio.timeout_at(deadline if by_deadline else first_by):
                         await self._first_chunk(opened, endpoint)
                 except TimeoutError:
-                    raise DeadlineExceeded() from None
+                    if by_deadline:
+                        raise DeadlineExceeded() from None
+                    raise UpstreamTimeout(
+                        f"backend {backend.name} sent no event within "
+                        f"{bcfg.timeouts.first_byte_s:g} s",
+                        reason=Reason.FIRST_BYTE_TIMEOUT) from None
             if endpoint.prompt_field is not None:
-                # least_latency's time to first token: runtimes send a stream's first chunk
-                # with its first token, and a whole answer's headers with the whole answer.
+                # least_latency's time to first token: the first data event of a stream,
+                # a whole answer's headers (which come with the whole answer).
                 backend.observe_ttft(time.perf_counter() - started)
         except UpstreamStatus:
             self.release(backend, None, cfg.health)
@@ -235,12 +246,16 @@ class Dispatcher:
         return opened
 
     async def _first_chunk(self, opened: Opened, endpoint: Endpoint) -> None:
-        """Hold the stream until its first bytes: an error there can still be retried."""
+        """Hold the stream until its first data event (a bytes answer: its first bytes):
+        an error there can still be retried. Comments (keep-alives) before it are held,
+        then relayed with it."""
         chunks = opened.response.chunks()
+        first = b""
         try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            first = b""
+            if endpoint.streams == BYTES:
+                first = await anext(chunks, b"")
+            else:
+                first = await _first_event(chunks)
         except BaseException:
             opened.response.close()
             raise
@@ -248,7 +263,8 @@ class Dispatcher:
         if not first or error is not None:
             await chunks.aclose()
             opened.response.close()
-            message = str((error or {}).get("message", "the runtime sent an empty stream"))
+            message = str((error or {}).get(
+                "message", "the runtime ended the stream before its first event"))
             message = scrub_text(message, opened.backend.config)
             raise UpstreamError(f"backend {opened.backend.name} failed: {message}",
                                 reason=Reason.STREAM_ERROR)
@@ -264,3 +280,14 @@ class Dispatcher:
         if isinstance(error, UpstreamError):
             self.metrics.upstream_errors.labels(backend.name, error.reason).inc()
         ejection.judge(backend, error, health, time.monotonic())
+
+
+async def _first_event(chunks: AsyncIterator[bytes]) -> bytes:
+    """The bytes up to and with a stream's first whole `data:` line; b"" when the stream
+    ended before any event."""
+    first = b""
+    async for data in chunks:
+        first += data
+        if has_data_line(first):
+            return first
+    return first if b"data:" in first else b""
