@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs llama-cpp-python's OpenAI-compatible server for the `llamacpp` test tier
 # (tests/test_real_mixed.py), from PyPI only: `llama-cpp-python[server]`, pinned, built from
-# its sdist (CPU only, -march=native, 2 build jobs: about 5 minutes on 2 cores) into a venv of
+# its sdist (CPU only, -march=native, 2 build jobs: about 8 minutes on 2 cores) into a venv of
 # its own, so nothing is added to the project's environment.
 #
 # It runs on the GGUF model that .ci/install-llama.sh assembles (LLAMA_MODEL in the env file):
@@ -75,16 +75,17 @@ else
   fi
   rm -rf "$VENV"
   "$PYTHON" -m venv "$VENV"
-  "$VPY" -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null
   build_log="$VENV/build.log"
-  log "building llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION with $JOBS jobs (about 5 minutes; log: $build_log)"
+  "$VPY" -m pip install --quiet --disable-pip-version-check --upgrade pip >"$build_log" 2>&1 \
+    || { tail -n 20 "$build_log" >&2; log "could not upgrade pip in $VENV"; exit 1; }
+  log "building llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION with $JOBS jobs (5-10 minutes on 2 cores; log: $build_log)"
   tb=$(now)
   # --no-cache-dir: pip's wheel cache does not know CMAKE_ARGS and could hand back a wheel built
   # with other options (or for another CPU).
   if ! CMAKE_ARGS="${CMAKE_OPTS[*]}" CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" \
        "$VPY" -m pip install --verbose --no-cache-dir --disable-pip-version-check \
          --no-binary llama-cpp-python "llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION" \
-         >"$build_log" 2>&1; then
+         >>"$build_log" 2>&1; then
     tail -n 40 "$build_log" >&2
     log "build failed (full log: $build_log)"
     exit 1

@@ -97,19 +97,30 @@ class HttpTap:
 
     def start(self) -> None:
         self._thread.start()
+        self.listen()
+
+    def listen(self) -> None:
+        """Accept connections (again, on the same port after `refuse`)."""
         self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._relay, HOST, 0), self._loop).result(10)
+            asyncio.start_server(self._relay, HOST, self.port), self._loop).result(10)
         self.port = self._server.sockets[0].getsockname()[1]
 
+    def refuse(self) -> None:
+        """Stop listening and drop every connection: with its runtime killed, the gateway then
+        meets a refused connection, as it would on the runtime's own port."""
+        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     def stop(self) -> None:
-        async def close() -> None:
-            if self._server is not None:
-                self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+            self.refuse()
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
         self._loop.close()
