@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -237,6 +238,36 @@ def test_streamed_chat_with_usage(mixed):
     assert answers[PY][2] is None
     assert metric_sum(mixed.gateway.port, "gateway_usage_missing_total",
                       backend=PY) > missing_before
+
+
+def test_a_request_during_a_stream_does_not_cut_it(mixed):
+    """llama-cpp-python ends a running stream early (`[DONE]`, no finish_reason) when any
+    other request arrives, a health check included, unless started with
+    --interrupt_requests false, as the example says."""
+    client = mixed.client()
+    for _ in range(4):
+        raw = client.chat.completions.with_raw_response.create(
+            model=PUBLIC_MODEL, max_tokens=40, temperature=0, stream=True,
+            messages=[{"role": "user", "content": "Write a long story about a lighthouse."}])
+        with raw.parse() as stream:
+            if raw.headers.get("x-gateway-backend") != PY:
+                continue
+            chunks, finish, other = 0, None, None
+            for chunk in stream:
+                chunks += 1
+                finish = chunk.choices[0].finish_reason or finish if chunk.choices else finish
+                if chunks == 3:   # mid-stream, straight to the runtime: it waits for the lock
+                    other = threading.Thread(target=http_get, args=(
+                        mixed.servers[PY].port, "/v1/models", 30))
+                    other.start()
+            if other is not None:
+                other.join(30)
+            # A cut stream (by that request, or by one of the gateway's health checks) ends
+            # with [DONE] and no finish_reason.
+            assert finish in ("stop", "length"), f"cut after {chunks} chunks"
+            assert other is not None and chunks > 3, chunks
+            return
+    raise AssertionError("llama-cpp-python was not picked in 4 requests at 1:1")
 
 
 def test_completions_on_both(mixed):
