@@ -1,8 +1,11 @@
-"""Helpers for tests/test_real_llamacpp.py: find the llama.cpp install, run llama-server and
-the gateway as subprocesses on 127.0.0.1, write their config.
+"""Helpers for the real-runtime tier (tests/test_real_llamacpp.py, tests/test_real_mixed.py):
+find the installs, run llama-server, llama-cpp-python's server and the gateway as subprocesses
+on 127.0.0.1, write their config.
 
-The install is made by .ci/install-llama.sh, which writes `LLAMA_SERVER_BIN=` and `LLAMA_MODEL=`
-to `${LLAMA_CACHE:-~/.cache/gateway-llama}/env`; the same two variables in the environment win.
+The installs are made by .ci/install-llama.sh, which writes `LLAMA_SERVER_BIN=` and
+`LLAMA_MODEL=` to `${LLAMA_CACHE:-~/.cache/gateway-llama}/env`, and
+.ci/install-llama-cpp-python.sh, which adds `LLAMA_CPP_PYTHON=` (its venv's python) there; the
+same variables in the environment win.
 """
 
 from __future__ import annotations
@@ -27,17 +30,23 @@ ADMIN_KEY = "llamacpp-test-admin"
 ENV_FILE = Path(os.environ.get("LLAMA_CACHE") or Path.home() / ".cache" / "gateway-llama") / "env"
 
 
-def find_install() -> tuple[Path | None, Path | None, str]:
-    """(llama-server binary, GGUF model, why not) from the environment, the env file, or PATH."""
+def installed() -> dict[str, str]:
+    """What the install scripts wrote to the env file, overridden by the environment."""
     found: dict[str, str] = {}
     if ENV_FILE.is_file():
         for line in ENV_FILE.read_text().splitlines():
             key, sep, value = line.partition("=")
             if sep:
                 found[key.strip()] = value.strip()
-    for key in ("LLAMA_SERVER_BIN", "LLAMA_MODEL"):
+    for key in ("LLAMA_SERVER_BIN", "LLAMA_MODEL", "LLAMA_CPP_PYTHON"):
         if os.environ.get(key):
             found[key] = os.environ[key]
+    return found
+
+
+def find_install() -> tuple[Path | None, Path | None, str]:
+    """(llama-server binary, GGUF model, why not) from the environment, the env file, or PATH."""
+    found = installed()
     binary = found.get("LLAMA_SERVER_BIN") or shutil.which("llama-server")
     model = found.get("LLAMA_MODEL")
     problems = []
@@ -48,6 +57,15 @@ def find_install() -> tuple[Path | None, Path | None, str]:
     if problems:
         return None, None, "; ".join(problems) + f" — run .ci/install-llama.sh (reads {ENV_FILE})"
     return Path(binary), Path(model), ""
+
+
+def find_llama_cpp_python() -> tuple[Path | None, str]:
+    """(the python of llama-cpp-python's venv, why not)."""
+    python = installed().get("LLAMA_CPP_PYTHON")
+    if not python or not os.access(python, os.X_OK):
+        return None, (f"no llama-cpp-python (LLAMA_CPP_PYTHON={python!r}) — run "
+                      f".ci/install-llama-cpp-python.sh (reads {ENV_FILE})")
+    return Path(python), ""
 
 
 def gateway_command() -> list[str]:
@@ -132,9 +150,31 @@ class Proc:
         return f"--- last lines of {self.log_path} ---\n" + "\n".join(lines[-n:])
 
 
-class LlamaServer(Proc):
+class Runtime(Proc):
+    """A runtime server process on a free loopback port, ready when its health path is 200."""
+    health_path = "/health"
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def healthy(self) -> bool:
+        return http_get(self.port, self.health_path, 2)[0] == 200
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        wait_until(self.healthy, timeout, f"{self.name} {self.health_path} 200", self)
+
+    def restart(self, timeout: float = 60) -> None:
+        self.kill()
+        self.start()
+        self.wait_healthy(timeout)
+
+
+class LlamaServer(Runtime):
     def __init__(self, name: str, binary: Path, model: Path, log_dir: Path,
-                 ctx: int = 1024, threads: int = 1, parallel: int = 1):
+                 ctx: int = 1024, threads: int = 1, parallel: int = 1,
+                 extra: tuple[str, ...] = ()):
         self.port = free_port()
         argv = [str(binary), "-m", str(model), "--host", HOST, "--port", str(self.port),
                 # The GGUF carries no chat template (llama-server would fall back to chatml):
@@ -144,23 +184,8 @@ class LlamaServer(Proc):
                 "--alias", PUBLIC_MODEL, "--no-jinja", "--chat-template", "gemma",
                 "-c", str(ctx), "-np", str(parallel),
                 "-t", str(threads), "-tb", str(threads), "--metrics", "--slots",
-                "--no-warmup"]
+                "--no-warmup", *extra]
         super().__init__(name, argv, log_dir / f"{name}.log")
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def healthy(self) -> bool:
-        return http_get(self.port, "/health", 2)[0] == 200
-
-    def wait_healthy(self, timeout: float = 60) -> None:
-        wait_until(self.healthy, timeout, f"{self.name} /health 200", self)
-
-    def restart(self, timeout: float = 60) -> None:
-        self.kill()
-        self.start()
-        self.wait_healthy(timeout)
 
     def metrics(self) -> dict[str, float]:
         status, body = http_get(self.port, "/metrics")
@@ -179,6 +204,44 @@ class LlamaServer(Proc):
 
     def busy(self) -> bool:
         return any(s.get("is_processing") for s in self.slots())
+
+
+class LlamaCppPythonServer(Runtime):
+    """llama-cpp-python's OpenAI-compatible server (FastAPI + uvicorn), from its own venv.
+
+    It has no /health: /v1/models is 200 once it listens, and it listens only once the model
+    is loaded. Its uvicorn access log (one line per request) goes to the log file.
+    """
+    health_path = "/v1/models"
+
+    def __init__(self, name: str, python: Path, model: Path, log_dir: Path,
+                 ctx: int = 1024, threads: int = 1):
+        self.port = free_port()
+        argv = [str(python), "-m", "llama_cpp.server", "--model", str(model),
+                "--model_alias", PUBLIC_MODEL, "--chat_format", "gemma",
+                "--host", HOST, "--port", str(self.port), "--n_ctx", str(ctx),
+                "--n_threads", str(threads), "--n_threads_batch", str(threads),
+                # By default any request that arrives during a stream (a health check or a
+                # model listing included) ends that stream early: `data: [DONE]` with no
+                # finish_reason. Off, requests wait for the one model lock instead.
+                "--interrupt_requests", "false",
+                "--verbose", "false"]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        super().__init__(name, argv, log_dir / f"{name}.log", env)
+
+    def access_log(self) -> list[tuple[str, str, int]]:
+        """(method, path, status) of every request uvicorn logged."""
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            # INFO:     127.0.0.1:51234 - "GET /v1/models HTTP/1.1" 200 OK
+            head, sep, tail = line.partition('" ')
+            if not sep or ' - "' not in head:
+                continue
+            request = head.rsplit(' - "', 1)[1].split(" ")
+            status = tail.split(" ", 1)[0]
+            if len(request) == 3 and status.isdigit():
+                out.append((request[0], request[1], int(status)))
+        return out
 
 
 def gateway_yaml(port: int, servers: list[LlamaServer], weights: list[int]) -> str:
@@ -211,9 +274,10 @@ retries: {{attempts: 2, deadline_s: 60}}
 
 
 class Gateway(Proc):
-    def __init__(self, config: Path, log_dir: Path):
+    def __init__(self, config: Path, log_dir: Path, env: dict[str, str] | None = None):
+        """`env`: variables added to the gateway's environment (what the config's ${...} read)."""
         self.port = free_port()
-        env = dict(os.environ)
+        env = dict(os.environ, **(env or {}))
         env.pop("GATEWAY_CONFIG", None)
         argv = gateway_command() + ["serve", "--config", str(config),
                                     "--host", HOST, "--port", str(self.port)]
