@@ -136,10 +136,11 @@ PY
 fi
 
 # ---------------------------------------------------------------- env file
-cat >"$CACHE/env.tmp" <<EOF
-LLAMA_SERVER_BIN=$SERVER_BIN
-LLAMA_MODEL=$MODEL
-EOF
+# Other installers' keys (LLAMA_CPP_PYTHON=) stay; this script's own two are rewritten.
+{
+  if [ -f "$CACHE/env" ]; then grep -v -e '^LLAMA_SERVER_BIN=' -e '^LLAMA_MODEL=' "$CACHE/env" || true; fi
+  printf 'LLAMA_SERVER_BIN=%s\nLLAMA_MODEL=%s\n' "$SERVER_BIN" "$MODEL"
+} >"$CACHE/env.tmp"
 mv "$CACHE/env.tmp" "$CACHE/env"
 log "done in $(( $(now) - T0 ))s; env file: $CACHE/env"
 cat "$CACHE/env"
