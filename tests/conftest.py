@@ -2,35 +2,43 @@ from __future__ import annotations
 
 import os
 from types import MappingProxyType
-from typing import Any, Awaitable, Callable, NoReturn
+from typing import Any, AsyncIterator, Awaitable, Callable, NoReturn
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from pytest_aiohttp import AiohttpClient
 
+from bench.fake_runtime import FakeRuntime, FakeServer
 from gateway.app import create_app
 from gateway.config import ApiKey, BackendConfig, Config, RouteConfig, backend
-from tests.fakes import FakeRuntime
 
 # What the fake runtime is called by its backends, and the smallest chat request to it.
 RUNTIME_ID = "meta-llama/Llama-3.1-8B-Instruct"
 CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hi"}]}
 
+StartRuntime = Callable[..., Awaitable[tuple[FakeRuntime, FakeServer]]]
+GatewayClient = Callable[[Config], Awaitable[TestClient]]
+
 
 @pytest.fixture
-def start_runtime(aiohttp_server) -> Callable[..., Awaitable[tuple[FakeRuntime, TestServer]]]:
-    """Start a fake runtime on a free loopback port: (switches, server)."""
-    async def start(**kwargs: Any) -> tuple[FakeRuntime, TestServer]:
-        fake = FakeRuntime(**kwargs)
-        server = await aiohttp_server(fake.app())
-        return fake, server
-    return start
+async def start_runtime() -> AsyncIterator[StartRuntime]:
+    """Start a fake runtime on a free loopback port: (switches, server); closed after the test."""
+    servers: list[FakeServer] = []
+
+    async def start(**switches: Any) -> tuple[FakeRuntime, FakeServer]:
+        fake = FakeRuntime(**switches)
+        servers.append(await fake.start())
+        return fake, servers[-1]
+    yield start
+    for server in servers:
+        await server.close()
 
 
-def runtime_backend(name: str, server: TestServer, kind: str = "vllm", **kw: Any
+def runtime_backend(name: str, server: FakeServer, kind: str = "vllm", **kw: Any
                     ) -> BackendConfig:
-    return backend(name, kind, str(server.make_url("/v1")), **kw)
+    return backend(name, kind, server.url("/v1"), **kw)
 
 
 def make_config(*backends: BackendConfig, routes: dict[str, RouteConfig] | None = None,
@@ -40,7 +48,7 @@ def make_config(*backends: BackendConfig, routes: dict[str, RouteConfig] | None 
 
 
 @pytest.fixture
-def gateway_client(aiohttp_client) -> Callable[[Config], Awaitable[TestClient]]:
+def gateway_client(aiohttp_client: AiohttpClient) -> GatewayClient:
     """A test client for a gateway app built from a Config object."""
     async def start(config: Config) -> TestClient:
         app: web.Application = create_app(config)

@@ -1,0 +1,113 @@
+"""The fake runtime's switches and counters, and the server that a start() gives."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from multidict import CIMultiDict
+
+from .protocol import Connection
+
+HOST = "127.0.0.1"
+COUNTERS = ("answered", "health_checks", "in_flight", "streams", "events", "usage_events",
+            "cancelled")
+
+
+@dataclass
+class Behaviour:
+    """How a runtime answers a POST: the switches of all its models, or of one."""
+
+    words: int = 5                    # tokens per answer: "w0 w1 ..."
+    hang_s: float = 0.0               # wait this long before sending anything
+    ttft_s: float = 0.0               # a stream's headers go out, then this wait
+    chunk_delay: float = 0.0          # seconds after each streamed token
+    status: int = 200                 # answer every request with this status...
+    fail_times: int | None = None     # ...for this many requests only (None = always)
+    retry_after: str | None = None
+    close_after: int | None = None    # break a stream after this many tokens
+    first_event_error: bool = False   # a 200 stream whose first event is an error
+    send_usage: bool = True
+
+    def failing(self) -> bool:
+        """Whether this request gets `status` (a limited failure counts one down)."""
+        if self.status == 200:
+            return False
+        if self.fail_times is None:
+            return True
+        if self.fail_times > 0:
+            self.fail_times -= 1
+            return True
+        return False
+
+
+@dataclass
+class FakeRuntime(Behaviour):
+    """One fake model server. Flip the switches from a test to make it misbehave."""
+
+    kind: str = "vllm"
+    models: tuple[str, ...] = ("meta-llama/Llama-3.1-8B-Instruct",)
+    by_model: dict[str, Behaviour] = field(default_factory=dict)   # a model's own switches
+    health_status: int = 200
+    spaced_json: bool = False         # write `"model": "x"` as Python's json.dumps does
+    echo_credentials: bool = False    # error answers quote the credentials they were sent
+    extra_headers: dict[str, str] = field(default_factory=dict)   # on every POST's answer
+    tokens_from_request: bool = False  # `max_tokens` sets the tokens (the benchmark's use)
+    record: bool = True               # keep each POST's body, headers and peer address
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    headers_seen: list[CIMultiDict[str]] = field(default_factory=list)
+    peers: list[tuple] = field(default_factory=list)   # the caller's address per POST
+    answered: int = 0                 # POSTs read
+    health_checks: int = 0
+    in_flight: int = 0                # streams being written
+    streams: int = 0
+    events: int = 0                   # SSE events sent, usage events excluded
+    usage_events: int = 0
+    cancelled: int = 0                # answers whose caller went away before the end
+
+    def __post_init__(self) -> None:
+        # Switches may come as JSON (the command line): lists and plain objects.
+        self.models = tuple(self.models)
+        self.by_model = {m: b if isinstance(b, Behaviour) else Behaviour(**b)
+                         for m, b in self.by_model.items()}
+
+    async def start(self, host: str = HOST, port: int = 0) -> FakeServer:
+        """Listen in the running loop; port 0 takes a free one."""
+        conns: set[Connection] = set()
+        server = await asyncio.get_running_loop().create_server(
+            lambda: Connection(self, conns), host, port, backlog=4096, reuse_address=True)
+        return FakeServer(server, conns)
+
+    def dumps(self, obj: Any) -> bytes:
+        return json.dumps(obj).encode() if self.spaced_json else orjson.dumps(obj)
+
+    def stats(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in COUNTERS}
+
+
+class FakeServer:
+    """A listening FakeRuntime. close() drops its open connections too, as a dead runtime."""
+
+    def __init__(self, server: asyncio.Server, conns: set[Connection]) -> None:
+        self._server = server
+        self._conns = conns
+        self.host, self.port = server.sockets[0].getsockname()[:2]
+
+    def url(self, path: str = "") -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    async def serve_forever(self) -> None:
+        await self._server.serve_forever()
+
+    async def close(self) -> None:
+        """Stop listening, drop every connection and wait (bounded) for their answers."""
+        self._server.close()
+        tasks = [c.task for c in self._conns if c.task is not None]
+        for conn in list(self._conns):
+            conn.transport.abort()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        await self._server.wait_closed()
