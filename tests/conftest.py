@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
+import time
 from types import MappingProxyType
 from typing import Any, AsyncIterator, Awaitable, Callable, NoReturn
 
@@ -54,6 +57,21 @@ def gateway_client(aiohttp_client: AiohttpClient) -> GatewayClient:
         app: web.Application = create_app(config)
         return await aiohttp_client(app)
     return start
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 1.0, interval: float = 0.02
+                     ) -> Any:
+    """Poll `check` (plain or async) until its value is truthy: that value, or the last one
+    once `timeout` s have gone by. The caller asserts on it."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / interval) + 1):
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(interval)
+    return result
 
 
 def unavailable(reason: str, require_var: str) -> NoReturn:

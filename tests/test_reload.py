@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -21,7 +20,7 @@ from bench.procs import Proc, free_port
 from gateway.app import create_app
 from gateway.config import load_config
 from gateway.typedefs import GATEWAY
-from tests.conftest import samples, value
+from tests.conftest import eventually, samples, value
 
 KEY = {"Authorization": "Bearer k"}   # ignored until an edit turns auth on
 WORDS = " ".join(str(i) for i in range(12))
@@ -49,12 +48,9 @@ async def reloads(client, result: str) -> float:
 
 
 async def wait_reloads(client, result: str, above: float, within: float = 2.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await reloads(client, result) > above:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no {result} reload within {within} s")
+    async def counted() -> bool:
+        return await reloads(client, result) > above
+    assert await eventually(counted, within, 0.05), f"no {result} reload within {within} s"
 
 
 MAX_LOOPS = 10_000   # requests per load task at most: ~100 s of a caller's 10 ms pace

@@ -67,7 +67,8 @@ def _header_lines(headers: dict[str, str]) -> bytes:
 class Connection(asyncio.Protocol):
     """One caller's connection: requests in order; an answer that waits holds the rest."""
 
-    __slots__ = ("rt", "conns", "transport", "peer", "buf", "busy", "closed", "task")
+    __slots__ = ("rt", "conns", "transport", "peer", "buf", "busy", "closed", "closing",
+                 "task")
 
     def __init__(self, rt: FakeRuntime, conns: set[Connection]) -> None:
         self.rt = rt
@@ -75,6 +76,7 @@ class Connection(asyncio.Protocol):
         self.buf = b""
         self.busy = False
         self.closed = False
+        self.closing = False             # the server shuts down: this answer is the last
         self.task: asyncio.Task | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -92,9 +94,18 @@ class Connection(asyncio.Protocol):
         self.buf += data
         self._drain()
 
+    def shut_down(self) -> None:
+        """No more requests: hang up now if idle, else once the answer under way is sent."""
+        self.closing = True
+        if not self.busy:
+            self._close()
+
     def _drain(self) -> None:
         """Answer every complete request in the buffer, until one has to wait."""
         while not self.busy and not self.closed:
+            if self.closing:
+                self._close()
+                return
             head_end = self.buf.find(b"\r\n\r\n")
             if head_end < 0:
                 if len(self.buf) > MAX_HEAD:
@@ -138,8 +149,9 @@ class Connection(asyncio.Protocol):
     def send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-            b"%s\r\n%s" % (status, _reason(status), len(body),
-                           _header_lines(headers) if headers else b"", body))
+            b"%s%s\r\n%s" % (status, _reason(status), len(body),
+                             _header_lines(headers) if headers else b"",
+                             b"Connection: close\r\n" if self.closing else b"", body))
 
     def _get(self, path: str) -> None:
         rt = self.rt

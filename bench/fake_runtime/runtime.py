@@ -102,12 +102,15 @@ class FakeServer:
     async def serve_forever(self) -> None:
         await self._server.serve_forever()
 
-    async def close(self) -> None:
-        """Stop listening, drop every connection and wait (bounded) for their answers."""
+    async def close(self, grace_s: float = 5) -> None:
+        """Shut down as a runtime does: stop listening and hang up on idle connections at
+        once; answers under way may finish for `grace_s`, then their connections go too."""
         self._server.close()
+        for conn in list(self._conns):
+            conn.shut_down()
         tasks = [c.task for c in self._conns if c.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
         for conn in list(self._conns):
             conn.transport.abort()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
         await self._server.wait_closed()
