@@ -15,7 +15,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import formats
 
@@ -23,9 +23,10 @@ if TYPE_CHECKING:
     from .runtime import Behaviour, FakeRuntime
 
 MAX_HEAD = 64 * 1024
-MAX_TOKENS = 4096
 CHAT, EMBEDDINGS = "/v1/chat/completions", "/v1/embeddings"
 POST_PATHS = (CHAT, "/v1/completions", EMBEDDINGS)
+REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())   # when none are kept
 
 
 class Call:
@@ -34,7 +35,7 @@ class Call:
     __slots__ = ("path", "headers", "body", "model", "b", "failed", "chat", "stream",
                  "tokens", "usage")
 
-    def __init__(self, rt: FakeRuntime, path: str, headers: CIMultiDict[str],
+    def __init__(self, rt: FakeRuntime, path: str, headers: CIMultiDictProxy[str],
                  body: dict[str, Any]) -> None:
         self.path, self.headers, self.body = path, headers, body
         model = body.get("model")
@@ -44,8 +45,8 @@ class Call:
         self.chat = path == CHAT
         self.stream = body.get("stream") is True and path != EMBEDDINGS
         wanted = body.get("max_tokens")
-        self.tokens = (min(wanted, MAX_TOKENS) if rt.tokens_from_request
-                       and type(wanted) is int and wanted > 0 else self.b.words)
+        asked = rt.tokens_from_request and type(wanted) is int and wanted > 0
+        self.tokens = min(wanted if asked else self.b.words, formats.MAX_TOKENS)
         options = body.get("stream_options")
         self.usage = isinstance(options, dict) and options.get("include_usage") is True
 
@@ -53,11 +54,26 @@ class Call:
         return f"{self.headers.get('Authorization')} {self.headers.get('api-key')}"
 
 
-def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b"Unknown"
+def _body_length(head: bytes) -> int | None:
+    """The one plain Content-Length a request head declares (0 if none), else None."""
+    lowered = head.lower()
+    if b"\r\ntransfer-encoding:" in lowered:
+        return None
+    at = lowered.find(b"\r\ncontent-length:")
+    if at < 0:
+        return 0
+    if lowered.find(b"\r\ncontent-length:", at + 2) >= 0:
+        return None
+    value = lowered[at + 17:].partition(b"\r\n")[0].strip()
+    return int(value) if value.isdigit() else None
+
+
+def _headers(fields: bytes) -> CIMultiDictProxy[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for line in fields.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        headers.add(name.decode("latin-1").strip(), value.strip().decode("latin-1"))
+    return CIMultiDictProxy(headers)
 
 
 def _header_lines(headers: dict[str, str]) -> bytes:
@@ -111,27 +127,21 @@ class Connection(asyncio.Protocol):
                 if len(self.buf) > MAX_HEAD:
                     self._refuse(431, "the request head is too large")
                 return
-            lines = self.buf[:head_end].split(b"\r\n")
-            keep = self.rt.record or self.rt.echo_credentials
-            headers: CIMultiDict[str] = CIMultiDict()
-            length = 0
-            for line in lines[1:]:
-                name, _, value = line.partition(b":")
-                lower = name.lower()
-                if lower == b"content-length" and value.strip().isdigit():
-                    length = int(value)
-                elif lower in (b"content-length", b"transfer-encoding"):
-                    self._refuse(411, "send one Content-Length")
-                    return
-                if keep:
-                    headers.add(name.decode("latin-1"), value.strip().decode("latin-1"))
+            head = self.buf[:head_end]
+            length = _body_length(head)
+            if length is None:
+                self._refuse(411, "send one Content-Length")
+                return
             end = head_end + 4 + length
             if len(self.buf) < end:
                 return
             body = self.buf[head_end + 4:end]
             self.buf = self.buf[end:]
-            method, _, target = lines[0].partition(b" ")
+            line, _, fields = head.partition(b"\r\n")
+            method, _, target = line.partition(b" ")
             path = target.partition(b" ")[0].partition(b"?")[0].decode("latin-1")
+            headers = (_headers(fields) if self.rt.record or self.rt.echo_credentials
+                       else NO_HEADERS)
             if method == b"POST" and path in POST_PATHS:
                 self._post(path, headers, body)
             else:
@@ -149,7 +159,7 @@ class Connection(asyncio.Protocol):
     def send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-            b"%s%s\r\n%s" % (status, _reason(status), len(body),
+            b"%s%s\r\n%s" % (status, REASONS.get(status, b"Unknown"), len(body),
                              _header_lines(headers) if headers else b"",
                              b"Connection: close\r\n" if self.closing else b"", body))
 
@@ -174,7 +184,7 @@ class Connection(asyncio.Protocol):
         else:
             self.send(404, orjson.dumps(formats.error(f"no route {path}", 404)))
 
-    def _post(self, path: str, headers: CIMultiDict[str], raw: bytes) -> None:
+    def _post(self, path: str, headers: CIMultiDictProxy[str], raw: bytes) -> None:
         rt = self.rt
         try:
             body = orjson.loads(raw)
@@ -273,7 +283,7 @@ class Connection(asyncio.Protocol):
             if b.close_after is not None and i >= b.close_after:
                 self._close()               # the runtime dies mid-stream
                 return False
-            self._event(rt.dumps(formats.chunk(base, call.chat, f"w{i} ")))
+            self._event(rt.dumps(formats.chunk(base, call.chat, formats.PIECES[i])))
             rt.events += 1
             if b.chunk_delay:
                 await asyncio.sleep(b.chunk_delay)

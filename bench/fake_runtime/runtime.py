@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from multidict import CIMultiDict
+from multidict import CIMultiDictProxy
 
 from .protocol import Connection
 
@@ -58,7 +58,7 @@ class FakeRuntime(Behaviour):
     tokens_from_request: bool = False  # `max_tokens` sets the tokens (the benchmark's use)
     record: bool = True               # keep each POST's body, headers and peer address
     requests: list[dict[str, Any]] = field(default_factory=list)
-    headers_seen: list[CIMultiDict[str]] = field(default_factory=list)
+    headers_seen: list[CIMultiDictProxy[str]] = field(default_factory=list)
     peers: list[tuple] = field(default_factory=list)   # the caller's address per POST
     answered: int = 0                 # POSTs read
     health_checks: int = 0
