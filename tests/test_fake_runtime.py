@@ -204,5 +204,6 @@ def test_the_program_the_benchmark_runs(tmp_path):
 
 
 def test_switches_arrive_as_json_too():
-    fake = FakeRuntime(models=["a"], by_model={"a": {"status": 503}})
+    fake = FakeRuntime(words=3, models=["a"], by_model={"a": {"status": 503}})
     assert fake.models == ("a",) and fake.by_model["a"].failing()
+    assert fake.by_model["a"].words == 5          # its own switches, not the runtime's

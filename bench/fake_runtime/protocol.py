@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from http import HTTPStatus
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 MAX_HEAD = 64 * 1024
 CHAT, EMBEDDINGS = "/v1/chat/completions", "/v1/embeddings"
 POST_PATHS = (CHAT, "/v1/completions", EMBEDDINGS)
-REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+REASONS = MappingProxyType({s.value: s.phrase.encode() for s in HTTPStatus})
 NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())   # when none are kept
 
 

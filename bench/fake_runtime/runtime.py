@@ -50,7 +50,8 @@ class FakeRuntime(Behaviour):
 
     kind: str = "vllm"
     models: tuple[str, ...] = ("meta-llama/Llama-3.1-8B-Instruct",)
-    by_model: dict[str, Behaviour] = field(default_factory=dict)   # a model's own switches
+    # A model listed here answers by its own switches alone (defaults where not set).
+    by_model: dict[str, Behaviour] = field(default_factory=dict)
     health_status: int = 200
     spaced_json: bool = False         # write `"model": "x"` as Python's json.dumps does
     echo_credentials: bool = False    # error answers quote the credentials they were sent
