@@ -3,7 +3,7 @@
     python -m bench.ab OLD_CHECKOUT NEW_CHECKOUT [--rounds 6] [--seconds 4]
 
 Each checkout's gateway (`python -m gateway serve`, run from that checkout) proxies the
-same fake runtime (bench/fake_runtime.py) on the same config. The two are measured in
+same fake runtime (bench/fake_runtime/) on the same config. The two are measured in
 alternating short rounds, so drift of a shared machine falls on both alike: wrk at 64
 connections on non-streamed chat, then a wave of streams (64 tokens each). CPU is
 utime+stime of each gateway's process from /proc around each round. Prints the median
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-ab-"))
     rt_port = free_port()
     runtime = Proc("runtime", [sys.executable, "-m", "bench.fake_runtime", "--port",
-                               str(rt_port)], tmp / "runtime.log", cwd=str(ROOT))
+                               str(rt_port)], tmp / "runtime.log", cwd=str(ROOT)).start()
     config = tmp / "gateway.yaml"
     config.write_text(CONFIG.format(url=f"http://127.0.0.1:{rt_port}", model=RUNTIME_MODEL))
     lua = tmp / "chat.lua"
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             ports[name] = free_port()
             procs[name] = Proc(name, [sys.executable, "-m", "gateway", "serve", "--config",
                                       str(config), "--port", str(ports[name])],
-                               tmp / f"{name}.log", cwd=str(Path(checkout).resolve()))
+                               tmp / f"{name}.log", cwd=str(Path(checkout).resolve())).start()
         for name, proc in procs.items():
             proc.wait_ready(f"http://127.0.0.1:{ports[name]}/ready", 30)
         out = asyncio.run(measure(["old", "new"], procs, ports, args.rounds, args.seconds, lua))

@@ -3,7 +3,7 @@
     python -m bench.events            # about a minute
     python -m bench.events --quick    # about 20 s
 
-Starts one fake runtime (bench/fake_runtime.py, which streams both chat chunks and the
+Starts one fake runtime (bench/fake_runtime/, which streams both chat chunks and the
 Responses API's named events) and `gateway serve` with one worker in front of it, the
 runtime as a `kind: vllm` backend whose public name maps to another runtime id, so
 model names (and, for Responses, response ids) are rewritten on every event. Then it
@@ -115,13 +115,13 @@ def main(argv: list[str] | None = None) -> int:
             rt_port, gw_port = free_port(), free_port()
             runtime = Proc("runtime", [sys.executable, "-m", "bench.fake_runtime", "--port",
                                        str(rt_port), "--chunk-ms", str(p["chunk_ms"])],
-                           Path(tmp) / "runtime.log", cwd=str(ROOT))
+                           Path(tmp) / "runtime.log", cwd=str(ROOT)).start()
             procs.append(runtime)
             config = Path(tmp) / "gateway.yaml"
             config.write_text(gateway_config(rt_port))
             gateway = Proc("gateway", [sys.executable, "-m", "gateway", "serve", "--config",
                                        str(config), "--port", str(gw_port)],
-                           Path(tmp) / "gateway.log", cwd=str(ROOT))
+                           Path(tmp) / "gateway.log", cwd=str(ROOT)).start()
             procs.append(gateway)
             runtime.wait_ready(f"http://127.0.0.1:{rt_port}/health", 20)
             gateway.wait_ready(f"http://127.0.0.1:{gw_port}/ready", 30)

@@ -5,7 +5,7 @@ Run from the repository root:
     python -m bench.messages_speed            # about half a minute
     python -m bench.messages_speed --quick
 
-One fake runtime (bench/fake_runtime.py, one event per token, 20 ms apart) serves chat
+One fake runtime (bench/fake_runtime/, one event per token, 20 ms apart) serves chat
 completions and /v1/messages; one `gateway serve` has it twice: as an SGLang backend
 (chat only: Messages are translated) and as a vLLM backend (Messages passed through).
 The same streams then run, in interleaved rounds, as
@@ -43,7 +43,7 @@ RUNTIME_MODEL = "meta-llama/Bench-8B-Instruct"
 PROMPT = [{"role": "user", "content": "Say something short about benchmarks."}]
 # (path, public model, what ends a stream, what marks an event that carries a token)
 WORKLOADS = {
-    "chat": ("/v1/chat/completions", "bench-chat", b"data: [DONE]", b'"content":"tok'),
+    "chat": ("/v1/chat/completions", "bench-chat", b"data: [DONE]", b'"content":"w'),
     "translated": ("/v1/messages", "bench-chat", b"event: message_stop",
                    b"event: content_block_delta"),
     "native": ("/v1/messages", "bench-native", b"event: message_stop",
@@ -136,14 +136,14 @@ def main(argv: list[str] | None = None) -> int:
             rt_port, gw_port = free_port(), free_port()
             runtime = Proc("runtime", [sys.executable, "-m", "bench.fake_runtime", "--port",
                                        str(rt_port), "--chunk-ms", "20"],
-                           Path(tmp) / "runtime.log", cwd=str(ROOT))
+                           Path(tmp) / "runtime.log", cwd=str(ROOT)).start()
             procs.append(runtime)
             runtime.wait_ready(f"http://127.0.0.1:{rt_port}/health", 20)
             config = Path(tmp) / "gateway.yaml"
             config.write_text(gateway_config(f"http://127.0.0.1:{rt_port}"))
             gateway = Proc("gateway", [sys.executable, "-m", "gateway", "serve", "--config",
                                        str(config), "--port", str(gw_port)],
-                           Path(tmp) / "gateway.log", cwd=str(ROOT))
+                           Path(tmp) / "gateway.log", cwd=str(ROOT)).start()
             procs.append(gateway)
             base = f"http://127.0.0.1:{gw_port}"
             gateway.wait_ready(base + "/ready", 30)

@@ -1,4 +1,9 @@
-"""Processes for the speed benchmark: start, wait until ready, measure CPU and memory, stop.
+"""Server processes for the benchmark and the tests: start, wait until ready, stop; CPU and memory.
+
+`Proc` is the one wrapper every benchmark and test process goes through: its own
+session (so stopping it reaches the workers it forks), its output in a log file
+whose tail goes into every failure, bounded waits, and a stop that is SIGTERM
+first, then SIGKILL after a grace period.
 
 CPU is read from /proc/<pid>/stat (utime + stime) for a process and all its
 descendants, so forked workers and helper processes count: CPU seconds per unit
@@ -16,13 +21,16 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable, Sequence
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+HOST = "127.0.0.1"
+KILL_WAIT_S = 10
 
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((HOST, 0))
         return s.getsockname()[1]
 
 
@@ -85,52 +93,126 @@ def memory(pid: int) -> tuple[int, int]:
     return rss, hwm
 
 
-class Proc:
-    """One server process of the benchmark, in its own process group."""
+class ProcError(RuntimeError):
+    """A process exited, or did not get ready in time; the message ends with its log tail."""
 
-    def __init__(self, name: str, argv: list[str], log: Path, env: dict | None = None,
-                 cwd: str | None = None) -> None:
+
+def http_status(url: str, timeout: float = 2) -> int:
+    """The status of a GET (error statuses included); OSError when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str,
+               proc: Proc | None = None, interval: float = 0.1) -> None:
+    """Poll `check` until it is true (an OSError counts as not yet), for `timeout` s at most.
+
+    With `proc`, its exit ends the wait at once, and its log tail is in the error.
+    """
+    deadline = time.monotonic() + timeout
+    last: OSError | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.running:
+            raise ProcError(f"{what}: {proc.name} exited with {proc.returncode}\n{proc.tail()}")
+        try:
+            if check():
+                return
+        except OSError as exc:
+            last = exc
+        time.sleep(interval)
+    tail = proc.tail() if proc is not None else ""
+    raise ProcError(f"{what}: not within {timeout:g} s (last error: {last})\n{tail}")
+
+
+class Proc:
+    """A server process in its own session, its output appended to a log file.
+
+    Nothing runs until start(); start() again after a stop or kill() is a restart.
+    As a context manager, it is stopped on the way out, whatever happened.
+    """
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path,
+                 env: dict[str, str] | None = None, cwd: str | Path | None = None) -> None:
         self.name = name
-        self.log = log
-        self._fh = open(log, "wb")
-        self.popen = subprocess.Popen(argv, stdout=self._fh, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, env=env, cwd=cwd,
-                                      start_new_session=True)
+        self.argv = [str(a) for a in argv]
+        self.log_path = Path(log_path)
+        self.env = env
+        self.cwd = cwd
+        self.popen: subprocess.Popen | None = None
+
+    def start(self) -> Proc:
+        if self.running:
+            raise ProcError(f"{self.name} is already running")
+        with self.log_path.open("ab") as log:
+            self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=subprocess.STDOUT, env=self.env,
+                                          cwd=self.cwd, start_new_session=True)
+        return self
+
+    def __enter__(self) -> Proc:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     @property
     def pid(self) -> int:
+        assert self.popen is not None, f"{self.name} was never started"
         return self.popen.pid
 
-    def wait_ready(self, url: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}; "
-                                   f"see {self.log}:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready at {url} after {timeout:g} s; "
-                           f"see {self.log}:\n{self.tail()}")
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
 
-    def tail(self, n: int = 2000) -> str:
+    @property
+    def returncode(self) -> int | None:
+        return None if self.popen is None else self.popen.poll()
+
+    def wait_ready(self, url: str, timeout: float = 30) -> None:
+        """Until a GET of `url` answers 200; ProcError if the process exits first."""
+        wait_until(lambda: http_status(url) == 200, timeout, f"{self.name} ready at {url}",
+                   self)
+
+    def send_signal(self, sig: int) -> None:
+        """To the process itself (not its workers): SIGHUP, or a SIGTERM a test watches."""
+        assert self.popen is not None, f"{self.name} was never started"
+        self.popen.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.popen is not None, f"{self.name} was never started"
+        return self.popen.wait(timeout)
+
+    def _signal_group(self, sig: int) -> None:
         try:
-            return self.log.read_bytes()[-n:].decode(errors="replace")
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL to the whole group, as a crash would."""
+        if self.running:
+            self._signal_group(signal.SIGKILL)
+            self.wait(KILL_WAIT_S)
+
+    def stop(self, grace: float = 10) -> int | None:
+        """SIGTERM to the group; SIGKILL if it is still there after `grace` s."""
+        if self.running:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.returncode
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
 
-    def stop(self, timeout: float = 10) -> None:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGTERM)
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(5)
-            except ProcessLookupError:
-                pass
-        self._fh.close()
+    def tail(self, lines: int = 40) -> str:
+        last = self.output().splitlines()[-lines:]
+        return f"--- last lines of {self.log_path} ---\n" + "\n".join(last)

@@ -5,7 +5,7 @@ Run from the repository root:
     python -m bench.speed            # a few minutes
     python -m bench.speed --quick    # about a minute
 
-One run starts fake runtimes (bench/fake_runtime.py), the bare pass-through proxy
+One run starts fake runtimes (bench/fake_runtime/), the bare pass-through proxy
 (bench/bare_proxy.py), `gateway serve` with 1 and with 2 workers on a generated
 config, and LiteLLM's proxy when it is installed; then measures each target in
 turn on the same workloads:
@@ -179,7 +179,7 @@ class Bench:
                cwd: str | None = None) -> Proc:
         proc = Proc(name, argv, self.tmp / f"{name}.log", env=env, cwd=cwd or str(ROOT))
         self.procs.append(proc)
-        return proc
+        return proc.start()
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -321,7 +321,7 @@ def _stream_result(r: loadgen.StreamResult, before: dict, after: dict, cpu: floa
         "streams": r.streams, "completed": r.completed, "errors": r.errors,
         "peak_open": r.peak_open, "events_sent": sent, "events_received": r.events,
         "lost": sent - r.events, "wall_s": round(r.wall_s, 2),
-        "broken_upstream": after["broken"] - before["broken"],
+        "broken_upstream": after["cancelled"] - before["cancelled"],
         "ttft_p50_ms": ms(loadgen.percentile(r.ttfts, 50)),
         "ttft_p99_ms": ms(loadgen.percentile(r.ttfts, 99)),
         "cpu_s": round(cpu, 3),
@@ -342,7 +342,12 @@ async def wrk(url: str, lua: Path, conns: int, seconds: float) -> dict:
     proc = await asyncio.create_subprocess_exec(
         "wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
         "-s", str(lua), url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), seconds + 30)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), seconds + 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
     for line in out.decode(errors="replace").splitlines():
         if line.startswith("WRKJSON "):
             return json.loads(line[8:])

@@ -1,18 +1,22 @@
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
+import time
 from types import MappingProxyType
-from typing import Any, Awaitable, Callable, NoReturn
+from typing import Any, AsyncIterator, Awaitable, Callable, NoReturn
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from pytest_aiohttp import AiohttpClient
 
+from bench.fake_runtime import FakeRuntime, FakeServer
 from gateway.app import create_app
 from gateway.config import ApiKey, BackendConfig, Config, RouteConfig, backend
 from gateway.serve import prepare_process
-from tests.fakes import FakeRuntime
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -22,20 +26,27 @@ def pytest_configure(config: pytest.Config) -> None:
 RUNTIME_ID = "meta-llama/Llama-3.1-8B-Instruct"
 CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hi"}]}
 
+StartRuntime = Callable[..., Awaitable[tuple[FakeRuntime, FakeServer]]]
+GatewayClient = Callable[[Config], Awaitable[TestClient]]
+
 
 @pytest.fixture
-def start_runtime(aiohttp_server) -> Callable[..., Awaitable[tuple[FakeRuntime, TestServer]]]:
-    """Start a fake runtime on a free loopback port: (switches, server)."""
-    async def start(**kwargs: Any) -> tuple[FakeRuntime, TestServer]:
-        fake = FakeRuntime(**kwargs)
-        server = await aiohttp_server(fake.app())
-        return fake, server
-    return start
+async def start_runtime() -> AsyncIterator[StartRuntime]:
+    """Start a fake runtime on a free loopback port: (switches, server); closed after the test."""
+    servers: list[FakeServer] = []
+
+    async def start(**switches: Any) -> tuple[FakeRuntime, FakeServer]:
+        fake = FakeRuntime(**switches)
+        servers.append(await fake.start())
+        return fake, servers[-1]
+    yield start
+    for server in servers:
+        await server.close()
 
 
-def runtime_backend(name: str, server: TestServer, kind: str = "vllm", **kw: Any
+def runtime_backend(name: str, server: FakeServer, kind: str = "vllm", **kw: Any
                     ) -> BackendConfig:
-    return backend(name, kind, str(server.make_url("/v1")), **kw)
+    return backend(name, kind, server.url("/v1"), **kw)
 
 
 def make_config(*backends: BackendConfig, routes: dict[str, RouteConfig] | None = None,
@@ -45,12 +56,27 @@ def make_config(*backends: BackendConfig, routes: dict[str, RouteConfig] | None 
 
 
 @pytest.fixture
-def gateway_client(aiohttp_client) -> Callable[[Config], Awaitable[TestClient]]:
+def gateway_client(aiohttp_client: AiohttpClient) -> GatewayClient:
     """A test client for a gateway app built from a Config object."""
     async def start(config: Config) -> TestClient:
         app: web.Application = create_app(config)
         return await aiohttp_client(app)
     return start
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 1.0, interval: float = 0.02
+                     ) -> Any:
+    """Poll `check` (plain or async) until its value is truthy: that value, or the last one
+    once `timeout` s have gone by. The caller asserts on it."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / interval) + 1):
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(interval)
+    return result
 
 
 def unavailable(reason: str, require_var: str) -> NoReturn:

@@ -1,6 +1,6 @@
 """Helpers for the real-runtime tier (tests/test_real_llamacpp.py, tests/test_real_mixed.py):
 find the installs, run llama-server, llama-cpp-python's server and the gateway as subprocesses
-on 127.0.0.1, write their config.
+on 127.0.0.1 (bench.procs.Proc), write their config.
 
 The installs are made by .ci/install-llama.sh, which writes `LLAMA_SERVER_BIN=` and
 `LLAMA_MODEL=` to `${LLAMA_CACHE:-~/.cache/gateway-llama}/env`, and
@@ -14,17 +14,13 @@ import http.client
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-HOST = "127.0.0.1"
+from bench.procs import HOST, Proc, free_port
+
 PUBLIC_MODEL = "gemma-3-270m"   # also the --alias the servers report in their /v1/models
 ADMIN_KEY = "llamacpp-test-admin"
 ENV_FILE = Path(os.environ.get("LLAMA_CACHE") or Path.home() / ".cache" / "gateway-llama") / "env"
@@ -76,12 +72,6 @@ def gateway_command() -> list[str]:
     return [which] if which else [sys.executable, "-m", "gateway"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def http_get(port: int, path: str, timeout: float = 5.0,
              headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
@@ -93,63 +83,6 @@ def http_get(port: int, path: str, timeout: float = 5.0,
         conn.close()
 
 
-def wait_until(check, timeout: float, what: str, proc: "Proc | None" = None) -> None:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.popen is not None and proc.popen.poll() is not None:
-            raise RuntimeError(f"{what}: process exited with {proc.popen.returncode}\n{proc.tail()}")
-        try:
-            if check():
-                return
-        except OSError as exc:
-            last = exc
-        time.sleep(0.2)
-    tail = proc.tail() if proc is not None else ""
-    raise TimeoutError(f"{what} not reached within {timeout}s (last error: {last})\n{tail}")
-
-
-@dataclass
-class Proc:
-    """A subprocess with its output in a log file."""
-    name: str
-    argv: list[str]
-    log_path: Path
-    env: dict[str, str] | None = None
-    popen: subprocess.Popen | None = field(default=None, repr=False)
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, env=self.env)
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would."""
-        if self.popen is not None:
-            if self.popen.poll() is None:
-                self.popen.kill()
-            self.popen.wait(10)
-
-    def stop(self, grace: float = 10.0) -> int | None:
-        if self.popen is None:
-            return None
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
-        return self.popen.returncode
-
-    def tail(self, n: int = 40) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return f"--- last lines of {self.log_path} ---\n" + "\n".join(lines[-n:])
-
-
 class Runtime(Proc):
     """A runtime server process on a free loopback port, ready when its health path is 200."""
     health_path = "/health"
@@ -159,11 +92,8 @@ class Runtime(Proc):
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    def healthy(self) -> bool:
-        return http_get(self.port, self.health_path, 2)[0] == 200
-
     def wait_healthy(self, timeout: float = 60) -> None:
-        wait_until(self.healthy, timeout, f"{self.name} {self.health_path} 200", self)
+        self.wait_ready(self.url + self.health_path, timeout)
 
     def restart(self, timeout: float = 60) -> None:
         self.kill()
@@ -287,9 +217,9 @@ class Gateway(Proc):
     def base_url(self) -> str:
         return f"http://{HOST}:{self.port}/v1"
 
-    def wait_ready(self, timeout: float = 30) -> None:
-        wait_until(lambda: http_get(self.port, "/ready", 2)[0] == 200, timeout,
-                   "gateway /ready 200", self)
+    @property
+    def ready_url(self) -> str:
+        return f"http://{HOST}:{self.port}/ready"
 
     def admin_backends(self) -> dict[str, dict]:
         status, body = http_get(self.port, "/admin/backends",

@@ -57,9 +57,29 @@ async def test_a_full_buffer_is_written_at_once():
 
 
 async def test_a_closed_stderr_does_not_break_the_gateway():
+    loop = asyncio.get_running_loop()
+    errors: list[dict] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
     read_fd, write_fd = os.pipe()
     os.close(read_fd)
-    log = StderrAccessLog(write_fd)
-    log.write({"request_id": "x"})
-    log.flush()                           # EPIPE is swallowed
-    os.close(write_fd)
+    log = StderrAccessLog(write_fd, flush_after_s=0.01)
+    try:
+        log.write({"request_id": "lost-on-timer"})
+        await asyncio.sleep(0.1)          # the timer's flush meets EPIPE...
+        assert errors == []               # ...and nothing escapes into the event loop
+        log.write({"request_id": "lost-on-flush"})
+        log.flush()                       # nor from a direct flush
+        # Once stderr is back (the same fd, now a live pipe), the log writes again,
+        # and only new lines: what was lost is not kept to grow without bound.
+        new_read, new_write = os.pipe()
+        os.dup2(new_write, write_fd)
+        os.close(new_write)
+        log.write({"request_id": "after"})
+        log.flush()
+        os.set_blocking(new_read, False)
+        lines = os.read(new_read, 4096).decode().splitlines()
+        os.close(new_read)
+        assert [json.loads(line)["request_id"] for line in lines] == ["after"]
+    finally:
+        loop.set_exception_handler(None)
+        os.close(write_fd)

@@ -6,9 +6,11 @@ import dataclasses
 import io
 import json
 import textwrap
+from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+import yaml
 
 from gateway import config as config_module
 from gateway.config import schema as config_schema
@@ -34,203 +36,16 @@ def problems(text: str, **env: str) -> list[str]:
 
 # --- bad configs: each gives exactly these lines -------------------------------------------
 
-def case(id_: str, text: str, *expected: str, **env: str):
-    return pytest.param(text, env, list(expected), id=id_)
+def bad_configs() -> list:
+    """The cases of config_problems.yaml: (config text, environment, problems)."""
+    path = Path(__file__).with_name("config_problems.yaml")
+    with path.open(encoding="utf-8") as f:
+        cases = yaml.safe_load(f)
+    return [pytest.param(c["config"], c.get("env", {}), c["problems"], id=c["id"])
+            for c in cases]
 
 
-def one_backend(body: str) -> str:
-    return f"backends:\n  e: {{{body}}}\n"
-
-
-USE = "(use ${NAME} or ${NAME:-default})"
-
-BAD = [
-    # reading and parsing
-    case("yaml-syntax", "server:\n  host: a\n  port: 80: 1\n" + ECHO,
-         "yaml: line 3, column 11: mapping values are not allowed here"),
-    case("empty-file", "", "config: the file is empty"),
-    case("only-comment", "# nothing but a comment\n", "config: the file is empty"),
-    case("top-level-list", "- a\n- b\n",
-         "config: the top level must be a mapping of sections, got a list"),
-    case("top-level-scalar", "just text",
-         "config: the top level must be a mapping of sections, got a string"),
-    case("duplicate-backend-name", "backends:\n  e: {kind: echo}\n  e: {kind: echo}\n",
-         "yaml: line 3, column 3: duplicate key 'e'"),
-    case("unsafe-tag", "!!python/object:os.system {}\n",
-         "yaml: line 1, column 1: could not determine a constructor for the tag "
-         "'tag:yaml.org,2002:python/object:os.system'"),
-    # sections and keys
-    case("backends-missing", "server: {}\n", "backends: is required: define at least one backend"),
-    case("backends-empty", "backends: {}\n", "backends: must define at least one backend"),
-    case("unknown-top-key", "servr: {}\n" + ECHO, "servr: unknown key; did you mean 'server'?"),
-    case("unknown-backend-key", one_backend("kind: echo, wieght: 2"),
-         "backends.e.wieght: unknown key; did you mean 'weight'?"),
-    case("unknown-health-key", "health: {often: 1}\n" + ECHO,
-         "health.often: unknown key (expected one of: interval_s, timeout_s, unhealthy_after, "
-         "healthy_after, cooldown_s, max_cooldown_s)"),
-    case("unknown-auth-key-field", ECHO + "auth: {keys: [{name: a, key: k, rps: 1}]}\n",
-         "auth.keys.0.rps: unknown key; did you mean 'rpm'?"),
-    case("section-type", "health: [1]\n" + ECHO, "health: must be a mapping, got a list"),
-    # backends
-    case("unknown-kind", one_backend("kind: vlm"),
-         "backends.e.kind: must be one of: vllm, sglang, ollama, llamacpp, tgi, localai, "
-         "lmstudio, openai, echo; got 'vlm'"),
-    case("kind-missing", one_backend("url: 'http://h'"), "backends.e.kind: is required"),
-    case("url-missing", "backends:\n  gpu-a: {kind: vllm}\n",
-         "backends.gpu-a.url: is required for kind 'vllm'"),
-    case("url-scheme", one_backend("kind: vllm, url: 'ftp://h/v1'"),
-         "backends.e.url: must be an http:// or https:// URL with a host, got 'ftp://h/v1'"),
-    case("url-no-host", one_backend("kind: tgi, url: 'http:///v1'"),
-         "backends.e.url: must be an http:// or https:// URL with a host, got 'http:///v1'"),
-    case("url-bad-port", one_backend("kind: vllm, url: 'http://h:99999'"),
-         "backends.e.url: is not a valid URL (Port out of range 0-65535): 'http://h:99999'"),
-    case("url-query", one_backend("kind: vllm, url: 'http://h/v1?x=1'"),
-         "backends.e.url: must not have a query or fragment, got 'http://h/v1?x=1'"),
-    case("weight-zero", "backends:\n  gpu-a: {kind: echo, weight: 0}\n",
-         "backends.gpu-a.weight: must be greater than 0"),
-    case("weight-type", one_backend("kind: echo, weight: heavy"),
-         "backends.e.weight: must be a number, got a string"),
-    case("weight-nan", one_backend("kind: echo, weight: .nan"),
-         "backends.e.weight: must be a finite number"),
-    case("max-concurrency", one_backend("kind: echo, max_concurrency: 0"),
-         "backends.e.max_concurrency: must be at least 1"),
-    case("timeouts", one_backend("kind: echo, timeouts: {idle_s: 0, connect_s: -1}"),
-         "backends.e.timeouts.connect_s: must be greater than 0",
-         "backends.e.timeouts.idle_s: must be greater than 0"),
-    case("capability-unknown", one_backend("kind: echo, capabilities: {vision: true}"),
-         "backends.e.capabilities.vision: unknown key (expected one of: chat, completions, "
-         "embeddings, tools, stream_usage, responses, messages, rerank, score, tokenize, "
-         "audio, images)"),
-    case("capability-new-not-bool", one_backend("kind: echo, capabilities: {rerank: 2}"),
-         "backends.e.capabilities.rerank: must be true or false, got an integer"),
-    case("capability-not-bool", one_backend("kind: echo, capabilities: {tools: 'no'}"),
-         "backends.e.capabilities.tools: must be true or false, got a string"),
-    case("messages-not-bool", one_backend("kind: echo, capabilities: {messages: 2}"),
-         "backends.e.capabilities.messages: must be true or false, got an integer"),
-    case("models-empty", one_backend("kind: echo, models: []"),
-         "backends.e.models: must not be empty; omit it to discover the models from the runtime"),
-    case("models-list-item", one_backend("kind: echo, models: [a, 3]"),
-         "backends.e.models.1: must be a model name, got an integer"),
-    case("models-map-value", one_backend("kind: echo, models: {a: null}"),
-         "backends.e.models.a: must be the runtime's model id, got nothing"),
-    case("models-type", one_backend("kind: echo, models: a"),
-         "backends.e.models: must be a list or a mapping, got a string"),
-    case("header-value", one_backend("kind: echo, headers: {X-Org: 1}"),
-         "backends.e.headers.X-Org: must be a string (quote it), got an integer"),
-    case("header-name", one_backend("kind: echo, headers: {'X Org': a}"),
-         "backends.e.headers.X Org: is not a valid header name"),
-    case("health-path", one_backend("kind: echo, health_path: health"),
-         "backends.e.health_path: must start with '/', got 'health'"),
-    case("backend-name", "backends:\n  'gpu a': {kind: echo}\n",
-         "backends.gpu a: backend names may only use letters, digits, '.', '_' and '-' "
-         "(they appear in response headers and metric labels)"),
-    case("backend-null", "backends:\n  e: null\n", "backends.e: must have a value"),
-    # server
-    case("port-high", "server: {port: 70000}\n" + ECHO, "server.port: must be at most 65535"),
-    case("port-low", "server: {port: 0}\n" + ECHO, "server.port: must be at least 1"),
-    case("port-bool", "server: {port: true}\n" + ECHO, "server.port: must be an integer, got true"),
-    case("port-float", "server: {port: 80.5}\n" + ECHO,
-         "server.port: must be an integer, got a number"),
-    case("port-env-bad", "server: {port: '${PORT}'}\n" + ECHO,
-         "server.port: must be an integer, got a string from the environment", PORT="80x"),
-    case("max-body", "server: {max_body_mb: 0}\n" + ECHO,
-         "server.max_body_mb: must be greater than 0"),
-    case("drain", "server: {drain_s: -1}\n" + ECHO, "server.drain_s: must be at least 0"),
-    case("client-idle", "server: {client_idle_s: 0}\n" + ECHO,
-         "server.client_idle_s: must be greater than 0"),
-    case("cors-origin", "server: {cors_origins: ['https://app.example.com/']}\n" + ECHO,
-         "server.cors_origins.0: must be \"*\" or an origin like https://app.example.com "
-         "(no path or trailing slash), got 'https://app.example.com/'"),
-    case("host-empty", "server: {host: ''}\n" + ECHO, "server.host: must not be empty"),
-    # health, retries, queue
-    case("health-thresholds", "health: {unhealthy_after: 0, healthy_after: 0}\n" + ECHO,
-         "health.healthy_after: must be at least 1", "health.unhealthy_after: must be at least 1"),
-    case("health-times", "health: {interval_s: 0, timeout_s: -2}\n" + ECHO,
-         "health.interval_s: must be greater than 0", "health.timeout_s: must be greater than 0"),
-    case("cooldowns", "health: {cooldown_s: 60, max_cooldown_s: 30}\n" + ECHO,
-         "health.cooldown_s: must not exceed max_cooldown_s (30)"),
-    case("retries", "retries: {attempts: -1, deadline_s: 0}\n" + ECHO,
-         "retries.attempts: must be at least 0", "retries.deadline_s: must be greater than 0"),
-    case("queue", "queue: {max_wait_s: -1, max_size: 1.5}\n" + ECHO,
-         "queue.max_size: must be an integer, got a number",
-         "queue.max_wait_s: must be at least 0"),
-    case("engine", "engine: {interval_s: 0, stale_after_s: -1, max_queue: -1, max_kv_usage: 1.5}\n"
-         + ECHO, "engine.interval_s: must be greater than 0",
-         "engine.max_kv_usage: must be at most 1", "engine.max_queue: must be at least 0",
-         "engine.stale_after_s: must be greater than 0"),
-    case("engine-kv-zero", "engine: {max_kv_usage: 0, max_queue: 2.5}\n" + ECHO,
-         "engine.max_kv_usage: must be greater than 0",
-         "engine.max_queue: must be an integer, got a number"),
-    case("engine-stale-before-next-scrape", "engine: {interval_s: 5}\n" + ECHO,
-         "engine.stale_after_s: must be greater than interval_s (5)"),
-    case("engine-unknown-key", "engine: {interval: 1}\n" + ECHO,
-         "engine.interval: unknown key; did you mean 'interval_s'?"),
-    # environment
-    case("env-unset", "backends:\n  gpu-a: {kind: vllm, url: 'http://h', api_key: '${VLLM_KEY}'}\n",
-         "backends.gpu-a.api_key: environment variable VLLM_KEY is not set"),
-    case("env-unset-embedded", one_backend("kind: vllm, url: 'http://${HOST}:${PORT}/v1'"),
-         "backends.e.url: environment variable PORT is not set", HOST="h"),
-    case("env-unset-number-once", "server: {port: '${PORT}'}\n" + ECHO,
-         "server.port: environment variable PORT is not set"),
-    case("env-unset-in-list", ECHO + "auth:\n  keys:\n    - {name: a, key: '${TEAM_A_KEY}'}\n",
-         "auth.keys.0.key: environment variable TEAM_A_KEY is not set"),
-    case("env-bad-name", one_backend("kind: echo, api_key: '${1KEY}'"),
-         f"backends.e.api_key: bad variable reference '${{1KEY}}' {USE}"),
-    case("env-unterminated", one_backend("kind: echo, api_key: 'x${KEY'"),
-         f"backends.e.api_key: bad variable reference '${{KEY' {USE}"),
-    case("env-nested", one_backend("kind: echo, api_key: '${A:-${B}}'"),
-         f"backends.e.api_key: bad variable reference '${{A:-${{B}}' {USE}"),
-    # routes
-    case("strategy", ECHO + "routes:\n  m1: {strategy: fastest}\n",
-         "routes.m1.strategy: must be one of: weighted, least_busy, prefix_affinity, "
-         "session_affinity, least_latency; got 'fastest'"),
-    case("route-unserved", ECHO + "routes:\n  nope: {}\n",
-         "routes.nope: no backend serves model 'nope'"),
-    case("fallback-unknown-backend", ECHO + "routes:\n  m1: {fallbacks: [{backend: nope}]}\n",
-         "routes.m1.fallbacks.0.backend: unknown backend 'nope'"),
-    case("fallback-backend-lacks-model",
-         ECHO + "  f: {kind: echo, models: [m2]}\nroutes:\n  m1: {fallbacks: [{backend: f}]}\n",
-         "routes.m1.fallbacks.0.backend: backend 'f' does not serve model 'm1'"),
-    case("fallback-unknown-model",
-         ECHO + "routes:\n  m1: {fallbacks: [{model: m2}, {model: m9}]}\n",
-         "routes.m1.fallbacks.1.model: unknown model 'm9'"),
-    case("fallback-both", ECHO + "routes:\n  m1: {fallbacks: [{backend: e, model: m2}]}\n",
-         "routes.m1.fallbacks.0: must name exactly one of 'backend' or 'model'"),
-    case("fallback-neither", ECHO + "routes:\n  m1: {fallbacks: [{}]}\n",
-         "routes.m1.fallbacks.0: must name exactly one of 'backend' or 'model'"),
-    case("fallback-self", ECHO + "routes:\n  m1: {fallbacks: [{model: m1}]}\n",
-         "routes.m1.fallbacks.0.model: a model cannot fall back to itself"),
-    case("fallback-cycle",
-         ECHO + "routes:\n  m2: {fallbacks: [{model: m1}]}\n  m1: {fallbacks: [{model: m2}]}\n",
-         "routes.m1.fallbacks.0.model: fallback cycle m1 -> m2 -> m1"),
-    case("fallback-cycle-3",
-         "backends:\n  e: {kind: echo, models: [a, b, c]}\nroutes:\n"
-         "  c: {fallbacks: [{model: a}]}\n  b: {fallbacks: [{model: c}]}\n"
-         "  a: {fallbacks: [{backend: e}, {model: b}]}\n",
-         "routes.a.fallbacks.1.model: fallback cycle a -> b -> c -> a"),
-    case("fallback-empty-model", ECHO + "routes:\n  m1: {fallbacks: [{model: ''}]}\n",
-         "routes.m1.fallbacks.0.model: must not be empty"),
-    # auth
-    case("auth-duplicate-name",
-         ECHO + "auth:\n  keys:\n    - {name: a, key: k1}\n    - {name: a, key: k2}\n",
-         "auth.keys.1.name: duplicate key name 'a' (also auth.keys.0)"),
-    case("auth-duplicate-key",
-         ECHO + "auth:\n  keys:\n    - {name: a, key: s3cret}\n    - {name: b, key: s3cret}\n",
-         "auth.keys.1.key: same key as auth.keys.0 ('a')"),
-    case("auth-key-missing", ECHO + "auth:\n  keys:\n    - {name: a}\n",
-         "auth.keys.0.key: is required"),
-    case("auth-key-empty-from-env", ECHO + "auth:\n  keys:\n    - {name: a, key: '${K:-}'}\n",
-         "auth.keys.0.key: must not be empty"),
-    case("auth-limits", ECHO + "auth:\n  keys:\n    - {name: a, key: k, rpm: 0, tpm: -5}\n",
-         "auth.keys.0.rpm: must be greater than 0", "auth.keys.0.tpm: must be greater than 0"),
-    case("auth-models-empty", ECHO + "auth:\n  keys:\n    - {name: a, key: k, models: []}\n",
-         "auth.keys.0.models: must not be empty"),
-    case("auth-unknown-model",
-         ECHO + "auth:\n  keys:\n    - {name: a, key: k, models: [m1, 'm*', m9]}\n",
-         "auth.keys.0.models.2: unknown model 'm9'"),
-    case("auth-keys-type", ECHO + "auth:\n  keys: {a: k}\n",
-         "auth.keys: must be a list, got a mapping"),
-]
+BAD = bad_configs()
 
 
 @pytest.mark.parametrize(("text", "env", "expected"), BAD)

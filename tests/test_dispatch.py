@@ -12,7 +12,7 @@ from gateway.health import apply_result
 from gateway.dispatch import BackendState
 from gateway.runtimes import make_runtime
 from gateway.typedefs import GATEWAY
-from tests.conftest import CHAT, RUNTIME_ID, make_config, runtime_backend
+from tests.conftest import CHAT, RUNTIME_ID, eventually, make_config, runtime_backend
 
 
 def new_state(config) -> BackendState:
@@ -26,6 +26,16 @@ async def backends_hit(client, n, body=CHAT):
         assert resp.status == 200, await resp.text()
         hits[resp.headers["X-Gateway-Backend"]] += 1
     return hits
+
+
+async def pool_of_two(start_runtime, gateway_client, a: dict, b: dict, **cfg_kw):
+    """Backends "a" and "b" of model llama on fake runtimes with these switches:
+    (runtime a, server a, runtime b, server b, client)."""
+    fake_a, server_a = await start_runtime(**a)
+    fake_b, server_b = await start_runtime(**b)
+    cfg = make_config(runtime_backend("a", server_a, models=["llama"]),
+                      runtime_backend("b", server_b, models=["llama"]), **cfg_kw)
+    return fake_a, server_a, fake_b, server_b, await gateway_client(cfg)
 
 
 async def test_weights_are_honoured_exactly(gateway_client):
@@ -69,11 +79,9 @@ async def test_429_cools_backend_down_for_retry_after(start_runtime, gateway_cli
 
 async def test_every_backend_429_gives_429_with_smallest_retry_after(start_runtime,
                                                                      gateway_client):
-    _, s1 = await start_runtime(status=429, retry_after="30")
-    _, s2 = await start_runtime(status=429, retry_after="7")
-    cfg = make_config(runtime_backend("a", s1, models=["llama"]),
-                      runtime_backend("b", s2, models=["llama"]))
-    client = await gateway_client(cfg)
+    *_, client = await pool_of_two(start_runtime, gateway_client,
+                                   {"status": 429, "retry_after": "30"},
+                                   {"status": 429, "retry_after": "7"})
     resp = await client.post("/v1/chat/completions", json=CHAT)
     assert resp.status == 429
     assert resp.headers["Retry-After"] == "7"
@@ -134,11 +142,8 @@ async def test_fallbacks_walk_in_order_with_their_own_rewriting(start_runtime, g
 
 
 async def test_every_backend_failing_is_502(start_runtime, gateway_client):
-    a, s1 = await start_runtime(status=500)
-    b, s2 = await start_runtime(status=502)
-    cfg = make_config(runtime_backend("a", s1, models=["llama"]),
-                      runtime_backend("b", s2, models=["llama"]))
-    client = await gateway_client(cfg)
+    a, _, b, _, client = await pool_of_two(start_runtime, gateway_client, {"status": 500},
+                                           {"status": 502})
     resp = await client.post("/v1/chat/completions", json=CHAT)
     assert resp.status == 502
     assert len(a.requests) == 1 and len(b.requests) == 1   # each backend once
@@ -243,11 +248,8 @@ async def test_queue_waits_for_capacity_then_503(start_runtime, gateway_client):
 
 
 async def test_backend_killed_under_load_no_client_errors(start_runtime, gateway_client):
-    _, s1 = await start_runtime(chunk_delay=0.005)
-    _, s2 = await start_runtime(chunk_delay=0.005)
-    cfg = make_config(runtime_backend("a", s1, models=["llama"]),
-                      runtime_backend("b", s2, models=["llama"]))
-    client = await gateway_client(cfg)
+    _, s1, _, _, client = await pool_of_two(start_runtime, gateway_client,
+                                            {"chunk_delay": 0.005}, {"chunk_delay": 0.005})
     statuses = collections.Counter()
 
     async def worker(n):
@@ -271,15 +273,10 @@ async def test_client_leaving_before_first_token_closes_upstream(start_runtime,
     client = await gateway_client(make_config(runtime_backend("x", server, models=["llama"])))
     task = asyncio.create_task(client.post("/v1/chat/completions",
                                            json={**CHAT, "stream": True}))
-    for _ in range(50):
-        if fake.requests:
-            break
-        await asyncio.sleep(0.02)
+    assert await eventually(lambda: fake.requests)
     task.cancel()
     # The runtime sees its connection go within a second.
-    started = time.monotonic()
-    while not fake.cancelled and time.monotonic() - started < 1:
-        await asyncio.sleep(0.02)
+    await eventually(lambda: fake.cancelled)
     assert fake.cancelled == 1
     metrics = await (await client.get("/metrics")).text()
     assert 'gateway_in_flight_requests{backend="x"} 0.0' in metrics
@@ -287,12 +284,8 @@ async def test_client_leaving_before_first_token_closes_upstream(start_runtime,
 
 async def test_deadline_bounds_all_tries_without_blaming_the_backend(start_runtime,
                                                                     gateway_client):
-    _, s1 = await start_runtime(hang_s=5)
-    _, s2 = await start_runtime(hang_s=5)
-    cfg = make_config(runtime_backend("a", s1, models=["llama"]),
-                      runtime_backend("b", s2, models=["llama"]),
-                      retries=RetryConfig(attempts=2, deadline_s=0.4))
-    client = await gateway_client(cfg)
+    *_, client = await pool_of_two(start_runtime, gateway_client, {"hang_s": 5}, {"hang_s": 5},
+                                   retries=RetryConfig(attempts=2, deadline_s=0.4))
     started = time.monotonic()
     resp = await client.post("/v1/chat/completions", json=CHAT)
     assert time.monotonic() - started < 1.5

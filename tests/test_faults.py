@@ -20,18 +20,17 @@ from gateway.dispatch import BackendState, ejection
 from gateway.health import apply_result
 from gateway.log import access_logger
 from gateway.runtimes import make_runtime
+from bench.fake_runtime import FakeRuntime
 from tests.conftest import CHAT, RUNTIME_ID, make_config, runtime_backend, samples, value
-from tests.fakes import FaultyRuntime
 
 STREAM = {**CHAT, "stream": True}
 
 
 @pytest.fixture
-def start_faulty(aiohttp_server):
-    """Start a FaultyRuntime on a free loopback port: (switches, server)."""
+def start_faulty(start_runtime):
+    """A fake runtime with stream faults, its every stream byte kept: (switches, server)."""
     async def start(**kwargs: Any):
-        fake = FaultyRuntime(**kwargs)
-        return fake, await aiohttp_server(fake.app())
+        return await start_runtime(keep_sent=True, **kwargs)
     return start
 
 
@@ -51,7 +50,7 @@ async def bad_then_good(start_faulty, gateway_client, timeouts: Timeouts, **bad_
 
 # --- 1. first_byte_s bounds the first data event -------------------------------------------
 
-@pytest.mark.parametrize("fault", [{"silent_after_headers_s": 10},
+@pytest.mark.parametrize("fault", [{"ttft_s": 10},
                                    {"keepalives": 200, "keepalive_every_s": 0.05}],
                          ids=["headers-then-silence", "keepalives-only"])
 async def test_first_byte_s_bounds_the_first_data_event(start_faulty, gateway_client, fault):
@@ -70,7 +69,7 @@ async def test_first_byte_s_bounds_the_first_data_event(start_faulty, gateway_cl
 
 
 async def test_first_byte_s_without_another_backend_is_a_504(start_faulty, gateway_client):
-    fake, server = await start_faulty(silent_after_headers_s=10)
+    fake, server = await start_faulty(ttft_s=10)
     cfg = make_config(runtime_backend("only", server, models={"llama": RUNTIME_ID},
                                       timeouts=Timeouts(first_byte_s=0.3, idle_s=6)),
                       retries=RetryConfig(attempts=0))
@@ -142,7 +141,7 @@ async def test_an_unterminated_done_is_terminated(start_faulty, gateway_client):
 # --- 4. a slow reader: idle_s is the runtime's silence only; server.client_idle_s ----------
 
 async def slow_reader(start_faulty, gateway_client, *, idle_s: float, client_idle_s: float,
-                      pause_s: float) -> tuple[FaultyRuntime, Any, bytes, bool]:
+                      pause_s: float) -> tuple[FakeRuntime, Any, bytes, bool]:
     """A long stream of ~16 KiB chunks whose client pauses reading after its first event."""
     fake, server = await start_faulty(words=1500, chunk_bytes=16384)
     cfg = make_config(runtime_backend("gpu", server, models={"llama": RUNTIME_ID},
@@ -152,9 +151,9 @@ async def slow_reader(start_faulty, gateway_client, *, idle_s: float, client_idl
     resp = await client.post("/v1/chat/completions", json=STREAM)
     first = await resp.content.readuntil(b"\n\n")
     await asyncio.sleep(pause_s - 1)
-    before = fake.writes_done
+    before = fake.events
     await asyncio.sleep(1)
-    held = fake.writes_done == before   # the runtime's writes wait too: nothing piles up
+    held = fake.events == before   # the runtime's writes wait too: nothing piles up
     rest = await asyncio.wait_for(resp.read(), 20)
     return fake, client, first + rest, held
 
@@ -166,7 +165,7 @@ async def test_a_slow_reader_within_client_idle_s_gets_the_whole_stream(start_fa
     assert raw.endswith(b"data: [DONE]\n\n")
     assert len(data_events(raw)) == 1500 + 2
     # Backpressure held the runtime back while the client paused: memory stays bounded.
-    assert held and fake.writes_done > 1500
+    assert held and fake.events > 1500
 
 
 async def test_a_reader_stalled_past_client_idle_s_is_cut_with_an_error_event(start_faulty,
@@ -288,13 +287,11 @@ async def test_the_idle_upstream_pool_is_bounded_per_backend(start_runtime, gate
             asyncio.gather(*(one(session) for _ in range(burst))), 30)
     assert all(b.endswith(b"data: [DONE]\n\n") for b in bodies)
     assert len(set(fake.peers)) > MAX_IDLE_PER_BACKEND + 50   # many streams at once
-    connections = server.runner.server.connections
     for _ in range(100):
-        if len(connections) <= MAX_IDLE_PER_BACKEND:
+        if server.connections <= MAX_IDLE_PER_BACKEND:
             break
         await asyncio.sleep(0.02)
-        connections = server.runner.server.connections
-    assert len(connections) <= MAX_IDLE_PER_BACKEND
+    assert server.connections <= MAX_IDLE_PER_BACKEND
     # The kept ones are reused.
     assert (await (await client.post("/v1/chat/completions", json=STREAM)).read()).endswith(
         b"data: [DONE]\n\n")

@@ -13,10 +13,11 @@ import string
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
+from pytest_aiohttp import AiohttpClient
 
 from gateway.app import create_app
 from gateway.config import ApiKey, HealthConfig, RouteConfig, ServerConfig, backend
-from tests.conftest import RUNTIME_ID, make_config, runtime_backend
+from tests.conftest import RUNTIME_ID, StartRuntime, make_config, runtime_backend
 
 KEY = ApiKey(name="fuzz", key="sk-fuzz-0123456789", models=("*",), rpm=10**6, tpm=10**9)
 ECHO_ONLY = ApiKey(name="echo-only", key="sk-fuzz-echo-only", models=("echo-*",))
@@ -123,7 +124,7 @@ valid_requests = st.builds(
 
 
 @pytest.fixture
-async def fuzz_gateway(start_runtime, aiohttp_client):
+async def fuzz_gateway(start_runtime: StartRuntime, aiohttp_client: AiohttpClient):
     _, server = await start_runtime(words=3)
     cfg = make_config(
         runtime_backend("gpu", server, models={"llama": RUNTIME_ID}),

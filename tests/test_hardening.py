@@ -13,15 +13,12 @@ import json
 import logging
 import time
 import zlib
-from dataclasses import dataclass, field
-from typing import Any
-
 import pytest
-from aiohttp import web
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from gateway.app import RATE_LIMIT_HEADERS, create_app
 from gateway.config import ApiKey, RetryConfig, ServerConfig, Timeouts, load_config
-from tests.conftest import CHAT, RUNTIME_ID, bearer, make_config, runtime_backend
+from tests.conftest import CHAT, RUNTIME_ID, StartRuntime, bearer, make_config, runtime_backend
 
 CANARY = "sk-canary-7f3c9a1e5b2d4f60"          # a backend's api_key
 HEADER_CANARY = "hk-canary-0e9d8c7b6a5f4e3d"   # a backend's secret extra header
@@ -31,70 +28,19 @@ CLIENT = ApiKey(name="web", key="sk-client-key-abcdef", models=("*",), rpm=1000)
 
 # --- a runtime that misbehaves on purpose -------------------------------------------
 
-@dataclass
-class LeakyRuntime:
-    """Echoes the credentials it was sent and sends headers that must stay on its hop."""
-
-    mode: str = "ok"      # ok | echo_401 | echo_500 | hang | first_event_error
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    headers_seen: list[dict[str, str]] = field(default_factory=list)
-
-    HOP_HEADERS = {"Connection": "X-Hop-Secret", "X-Hop-Secret": "1",
-                   "Keep-Alive": "timeout=99", "Proxy-Authenticate": "Basic realm=x",
-                   "Upgrade": "h2c", "Trailer": "X-Trailer", "Set-Cookie": "session=runtime",
-                   "X-Runtime-Internal": "gpu-7"}
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_get("/health", self._health)
-        return app
-
-    async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    def _echo(self, request: web.Request) -> str:
-        return f"{request.headers.get('Authorization')} {request.headers.get('api-key')}"
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.requests.append(body)
-        self.headers_seen.append(dict(request.headers))
-        echoed = self._echo(request)
-        if self.mode == "hang":
-            await asyncio.sleep(5)
-        if self.mode in ("echo_401", "echo_500"):
-            status = 401 if self.mode == "echo_401" else 500
-            return web.json_response(
-                {"error": {"message": f"Incorrect API key provided: {echoed}",
-                           "type": "invalid_request_error", "param": None,
-                           "code": "invalid_api_key", "escaped": json.dumps(echoed)}},
-                status=status, headers={**self.HOP_HEADERS,
-                                        "WWW-Authenticate": f"Bearer error={echoed!r}"})
-        if body.get("stream"):
-            resp = web.StreamResponse(headers={**self.HOP_HEADERS,
-                                               "Content-Type": "text/event-stream"})
-            await resp.prepare(request)
-            if self.mode == "first_event_error":
-                await resp.write(b"data: " + json.dumps(
-                    {"error": {"message": f"bad key {echoed}"}}).encode() + b"\n\n")
-                return resp
-            chunk = {"id": "c", "object": "chat.completion.chunk", "model": body["model"],
-                     "choices": [{"index": 0, "delta": {"content": "hi"}}]}
-            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n")
-            await resp.write_eof()
-            return resp
-        return web.json_response(
-            {"id": "c", "object": "chat.completion", "model": body["model"],
-             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
-                          "finish_reason": "stop"}],
-             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}},
-            headers=self.HOP_HEADERS)
+# Headers that must stay on the runtime's hop, sent with every answer.
+HOP_HEADERS = {"Connection": "X-Hop-Secret", "X-Hop-Secret": "1", "Keep-Alive": "timeout=99",
+               "Proxy-Authenticate": "Basic realm=x", "Upgrade": "h2c", "Trailer": "X-Trailer",
+               "Set-Cookie": "session=runtime", "X-Runtime-Internal": "gpu-7"}
+# A runtime that quotes the credentials it was sent in its errors, and sends HOP_HEADERS.
+LEAKY = {"echo_credentials": True, "extra_headers": HOP_HEADERS}
+MODES = {"ok": {}, "echo_401": {"status": 401}, "echo_500": {"status": 500},
+         "hang": {"hang_s": 5}, "first_event_error": {"first_event_error": True}}
 
 
-async def leaky_gateway(aiohttp_server, aiohttp_client, mode: str = "ok", **cfg_kw):
-    runtime = LeakyRuntime(mode)
-    server = await aiohttp_server(runtime.app())
+async def leaky_gateway(start_runtime: StartRuntime, aiohttp_client: AiohttpClient,
+                        mode: str = "ok", **cfg_kw):
+    runtime, server = await start_runtime(**LEAKY, **MODES[mode])
     cfg = make_config(
         runtime_backend("gpu-a", server, models={"llama": RUNTIME_ID}, api_key=CANARY,
                         headers={"api-key": HEADER_CANARY, "X-Org": "infra"},
@@ -126,8 +72,9 @@ def response_text(resp, body: bytes) -> str:
 
 # --- credentials and hop-by-hop headers ----------------------------------------------------
 
-async def test_client_credentials_never_reach_the_runtime(aiohttp_server, aiohttp_client):
-    runtime, _, client = await leaky_gateway(aiohttp_server, aiohttp_client)
+async def test_client_credentials_never_reach_the_runtime(start_runtime: StartRuntime,
+                                                          aiohttp_client: AiohttpClient):
+    runtime, _, client = await leaky_gateway(start_runtime, aiohttp_client)
     resp = await client.post("/v1/chat/completions", json=CHAT, headers={
         **bearer(CLIENT.key), "api-key": "client-azure-key", "x-api-key": "client-anthropic",
         "Proxy-Authorization": "Basic Y2xpZW50", "Proxy-Connection": "keep-alive",
@@ -144,9 +91,9 @@ async def test_client_credentials_never_reach_the_runtime(aiohttp_server, aiohtt
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_runtime_hop_by_hop_headers_never_reach_the_client(aiohttp_server,
-                                                                  aiohttp_client, stream):
-    _, _, client = await leaky_gateway(aiohttp_server, aiohttp_client)
+async def test_runtime_hop_by_hop_headers_never_reach_the_client(
+        start_runtime: StartRuntime, aiohttp_client: AiohttpClient, stream):
+    _, _, client = await leaky_gateway(start_runtime, aiohttp_client)
     resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": stream},
                              headers=bearer(CLIENT.key))
     assert resp.status == 200
@@ -154,8 +101,9 @@ async def test_runtime_hop_by_hop_headers_never_reach_the_client(aiohttp_server,
     assert_runtime_headers_dropped(resp)
 
 
-async def test_passed_through_4xx_keeps_only_the_body(aiohttp_server, aiohttp_client):
-    _, _, client = await leaky_gateway(aiohttp_server, aiohttp_client, "echo_401")
+async def test_passed_through_4xx_keeps_only_the_body(start_runtime: StartRuntime,
+                                                      aiohttp_client: AiohttpClient):
+    _, _, client = await leaky_gateway(start_runtime, aiohttp_client, "echo_401")
     resp = await client.post("/v1/chat/completions", json=CHAT, headers=bearer(CLIENT.key))
     assert resp.status == 401
     assert (await resp.json())["error"]["code"] == "invalid_api_key"
@@ -164,7 +112,7 @@ async def test_passed_through_4xx_keeps_only_the_body(aiohttp_server, aiohttp_cl
 
 
 def assert_runtime_headers_dropped(resp) -> None:
-    for name in LeakyRuntime.HOP_HEADERS:
+    for name in HOP_HEADERS:
         if name == "Connection":
             assert "x-hop-secret" not in resp.headers.get("Connection", "").lower()
         else:
@@ -177,10 +125,11 @@ def assert_runtime_headers_dropped(resp) -> None:
     ("refused", 502), ("echo_401", 401), ("echo_500", 502), ("hang", 504),
     ("first_event_error", 502),
 ])
-async def test_backend_key_never_leaks_on_error_paths(aiohttp_server, aiohttp_client, caplog,
+async def test_backend_key_never_leaks_on_error_paths(start_runtime: StartRuntime,
+                                                      aiohttp_client: AiohttpClient, caplog,
                                                       mode, status):
     caplog.set_level(logging.DEBUG)
-    runtime, server, client = await leaky_gateway(aiohttp_server, aiohttp_client,
+    runtime, server, client = await leaky_gateway(start_runtime, aiohttp_client,
                                                   "ok" if mode == "refused" else mode)
     if mode == "refused":
         await server.close()      # healthy at start, then the port is closed
@@ -198,15 +147,17 @@ async def test_backend_key_never_leaks_on_error_paths(aiohttp_server, aiohttp_cl
     assert_no_secret(caplog.text, "the log")
 
 
-async def test_runtime_error_message_is_scrubbed_in_502(aiohttp_server, aiohttp_client):
-    _, _, client = await leaky_gateway(aiohttp_server, aiohttp_client, "first_event_error")
+async def test_runtime_error_message_is_scrubbed_in_502(start_runtime: StartRuntime,
+                                                        aiohttp_client: AiohttpClient):
+    _, _, client = await leaky_gateway(start_runtime, aiohttp_client, "first_event_error")
     resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": True},
                              headers=bearer(CLIENT.key))
     message = (await resp.json())["error"]["message"]
-    assert "bad key Bearer ***" in message      # the runtime's words are kept, its key not
+    assert "model overloaded (key Bearer ***" in message   # the runtime's words kept, its key not
 
 
-async def test_backend_key_never_leaks_from_a_failed_reload(aiohttp_client, tmp_path,
+async def test_backend_key_never_leaks_from_a_failed_reload(aiohttp_client: AiohttpClient,
+                                                            tmp_path,
                                                             caplog, monkeypatch):
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("HARDENING_CANARY", CANARY)
@@ -237,11 +188,11 @@ backends:
 
 # --- request fields never pick the upstream --------------------------------------------
 
-async def test_request_fields_never_change_where_a_request_goes(aiohttp_server, aiohttp_client):
-    runtime, _, client = await leaky_gateway(aiohttp_server, aiohttp_client)
-    decoy = LeakyRuntime()
-    decoy_server = await aiohttp_server(decoy.app())
-    elsewhere = str(decoy_server.make_url("/v1"))
+async def test_request_fields_never_change_where_a_request_goes(start_runtime: StartRuntime,
+                                                                aiohttp_client: AiohttpClient):
+    runtime, _, client = await leaky_gateway(start_runtime, aiohttp_client)
+    decoy, decoy_server = await start_runtime()
+    elsewhere = decoy_server.url("/v1")
     resp = await client.post("/v1/chat/completions", json={
         **CHAT, "api_base": elsewhere, "base_url": elsewhere, "url": elsewhere,
         "api_key": "sk-attacker", "extra_headers": {"Host": "decoy"}},
@@ -262,9 +213,9 @@ async def test_request_fields_never_change_where_a_request_goes(aiohttp_server, 
 APP_ORIGIN = "https://app.example.com"
 
 
-async def cors_gateway(aiohttp_server, aiohttp_client, origins: tuple[str, ...]):
-    runtime = LeakyRuntime()
-    server = await aiohttp_server(runtime.app())
+async def cors_gateway(start_runtime: StartRuntime, aiohttp_client: AiohttpClient,
+                       origins: tuple[str, ...]):
+    _, server = await start_runtime(**LEAKY)
     cfg = make_config(runtime_backend("gpu-a", server, models={"llama": RUNTIME_ID}),
                       server=ServerConfig(cors_origins=origins), auth_keys=(CLIENT,))
     return await aiohttp_client(create_app(cfg))
@@ -275,8 +226,9 @@ def preflight(origin: str, method: str = "POST") -> dict[str, str]:
             "Access-Control-Request-Headers": "authorization, content-type"}
 
 
-async def test_cors_answers_configured_origins_only(aiohttp_server, aiohttp_client):
-    client = await cors_gateway(aiohttp_server, aiohttp_client, (APP_ORIGIN,))
+async def test_cors_answers_configured_origins_only(start_runtime: StartRuntime,
+                                                    aiohttp_client: AiohttpClient):
+    client = await cors_gateway(start_runtime, aiohttp_client, (APP_ORIGIN,))
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
         resp = await client.options(path, headers=preflight(APP_ORIGIN))
         assert resp.status == 200, path
@@ -316,9 +268,9 @@ async def test_cors_answers_configured_origins_only(aiohttp_server, aiohttp_clie
     assert "Access-Control-Allow-Origin" not in resp.headers
 
 
-async def test_cors_wildcard_is_never_combined_with_credentials(aiohttp_server,
-                                                                 aiohttp_client):
-    client = await cors_gateway(aiohttp_server, aiohttp_client, ("*",))
+async def test_cors_wildcard_is_never_combined_with_credentials(
+        start_runtime: StartRuntime, aiohttp_client: AiohttpClient):
+    client = await cors_gateway(start_runtime, aiohttp_client, ("*",))
     for origin in (APP_ORIGIN, "https://other.example.org"):
         resp = await client.options("/v1/chat/completions", headers=preflight(origin))
         assert resp.status == 200
@@ -331,8 +283,9 @@ async def test_cors_wildcard_is_never_combined_with_credentials(aiohttp_server,
         assert "Access-Control-Allow-Credentials" not in resp.headers
 
 
-async def test_no_cors_headers_when_no_origin_is_configured(aiohttp_server, aiohttp_client):
-    client = await cors_gateway(aiohttp_server, aiohttp_client, ())
+async def test_no_cors_headers_when_no_origin_is_configured(start_runtime: StartRuntime,
+                                                            aiohttp_client: AiohttpClient):
+    client = await cors_gateway(start_runtime, aiohttp_client, ())
     resp = await client.options("/v1/chat/completions", headers=preflight(APP_ORIGIN))
     assert resp.status == 405
     assert "error" in await resp.json()
@@ -374,15 +327,15 @@ async def raw_exchange(port: int, data: bytes) -> tuple[int, dict[str, str], byt
         writer.close()
 
 
-async def plain_gateway(aiohttp_server, **kw):
-    runtime = LeakyRuntime()
-    server = await aiohttp_server(runtime.app())
+async def plain_gateway(start_runtime: StartRuntime, **kw):
+    runtime, server = await start_runtime()
     cfg = make_config(runtime_backend("gpu-a", server, models={"llama": RUNTIME_ID}), **kw)
     return runtime, cfg
 
 
-async def test_slowloris_is_cut_off_without_slowing_others(aiohttp_server):
-    runtime, cfg = await plain_gateway(aiohttp_server)
+async def test_slowloris_is_cut_off_without_slowing_others(start_runtime: StartRuntime,
+                                                            aiohttp_server: AiohttpServer):
+    runtime, cfg = await plain_gateway(start_runtime)
     # The runner gets run_app's keep-alive default: handler_args must win over it.
     gateway = await aiohttp_server(create_app(cfg, header_timeout_s=1.0), keepalive_timeout=75)
 
@@ -450,9 +403,10 @@ async def test_slowloris_is_cut_off_without_slowing_others(aiohttp_server):
     ("header without a colon",
      b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nBroken header\r\n\r\n", (400,)),
 ])
-async def test_malformed_http_is_refused_and_never_forwarded(aiohttp_server, caplog, name,
-                                                             data, statuses):
-    runtime, cfg = await plain_gateway(aiohttp_server)
+async def test_malformed_http_is_refused_and_never_forwarded(start_runtime: StartRuntime,
+                                                             aiohttp_server: AiohttpServer,
+                                                             caplog, name, data, statuses):
+    runtime, cfg = await plain_gateway(start_runtime)
     gateway = await aiohttp_server(create_app(cfg))
     status, _, body = await raw_exchange(gateway.port, data)
     assert status in statuses, (name, status, body)
@@ -470,8 +424,9 @@ async def test_malformed_http_is_refused_and_never_forwarded(aiohttp_server, cap
     assert len(runtime.requests) == 1
 
 
-async def test_undecodable_credentials_are_401_not_500(aiohttp_server):
-    _, cfg = await plain_gateway(aiohttp_server, auth_keys=(CLIENT,),
+async def test_undecodable_credentials_are_401_not_500(start_runtime: StartRuntime,
+                                                       aiohttp_server: AiohttpServer):
+    _, cfg = await plain_gateway(start_runtime, auth_keys=(CLIENT,),
                                  server=ServerConfig(admin_key=ADMIN))
     gateway = await aiohttp_server(create_app(cfg))
     for path, method in (("/admin/backends", b"GET"), ("/v1/models", b"GET")):
@@ -481,8 +436,9 @@ async def test_undecodable_credentials_are_401_not_500(aiohttp_server):
         assert status == 401, body
 
 
-async def test_fifty_megabyte_body_is_413_and_never_forwarded(aiohttp_server):
-    runtime, cfg = await plain_gateway(aiohttp_server)     # max_body_mb: 16 (the default)
+async def test_fifty_megabyte_body_is_413_and_never_forwarded(start_runtime: StartRuntime,
+                                                              aiohttp_server: AiohttpServer):
+    runtime, cfg = await plain_gateway(start_runtime)     # max_body_mb: 16 (the default)
     gateway = await aiohttp_server(create_app(cfg))
     fifty_mb = 50 * 1024 * 1024
     # Declared up front: refused before a byte of the body is read.
@@ -527,11 +483,12 @@ def _compressors():
 
 
 @pytest.mark.parametrize("coding", ["gzip", "br", "zstd"])
-async def test_compressed_bodies_are_bounded_and_checked(aiohttp_server, aiohttp_client, coding):
+async def test_compressed_bodies_are_bounded_and_checked(start_runtime: StartRuntime,
+                                                         aiohttp_client: AiohttpClient, coding):
     # Every coding aiohttp can decode is installed with the gateway: without its module,
     # aiohttp answers a plain-text 400 ("Please install ...") before any handler runs.
     compress = _compressors()[coding]
-    runtime, cfg = await plain_gateway(aiohttp_server)
+    runtime, cfg = await plain_gateway(start_runtime)
     client = await aiohttp_client(create_app(cfg))
     headers = {"Content-Encoding": coding, "Content-Type": "application/json"}
     resp = await client.post("/v1/chat/completions", data=b"not compressed at all",
@@ -551,8 +508,8 @@ async def test_compressed_bodies_are_bounded_and_checked(aiohttp_server, aiohttp
 
 
 async def test_a_body_that_fails_to_decode_midway_is_a_400_without_a_traceback(
-        aiohttp_server, caplog):
-    runtime, cfg = await plain_gateway(aiohttp_server)
+        start_runtime: StartRuntime, aiohttp_server: AiohttpServer, caplog):
+    runtime, cfg = await plain_gateway(start_runtime)
     gateway = await aiohttp_server(create_app(cfg))
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
     try:
@@ -577,7 +534,7 @@ async def test_a_body_that_fails_to_decode_midway_is_a_400_without_a_traceback(
 
 
 async def test_header_deadline_never_cuts_a_long_answer_or_a_kept_alive_client(
-        aiohttp_server, aiohttp_client, start_runtime):
+        start_runtime: StartRuntime, aiohttp_client: AiohttpClient):
     fake, server = await start_runtime(chunk_delay=0.4, words=5)    # a 2 s stream
     cfg = make_config(runtime_backend("gpu-a", server, models={"llama": RUNTIME_ID}))
     client = await aiohttp_client(create_app(cfg, header_timeout_s=1.0))

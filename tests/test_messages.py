@@ -19,7 +19,8 @@ from gateway.config import (ApiKey, Fallback, RetryConfig, RouteConfig, ServerCo
 from gateway.translate.anthropic import SIGNATURE
 from gateway.typedefs import GATEWAY
 from tests.conftest import make_config, samples, value
-from tests.fake_anthropic import INPUT_TOKENS, Answer, Call, FakeMessagesRuntime
+from bench.fake_runtime.formats_messages import INPUT_TOKENS, Answer
+from bench.fake_runtime.formats_messages import ToolCall as Call
 
 RUNTIME_ID = "org/Model-8B"
 HELLO = [{"role": "user", "content": "Hello there"}]
@@ -30,13 +31,17 @@ CALL = Call("call_1", "get_weather", '{"city": "Paris"}')
 KEY = ApiKey(name="team", key="sk-team-0123456789", models=("*",), tpm=60)
 
 
+NATIVE = ("/v1/messages", "/v1/messages/count_tokens")   # what a runtime without them lacks
+
+
 @pytest.fixture
-async def fakes(aiohttp_server):
-    """Start fake runtimes: `await fakes(native=..., kind=..., ...)` -> (fake, base url)."""
-    async def start(**kw):
-        fake = FakeMessagesRuntime(**kw)
-        server = await aiohttp_server(fake.app())
-        return fake, str(server.make_url("/v1"))
+async def fakes(start_runtime):
+    """Start fake runtimes that say `Answer()` unless told otherwise:
+    `await fakes(native=..., kind=..., ...)` -> (fake, base url)."""
+    async def start(native: bool = False, **kw):
+        kw.setdefault("answer", Answer())
+        fake, server = await start_runtime(missing=() if native else NATIVE, **kw)
+        return fake, server.url("/v1")
     return start
 
 
@@ -79,7 +84,7 @@ async def test_text_whole_and_streamed_through_the_translation(fakes, gateway):
     assert done.model == "m" and done.stop_reason == "end_turn"
     assert [b.text for b in done.content] == ["Hello from the runtime"]
     assert (done.usage.input_tokens, done.usage.output_tokens) == (INPUT_TOKENS, 4)
-    path, sent = fake.requests[0]
+    path, sent = fake.posts()[0]
     assert path == "/v1/chat/completions" and sent["model"] == RUNTIME_ID
     assert sent["messages"] == [{"role": "system", "content": "Be brief."},
                                 {"role": "user", "content": "Hello there"}]
@@ -88,7 +93,7 @@ async def test_text_whole_and_streamed_through_the_translation(fakes, gateway):
         final = await stream.get_final_message()
     assert pieces == ["Hello", " from", " the", " runtime"]
     assert final.model == "m" and final.usage.output_tokens == 4
-    assert fake.requests[1][1]["stream_options"] == {"include_usage": True}
+    assert fake.requests[1]["stream_options"] == {"include_usage": True}
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -110,7 +115,7 @@ async def test_a_tool_call_reaches_the_client_and_its_result_the_runtime(fakes, 
     [use] = done.content
     assert (use.type, use.id, use.name, use.input) == ("tool_use", "call_1", "get_weather",
                                                         {"city": "Paris"})
-    sent = fake.requests[0][1]
+    sent = fake.requests[0]
     assert sent["tools"] == [{"type": "function", "function": {
         "name": "get_weather", "parameters": WEATHER_TOOL["input_schema"],
         "description": "The weather in a city"}}]
@@ -128,7 +133,7 @@ async def test_a_tool_call_reaches_the_client_and_its_result_the_runtime(fakes, 
     else:
         after = await sdk.messages.create(**ask)
     assert after.content[0].text == "It is sunny"
-    back = fake.requests[1][1]["messages"]
+    back = fake.requests[1]["messages"]
     assert back[1]["role"] == "assistant" and back[1]["content"] is None
     assert back[1]["tool_calls"] == [{"id": "call_1", "type": "function", "function": {
         "name": "get_weather", "arguments": '{"city":"Paris"}'}}]
@@ -155,7 +160,7 @@ async def test_reasoning_becomes_a_signed_thinking_block(fakes, gateway, stream)
     await sdk.messages.create(model="m", max_tokens=8, messages=[
         *HELLO, {"role": "assistant", "content": done.content},
         {"role": "user", "content": "And?"}])
-    assert fake.requests[1][1]["messages"][1]["reasoning_content"] == thinking.thinking
+    assert fake.requests[1]["messages"][1]["reasoning_content"] == thinking.thinking
 
 
 # -- the native path ----------------------------------------------------------------------
@@ -170,7 +175,7 @@ async def test_a_runtime_serving_messages_gets_the_body_as_is(fakes, gateway, ki
                extra_headers={"anthropic-version": "2023-06-01",
                               "anthropic-beta": "fine-grained-tool-streaming-2025-05-14"})
     done = await sdk.messages.create(**ask)
-    path, sent = fake.requests[0]
+    path, sent = fake.posts()[0]
     assert path == "/v1/messages"
     assert sent == {"model": RUNTIME_ID, "max_tokens": 64, "messages": HELLO,
                     "tools": [WEATHER_TOOL]}
@@ -221,7 +226,7 @@ async def test_each_try_takes_the_way_its_backend_needs(fakes, gateway):
     async with sdk.messages.stream(model="m", max_tokens=8, messages=HELLO) as events:
         assert (await events.get_final_message()).content[0].text == "Hello from the runtime"
     assert chat.paths() == ["/v1/chat/completions"] * 2
-    assert native.paths() == ["/v1/messages"] * 2 and native.requests[1][1]["stream"] is True
+    assert native.paths() == ["/v1/messages"] * 2 and native.requests[1]["stream"] is True
 
 
 async def test_a_native_stream_opening_with_an_error_event_is_retried(fakes, gateway):
@@ -256,8 +261,8 @@ async def test_a_failing_pool_falls_back_to_another_model(fakes, gateway, stream
         done = await sdk.messages.create(**ask)
     assert done.content[0].text == "Hello from the runtime" and done.model == "small"
     assert down.paths() == ["/v1/chat/completions"]
-    assert spare.requests[0][0] == "/v1/messages"
-    assert spare.requests[0][1]["model"] == "org/Small-1B"
+    assert spare.paths()[0] == "/v1/messages"
+    assert spare.requests[0]["model"] == "org/Small-1B"
     assert value(await samples(client), "gateway_fallbacks_total", model="m",
                  to="small") == 1
 
@@ -268,7 +273,7 @@ async def test_count_tokens_is_passed_to_runtimes_that_serve_it(fakes, gateway):
     fake, client, sdk = await one(fakes, gateway, kind="vllm", native=True)
     count = await sdk.messages.count_tokens(model="m", messages=HELLO, system="Be brief.")
     assert count.input_tokens == INPUT_TOKENS + 1
-    assert fake.requests == [("/v1/messages/count_tokens", {
+    assert fake.posts() == [("/v1/messages/count_tokens", {
         "model": RUNTIME_ID, "messages": HELLO, "system": "Be brief."})]
 
 
@@ -281,7 +286,7 @@ async def test_count_tokens_from_the_runtimes_tokenizer(fakes, gateway, kind, to
                                         capabilities={"messages": False}))
     count = await sdk.messages.count_tokens(model="m", system="Be brief.", messages=HELLO)
     assert count.input_tokens == expected
-    path, sent = fake.requests[0]
+    path, sent = fake.posts()[0]
     assert path == "/tokenize"
     if tokenizer == "vllm":
         assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
@@ -333,7 +338,7 @@ async def test_the_key_comes_as_x_api_key_or_bearer(fakes, gateway):
         assert (await bearer.messages.create(model="m", max_tokens=8, messages=HELLO)).content
     finally:
         await bearer.close()
-    assert all("x-api-key" not in h and "sk-team" not in json.dumps(h)
+    assert all("x-api-key" not in h and "sk-team" not in json.dumps(dict(h))
                for h in fake.headers_seen)
     _, wrong = await gateway(*cfg, api_key="sk-wrong", auth_keys=(KEY,))
     with pytest.raises(anthropic.AuthenticationError) as info:
@@ -449,7 +454,7 @@ async def test_no_backend_that_can_chat_or_call_tools_is_a_501(fakes, gateway):
 
 @pytest.mark.parametrize(("kind", "native"), [("sglang", False), ("vllm", True)])
 async def test_a_stream_broken_mid_way_ends_with_an_error_event(fakes, gateway, kind, native):
-    fake, client, sdk = await one(fakes, gateway, kind=kind, native=native, break_after=3,
+    fake, client, sdk = await one(fakes, gateway, kind=kind, native=native, close_after=3,
                                   answer=Answer(text="one two three four five six"))
     resp = await client.post("/v1/messages", json={
         "model": "m", "max_tokens": 64, "messages": HELLO, "stream": True})

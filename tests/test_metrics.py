@@ -8,7 +8,7 @@ import logging
 import uuid
 
 from gateway.config import backend
-from tests.conftest import make_config, runtime_backend, samples, value
+from tests.conftest import eventually, make_config, runtime_backend, samples, value
 
 CHAT = {"model": "llama", "messages": [{"role": "user", "content": "secret prompt text"}]}
 
@@ -62,12 +62,11 @@ async def test_client_leaving_mid_stream_keeps_usage_seen_and_counts_abort(
     resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
     await resp.content.readuntil(b"\n\n")
     resp.close()
-    for _ in range(50):
-        s = await samples(client)
-        if value(s, "gateway_stream_aborts_total", backend="gpu", reason="client_left"):
-            break
-        await asyncio.sleep(0.02)
-    assert value(s, "gateway_stream_aborts_total", backend="gpu", reason="client_left") == 1
+
+    async def aborted() -> float:
+        return value(await samples(client), "gateway_stream_aborts_total", backend="gpu",
+                     reason="client_left")
+    assert await eventually(aborted) == 1
 
 
 async def test_one_json_log_line_per_request_without_secrets(start_runtime, gateway_client,
@@ -112,10 +111,7 @@ async def test_in_flight_gauge_counts_requests_at_a_backend_while_they_run(start
     client = await gateway_client(make_config(runtime_backend("x", server, models=["llama"])))
     calls = [asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
              for _ in range(3)]
-    for _ in range(50):                   # bounded: until the runtime holds all three
-        if len(fake.requests) == 3:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: len(fake.requests) == 3)     # until the runtime holds all three
     assert value(await samples(client), "gateway_in_flight_requests", backend="x") == 3
     for resp in await asyncio.gather(*calls):
         assert resp.status == 200

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import openai
 import pytest
+from pytest_aiohttp import AiohttpServer
 
 from gateway.app import create_app
 from gateway.config import backend
-from tests.conftest import make_config, runtime_backend
+from tests.conftest import StartRuntime, make_config, runtime_backend
 
 
 @pytest.fixture
-async def sdk(aiohttp_server, start_runtime):
+async def sdk(aiohttp_server: AiohttpServer, start_runtime: StartRuntime):
     fake, runtime = await start_runtime(models=("meta-llama/Llama-3.1-8B-Instruct",))
     cfg = make_config(
         runtime_backend("gpu-a", runtime, models={"llama": "meta-llama/Llama-3.1-8B-Instruct"}),

@@ -18,22 +18,21 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import threading
+import sys
 import time
 import urllib.parse
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.procs import Proc, free_port
 from tests.conftest import dashboard_panels, unavailable
 from tests.engine_samples import vllm_metrics
-from tests.llama_support import free_port, gateway_command
+from tests.llama_support import gateway_command
 
 pytestmark = pytest.mark.prometheus
 
@@ -56,100 +55,24 @@ def _binary(name: str) -> str:
 
 # --- a fake OpenAI-compatible runtime -------------------------------------------------------
 
-class _FakeRuntime(BaseHTTPRequestHandler):
-    """Healthy, but: model "nousage" answers without token usage; model "broken" drops its
-    streams midway (and answers 500 when not streaming); model "echo-model" always gets 503,
-    so the gateway retries it on another backend of its pool. Its /metrics is a vLLM's, so
-    the backend of kind vllm on it has engine gauges."""
-
-    protocol_version = "HTTP/1.1"
-    MODELS = ("nousage", "broken")
-    OVERLOADED = "echo-model"
-
-    def log_message(self, *args) -> None:        # keep the test output clean
-        pass
-
-    def _json(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        if self.path == "/health":
-            self._json(200, {})
-        elif self.path == "/metrics":
-            data = vllm_metrics(running=2, waiting=3, kv=0.4, model="echo-model").encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        elif self.path.rstrip("/") == "/v1/models":
-            self._json(200, {"object": "list", "data": [
-                {"id": m, "object": "model", "owned_by": "fake"} for m in self.MODELS]})
-        else:
-            self._json(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length) or b"{}")
-        model, chat = body.get("model"), self.path.endswith("/chat/completions")
-        if model == self.OVERLOADED:
-            self._json(503, {"error": {"message": "overloaded", "type": "server_error"}})
-            return
-        if model not in self.MODELS:
-            self._json(404, {"error": {"message": "no such model", "type": "not_found"}})
-            return
-        if not body.get("stream"):
-            if model == "broken":
-                self._json(500, {"error": {"message": "fake failure", "type": "server_error"}})
-                return
-            choice = ({"index": 0, "message": {"role": "assistant", "content": "one two three"},
-                       "finish_reason": "stop"} if chat else
-                      {"index": 0, "text": "one two three", "finish_reason": "stop"})
-            self._json(200, {"id": "fake-1", "object": "chat.completion" if chat else
-                             "text_completion", "created": int(time.time()), "model": model,
-                             "choices": [choice]})
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        for word in ("one ", "two ", "three"):
-            delta = ({"index": 0, "delta": {"content": word}, "finish_reason": None} if chat
-                     else {"index": 0, "text": word, "finish_reason": None})
-            self._chunk({"id": "fake-1", "object": "chat.completion.chunk", "created": 0,
-                         "model": model, "choices": [delta]})
-            if model == "broken":
-                # Gone after the first chunk: no terminating chunk, no [DONE].
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
-                return
-        self._write_chunk(b"data: [DONE]\n\n")
-        self._write_chunk(b"")
-
-    def _chunk(self, obj: dict) -> None:
-        self._write_chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")
-
-    def _write_chunk(self, data: bytes) -> None:
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        self.wfile.flush()
+# Healthy, but: model "nousage" answers without token usage; model "broken" drops its
+# streams midway and "failing" answers 500; "echo-model" always gets 503, so the gateway
+# retries it on another backend of its pool. Its /metrics is a vLLM's, so the backend of
+# kind vllm on it has engine gauges.
+FAKE_SWITCHES = {"words": 3, "models": ["nousage", "broken", "failing"], "by_model": {
+    "nousage": {"send_usage": False}, "broken": {"close_after": 1},
+    "failing": {"status": 500}, "echo-model": {"status": 503}},
+    "pages": {"/metrics": vllm_metrics(running=2, waiting=3, kv=0.4, model="echo-model")}}
 
 
 @pytest.fixture
-def fake_runtime():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeRuntime)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                              daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+def fake_runtime(tmp_path):
+    port = free_port()
+    with Proc("fake runtime", [sys.executable, "-m", "bench.fake_runtime", "--port", str(port),
+                               "--switches", json.dumps(FAKE_SWITCHES)],
+              tmp_path / "fake-runtime.log", cwd=ROOT) as proc:
+        proc.start().wait_ready(f"http://127.0.0.1:{port}/health", 20)
+        yield port
 
 
 # --- the gateway under test -----------------------------------------------------------------
@@ -171,7 +94,7 @@ def _gateway_config(port: int, fake_port: int, dead_port: int) -> dict:
                      "models": ["flaky"],
                      "timeouts": {"connect_s": 1, "first_byte_s": 5, "idle_s": 5}},
             "fake": {"kind": "openai", "url": f"http://127.0.0.1:{fake_port}/v1",
-                     "models": ["nousage", "broken"],
+                     "models": ["nousage", "broken", "failing"],
                      "timeouts": {"connect_s": 2, "first_byte_s": 5, "idle_s": 5}},
         },
         # "flaky" lives on the dead backend only: its requests go to the echo-model pool.
@@ -186,63 +109,17 @@ def _gateway_config(port: int, fake_port: int, dead_port: int) -> dict:
     }
 
 
-class _Service:
-    """A server this test starts: its log, a readiness wait, a clean stop."""
-
-    name = "service"
-    ready_path = "/"
-
-    def _start(self, args: list[str], tmp: Path, log_name: str, **popen) -> None:
-        self.port = getattr(self, "port", None) or free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp / log_name
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, cwd=tmp, **popen)
-
-    def log_tail(self, n: int = 40) -> str:
-        self._log.flush()
-        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-        return "\n".join(lines[-n:])
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.base + self.ready_path, timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        pytest.fail(f"{self.name} not ready after {timeout}s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
-
-
-class Gateway(_Service):
-    name = "gateway"
-    ready_path = "/health"
-
+class Gateway(Proc):
     def __init__(self, tmp: Path, fake_port: int) -> None:
         self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
         self.config = _gateway_config(self.port, fake_port, free_port())
         self.config_path = tmp / "gateway.yaml"
         self.write_config()
         env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}
-        self._start([*gateway_command(), "serve", "--config", str(self.config_path),
-                     "--host", "127.0.0.1", "--port", str(self.port)],
-                    tmp, "gateway.log", env=env)
+        super().__init__("gateway", [*gateway_command(), "serve", "--config", self.config_path,
+                                     "--host", "127.0.0.1", "--port", str(self.port)],
+                         tmp / "gateway.log", env=env, cwd=tmp)
 
     def write_config(self) -> None:
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False),
@@ -259,12 +136,9 @@ class Gateway(_Service):
 
 @pytest.fixture
 def gateway(tmp_path, fake_runtime):
-    gw = Gateway(tmp_path, fake_runtime)
-    try:
-        gw.wait_ready()
+    with Gateway(tmp_path, fake_runtime) as gw:
+        gw.start().wait_ready(gw.base + "/health")
         yield gw
-    finally:
-        gw.stop()
 
 
 # --- traffic --------------------------------------------------------------------------------
@@ -312,7 +186,9 @@ def _one_round(base: str) -> None:
               {"model": "echo-model", "prompt": "one two three four five", "stream": stream},
               stream=stream)
         _post(base, "/v1/chat/completions", _chat("nousage", stream=stream), stream=stream)
-        _post(base, "/v1/chat/completions", _chat("broken", stream=stream), stream=stream)
+        # Broken midway when streamed, a 500 when not.
+        _post(base, "/v1/chat/completions", _chat("broken" if stream else "failing",
+                                                  stream=stream), stream=stream)
     _post(base, "/v1/embeddings", {"model": "echo-model", "input": ["alpha", "beta"]})
     # A client that leaves a long stream after its first event.
     _post(base, "/v1/chat/completions", _chat("echo-model", " ".join(["word"] * 3000),
@@ -351,7 +227,7 @@ def reload_config(gw: Gateway, weight: int, timeout: float = 15) -> bool:
     before = _reloads(gw)
     gw.config["backends"]["echo-b"]["weight"] = weight
     gw.write_config()
-    gw.proc.send_signal(signal.SIGHUP)
+    gw.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _reloads(gw) > before:
@@ -362,10 +238,7 @@ def reload_config(gw: Gateway, weight: int, timeout: float = 15) -> bool:
 
 # --- Prometheus -----------------------------------------------------------------------------
 
-class Prometheus(_Service):
-    name = "prometheus"
-    ready_path = "/-/ready"
-
+class Prometheus(Proc):
     def __init__(self, binary: str, tmp: Path, target: str) -> None:
         conf = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
@@ -375,10 +248,11 @@ class Prometheus(_Service):
         }
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(conf), encoding="utf-8")
         self.port = free_port()
-        self._start([binary, f"--config.file={tmp / 'prometheus.yml'}",
-                     f"--storage.tsdb.path={tmp / 'prometheus-data'}",
-                     f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-                    tmp, "prometheus.log")
+        self.base = f"http://127.0.0.1:{self.port}"
+        super().__init__("prometheus", [binary, f"--config.file={tmp / 'prometheus.yml'}",
+                                        f"--storage.tsdb.path={tmp / 'prometheus-data'}",
+                                        f"--web.listen-address=127.0.0.1:{self.port}",
+                                        "--log.level=warn"], tmp / "prometheus.log", cwd=tmp)
 
     def query(self, expr: str) -> list[dict]:
         url = self.base + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
@@ -481,10 +355,9 @@ def test_every_dashboard_query_returns_data(gateway, tmp_path):
     binary = _binary("prometheus")
     queries = _dashboard_queries()
     assert len(queries) > 20
-    prom = Prometheus(binary, tmp_path, f"127.0.0.1:{gateway.port}")
-    try:
-        prom.wait_ready()
-        assert prom.wait_for('up{job="gateway"} == 1', timeout=30), prom.log_tail()
+    with Prometheus(binary, tmp_path, f"127.0.0.1:{gateway.port}") as prom:
+        prom.start().wait_ready(prom.base + "/-/ready")
+        assert prom.wait_for('up{job="gateway"} == 1', timeout=30), prom.tail()
 
         wanted = _dashboard_sample_names(queries) - {"gateway_config_reloads_total"}
         never_exposed = drive_traffic(gateway, wanted)
@@ -513,8 +386,6 @@ def test_every_dashboard_query_returns_data(gateway, tmp_path):
             time.sleep(1)
         variables = {v["name"]: prom.label_values(*_label_values_args(v["query"]["query"]))
                      for v in _dashboard_variables() if v["type"] == "query"}
-    finally:
-        prom.stop()
     assert set(variables) == {"model", "backend"}
     assert {"echo-model", "nousage"} <= set(variables["model"]), variables
     assert {"echo-a", "sick", "dead"} <= set(variables["backend"]), variables
@@ -522,4 +393,4 @@ def test_every_dashboard_query_returns_data(gateway, tmp_path):
         "".join(f"{problem}:\n  " + "\n  ".join(items) + "\n"
                 for problem, items in verdicts.items())
         + f"sample names the gateway never exposed: {sorted(never_exposed)}\n"
-        + f"gateway log:\n{gateway.log_tail()}")
+        + f"gateway log:\n{gateway.tail()}")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 
 import pytest
 
 from gateway.config import RetryConfig, ServerConfig, Timeouts, backend
-from tests.conftest import CHAT, RUNTIME_ID, make_config, runtime_backend
+from tests.conftest import CHAT, RUNTIME_ID, eventually, make_config, runtime_backend
 
 
 def sse_events(raw: bytes) -> list[str]:
@@ -181,10 +180,7 @@ async def test_client_disconnect_cancels_upstream(start_runtime, gateway_client)
     resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
     await resp.content.readuntil(b"\n\n")
     resp.close()
-    for _ in range(50):
-        if fake.cancelled:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: fake.cancelled)
     assert fake.cancelled == 1 and fake.in_flight == 0
 
 

@@ -21,10 +21,11 @@ import openai
 import pytest
 import yaml
 
+from bench.procs import wait_until
 from tests.conftest import unavailable
 from tests.llama_support import (
     HOST, PUBLIC_MODEL, Gateway, LlamaServer, find_install, gateway_command, gateway_yaml,
-    http_get, metric_sum, request_log, wait_until,
+    http_get, metric_sum, request_log,
 )
 
 pytestmark = pytest.mark.llamacpp
@@ -70,7 +71,7 @@ def stack(tmp_path_factory):
         gateway = Gateway(config, tmp)
         config.write_text(gateway_yaml(gateway.port, list(servers.values()), list(WEIGHTS.values())))
         gateway.start()
-        gateway.wait_ready(30)
+        gateway.wait_ready(gateway.ready_url, 30)
         result = Stack(servers, gateway, config)
         # llama-b's models are discovered by the health loop: wait until it serves the model.
         wait_until(lambda: gateway.admin_backends()["llama-b"]["models"] == [PUBLIC_MODEL], 20,

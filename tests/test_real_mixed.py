@@ -24,11 +24,12 @@ import openai
 import pytest
 import yaml
 
+from bench.procs import wait_until
 from tests.conftest import unavailable
 from tests.http_tap import HttpTap
 from tests.llama_support import (
     ADMIN_KEY, PUBLIC_MODEL, Gateway, LlamaCppPythonServer, LlamaServer, Runtime, find_install,
-    find_llama_cpp_python, gateway_command, http_get, metric_sum, wait_until,
+    find_llama_cpp_python, gateway_command, http_get, metric_sum,
 )
 
 pytestmark = pytest.mark.llamacpp
@@ -103,7 +104,7 @@ def mixed(tmp_path_factory):
         for server in servers.values():
             server.wait_healthy(90)
         gateway.start()
-        gateway.wait_ready(30)
+        gateway.wait_ready(gateway.ready_url, 30)
         stack = Mixed(servers, taps, gateway)
         # No `models:` lists: both are discovered by the health loop.
         try:

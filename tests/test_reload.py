@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
-import urllib.request
+from pathlib import Path
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 import pytest
+from pytest_aiohttp import AiohttpClient
 
+from bench.procs import Proc, free_port
 from gateway.app import create_app
 from gateway.config import load_config
 from gateway.typedefs import GATEWAY
-from tests.conftest import samples, value
-from tests.llama_support import free_port
+from tests.conftest import eventually, samples, value
 
 KEY = {"Authorization": "Bearer k"}   # ignored until an edit turns auth on
 WORDS = " ".join(str(i) for i in range(12))
@@ -48,18 +48,16 @@ async def reloads(client, result: str) -> float:
 
 
 async def wait_reloads(client, result: str, above: float, within: float = 2.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await reloads(client, result) > above:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no {result} reload within {within} s")
+    async def counted() -> bool:
+        return await reloads(client, result) > above
+    assert await eventually(counted, within, 0.05), f"no {result} reload within {within} s"
 
 
 MAX_LOOPS = 10_000   # requests per load task at most: ~100 s of a caller's 10 ms pace
 
 
-async def test_twenty_edits_under_load_drop_nothing(tmp_path, aiohttp_client, monkeypatch):
+async def test_twenty_edits_under_load_drop_nothing(tmp_path, aiohttp_client: AiohttpClient,
+                                                     monkeypatch):
     monkeypatch.setenv("SET_KEY", "k")
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml_text({"a": 1, "b": 1}))
@@ -137,7 +135,7 @@ async def test_twenty_edits_under_load_drop_nothing(tmp_path, aiohttp_client, mo
     assert outcomes["stream ok"] >= 50
 
 
-async def test_admin_reload_reports_restart_needed(tmp_path, aiohttp_client):
+async def test_admin_reload_reports_restart_needed(tmp_path, aiohttp_client: AiohttpClient):
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml_text({"a": 1}))
     client = await aiohttp_client(create_app(load_config(str(path)), str(path)))
@@ -155,32 +153,18 @@ async def test_admin_reload_reports_restart_needed(tmp_path, aiohttp_client):
 
 @pytest.fixture
 def serve(tmp_path):
-    procs = []
-
-    def start(text: str, *args: str):
-        path = tmp_path / "gateway.yaml"
-        path.write_text(text)
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config",
-                                 str(path), "--port", str(port), *args],
-                                stderr=subprocess.PIPE, text=True)
-        procs.append(proc)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1):
-                    return proc, port, path
-            except OSError:
-                time.sleep(0.05)
-        proc.kill()
-        raise AssertionError(proc.stderr.read())
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(5)
-        if proc.stderr:
-            proc.stderr.close()
+    """Start `gateway serve` on a config text: (process, port, config path); stopped after."""
+    with contextlib.ExitStack() as procs:
+        def start(text: str, *args: str) -> tuple[Proc, int, Path]:
+            path = tmp_path / "gateway.yaml"
+            path.write_text(text)
+            port = free_port()
+            proc = procs.enter_context(Proc("gateway", [
+                sys.executable, "-m", "gateway", "serve", "--config", path, "--port", str(port),
+                *args], tmp_path / "gateway.log"))
+            proc.start().wait_ready(f"http://127.0.0.1:{port}/ready", 15)
+            return proc, port, path
+        yield start
 
 
 async def test_sighup_reloads(serve):

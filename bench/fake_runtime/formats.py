@@ -1,0 +1,122 @@
+"""What the real runtimes send, as plain data: OpenAI's bodies and stream chunks.
+
+Kept apart from the switches and the wire so that a reader can hold these next to
+the runtimes' own API documents: the gateway must cope with exactly these shapes.
+The other APIs have their own modules (`formats_responses`, `formats_messages`).
+"""
+
+from __future__ import annotations
+
+import time
+from types import MappingProxyType
+from typing import Any, Callable, Iterator, Mapping
+
+PROMPT_TOKENS = 7
+MAX_TOKENS = 4096
+# The tokens of every answer, made once: formatting them per request took a third of
+# the fake's CPU per answer in the benchmark.
+WORDS = tuple(f"w{i}" for i in range(MAX_TOKENS))
+PIECES = tuple(f"w{i} " for i in range(MAX_TOKENS))    # as streamed, one per event
+DONE = b"data: [DONE]\n\n"                               # the last event of a chat stream
+KEEPALIVE = b": keepalive\n\n"                           # an SSE comment, as vLLM's proxy sends
+# Each kind's health path, and the body a healthy runtime sends there (the gateway reads
+# only the status): llama.cpp a status object, the others an empty 200. None: the path is
+# a model list anyway (Ollama's /api/tags, /v1/models for LM Studio and hosted APIs).
+HEALTH: Mapping[str, tuple[str, bytes | None]] = MappingProxyType({
+    "vllm": ("/health", b""), "sglang": ("/health", b""), "tgi": ("/health", b""),
+    "llamacpp": ("/health", b'{"status":"ok"}'), "localai": ("/readyz", b""),
+    "ollama": ("/api/tags", None), "lmstudio": ("/v1/models", None),
+    "openai": ("/v1/models", None),
+})
+
+
+def error(message: str, code: int | str, kind: str = "invalid_request_error"
+          ) -> dict[str, Any]:
+    """OpenAI's error body (vLLM's too, since it nests it under "error")."""
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def failure(status: int) -> dict[str, Any]:
+    if status == 401:                   # OpenAI's words for a bad key
+        return error("Incorrect API key provided", "invalid_api_key")
+    return error(f"fake failure {status}", status,
+                 "server_error" if status >= 500 else "invalid_request_error")
+
+
+def usage(tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": tokens,
+            "total_tokens": PROMPT_TOKENS + tokens}
+
+
+def text(tokens: int) -> str:
+    return " ".join(WORDS[:tokens])
+
+
+def completion(chat: bool, model: str, tokens: int, with_usage: bool) -> dict[str, Any]:
+    """A whole answer: `chat.completion`, or `text_completion` for /v1/completions."""
+    answer = ({"message": {"role": "assistant", "content": text(tokens)}} if chat
+              else {"text": text(tokens)})
+    choice = {"index": 0, **answer, "finish_reason": "stop"}
+    out = {"id": "chatcmpl-fake" if chat else "cmpl-fake",
+           "object": "chat.completion" if chat else "text_completion",
+           "created": int(time.time()), "model": model, "choices": [choice]}
+    if with_usage:
+        out["usage"] = usage(tokens)
+    return out
+
+
+def chunk_base(chat: bool, model: str) -> dict[str, Any]:
+    """What every event of one stream repeats."""
+    return {"id": "chatcmpl-fake" if chat else "cmpl-fake",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()), "model": model}
+
+
+def chunk(base: dict[str, Any], chat: bool, piece: str | None) -> dict[str, Any]:
+    """One token's event, or the finish event (piece None)."""
+    finish = None if piece is not None else "stop"
+    if chat:
+        choice = {"index": 0, "delta": {} if piece is None else {"content": piece},
+                  "finish_reason": finish}
+    else:
+        choice = {"index": 0, "text": piece or "", "finish_reason": finish}
+    return {**base, "choices": [choice]}
+
+
+def usage_chunk(base: dict[str, Any], tokens: int) -> dict[str, Any]:
+    """The last event before [DONE] when the request set stream_options.include_usage."""
+    return {**base, "choices": [], "usage": usage(tokens)}
+
+
+def event(obj: bytes) -> bytes:
+    """One SSE data event around a JSON text."""
+    return b"data: " + obj + b"\n\n"
+
+
+def chat_events(dumps: Callable[[Any], bytes], base: dict[str, Any], chat: bool,
+                tokens: int, usage: bool, pad: str = "") -> Iterator[bytes]:
+    """A completions stream, one event per token (each `pad`ded), the finish event, the
+    usage event when asked (always the one before [DONE]), and [DONE]."""
+    for i in range(tokens):
+        yield event(dumps(chunk(base, chat, PIECES[i] + pad if pad else PIECES[i])))
+    yield event(dumps(chunk(base, chat, None)))
+    if usage:
+        yield event(dumps(usage_chunk(base, tokens)))
+    yield DONE
+
+
+def embeddings(model: str, inputs: Any) -> dict[str, Any]:
+    n = len(inputs) if isinstance(inputs, list) else 1
+    return {"object": "list", "model": model,
+            "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                     for i in range(n)],
+            "usage": {"prompt_tokens": n, "total_tokens": n}}
+
+
+def models(ids: tuple[str, ...]) -> dict[str, Any]:
+    return {"object": "list",
+            "data": [{"id": m, "object": "model", "owned_by": "fake"} for m in ids]}
+
+
+def ollama_tags(ids: tuple[str, ...]) -> dict[str, Any]:
+    return {"models": [{"name": m, "model": m} for m in ids]}
