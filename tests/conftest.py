@@ -27,21 +27,30 @@ RUNTIME_ID = "meta-llama/Llama-3.1-8B-Instruct"
 CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hi"}]}
 
 StartRuntime = Callable[..., Awaitable[tuple[FakeRuntime, FakeServer]]]
+ServeFake = Callable[[FakeRuntime], Awaitable[FakeServer]]
 GatewayClient = Callable[[Config], Awaitable[TestClient]]
 
 
 @pytest.fixture
-async def start_runtime() -> AsyncIterator[StartRuntime]:
-    """Start a fake runtime on a free loopback port: (switches, server); closed after the test."""
+async def serve_fake() -> AsyncIterator[ServeFake]:
+    """Serve a fake runtime (or a subclass) on a free loopback port; closed after the test."""
     servers: list[FakeServer] = []
 
-    async def start(**switches: Any) -> tuple[FakeRuntime, FakeServer]:
-        fake = FakeRuntime(**switches)
+    async def serve(fake: FakeRuntime) -> FakeServer:
         servers.append(await fake.start())
-        return fake, servers[-1]
-    yield start
+        return servers[-1]
+    yield serve
     for server in servers:
         await server.close()
+
+
+@pytest.fixture
+def start_runtime(serve_fake: ServeFake) -> StartRuntime:
+    """Start a fake runtime on a free loopback port: (switches, server); closed after the test."""
+    async def start(**switches: Any) -> tuple[FakeRuntime, FakeServer]:
+        fake = FakeRuntime(**switches)
+        return fake, await serve_fake(fake)
+    return start
 
 
 def runtime_backend(name: str, server: FakeServer, kind: str = "vllm", **kw: Any

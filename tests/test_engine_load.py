@@ -141,9 +141,9 @@ def test_a_single_candidate_is_returned_without_a_draw():
 
 # -- one scrape round and the runtime's scrape ----------------------------------------------
 
-async def test_a_round_records_readings_and_publishes_gauges(aiohttp_server):
-    fake = FakeEngine(kind="vllm", model=RUNTIME_ID, running=4, waiting=9, kv=0.5)
-    server = await aiohttp_server(fake.app())
+async def test_a_round_records_readings_and_publishes_gauges(serve_fake):
+    fake = FakeEngine(kind="vllm", models=(RUNTIME_ID,), running=4, waiting=9, kv=0.5)
+    server = await serve_fake(fake)
     cfg = make_config(runtime_backend("v", server, models={"llama": RUNTIME_ID}))
     gateway = Gateway(cfg, Transport(make_session()), Metrics())
     try:
@@ -160,9 +160,9 @@ async def test_a_round_records_readings_and_publishes_gauges(aiohttp_server):
         await gateway.transport.session.close()
 
 
-async def test_a_scrape_answer_past_the_cap_is_never_read_whole(aiohttp_server):
-    fake = FakeEngine(kind="vllm", model=RUNTIME_ID)
-    server = await aiohttp_server(fake.app())
+async def test_a_scrape_answer_past_the_cap_is_never_read_whole(serve_fake):
+    fake = FakeEngine(kind="vllm", models=(RUNTIME_ID,))
+    server = await serve_fake(fake)
     cfg = runtime_backend("v", server)
     transport = Transport(make_session())
     try:
@@ -182,9 +182,9 @@ class _OddRuntime:
         raise ValueError("odd")
 
 
-async def test_one_backends_odd_failure_does_not_stop_the_round(aiohttp_server):
-    fake = FakeEngine(kind="vllm", model=RUNTIME_ID, waiting=2)
-    server = await aiohttp_server(fake.app())
+async def test_one_backends_odd_failure_does_not_stop_the_round(serve_fake):
+    fake = FakeEngine(kind="vllm", models=(RUNTIME_ID,), waiting=2)
+    server = await serve_fake(fake)
     cfg = make_config(runtime_backend("ok", server, models={"llama": RUNTIME_ID}),
                       runtime_backend("odd", server, models={"llama": RUNTIME_ID}))
     gateway = Gateway(cfg, Transport(make_session()), Metrics())

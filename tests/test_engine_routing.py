@@ -14,7 +14,8 @@ import pytest
 
 from gateway.config import EngineConfig, QueueConfig, RouteConfig, ServerConfig
 from gateway.typedefs import GATEWAY
-from tests.conftest import CHAT, RUNTIME_ID, make_config, runtime_backend, samples
+from tests.conftest import (CHAT, RUNTIME_ID, ServeFake, make_config, runtime_backend,
+                            samples)
 from tests.fake_engines import FakeEngine
 
 FAST = EngineConfig(interval_s=0.05, stale_after_s=0.3, max_queue=8, max_kv_usage=0.9)
@@ -22,17 +23,11 @@ ADMIN = "admin-key"
 
 
 @pytest.fixture
-async def start_engine(aiohttp_server):
-    started: list[FakeEngine] = []
-
+def start_engine(serve_fake: ServeFake):
     async def start(**kw):
-        fake = FakeEngine(model=RUNTIME_ID, **kw)
-        started.append(fake)
-        return fake, await aiohttp_server(fake.app())
-
-    yield start
-    for fake in started:
-        fake.release()
+        fake = FakeEngine(models=(RUNTIME_ID,), **kw)
+        return fake, await serve_fake(fake)
+    return start
 
 
 def config(*servers, strategy: str = "weighted", engine: EngineConfig = FAST, **sections):
@@ -144,7 +139,7 @@ async def test_a_metrics_endpoint_that_hangs_goes_stale_and_is_ignored(start_eng
     client = await gateway_client(config(("sticky", "vllm", s1), ("other", "vllm", s2)))
     await until(lambda: saturated(client, "sticky"))
     assert await hits(client, 4) == {"other": 4}
-    sticky.metrics = "hang"                # its last reading says "saturated", then ages
+    sticky.pages_fault = "hang"                # its last reading says "saturated", then ages
     await until(lambda: reading(client, "sticky") is None, what="stale")
     assert not saturated(client, "sticky")
     assert await hits(client, 10) == {"sticky": 5, "other": 5}   # gateway-only counting
@@ -159,7 +154,7 @@ async def test_metrics_that_vanish_or_break_fail_no_request(start_engine, gatewa
     await until(lambda: reading(client, "flaky") and reading(client, "steady"))
     seen: collections.Counter = collections.Counter()
     for mode in ("500", "garbage", "404", "hang", "ok"):
-        flaky.metrics = mode
+        flaky.pages_fault = mode
         for _ in range(6):
             seen += await hits(client, 1)
             await asyncio.sleep(0.05)
@@ -172,7 +167,7 @@ async def test_metrics_that_vanish_or_break_fail_no_request(start_engine, gatewa
 
 async def test_llamacpp_without_metrics_reads_its_slots_and_asks_metrics_rarely(
         start_engine, gateway_client):
-    fake, s1 = await start_engine(kind="llamacpp", running=3, metrics_status=501)
+    fake, s1 = await start_engine(kind="llamacpp", running=3, unsupported=("/metrics",))
     client = await gateway_client(config(("cpp", "llamacpp", s1)))
     await until(lambda: fake.scrapes["/slots"] >= 5, what="five rounds")
     assert fake.scrapes["/metrics"] == 1
@@ -194,7 +189,7 @@ async def test_least_busy_counts_the_runtimes_own_requests(start_engine, gateway
     await until(lambda: reading(client, "crowded") and reading(client, "quiet"))
     assert client.app[GATEWAY].states["crowded"].load == 6
     assert await hits(client, 10) == {"quiet": 10}
-    crowded.metrics = "404"        # no signal: the gateway's own count, ties alternate
+    crowded.pages_fault = "404"        # no signal: the gateway's own count, ties alternate
     await until(lambda: reading(client, "crowded") is None, what="stale")
     assert await hits(client, 10) == {"crowded": 5, "quiet": 5}
 
@@ -218,8 +213,8 @@ async def test_a_hot_prefix_spills_off_a_server_busy_with_other_work(start_engin
 
 
 async def test_least_latency_prefers_the_fast_backend(start_engine, gateway_client):
-    _, s1 = await start_engine(kind="vllm", delay_s=0.03)
-    _, s2 = await start_engine(kind="vllm", delay_s=0.12)
+    _, s1 = await start_engine(kind="vllm", ttft_s=0.03)
+    _, s2 = await start_engine(kind="vllm", ttft_s=0.12)
     client = await gateway_client(config(("fast", "vllm", s1), ("slow", "vllm", s2),
                                          strategy="least_latency"))
     states = client.app[GATEWAY].states
@@ -240,7 +235,7 @@ async def test_least_latency_prefers_the_fast_backend(start_engine, gateway_clie
 
 
 async def test_streams_feed_the_time_to_first_token_average(start_engine, gateway_client):
-    _, s1 = await start_engine(kind="vllm", delay_s=0.08)
+    _, s1 = await start_engine(kind="vllm", ttft_s=0.08)
     client = await gateway_client(config(("only", "vllm", s1)))
     for _ in range(3):
         resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
@@ -290,7 +285,7 @@ async def test_gauges_and_admin_show_only_what_each_kind_exposes(start_engine,
     assert rows["ollama"]["engine"]["loaded"] is True
     assert rows["vllm"]["load"] == 7            # 2 running + 5 waiting, none of them ours
 
-    fakes["vllm"].metrics = "hang"             # stale: its series go, never a made-up 0
+    fakes["vllm"].pages_fault = "hang"             # stale: its series go, never a made-up 0
     await until(lambda: reading(client, "vllm") is None, what="stale")
     await asyncio.sleep(3 * FAST.interval_s)   # a round publishes the gauges after that
     found = await samples(client)

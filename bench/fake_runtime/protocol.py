@@ -158,9 +158,8 @@ class Connection(Answers, asyncio.Protocol):
             if healthy is not None:
                 self.send(200, healthy)
                 return
-        page = rt.pages.get(path)
-        if page is not None:
-            self.send(200, page.encode(), content_type=b"text/plain; version=0.0.4")
+        if path in rt.pages:
+            self._page(path)
         elif path == "/v1/models":
             self.send(200, rt.dumps(formats.models(rt.models)))
         elif path == "/api/tags" and rt.kind == "ollama":
@@ -169,3 +168,24 @@ class Connection(Answers, asyncio.Protocol):
             self.send(200, orjson.dumps(rt.stats()))
         else:
             self.send(404, orjson.dumps(formats.error(f"no route {path}", 404)))
+
+    def _page(self, path: str) -> None:
+        """A page of `pages`, as its switches say."""
+        rt = self.rt
+        rt.scrapes[path] += 1
+        fault = rt.pages_fault
+        if fault == "hang":
+            self.busy = True            # nothing more on this connection: the caller gives up
+        elif fault in ("500", "404"):
+            self.send(int(fault), b"no", content_type=b"text/plain")
+        elif fault == "garbage":
+            self.send(200, b"<html>{{{ not metrics", content_type=b"text/html")
+        elif path in rt.unsupported:
+            self.send(501, orjson.dumps(formats.error(
+                "This server does not support metrics endpoint. Start it with `--metrics`",
+                501, "not_supported_error")))
+        else:
+            page = rt.pages[path]
+            text = page if isinstance(page, str) else page()
+            self.send(200, text.encode(), content_type=b"application/json"
+                      if text.startswith(("{", "[")) else b"text/plain; version=0.0.4")

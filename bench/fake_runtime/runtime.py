@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from collections import Counter
+from typing import Any, Callable
 
 import orjson
 from multidict import CIMultiDictProxy
@@ -69,7 +70,12 @@ class FakeRuntime(Behaviour):
     answer: Answer | None = None      # a scripted chat and Messages answer, else `words`
     error_body: dict[str, Any] | None = None   # a failure's body, else the API's own
     tokenizer: str = "vllm"           # the /tokenize format: "vllm" or "llamacpp"
-    pages: dict[str, str] = field(default_factory=dict)   # GET path -> text, e.g. /metrics
+    # GET path -> its text, or what makes it on each GET (a runtime's own load: /metrics,
+    # /slots, /api/ps); `pages_fault` makes them all misbehave; `unsupported` ones answer
+    # 501, as llama-server's /metrics without --metrics.
+    pages: dict[str, str | Callable[[], str]] = field(default_factory=dict)
+    pages_fault: str = "ok"           # ok | hang (never answers) | 500 | 404 | garbage
+    unsupported: tuple[str, ...] = ()
     record: bool = True               # keep each POST's path, body, headers and peer address
     keep_sent: bool = False           # keep every stream byte written, in `sent`
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -77,6 +83,7 @@ class FakeRuntime(Behaviour):
     headers_seen: list[CIMultiDictProxy[str]] = field(default_factory=list)
     peers: list[tuple] = field(default_factory=list)   # the caller's address per POST
     sent: bytearray = field(default_factory=bytearray)
+    scrapes: Counter[str] = field(default_factory=Counter)   # GETs of each page
     answered: int = 0                 # POSTs read
     health_checks: int = 0
     in_flight: int = 0                # streams being written
