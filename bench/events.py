@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,7 @@ if __package__ in (None, ""):      # run as a file: make the bench package impor
 
 from bench import loadgen  # noqa: E402
 from bench.procs import Proc, cpu_seconds, free_port  # noqa: E402
+from bench.report import publish  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "events.json"
@@ -129,12 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for proc in reversed(procs):
                 proc.stop()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(render(doc))
-    print(f"\nwrote {out}")
-    return 0
+    return publish(doc, args.out, render(doc))
 
 
 if __name__ == "__main__":

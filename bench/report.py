@@ -1,6 +1,10 @@
-"""The speed benchmark's table and its verdicts against the targets, from speed.json's data."""
+"""The speed benchmark's table and its verdicts against the targets, from speed.json's data;
+`publish`, how every benchmark leaves its results."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 ORDER = ("direct", "bare", "gateway", "gateway2", "litellm")
 
@@ -146,3 +150,13 @@ def render(doc: dict) -> str:
                  f"{doc['machine']['load_avg_before'][0]:.2f}, after "
                  f"{doc['machine']['load_avg_after'][0]:.2f}; total {doc['total_s']} s")
     return "\n".join(lines)
+
+
+def publish(doc: dict, out: str | Path, table: str) -> int:
+    """Write a benchmark's results as JSON to `out` and show its table; the exit status."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(table)
+    print(f"\nwrote {path}")
+    return 0

@@ -40,7 +40,7 @@ if __package__ in (None, ""):      # run as a file: make the bench package impor
 
 from bench import loadgen  # noqa: E402
 from bench.procs import Proc, cpu_by_pid, cpu_seconds, free_port, memory  # noqa: E402
-from bench.report import render, verdicts  # noqa: E402
+from bench.report import publish, render, verdicts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "speed.json"
@@ -450,12 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {n: {"label": t.label, **t.results} for n, t in bench.targets.items()},
     }
     doc["verdicts"] = verdicts(doc)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(render(doc))
-    print(f"\nwrote {out}")
-    return 0
+    return publish(doc, args.out, render(doc))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ import shutil
 import sys
 from pathlib import Path
 
+import openai
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.procs import HOST, Proc, free_port
+from bench.procs import HOST, Proc, free_port, wait_until
 
 PUBLIC_MODEL = "gemma-3-270m"   # also the --alias the servers report in their /v1/models
 ADMIN_KEY = "llamacpp-test-admin"
@@ -235,8 +236,9 @@ def metric_sum(port: int, name: str, **labels: str) -> float:
                if s.name == name and all(s.labels.get(k) == want for k, want in labels.items()))
 
 
-def request_log(gateway: "Gateway", request_id: str) -> dict | None:
-    """The gateway's JSON log line for one request id, if written yet."""
+def gateway_log(gateway: Gateway, request_id: str) -> list[dict]:
+    """Every JSON log line of the gateway for this client request id."""
+    out = []
     for line in gateway.log_path.read_text(errors="replace").splitlines():
         if line.startswith("{") and request_id in line:
             try:
@@ -244,5 +246,28 @@ def request_log(gateway: "Gateway", request_id: str) -> dict | None:
             except ValueError:
                 continue
             if entry.get("request_id") == request_id:
-                return entry
-    return None
+                out.append(entry)
+    return out
+
+
+def request_log(gateway: Gateway, request_id: str) -> dict | None:
+    """The gateway's (first) JSON log line for one request id, if written yet."""
+    lines = gateway_log(gateway, request_id)
+    return lines[0] if lines else None
+
+
+class Stack:
+    """A running gateway in front of real runtimes, as a test sees it."""
+
+    gateway: Gateway
+
+    def client(self, timeout: float = 60) -> openai.OpenAI:
+        # max_retries=0: every error the gateway lets through must be seen by the test.
+        return openai.OpenAI(base_url=self.gateway.base_url, api_key="unused",
+                             timeout=timeout, max_retries=0)
+
+    def wait_backends(self, healthy: dict[str, bool], timeout: float = 20) -> None:
+        def check():
+            rows = self.gateway.admin_backends()
+            return all(rows[name]["healthy"] is want for name, want in healthy.items())
+        wait_until(check, timeout, f"gateway sees backends {healthy}", self.gateway)

@@ -84,24 +84,41 @@ async def test_a_long_queue_gets_no_new_requests_while_another_has_room(start_en
     assert await hits(client, 10) == {"busy": 5, "idle": 5}
 
 
+async def least_busy_pair(start_engine, gateway_client, kind: str, *named: tuple[str, dict]):
+    """Two engines of one kind, each (name, its switches), under least_busy:
+    (first fake, second fake, client)."""
+    fakes, servers = [], []
+    for name, switches in named:
+        fake, server = await start_engine(kind=kind, **switches)
+        fakes.append(fake)
+        servers.append((name, kind, server))
+    client = await gateway_client(config(*servers, strategy="least_busy"))
+    return fakes[0], fakes[1], client
+
+
 async def test_a_full_kv_cache_gets_no_new_requests(start_engine, gateway_client):
-    full, s1 = await start_engine(kind="sglang", kv=0.97)
-    roomy, s2 = await start_engine(kind="sglang", kv=0.2)
-    client = await gateway_client(config(("full", "sglang", s1), ("roomy", "sglang", s2),
-                                         strategy="least_busy"))
+    full, _, client = await least_busy_pair(start_engine, gateway_client, "sglang",
+                                            ("full", {"kv": 0.97}), ("roomy", {"kv": 0.2}))
     await until(lambda: saturated(client, "full") and reading(client, "roomy"))
     assert reading(client, "full").kv_usage == pytest.approx(0.97)
     assert await hits(client, 8) == {"roomy": 8}
     assert full.answered == 0
 
 
+async def both_saturated(start_engine, gateway_client, other_kind: str, max_wait_s: float):
+    """Backend "a" (vLLM) and "b" (`other_kind`), both past max_queue, seen so by the
+    gateway: ("b"'s fake, the client)."""
+    _, s1 = await start_engine(kind="vllm", waiting=30)
+    other, s2 = await start_engine(kind=other_kind, waiting=30)
+    client = await gateway_client(config(("a", "vllm", s1), ("b", other_kind, s2),
+                                         queue=QueueConfig(max_wait_s=max_wait_s)))
+    await until(lambda: saturated(client, "a") and saturated(client, "b"))
+    return other, client
+
+
 async def test_every_backend_saturated_waits_in_the_queue_then_503(start_engine,
                                                                    gateway_client):
-    _, s1 = await start_engine(kind="vllm", waiting=30)
-    _, s2 = await start_engine(kind="tgi", waiting=30)
-    client = await gateway_client(config(("a", "vllm", s1), ("b", "tgi", s2),
-                                         queue=QueueConfig(max_wait_s=0.4)))
-    await until(lambda: saturated(client, "a") and saturated(client, "b"))
+    _, client = await both_saturated(start_engine, gateway_client, "tgi", max_wait_s=0.4)
     started = time.monotonic()
     resp = await client.post("/v1/chat/completions", json=CHAT)
     waited = time.monotonic() - started
@@ -113,11 +130,8 @@ async def test_every_backend_saturated_waits_in_the_queue_then_503(start_engine,
 
 async def test_a_queued_request_goes_out_as_soon_as_a_scrape_shows_room(start_engine,
                                                                         gateway_client):
-    _, s1 = await start_engine(kind="vllm", waiting=30)
-    late, s2 = await start_engine(kind="llamacpp", waiting=30)
-    client = await gateway_client(config(("a", "vllm", s1), ("b", "llamacpp", s2),
-                                         queue=QueueConfig(max_wait_s=20)))
-    await until(lambda: saturated(client, "a") and saturated(client, "b"))
+    late, client = await both_saturated(start_engine, gateway_client, "llamacpp",
+                                        max_wait_s=20)
     started = time.monotonic()
     request = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
     await asyncio.sleep(0.3)
@@ -147,10 +161,9 @@ async def test_a_metrics_endpoint_that_hangs_goes_stale_and_is_ignored(start_eng
 
 
 async def test_metrics_that_vanish_or_break_fail_no_request(start_engine, gateway_client):
-    flaky, s1 = await start_engine(kind="vllm", running=1)
-    _, s2 = await start_engine(kind="vllm", running=1)
-    client = await gateway_client(config(("flaky", "vllm", s1), ("steady", "vllm", s2),
-                                         strategy="least_busy"))
+    flaky, _, client = await least_busy_pair(start_engine, gateway_client, "vllm",
+                                             ("flaky", {"running": 1}),
+                                             ("steady", {"running": 1}))
     await until(lambda: reading(client, "flaky") and reading(client, "steady"))
     seen: collections.Counter = collections.Counter()
     for mode in ("500", "garbage", "404", "hang", "ok"):

@@ -24,8 +24,8 @@ import yaml
 from bench.procs import wait_until
 from tests.conftest import unavailable
 from tests.llama_support import (
-    HOST, PUBLIC_MODEL, Gateway, LlamaServer, find_install, gateway_command, gateway_yaml,
-    http_get, metric_sum, request_log,
+    HOST, PUBLIC_MODEL, Gateway, LlamaServer, Stack, find_install, gateway_command,
+    gateway_yaml, http_get, metric_sum, request_log,
 )
 
 pytestmark = pytest.mark.llamacpp
@@ -36,22 +36,11 @@ WEIGHTS = {"llama-a": 3, "llama-b": 1}
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 
 
-class Stack:
+class LlamaStack(Stack):
     def __init__(self, servers: dict[str, LlamaServer], gateway: Gateway, config: Path):
         self.servers = servers
         self.gateway = gateway
         self.config = config
-
-    def client(self, timeout: float = 60) -> openai.OpenAI:
-        # max_retries=0: every error the gateway lets through must be seen by the test.
-        return openai.OpenAI(base_url=self.gateway.base_url, api_key="unused",
-                             timeout=timeout, max_retries=0)
-
-    def wait_backends(self, healthy: dict[str, bool], timeout: float = 20) -> None:
-        def check():
-            rows = self.gateway.admin_backends()
-            return all(rows[name]["healthy"] is want for name, want in healthy.items())
-        wait_until(check, timeout, f"gateway sees backends {healthy}", self.gateway)
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +61,7 @@ def stack(tmp_path_factory):
         config.write_text(gateway_yaml(gateway.port, list(servers.values()), list(WEIGHTS.values())))
         gateway.start()
         gateway.wait_ready(gateway.ready_url, 30)
-        result = Stack(servers, gateway, config)
+        result = LlamaStack(servers, gateway, config)
         # llama-b's models are discovered by the health loop: wait until it serves the model.
         wait_until(lambda: gateway.admin_backends()["llama-b"]["models"] == [PUBLIC_MODEL], 20,
                    "llama-b's model discovered", gateway)

@@ -28,8 +28,8 @@ from bench.procs import wait_until
 from tests.conftest import unavailable
 from tests.http_tap import HttpTap
 from tests.llama_support import (
-    ADMIN_KEY, PUBLIC_MODEL, Gateway, LlamaCppPythonServer, LlamaServer, Runtime, find_install,
-    find_llama_cpp_python, gateway_command, http_get, metric_sum,
+    ADMIN_KEY, PUBLIC_MODEL, Gateway, LlamaCppPythonServer, LlamaServer, Runtime, Stack,
+    find_install, find_llama_cpp_python, gateway_command, gateway_log, http_get, metric_sum,
 )
 
 pytestmark = pytest.mark.llamacpp
@@ -43,22 +43,11 @@ MESSAGES = [{"role": "user", "content": "Say hello."}]
 TRIES = 16   # a bound: at 1:1 the weighted round-robin alternates, so two requests usually do
 
 
-class Mixed:
+class Mixed(Stack):
     def __init__(self, servers: dict[str, Runtime], taps: dict[str, HttpTap], gateway: Gateway):
         self.servers = servers
         self.taps = taps
         self.gateway = gateway
-
-    def client(self, timeout: float = 60) -> openai.OpenAI:
-        # max_retries=0: every error the gateway lets through must be seen by the test.
-        return openai.OpenAI(base_url=self.gateway.base_url, api_key="unused",
-                             timeout=timeout, max_retries=0)
-
-    def wait_backends(self, healthy: dict[str, bool], timeout: float = 20) -> None:
-        def check():
-            rows = self.gateway.admin_backends()
-            return all(rows[name]["healthy"] is want for name, want in healthy.items())
-        wait_until(check, timeout, f"gateway sees backends {healthy}", self.gateway)
 
     def on_both(self, call: Callable[[], tuple[str | None, object]]) -> dict[str, object]:
         """Repeat `call` (returning (backend, result)) until each backend answered once."""
@@ -281,20 +270,6 @@ def test_completions_on_both(mixed):
         assert completion.choices[0].text.strip(), backend
         assert completion.choices[0].finish_reason in ("stop", "length"), backend
         assert 0 < completion.usage.completion_tokens <= 6, backend
-
-
-def gateway_log(gateway: Gateway, request_id: str) -> list[dict]:
-    """Every JSON log line of the gateway for this client request id."""
-    out = []
-    for line in gateway.log_path.read_text(errors="replace").splitlines():
-        if line.startswith("{") and request_id in line:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if entry.get("request_id") == request_id:
-                out.append(entry)
-    return out
 
 
 def test_client_request_id_that_is_no_uuid(mixed):
