@@ -16,13 +16,19 @@ from gateway.config import ApiKey, ServerConfig, backend
 from gateway.endpoints import BY_ROUTE
 from gateway.forms import Form
 from tests.conftest import RUNTIME_ID, bearer, make_config, runtime_backend, samples, value
-from tests.fake_apis import FakeApis
+from bench.fake_runtime import FakeRuntime
 from tests.test_hardening import read_http_response
 from tests.test_reload import serve, yaml_text  # noqa: F401  (serve is a fixture)
 
 
-async def start(aiohttp_server, aiohttp_client, *fakes: FakeApis, kind: str = "vllm", **cfg_kw):
-    servers = [await aiohttp_server(f.app()) for f in fakes]
+def fake_vllm(**switches) -> FakeRuntime:
+    """A fake vLLM of four-word answers, as these tests expect."""
+    return FakeRuntime(**{"words": 4, **switches})
+
+
+async def start(serve_fake, aiohttp_client, *fakes: FakeRuntime, kind: str = "vllm",
+                **cfg_kw):
+    servers = [await serve_fake(f) for f in fakes]
     cfg = make_config(*(runtime_backend(f"gpu-{i}", s, kind=kind, models={"llama": RUNTIME_ID})
                         for i, s in enumerate(servers)), **cfg_kw)
     return await aiohttp_client(create_app(cfg))
@@ -36,9 +42,9 @@ def events(text: str) -> list[tuple[str, str]]:
     return out
 
 
-async def test_root_paths_go_to_the_runtimes_root(aiohttp_server, aiohttp_client):
-    fake = FakeApis()
-    client = await start(aiohttp_server, aiohttp_client, fake)
+async def test_root_paths_go_to_the_runtimes_root(serve_fake, aiohttp_client):
+    fake = fake_vllm()
+    client = await start(serve_fake, aiohttp_client, fake)
     for path, body in [("/tokenize", {"prompt": "a b c"}), ("/detokenize", {"tokens": [1, 2]}),
                        ("/v2/rerank", {"query": "q", "documents": ["a", "b"]}),
                        ("/rerank", {"query": "q", "documents": ["a"]}),
@@ -47,7 +53,7 @@ async def test_root_paths_go_to_the_runtimes_root(aiohttp_server, aiohttp_client
         resp = await client.post(path, json={"model": "llama", **body})
         assert resp.status == 200, (path, await resp.text())
         assert resp.headers["X-Gateway-Backend"] == "gpu-0"
-        seen_path, seen = fake.requests[-1]
+        seen_path, seen = fake.posts()[-1]
         assert seen_path == path and seen["model"] == RUNTIME_ID
         if path.endswith("rerank"):
             assert (await resp.json())["model"] == "llama"
@@ -62,8 +68,8 @@ async def test_root_paths_go_to_the_runtimes_root(aiohttp_server, aiohttp_client
     assert value(got, "gateway_usage_missing_total", model="llama", backend="gpu-0") == 0
 
 
-async def test_a_capability_no_backend_has_is_501(aiohttp_server, aiohttp_client):
-    client = await start(aiohttp_server, aiohttp_client, FakeApis(), kind="tgi")
+async def test_a_capability_no_backend_has_is_501(serve_fake, aiohttp_client):
+    client = await start(serve_fake, aiohttp_client, fake_vllm(), kind="tgi")
     for path, body in [("/v1/rerank", {"query": "q", "documents": ["a"]}),
                        ("/v1/responses", {"input": "x"}),
                        ("/v1/images/generations", {"prompt": "a cat"})]:
@@ -73,17 +79,18 @@ async def test_a_capability_no_backend_has_is_501(aiohttp_server, aiohttp_client
 
 
 async def test_a_responses_stream_broken_midway_ends_with_its_error_event(
-        aiohttp_server, aiohttp_client):
-    fake = FakeApis(close_after=4)
-    client = await start(aiohttp_server, aiohttp_client, fake)
+        serve_fake, aiohttp_client):
+    fake = fake_vllm(close_after=5)
+    client = await start(serve_fake, aiohttp_client, fake)
     resp = await client.post("/v1/responses", json={"model": "llama", "input": "x",
                                                     "stream": True})
     got = events(await resp.text())
     names = [name for name, _ in got]
-    assert names[:4] == ["response.created", "response.in_progress",
-                         "response.output_item.added", "response.output_text.delta"]
+    assert names[:5] == ["response.created", "response.in_progress",
+                         "response.output_item.added", "response.content_part.added",
+                         "response.output_text.delta"]
     assert names[-1] == "error" and "response.completed" not in names
-    assert '"sequence_number":4' in got[-1][1] and '"type":"error"' in got[-1][1]
+    assert '"sequence_number":5' in got[-1][1] and '"type":"error"' in got[-1][1]
     assert "[DONE]" not in await resp.text()
     m = await samples(client)
     assert value(m, "gateway_stream_aborts_total", backend="gpu-0",
@@ -91,9 +98,9 @@ async def test_a_responses_stream_broken_midway_ends_with_its_error_event(
 
 
 async def test_a_responses_stream_whose_first_event_is_an_error_is_retried(
-        aiohttp_server, aiohttp_client):
-    bad, good = FakeApis(first_event_error=True), FakeApis()
-    client = await start(aiohttp_server, aiohttp_client, bad, good)
+        serve_fake, aiohttp_client):
+    bad, good = fake_vllm(first_event_error=True), fake_vllm()
+    client = await start(serve_fake, aiohttp_client, bad, good)
     for _ in range(2):   # whichever the strategy picks first, the answer comes from gpu-1
         resp = await client.post("/v1/responses", json={"model": "llama", "input": "x",
                                                         "stream": True})
@@ -102,9 +109,9 @@ async def test_a_responses_stream_whose_first_event_is_an_error_is_retried(
 
 
 async def test_speech_is_relayed_as_bytes_and_a_break_is_no_clean_end(
-        aiohttp_server, aiohttp_client):
-    fake = FakeApis(words=5, chunk_delay=0.01)
-    client = await start(aiohttp_server, aiohttp_client, fake)
+        serve_fake, aiohttp_client):
+    fake = fake_vllm(words=5, chunk_delay=0.01)
+    client = await start(serve_fake, aiohttp_client, fake)
     resp = await client.post("/v1/audio/speech", json={"model": "llama", "input": "hi",
                                                        "voice": "alloy"})
     assert resp.headers["Content-Type"] == "audio/mpeg"
@@ -121,9 +128,9 @@ async def test_speech_is_relayed_as_bytes_and_a_break_is_no_clean_end(
     assert value(m, "gateway_usage_missing_total", model="llama", backend="gpu-0") == 0
 
 
-async def test_images_usage_is_charged_to_the_keys_tpm(aiohttp_server, aiohttp_client):
+async def test_images_usage_is_charged_to_the_keys_tpm(serve_fake, aiohttp_client):
     key = ApiKey("team", "sk-team", tpm=1000)
-    client = await start(aiohttp_server, aiohttp_client, FakeApis(), kind="openai",
+    client = await start(serve_fake, aiohttp_client, fake_vllm(), kind="openai",
                          auth_keys=(key,))
     resp = await client.post("/v1/images/generations", headers=bearer(key),
                              json={"model": "llama", "prompt": "a cat"})
@@ -140,10 +147,10 @@ async def test_images_usage_is_charged_to_the_keys_tpm(aiohttp_server, aiohttp_c
 
 
 async def test_stored_calls_need_a_key_allowed_on_that_backends_models(
-        aiohttp_server, aiohttp_client):
+        serve_fake, aiohttp_client):
     allowed, other = ApiKey("a", "sk-a", models=["llama"]), ApiKey("b", "sk-b", models=["x"])
-    fake = FakeApis()
-    client = await start(aiohttp_server, aiohttp_client, fake, auth_keys=(allowed, other))
+    fake = fake_vllm()
+    client = await start(serve_fake, aiohttp_client, fake, auth_keys=(allowed, other))
     made = await (await client.post("/v1/responses", headers=bearer(allowed),
                                     json={"model": "llama", "input": "x"})).json()
     assert (await client.get(f"/v1/responses/{made['id']}", headers=bearer(other))).status == 403
@@ -178,10 +185,10 @@ BAD_JSON = [
 
 
 @pytest.fixture
-async def strict(aiohttp_server, aiohttp_client, caplog):
+async def strict(serve_fake, aiohttp_client, caplog):
     caplog.set_level(logging.DEBUG)
-    fake = FakeApis()
-    client = await start(aiohttp_server, aiohttp_client, fake,
+    fake = fake_vllm()
+    client = await start(serve_fake, aiohttp_client, fake,
                          server=ServerConfig(max_body_mb=1))
     yield client, fake
     text = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
@@ -228,7 +235,7 @@ async def test_a_form_without_file_or_model_is_a_400(strict, fields, param):
     resp = await client.post("/v1/audio/transcriptions", data=form(**fields))
     assert resp.status == 400
     assert (await resp.json())["error"]["param"] == param
-    assert not fake.uploads
+    assert not fake.uploads()
 
 
 async def test_a_body_that_is_not_a_form_is_a_400(strict):
@@ -254,7 +261,7 @@ async def test_a_body_over_max_body_mb_is_a_413_before_it_is_read(strict, path, 
     finally:
         writer.close()
     assert status == 413 and b"request_too_large" in body
-    assert not fake.uploads and not fake.requests
+    assert not fake.uploads() and not fake.requests
 
 
 async def test_a_chunked_upload_over_the_limit_is_a_413(strict):
@@ -266,7 +273,7 @@ async def test_a_chunked_upload_over_the_limit_is_a_413(strict):
 
     resp = await client.post("/v1/audio/transcriptions", data=body(),
                              headers={"Content-Type": "multipart/form-data; boundary=abc"})
-    assert resp.status == 413 and not fake.uploads
+    assert resp.status == 413 and not fake.uploads()
 
 
 async def test_a_stored_call_with_a_method_not_served_is_405(strict):
@@ -317,9 +324,9 @@ async def test_echo_backends_answer_the_new_apis(aiohttp_client):
 
 @pytest.mark.parametrize("done_event", [True, False])
 async def test_a_streamed_transcription_ends_as_its_runtime_ends_it(
-        aiohttp_server, aiohttp_client, done_event):
-    fake = FakeApis(transcript_done_event=done_event)
-    client = await start(aiohttp_server, aiohttp_client, fake)
+        serve_fake, aiohttp_client, done_event):
+    fake = fake_vllm(transcript_done_event=done_event)
+    client = await start(serve_fake, aiohttp_client, fake)
     resp = await client.post("/v1/audio/transcriptions",
                              data=form(model="llama", file=b"RIFF", stream="true"))
     text = await resp.text()
@@ -377,10 +384,10 @@ async def test_a_responses_stream_cut_by_the_drain_ends_with_its_error_event(ser
     ("/v1/rerank", {"query": "q", "documents": ["a"]}, 11),    # total_tokens
     ("/v1/audio/transcriptions", None, 20 + 4),
 ])
-async def test_tpm_is_charged_from_each_apis_own_usage(aiohttp_server, aiohttp_client,
+async def test_tpm_is_charged_from_each_apis_own_usage(serve_fake, aiohttp_client,
                                                        path, body, tokens):
     key = ApiKey("team", "sk-team", tpm=600)   # refills 10 a second
-    client = await start(aiohttp_server, aiohttp_client, FakeApis(), auth_keys=(key,))
+    client = await start(serve_fake, aiohttp_client, fake_vllm(), auth_keys=(key,))
     data = form(model="llama", file=b"RIFF") if body is None else None
     resp = await client.post(path, headers=bearer(key), data=data,
                              json=None if body is None else {"model": "llama", **body})
@@ -391,9 +398,9 @@ async def test_tpm_is_charged_from_each_apis_own_usage(aiohttp_server, aiohttp_c
     assert 600 - tokens <= remaining < 600 - tokens + 10   # what refilled in under 1 s
 
 
-async def test_a_chunked_upload_reaches_the_runtime_whole(aiohttp_server, aiohttp_client):
-    fake = FakeApis()
-    client = await start(aiohttp_server, aiohttp_client, fake)
+async def test_a_chunked_upload_reaches_the_runtime_whole(serve_fake, aiohttp_client):
+    fake = fake_vllm()
+    client = await start(serve_fake, aiohttp_client, fake)
     audio = bytes(range(256)) * 300
     raw = (b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nllama\r\n"
            b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
@@ -406,4 +413,4 @@ async def test_a_chunked_upload_reaches_the_runtime_whole(aiohttp_server, aiohtt
     resp = await client.post("/v1/audio/translations", data=pieces(),
                              headers={"Content-Type": "multipart/form-data; boundary=b"})
     assert resp.status == 200 and (await resp.json())["text"] == "w0 w1 w2 w3"
-    assert fake.uploads[-1]["data"] == audio and fake.uploads[-1]["model"] == RUNTIME_ID
+    assert fake.uploads()[-1]["data"] == audio and fake.uploads()[-1]["model"] == RUNTIME_ID

@@ -10,15 +10,15 @@ from gateway.app import create_app
 from gateway.config import backend
 from gateway.response_ids import public_id, runtime_ref
 from tests.conftest import RUNTIME_ID, make_config, runtime_backend, samples, value
-from tests.fake_apis import FakeApis
+from tests.test_apis import fake_vllm
 
 
 @pytest.fixture
-async def pair(aiohttp_server):
+async def pair(serve_fake, aiohttp_server):
     """Two fake vLLMs serving `llama` (only gpu-b serves DELETE), a gateway in front,
     and an SDK client on it."""
-    fakes = {"gpu-a": FakeApis(), "gpu-b": FakeApis(serves_delete=True)}
-    servers = {name: await aiohttp_server(f.app()) for name, f in fakes.items()}
+    fakes = {"gpu-a": fake_vllm(), "gpu-b": fake_vllm(deletes=True)}
+    servers = {name: await serve_fake(f) for name, f in fakes.items()}
     cfg = make_config(*(runtime_backend(name, servers[name], models={"llama": RUNTIME_ID})
                         for name in fakes),
                       backend("echo", "echo", models=["echo-1"]))
@@ -40,7 +40,7 @@ async def test_a_response_names_its_backend_and_the_public_model(pair):
     backend_name = raw.headers["x-gateway-backend"]
     assert done.model == "llama" and done.output_text == "w0 w1 w2 w3"
     assert runtime_ref(done.id) == (backend_name, fakes[backend_name].created[-1])
-    assert fakes[backend_name].requests[-1][1]["model"] == RUNTIME_ID
+    assert fakes[backend_name].requests[-1]["model"] == RUNTIME_ID
     assert done.usage.input_tokens == 7
 
 
@@ -76,7 +76,7 @@ async def test_streamed_response_events_in_order_with_public_names(pair):
             ids.add(response.id)
             models.add(response.model)
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
-    assert deltas == [" w0", " w1", " w2", " w3"]
+    assert deltas == ["w0 ", "w1 ", "w2 ", "w3 "]
     assert models == {"llama"}
     (public,) = ids
     name, runtime_id = runtime_ref(public)
@@ -169,7 +169,7 @@ async def test_audio_transcription_with_a_real_upload(pair):
     raw = await client.audio.transcriptions.with_raw_response.create(
         model="llama", file=("clip.wav", audio, "audio/wav"), language="en")
     assert raw.parse().text == "w0 w1 w2 w3"
-    upload = fakes[raw.headers["x-gateway-backend"]].uploads[-1]
+    upload = fakes[raw.headers["x-gateway-backend"]].uploads()[-1]
     assert upload["model"] == RUNTIME_ID and upload["data"] == audio
     assert upload["filename"] == "clip.wav" and upload["fields"]["language"] == "en"
 

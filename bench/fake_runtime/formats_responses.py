@@ -26,9 +26,10 @@ def message(tokens: int) -> dict[str, Any]:
             "content": [{"type": "output_text", "text": text(tokens), "annotations": []}]}
 
 
-def response(model: str, tokens: int, previous: str | None = None) -> dict[str, Any]:
+def response(model: str, tokens: int, previous: str | None = None,
+             rid: str = RESPONSE_ID) -> dict[str, Any]:
     """The whole answer: `POST /v1/responses` without `stream`, or `response.completed`."""
-    return {"id": RESPONSE_ID, "object": "response", "created_at": int(time.time()),
+    return {"id": rid, "object": "response", "created_at": int(time.time()),
             "model": model, "status": "completed", "output": [message(tokens)],
             "usage": usage(tokens), "error": None, "previous_response_id": previous}
 
@@ -37,9 +38,9 @@ def named(dumps: Callable[[Any], bytes], kind: str, data: dict[str, Any]) -> byt
     return b"event: %s\ndata: %s\n\n" % (kind.encode(), dumps({"type": kind, **data}))
 
 
-def events(dumps: Callable[[Any], bytes], model: str, tokens: int) -> Iterator[bytes]:
-    """The stream of one text message of `tokens` deltas."""
-    done = response(model, tokens)
+def events(dumps: Callable[[Any], bytes], done: dict[str, Any], tokens: int
+           ) -> Iterator[bytes]:
+    """The stream that ends in response `done`: one text message of `tokens` deltas."""
     going = {**done, "status": "in_progress", "output": [], "usage": None}
     item = done["output"][0]
     at = {"item_id": ITEM_ID, "output_index": 0, "content_index": 0}

@@ -21,14 +21,14 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import formats
-from .answers import Answers, header_lines
+from . import stored
+from .answers import FORMS, NO_HEADERS, Answers, header_lines
 
 if TYPE_CHECKING:
     from .runtime import FakeRuntime
 
 MAX_HEAD = 64 * 1024
 REASONS = MappingProxyType({s.value: s.phrase.encode() for s in HTTPStatus})
-NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())   # when none are kept
 
 
 def _body_length(head: bytes) -> int | None:
@@ -121,13 +121,18 @@ class Connection(Answers, asyncio.Protocol):
             self.buf = self.buf[end:]
             line, _, fields = head.partition(b"\r\n")
             method, _, target = line.partition(b" ")
-            path = target.partition(b" ")[0].partition(b"?")[0].decode("latin-1")
-            headers = (_headers(fields) if self.rt.record or self.rt.echo_credentials
+            path, _, query = target.partition(b" ")[0].decode("latin-1").partition("?")
+            rt = self.rt
+            headers = (_headers(fields) if rt.record or rt.echo_credentials or path in FORMS
                        else NO_HEADERS)
             if method == b"POST":
-                self.post(path, headers, body)
+                self.post(path, query, headers, body)
+            elif method == b"GET":
+                self._get(path, query)
+            elif path.startswith(stored.PREFIX):
+                stored.answer(self, method.decode("latin-1"), path, query)
             else:
-                self._get(path)
+                self.send(405, orjson.dumps(formats.error("method not allowed", 405)))
 
     def _close(self) -> None:
         """Hang up: nothing more is read or written on this connection."""
@@ -146,7 +151,7 @@ class Connection(Answers, asyncio.Protocol):
                header_lines(headers) if headers else b"",
                b"Connection: close\r\n" if self.closing else b"", body))
 
-    def _get(self, path: str) -> None:
+    def _get(self, path: str, query: str) -> None:
         rt = self.rt
         health_path, healthy = formats.HEALTH[rt.kind]
         if path == health_path:
@@ -164,6 +169,8 @@ class Connection(Answers, asyncio.Protocol):
             self.send(200, rt.dumps(formats.models(rt.models)))
         elif path == "/api/tags" and rt.kind == "ollama":
             self.send(200, rt.dumps(formats.ollama_tags(rt.models)))
+        elif path.startswith(stored.PREFIX):
+            stored.answer(self, "GET", path, query)
         elif path == "/stats":
             self.send(200, orjson.dumps(rt.stats()))
         else:

@@ -70,6 +70,8 @@ class FakeRuntime(Behaviour):
     answer: Answer | None = None      # a scripted chat and Messages answer, else `words`
     error_body: dict[str, Any] | None = None   # a failure's body, else the API's own
     tokenizer: str = "vllm"           # the /tokenize format: "vllm" or "llamacpp"
+    deletes: bool = False             # serves DELETE /v1/responses/{id} (vLLM does not: 405)
+    transcript_done_event: bool = True   # OpenAI's transcript.text.done, else vLLM's [DONE]
     # GET path -> its text, or what makes it on each GET (a runtime's own load: /metrics,
     # /slots, /api/ps); `pages_fault` makes them all misbehave; `unsupported` ones answer
     # 501, as llama-server's /metrics without --metrics.
@@ -84,6 +86,10 @@ class FakeRuntime(Behaviour):
     peers: list[tuple] = field(default_factory=list)   # the caller's address per POST
     sent: bytearray = field(default_factory=bytearray)
     scrapes: Counter[str] = field(default_factory=Counter)   # GETs of each page
+    stored: dict[str, dict[str, Any]] = field(default_factory=dict)   # responses by id
+    created: list[str] = field(default_factory=list)     # the ids of responses made here
+    followups: list[str] = field(default_factory=list)   # previous_response_id received
+    stored_calls: list[tuple[str, str]] = field(default_factory=list)   # (method, path?query)
     answered: int = 0                 # POSTs read
     health_checks: int = 0
     in_flight: int = 0                # streams being written
@@ -116,6 +122,12 @@ class FakeRuntime(Behaviour):
     def posts(self) -> list[tuple[str, dict[str, Any]]]:
         """(path, body) of every POST read, in order."""
         return list(zip(self.request_paths, self.requests))
+
+    def uploads(self) -> list[dict[str, Any]]:
+        """Every form upload read: its model, file name, file bytes and all its fields."""
+        return [{"model": body.get("model"), "filename": body["file"][0],
+                 "data": body["file"][1], "fields": body}
+                for body in self.requests if isinstance(body.get("file"), tuple)]
 
     def stats(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in COUNTERS}
