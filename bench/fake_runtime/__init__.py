@@ -6,8 +6,13 @@ embeddings in OpenAI's JSON; streams as SSE `chat.completion.chunk` (or
 `stream_options.include_usage` is set, then `data: [DONE]`; `/v1/models`; and the
 health path of its kind (vLLM, SGLang, TGI and llama.cpp `/health`, Ollama
 `/api/tags`, LocalAI `/readyz`; LM Studio and hosted APIs are checked on
-`/v1/models`). Switches make it slow, failing or broken, for all its models or for
-one of them (`runtime`); its counters say what it was sent and what it sent back.
+`/v1/models`). The other APIs have a row each in `apis`: Responses (stored, replayed,
+streamed as named events), Anthropic Messages and count_tokens, the tokenizer,
+rerank, score, audio and images, in their own `formats_*` modules; GET pages serve
+a runtime's own load (`/metrics`, `/slots`, `/api/ps`). Switches make it slow,
+failing or broken, for all its models or for one of them (`runtime`), and its
+streams quirky (keep-alives, a split or unterminated `[DONE]`, `"usage": null`);
+its counters say what it was sent and what it sent back.
 
 It is also the load target of bench/speed.py, so it must cost far less CPU per
 request than anything measured through it: a bare HTTP/1.1 protocol on asyncio,
