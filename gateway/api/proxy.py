@@ -34,6 +34,8 @@ DRAIN_AFTER_DONE_S = 1.0
 async def proxy(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     rec: RequestRecord = request[RECORD]
+    if gateway.tracing is not None:
+        rec.trace = gateway.tracing.start_request(request, rec)   # ended by the middleware
     endpoint = BY_NAME[rec.endpoint]
     key = client_key(request)
     table = gateway.table   # this request's one config snapshot, from here to the end
@@ -65,6 +67,8 @@ async def _whole(opened: Opened, rec: RequestRecord) -> web.Response:
 
     def after_send(error: BaseException | None) -> None:
         rec.usage = body_usage(body)   # a client gone mid-send still used its tokens
+        if rec.trace is not None:
+            rec.trace.answered(body)
         opened.finish(error)
 
     rec.after_send = after_send
@@ -91,7 +95,8 @@ async def _relay_stream(request: web.Request, opened: Opened, rec: RequestRecord
     drain = request.app[GATEWAY].drain
     resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
     stamp_response(request, resp, rec)
-    rewriter = StreamRewriter(opened.patterns, opened.drop_usage)
+    rewriter = (StreamRewriter(opened.patterns, opened.drop_usage) if rec.trace is None
+                else rec.trace.stream_rewriter(opened.patterns, opened.drop_usage))
     broken: UpstreamError | None = None
     task = asyncio.current_task()
     drain.track(task)

@@ -90,6 +90,11 @@ SCHEMA = {
     "retries": _section({"attempts": _integer(min=0), "deadline_s": _number(gt=0)}),
     "queue": _section({"max_wait_s": _number(min=0), "max_size": _integer(min=0)}),
     "auth": _section({"keys": _list_of({"type": "dict", "schema": _API_KEY})}),
+    "tracing": _section({
+        "otlp_endpoint": _string(check_with="url"),
+        "sample_ratio": _number(min=0, max=1),
+        "service_name": _string(),
+    }),
 }
 
 _BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,

@@ -35,7 +35,7 @@ class Opened:
     """A backend that answered 200; the caller relays it, then calls finish()."""
 
     __slots__ = ("backend", "public", "patterns", "response", "chunks", "first",
-                 "drop_usage", "_dispatcher", "_health")
+                 "drop_usage", "span", "_dispatcher", "_health")
 
     def __init__(self, dispatcher: Dispatcher, backend: BackendState, public: str,
                  response: Any, drop_usage: bool, health: HealthConfig) -> None:
@@ -48,6 +48,7 @@ class Opened:
         self.drop_usage = drop_usage
         self.chunks: AsyncIterator[bytes] | None = None
         self.first = b""
+        self.span: Any = None   # this try's tracing.spans.TrySpan, when tracing
 
     def finish(self, error: BaseException | None = None) -> None:
         """Give the connection back (or drop it after a failure) and count the outcome."""
@@ -56,6 +57,8 @@ class Opened:
         else:
             self.response.close()
         self._dispatcher.release(self.backend, error, self._health)
+        if self.span is not None:
+            self.span.end(error)
 
 
 # What Dispatcher._choose returns when every backend it could pick is at max_concurrency.
@@ -92,6 +95,8 @@ class Dispatcher:
                                                     deadline, desperate)
                 if backend is None:
                     break
+                if rec.trace is not None:
+                    rec.trace.routed(index, stage, capable, tried, route, backend)
                 tries -= 1
                 if tried:
                     rec.retries += 1
@@ -179,20 +184,27 @@ class Dispatcher:
                                       "include_usage": True}
         backend.in_flight += 1
         started = time.perf_counter()
+        span = rec.trace.start_try(backend, body["model"]) if rec.trace is not None else None
         try:
-            response = await backend.runtime.open(endpoint, body, rec.id_for_runtimes(), deadline)
+            response = await backend.runtime.open(endpoint, body, rec.id_for_runtimes(), deadline,
+                                                  span.headers if span is not None else None)
             opened = Opened(self, backend, public, response, drop_usage, cfg.health)
+            opened.span = span
             if rec.stream:
                 try:
                     async with asyncio.timeout_at(deadline):
                         await self._first_chunk(opened)
                 except TimeoutError:
                     raise DeadlineExceeded() from None
-        except UpstreamStatus:
+        except UpstreamStatus as err:
             self.release(backend, None, cfg.health)
+            if span is not None:
+                span.end(err)
             raise
         except BaseException as err:
             self.release(backend, err, cfg.health)
+            if span is not None:
+                span.end(err)
             raise
         finally:
             rec.upstream_wait += time.perf_counter() - started

@@ -11,7 +11,7 @@ This module imports nothing heavy: `gateway check` reads `kinds` without aiohttp
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, AsyncIterator, Protocol
+from typing import TYPE_CHECKING, AsyncIterator, Mapping, Protocol
 
 if TYPE_CHECKING:
     from ..config import BackendConfig
@@ -39,9 +39,11 @@ class Runtime(Protocol):
     config: BackendConfig
 
     async def open(self, endpoint: Endpoint, payload: dict, request_id: str,
-                   deadline: float | None = None) -> RuntimeResponse:
+                   deadline: float | None = None,
+                   trace_headers: Mapping[str, str] | None = None) -> RuntimeResponse:
         """Send a request; return once the answer's headers are in, or raise a
-        `gateway.errors` error (never an aiohttp or asyncio one)."""
+        `gateway.errors` error (never an aiohttp or asyncio one). `trace_headers`
+        (W3C traceparent) go upstream with it while tracing is on."""
         ...
 
     async def probe(self, request_id: str, timeout_s: float) -> bool:

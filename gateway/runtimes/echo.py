@@ -12,7 +12,7 @@ import hashlib
 import struct
 import time
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 import orjson
 
@@ -33,7 +33,8 @@ class EchoRuntime:
         self.config = config
 
     async def open(self, endpoint: Endpoint, payload: dict, request_id: str,
-                   deadline: float | None = None) -> EchoResponse:
+                   deadline: float | None = None,
+                   trace_headers: Mapping[str, str] | None = None) -> EchoResponse:
         return EchoResponse(endpoint.name, payload, payload["model"])
 
     async def probe(self, request_id: str, timeout_s: float) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import AsyncIterator
+from typing import AsyncIterator, Mapping
 
 import aiohttp
 import orjson
@@ -156,7 +156,8 @@ class HttpRuntime:
         self._transport = transport
 
     async def open(self, endpoint: Endpoint, payload: dict, request_id: str,
-                   deadline: float | None = None) -> HttpResponse:
+                   deadline: float | None = None,
+                   trace_headers: Mapping[str, str] | None = None) -> HttpResponse:
         """Send the request; return once the headers are in, within first_byte_s and
         `deadline` (loop time: the request's overall retry deadline)."""
         backend = self.config
@@ -164,13 +165,16 @@ class HttpRuntime:
         t = backend.timeouts
         url = endpoint_url(backend.api_base, endpoint.upstream_path)
         timeout = self._transport.connect_timeout(t.connect_s)
+        headers = upstream_headers(backend, request_id)
+        if trace_headers:
+            headers.update(trace_headers)
         # One timer for both limits, whichever comes first.
         limit = asyncio.get_running_loop().time() + t.first_byte_s
         by_deadline = deadline is not None and deadline < limit
         with translated(Phase.OPEN, backend, by_deadline=by_deadline):
             async with asyncio.timeout_at(deadline if by_deadline else limit):
                 resp = await self._transport.session.post(
-                    url, data=body, headers=upstream_headers(backend, request_id),
+                    url, data=body, headers=headers,
                     timeout=timeout, allow_redirects=False)
                 if resp.status >= 400:
                     raise await status_error(backend, resp)

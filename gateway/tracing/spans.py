@@ -1,0 +1,208 @@
+"""A request's spans: one SERVER span, a CLIENT child per upstream try, and their attributes.
+
+Attribute names are the constants of the `opentelemetry-semantic-conventions` release
+installed (the GenAI ones are in its incubating set). Spans carry names, models,
+counts and reasons; never a key, an upstream credential, a header value or any
+prompt or completion text. Contexts are passed explicitly, never attached to the
+task, so nothing leaks from one request into another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.semconv.attributes import (error_attributes, http_attributes,
+                                              server_attributes, url_attributes)
+from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+
+from ..errors import Reason, UpstreamError, UpstreamStatus
+from ..relay import StreamRewriter
+from .decision import explain
+
+if TYPE_CHECKING:
+    from aiohttp import web
+    from opentelemetry.trace import Span
+
+    from ..dispatch.backend import BackendState
+    from ..record import RequestRecord
+    from .setup import Tracing
+
+_OPS = gen_ai.GenAiOperationNameValues
+# gen_ai.operation.name per endpoint; an API the conventions do not name keeps its own.
+OPERATIONS = {"chat": _OPS.CHAT.value, "completions": _OPS.TEXT_COMPLETION.value,
+              "embeddings": _OPS.EMBEDDINGS.value, "responses": _OPS.CHAT.value,
+              "messages": _OPS.CHAT.value}
+# `finish_reason` (OpenAI shapes) and `stop_reason` (Anthropic's), when not null.
+_FINISH = re.compile(rb'"(?:finish|stop)_reason":\s*"([^"\\]{1,64})"')
+MAX_FINISH_REASONS = 8
+
+
+class RequestTrace:
+    """The SERVER span of one API request, from the handler's start to the log line."""
+
+    __slots__ = ("span", "operation", "_tracing", "_body", "_finish", "_decision")
+
+    def __init__(self, tracing: Tracing, request: web.Request, rec: RequestRecord) -> None:
+        self._tracing = tracing
+        self.operation = OPERATIONS.get(rec.endpoint, rec.endpoint)
+        parent = (tracing.propagator.extract(request.headers)
+                  if "traceparent" in request.headers else None)
+        # The middleware made the record a few microseconds ago: the span starts there.
+        started = time.time_ns() - int((time.perf_counter() - rec.started) * 1e9)
+        self.span: Span = tracing.tracer.start_span(
+            f"{request.method} {request.path}", context=parent, kind=SpanKind.SERVER,
+            start_time=started, attributes={
+                gen_ai.GEN_AI_OPERATION_NAME: self.operation,
+                http_attributes.HTTP_REQUEST_METHOD: request.method,
+                url_attributes.URL_PATH: request.path,
+                "gateway.request_id": rec.request_id})
+        self._body: bytes | None = None
+        self._finish: list[str] = []
+        self._decision: dict[str, Any] | None = None
+
+    @property
+    def trace_id(self) -> str:
+        return format(self.span.get_span_context().trace_id, "032x")
+
+    def routed(self, stage_index: int, stage: Any, capable: Any, tried: set[str],
+               route: Any, chosen: BackendState) -> None:
+        """The dispatcher picked `chosen`: why, as attributes (only for a recorded span)."""
+        if self.span.is_recording():
+            self._decision = explain(stage_index, stage, capable, tried, route, chosen)
+            self.span.set_attributes(self._decision)
+
+    def start_try(self, backend: BackendState, model_id: str) -> TrySpan:
+        return TrySpan(self, backend, model_id)
+
+    def answered(self, body: bytes) -> None:
+        """A whole answer: its finish reasons are read at the end, if the span records."""
+        self._body = body
+
+    def stream_rewriter(self, patterns: Any, drop_usage: bool) -> StreamRewriter:
+        return FinishReasonRewriter(patterns, drop_usage, self._finish)
+
+    def end(self, rec: RequestRecord) -> None:
+        span = self.span
+        if span.is_recording():
+            span.set_attributes(self._attributes(rec))
+            if rec.model:
+                span.update_name(f"{self.operation} {rec.model}")
+            failed = rec.status >= 500 or (rec.aborted and rec.aborted != Reason.CLIENT_LEFT)
+            if failed:
+                span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+    def _attributes(self, rec: RequestRecord) -> dict[str, Any]:
+        out: dict[str, Any] = {http_attributes.HTTP_RESPONSE_STATUS_CODE: rec.status,
+                               gen_ai.GEN_AI_REQUEST_STREAM: rec.stream,
+                               "gateway.retries": rec.retries}
+        if rec.model:
+            out[gen_ai.GEN_AI_REQUEST_MODEL] = rec.model
+            if rec.status == 200:
+                out[gen_ai.GEN_AI_RESPONSE_MODEL] = rec.model   # the gateway rewrote it
+        if rec.backend:
+            out["gateway.backend"] = rec.backend
+        if rec.fallback:
+            out["gateway.fallback"] = rec.fallback
+        usage = rec.usage or {}
+        for key, name in (("prompt_tokens", gen_ai.GEN_AI_USAGE_INPUT_TOKENS),
+                          ("input_tokens", gen_ai.GEN_AI_USAGE_INPUT_TOKENS),
+                          ("completion_tokens", gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS),
+                          ("output_tokens", gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS)):
+            value = usage.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                out[name] = value
+        if self._body is not None and b'_reason"' in self._body:
+            finish_reasons(self._body, self._finish)
+        if self._finish:
+            out[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] = tuple(self._finish)
+        if rec.stream and rec.first_token_at is not None:
+            out[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = rec.first_token_at - rec.started
+        failure = rec.aborted or (str(rec.status) if rec.status >= 500 else None)
+        if failure:
+            out[error_attributes.ERROR_TYPE] = str(failure)
+        return out
+
+
+class TrySpan:
+    """The CLIENT span of one upstream try; `headers` carry its context to the runtime."""
+
+    __slots__ = ("span", "headers")
+
+    def __init__(self, trace: RequestTrace, backend: BackendState, model_id: str) -> None:
+        tracing = trace._tracing
+        attributes: dict[str, Any] = {}
+        if trace.span.is_recording():
+            host, port = host_port(backend.config.url)
+            attributes = {gen_ai.GEN_AI_OPERATION_NAME: trace.operation,
+                          gen_ai.GEN_AI_REQUEST_MODEL: model_id,
+                          gen_ai.GEN_AI_PROVIDER_NAME: backend.config.kind,
+                          "gateway.backend": backend.name}
+            if host:
+                attributes[server_attributes.SERVER_ADDRESS] = host
+                attributes[server_attributes.SERVER_PORT] = port
+            if trace._decision is not None:
+                attributes.update(trace._decision)
+        self.span = span = tracing.tracer.start_span(
+            f"{trace.operation} {model_id}", context=set_span_in_context(trace.span),
+            kind=SpanKind.CLIENT, attributes=attributes)
+        # The runtime gets this try's own context, also when the client sent none.
+        self.headers: dict[str, str] = {}
+        tracing.propagator.inject(self.headers, context=set_span_in_context(span))
+
+    def end(self, error: BaseException | None = None) -> None:
+        span = self.span
+        if error is not None and span.is_recording():
+            if isinstance(error, UpstreamStatus):
+                span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, error.status)
+                kind = str(error.status)
+            elif isinstance(error, UpstreamError):
+                kind = str(error.reason)
+            elif isinstance(error, (ConnectionError, asyncio.CancelledError)):
+                kind = str(Reason.CLIENT_LEFT)   # runtime errors come translated: the client's
+            else:
+                kind = type(error).__qualname__
+            span.set_attribute(error_attributes.ERROR_TYPE, kind)
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+
+class FinishReasonRewriter(StreamRewriter):
+    """The relay's rewriter, also collecting each choice's finish reason as it passes."""
+
+    __slots__ = ("finish",)
+
+    def __init__(self, patterns: Any, drop_usage: bool, finish: list[str]) -> None:
+        super().__init__(patterns, drop_usage)
+        self.finish = finish
+
+    def feed(self, data: bytes) -> bytes:
+        out = super().feed(data)
+        if b'_reason"' in out:
+            finish_reasons(out, self.finish)
+        return out
+
+
+def finish_reasons(data: bytes, into: list[str]) -> None:
+    """Append the distinct non-null finish reasons found in `data` (a few at most)."""
+    for found in _FINISH.findall(data):
+        reason = found.decode("utf-8", "replace")
+        if reason not in into and len(into) < MAX_FINISH_REASONS:
+            into.append(reason)
+
+
+@functools.lru_cache(maxsize=256)
+def host_port(url: str) -> tuple[str | None, int | None]:
+    """server.address and server.port of a backend URL (parsed once per URL)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        port = None
+    return parts.hostname, port
