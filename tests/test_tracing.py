@@ -164,19 +164,19 @@ async def test_non_streamed_request_has_a_server_span_and_a_client_span(
     assert attrs["gen_ai.usage.input_tokens"] == 7 and attrs["gen_ai.usage.output_tokens"] == 5
     assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
     assert "gen_ai.response.time_to_first_chunk" not in attrs
-    assert attrs["http.response.status_code"] == 200 and attrs["gen_ai.request.stream"] is False
+    assert attrs["http.response.status_code"] == 200
     assert attrs["gateway.route.strategy"] == "weighted"
     assert attrs["gateway.route.candidates"] == ("gpu-a", "gpu-b")
     assert attrs["gateway.route.chosen"] == "gpu-a"
     assert attrs["gateway.route.reason"] == "weight"
     assert attrs["gateway.route.weights"] == ("gpu-a=3", "gpu-b=1")
-    assert attrs["gateway.route.stage"] == 0 and attrs["gateway.retries"] == 0
+    assert "gateway.route.stage" not in attrs and "gateway.retries" not in attrs
     assert server.status != ERROR
     t = try_.attributes
     assert try_.name == f"chat {RUNTIME_ID}"
     assert t["gen_ai.request.model"] == RUNTIME_ID and t["gen_ai.provider.name"] == "vllm"
     assert t["server.address"] == "127.0.0.1" and t["server.port"] == a.port
-    assert t["gateway.backend"] == "gpu-a" and t["gateway.route.chosen"] == "gpu-a"
+    assert t["gateway.backend"] == "gpu-a" and t["gen_ai.operation.name"] == "chat"
     assert try_.status != ERROR
     # The runtime got the try span's own context; the log line names the trace.
     assert traceparent(fake_a.headers_seen[0]) == (server.trace_id, try_.span_id, True)
@@ -196,7 +196,6 @@ async def test_streamed_request_spans_carry_ttft_usage_and_finish_reason(
     server, try_ = one(spans, SERVER), one(spans, CLIENT)
     assert try_.parent_id == server.span_id and try_.trace_id == server.trace_id
     attrs = server.attributes
-    assert attrs["gen_ai.request.stream"] is True
     assert attrs["gen_ai.usage.input_tokens"] == 7 and attrs["gen_ai.usage.output_tokens"] == 4
     assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
     assert 0 < attrs["gen_ai.response.time_to_first_chunk"] < 2
@@ -224,14 +223,12 @@ async def test_a_retry_then_a_fallback_is_one_client_span_per_try(
     server = one(spans, SERVER)
     tries = [s for s in spans if s.kind == CLIENT]
     assert len(tries) == 3 and {t.parent_id for t in tries} == {server.span_id}
-    first, second, last = sorted(tries, key=lambda t: (t.attributes["gateway.route.stage"],
+    first, second, last = sorted(tries, key=lambda t: (t.attributes.get("gateway.route.stage", 0),
                                                        t.attributes["gateway.backend"] != "a"))
     for failed in (first, second):
         assert failed.status == ERROR and failed.attributes["error.type"] == "503"
-        assert failed.attributes["gateway.route.stage"] == 0
+        assert "gateway.route.stage" not in failed.attributes
     assert [first.attributes["gateway.backend"], second.attributes["gateway.backend"]] == ["a", "b"]
-    assert second.attributes["gateway.route.skipped.tried"] == ("a",)
-    assert second.attributes["gateway.route.reason"] == "only_candidate"
     assert last.status != ERROR and "error.type" not in last.attributes
     assert last.attributes["gateway.route.stage"] == 1
     assert last.attributes["gateway.route.fallback"] == "cloud"
@@ -239,7 +236,9 @@ async def test_a_retry_then_a_fallback_is_one_client_span_per_try(
     assert last.attributes["gen_ai.request.model"] == "gpt-4o-mini"
     attrs = server.attributes
     assert attrs["gateway.retries"] == 2 and attrs["gateway.fallback"] == "cloud"
-    assert attrs["gateway.backend"] == attrs["gateway.route.chosen"] == "cloud"
+    assert attrs["gateway.route.chosen"] == "cloud" and attrs["gateway.route.stage"] == 1
+    assert attrs["gateway.route.fallback"] == "cloud"
+    assert attrs["gateway.route.candidates"] == ("cloud",)
     assert attrs["gen_ai.response.model"] == "llama" and server.status != ERROR
 
 

@@ -51,10 +51,9 @@ def explain(stage_index: int, stage: Stage, capable: Sequence[BackendState], tri
         "gateway.route.candidates": tuple(b.name for b in capable),
         "gateway.route.chosen": chosen.name,
         "gateway.route.reason": _why(strategy, free, route, extra),
-        "gateway.route.stage": stage_index,      # 0: the model's own pool
-        "gateway.route.stage_model": stage.public,
     }
-    if stage.fallback_to:
+    if stage_index:   # 0, the model's own pool, is left out
+        out["gateway.route.stage"] = stage_index
         out["gateway.route.fallback"] = stage.fallback_to
     for what, names in skipped.items():
         if names:
@@ -73,9 +72,11 @@ def _why(strategy: str, free: list[BackendState], route: RouteRequest,
          extra: dict[str, Any]) -> str:
     if len(free) == 1:
         return "only_candidate"
-    extra["gateway.route.weights"] = tuple(f"{b.name}={b.weight:g}" for b in free)
-    extra["gateway.route.in_flight"] = tuple(f"{b.name}={b.in_flight}" for b in free)
     why = WHY.get(strategy, strategy)
+    if why == "weight":
+        extra["gateway.route.weights"] = tuple(f"{b.name}={b.weight:g}" for b in free)
+    else:   # load decides, or bounds an affinity's choice
+        extra["gateway.route.in_flight"] = tuple(f"{b.name}={b.in_flight}" for b in free)
     if why == "affinity_key_hash":
         key = route.prefix if route.prefix is not None else (
             route.session.encode("utf-8", "surrogatepass") if route.session else None)

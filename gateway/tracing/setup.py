@@ -48,6 +48,19 @@ class Tracing:
         self.provider.shutdown()
 
 
+class HashedOnce(Resource):
+    """The span encoder groups every span of a batch by its resource, hashing it each
+    time, and a Resource hashes by JSON-dumping its attributes: ~15 us per span. A
+    resource never changes once made, so this one hashes once."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
 def start_tracing(config: TracingConfig, metrics: Metrics) -> Tracing:
     dropped = Counter("gateway_trace_spans_dropped",
                       "Spans not delivered to the trace collector, by why.",
@@ -59,7 +72,7 @@ def start_tracing(config: TracingConfig, metrics: Metrics) -> Tracing:
         url_without_password(config.traces_url), dropped)
     # A client's sampled flag is followed either way; sample_ratio decides new traces.
     provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
-                              resource=Resource.create({SERVICE_NAME: config.service_name}),
+                              resource=HashedOnce(Resource.create({SERVICE_NAME: config.service_name})),
                               shutdown_on_exit=False)
     provider.add_span_processor(BatchSpanProcessor(
         exporter, schedule_delay_millis=config.export_delay_s * 1000))

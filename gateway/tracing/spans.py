@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import (error_attributes, http_attributes,
-                                              server_attributes, url_attributes)
+                                              server_attributes)
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 
 from ..errors import Reason, UpstreamError, UpstreamStatus
@@ -54,14 +54,12 @@ class RequestTrace:
         parent = (tracing.propagator.extract(request.headers)
                   if "traceparent" in request.headers else None)
         # The middleware made the record a few microseconds ago: the span starts there.
+        # Its attributes are all set at its end, in one call: the SDK's cost is per span
+        # and per attribute, so each span carries what answers "where and why" only.
         started = time.time_ns() - int((time.perf_counter() - rec.started) * 1e9)
         self.span: Span = tracing.tracer.start_span(
             f"{request.method} {request.path}", context=parent, kind=SpanKind.SERVER,
-            start_time=started, attributes={
-                gen_ai.GEN_AI_OPERATION_NAME: self.operation,
-                http_attributes.HTTP_REQUEST_METHOD: request.method,
-                url_attributes.URL_PATH: request.path,
-                "gateway.request_id": rec.request_id})
+            start_time=started)
         self._body: bytes | None = None
         self._finish: list[str] = []
         self._decision: dict[str, Any] | None = None
@@ -75,7 +73,6 @@ class RequestTrace:
         """The dispatcher picked `chosen`: why, as attributes (only for a recorded span)."""
         if self.span.is_recording():
             self._decision = explain(stage_index, stage, capable, tried, route, chosen)
-            self.span.set_attributes(self._decision)
 
     def start_try(self, backend: BackendState, model_id: str) -> TrySpan:
         return TrySpan(self, backend, model_id)
@@ -99,15 +96,16 @@ class RequestTrace:
         span.end()
 
     def _attributes(self, rec: RequestRecord) -> dict[str, Any]:
-        out: dict[str, Any] = {http_attributes.HTTP_RESPONSE_STATUS_CODE: rec.status,
-                               gen_ai.GEN_AI_REQUEST_STREAM: rec.stream,
-                               "gateway.retries": rec.retries}
+        out: dict[str, Any] = {gen_ai.GEN_AI_OPERATION_NAME: self.operation,
+                               http_attributes.HTTP_RESPONSE_STATUS_CODE: rec.status}
         if rec.model:
             out[gen_ai.GEN_AI_REQUEST_MODEL] = rec.model
             if rec.status == 200:
                 out[gen_ai.GEN_AI_RESPONSE_MODEL] = rec.model   # the gateway rewrote it
-        if rec.backend:
-            out["gateway.backend"] = rec.backend
+        if self._decision is not None:
+            out.update(self._decision)   # the pick of the try that answered (or failed last)
+        if rec.retries:
+            out["gateway.retries"] = rec.retries
         if rec.fallback:
             out["gateway.fallback"] = rec.fallback
         usage = rec.usage or {}
@@ -136,8 +134,7 @@ class TrySpan:
     __slots__ = ("span", "headers")
 
     def __init__(self, trace: RequestTrace, backend: BackendState, model_id: str) -> None:
-        tracing = trace._tracing
-        attributes: dict[str, Any] = {}
+        attributes: dict[str, Any] | None = None
         if trace.span.is_recording():
             host, port = host_port(backend.config.url)
             attributes = {gen_ai.GEN_AI_OPERATION_NAME: trace.operation,
@@ -147,14 +144,15 @@ class TrySpan:
             if host:
                 attributes[server_attributes.SERVER_ADDRESS] = host
                 attributes[server_attributes.SERVER_PORT] = port
-            if trace._decision is not None:
-                attributes.update(trace._decision)
-        self.span = span = tracing.tracer.start_span(
+            decision = trace._decision
+            if decision is not None and "gateway.route.stage" in decision:   # a fallback
+                attributes["gateway.route.stage"] = decision["gateway.route.stage"]
+                attributes["gateway.route.fallback"] = decision["gateway.route.fallback"]
+        self.span = span = trace._tracing.tracer.start_span(
             f"{trace.operation} {model_id}", context=set_span_in_context(trace.span),
             kind=SpanKind.CLIENT, attributes=attributes)
         # The runtime gets this try's own context, also when the client sent none.
-        self.headers: dict[str, str] = {}
-        tracing.propagator.inject(self.headers, context=set_span_in_context(span))
+        self.headers = traceparent(span)
 
     def end(self, error: BaseException | None = None) -> None:
         span = self.span
@@ -187,6 +185,17 @@ class FinishReasonRewriter(StreamRewriter):
         if b'_reason"' in out:
             finish_reasons(out, self.finish)
         return out
+
+
+def traceparent(span: Span) -> dict[str, str]:
+    """W3C trace context headers for `span`. What TraceContextTextMapPropagator.inject
+    writes, without the Context it builds and reads back on every call."""
+    ctx = span.get_span_context()
+    headers = {"traceparent": "00-%032x-%016x-%02x" % (ctx.trace_id, ctx.span_id,
+                                                       ctx.trace_flags)}
+    if ctx.trace_state:
+        headers["tracestate"] = ctx.trace_state.to_header()
+    return headers
 
 
 def finish_reasons(data: bytes, into: list[str]) -> None:
