@@ -24,7 +24,9 @@ WHY = {"weighted": "weight", "least_busy": "lowest_load",
 
 
 def explain(stage_index: int, stage: Stage, capable: Sequence[BackendState], tried: set[str],
-            route: RouteRequest, chosen: BackendState) -> dict[str, Any]:
+            route: RouteRequest, chosen: BackendState,
+            weights: dict[tuple, tuple[str, ...]]) -> dict[str, Any]:
+    """`weights` caches the weights attribute per candidate set (they change by reload)."""
     now = time.monotonic()
     strategy = getattr(stage.pool.strategy, "name", type(stage.pool.strategy).__name__)
     skipped: dict[str, list[str]] = {"tried": [], "unhealthy": [], "cooling": [],
@@ -50,7 +52,7 @@ def explain(stage_index: int, stage: Stage, capable: Sequence[BackendState], tri
         "gateway.route.strategy": strategy,
         "gateway.route.candidates": tuple(b.name for b in capable),
         "gateway.route.chosen": chosen.name,
-        "gateway.route.reason": _why(strategy, free, route, extra),
+        "gateway.route.reason": _why(strategy, free, route, extra, weights),
     }
     if stage_index:   # 0, the model's own pool, is left out
         out["gateway.route.stage"] = stage_index
@@ -69,12 +71,18 @@ def explain(stage_index: int, stage: Stage, capable: Sequence[BackendState], tri
 
 
 def _why(strategy: str, free: list[BackendState], route: RouteRequest,
-         extra: dict[str, Any]) -> str:
+         extra: dict[str, Any], weights: dict[tuple, tuple[str, ...]]) -> str:
     if len(free) == 1:
         return "only_candidate"
     why = WHY.get(strategy, strategy)
     if why == "weight":
-        extra["gateway.route.weights"] = tuple(f"{b.name}={b.weight:g}" for b in free)
+        key = tuple((b.name, b.weight) for b in free)
+        shown = weights.get(key)
+        if shown is None:
+            if len(weights) > 256:
+                weights.clear()   # reloads that reweigh or rename must not pile up
+            shown = weights[key] = tuple(f"{name}={weight:g}" for name, weight in key)
+        extra["gateway.route.weights"] = shown
     else:   # load decides, or bounds an affinity's choice
         extra["gateway.route.in_flight"] = tuple(f"{b.name}={b.in_flight}" for b in free)
     if why == "affinity_key_hash":

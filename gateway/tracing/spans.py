@@ -1,5 +1,9 @@
 """A request's spans: one SERVER span, a CLIENT child per upstream try, and their attributes.
 
+Each span is made once, when it ends, as the SDK's `ReadableSpan`, from what the
+request did (see setup.py for why not the SDK's live spans); sampling is decided
+when the request starts, by the SDK's sampler, and a try follows its request.
+
 Attribute names are the constants of the `opentelemetry-semantic-conventions` release
 installed (the GenAI ones are in its incubating set). Spans carry names, models,
 counts and reasons; never a key, an upstream credential, a header value or any
@@ -19,7 +23,9 @@ from urllib.parse import urlsplit
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import (error_attributes, http_attributes,
                                               server_attributes)
-from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import (SpanContext, SpanKind, Status, StatusCode, TraceFlags,
+                                 get_current_span)
 
 from ..errors import Reason, UpstreamError, UpstreamStatus
 from ..relay import StreamRewriter
@@ -27,7 +33,6 @@ from .decision import explain
 
 if TYPE_CHECKING:
     from aiohttp import web
-    from opentelemetry.trace import Span
 
     from ..dispatch.backend import BackendState
     from ..record import RequestRecord
@@ -41,61 +46,77 @@ OPERATIONS = {"chat": _OPS.CHAT.value, "completions": _OPS.TEXT_COMPLETION.value
 # `finish_reason` (OpenAI shapes) and `stop_reason` (Anthropic's), when not null.
 _FINISH = re.compile(rb'"(?:finish|stop)_reason":\s*"([^"\\]{1,64})"')
 MAX_FINISH_REASONS = 8
+UNSET, ERROR = Status(StatusCode.UNSET), Status(StatusCode.ERROR)
 
 
 class RequestTrace:
     """The SERVER span of one API request, from the handler's start to the log line."""
 
-    __slots__ = ("span", "operation", "_tracing", "_body", "_finish", "_decision")
+    __slots__ = ("context", "parent", "sampled", "operation", "_name", "_start", "_tracing",
+                 "_body", "_finish", "_decision")
 
     def __init__(self, tracing: Tracing, request: web.Request, rec: RequestRecord) -> None:
         self._tracing = tracing
         self.operation = OPERATIONS.get(rec.endpoint, rec.endpoint)
-        parent = (tracing.propagator.extract(request.headers)
-                  if "traceparent" in request.headers else None)
+        self._name = f"{request.method} {request.path}"
+        incoming = (tracing.propagator.extract(request.headers)
+                    if "traceparent" in request.headers else None)
+        parent = get_current_span(incoming).get_span_context() if incoming else None
+        if parent is not None and not parent.is_valid:
+            parent = incoming = None
+        ids = tracing.ids
+        trace_id = parent.trace_id if parent is not None else ids.generate_trace_id()
+        decided = tracing.sampler.should_sample(incoming, trace_id, self._name, SpanKind.SERVER)
+        self.sampled = decided.decision.is_sampled()
+        flags = TraceFlags.SAMPLED if self.sampled else TraceFlags.DEFAULT
+        if (parent.trace_flags.random_trace_id if parent is not None
+                else ids.is_trace_id_random()):
+            flags |= TraceFlags.RANDOM_TRACE_ID
+        self.context = SpanContext(trace_id, ids.generate_span_id(), is_remote=False,
+                                   trace_flags=TraceFlags(flags),
+                                   trace_state=decided.trace_state)
+        self.parent = parent
         # The middleware made the record a few microseconds ago: the span starts there.
-        # Its attributes are all set at its end, in one call: the SDK's cost is per span
-        # and per attribute, so each span carries what answers "where and why" only.
-        started = time.time_ns() - int((time.perf_counter() - rec.started) * 1e9)
-        self.span: Span = tracing.tracer.start_span(
-            f"{request.method} {request.path}", context=parent, kind=SpanKind.SERVER,
-            start_time=started)
+        self._start = time.time_ns() - int((time.perf_counter() - rec.started) * 1e9)
         self._body: bytes | None = None
         self._finish: list[str] = []
         self._decision: dict[str, Any] | None = None
 
     @property
     def trace_id(self) -> str:
-        return format(self.span.get_span_context().trace_id, "032x")
+        return format(self.context.trace_id, "032x")
 
     def routed(self, stage_index: int, stage: Any, capable: Any, tried: set[str],
                route: Any, chosen: BackendState) -> None:
-        """The dispatcher picked `chosen`: why, as attributes (only for a recorded span)."""
-        if self.span.is_recording():
-            self._decision = explain(stage_index, stage, capable, tried, route, chosen)
+        """The dispatcher picked `chosen`: why, as attributes (only for a sampled span)."""
+        if self.sampled:
+            self._decision = explain(stage_index, stage, capable, tried, route, chosen,
+                                     self._tracing.weights)
 
     def start_try(self, backend: BackendState, model_id: str) -> TrySpan:
         return TrySpan(self, backend, model_id)
 
     def answered(self, body: bytes) -> None:
-        """A whole answer: its finish reasons are read at the end, if the span records."""
+        """A whole answer: its finish reasons are read at the end, if the span is sampled."""
         self._body = body
 
     def stream_rewriter(self, patterns: Any, drop_usage: bool) -> StreamRewriter:
         return FinishReasonRewriter(patterns, drop_usage, self._finish)
 
     def end(self, rec: RequestRecord) -> None:
-        span = self.span
-        if span.is_recording():
-            span.set_attributes(self._attributes(rec))
-            if rec.model:
-                span.update_name(f"{self.operation} {rec.model}")
-            failed = rec.status >= 500 or (rec.aborted and rec.aborted != Reason.CLIENT_LEFT)
-            if failed:
-                span.set_status(Status(StatusCode.ERROR))
-        span.end()
+        if not self.sampled:
+            return
+        failed = rec.status >= 500 or (rec.aborted and rec.aborted != Reason.CLIENT_LEFT)
+        tracing = self._tracing
+        tracing.emit(ReadableSpan(
+            f"{self.operation} {rec.model}" if rec.model else self._name, self.context,
+            self.parent, tracing.resource, self._attributes(rec), kind=SpanKind.SERVER,
+            status=ERROR if failed else UNSET, start_time=self._start,
+            end_time=time.time_ns(), instrumentation_scope=tracing.scope))
 
     def _attributes(self, rec: RequestRecord) -> dict[str, Any]:
+        # The SDK's cost is per span and per attribute: each span carries what answers
+        # "where did it go, why, and how did it do", no more.
         out: dict[str, Any] = {gen_ai.GEN_AI_OPERATION_NAME: self.operation,
                                http_attributes.HTTP_RESPONSE_STATUS_CODE: rec.status}
         if rec.model:
@@ -131,16 +152,25 @@ class RequestTrace:
 class TrySpan:
     """The CLIENT span of one upstream try; `headers` carry its context to the runtime."""
 
-    __slots__ = ("span", "headers")
+    __slots__ = ("headers", "_trace", "_context", "_name", "_attributes", "_start")
 
     def __init__(self, trace: RequestTrace, backend: BackendState, model_id: str) -> None:
-        attributes: dict[str, Any] | None = None
-        if trace.span.is_recording():
+        parent = trace.context
+        self._context = SpanContext(parent.trace_id, trace._tracing.ids.generate_span_id(),
+                                    is_remote=False, trace_flags=parent.trace_flags,
+                                    trace_state=parent.trace_state)
+        # The runtime gets this try's own context, also when the client sent none.
+        self.headers = traceparent(self._context)
+        self._trace: RequestTrace | None = trace
+        self._name = f"{trace.operation} {model_id}"
+        self._attributes: dict[str, Any] | None = None
+        if trace.sampled:   # a child follows its parent's sampling (ParentBased)
             host, port = host_port(backend.config.url)
-            attributes = {gen_ai.GEN_AI_OPERATION_NAME: trace.operation,
-                          gen_ai.GEN_AI_REQUEST_MODEL: model_id,
-                          gen_ai.GEN_AI_PROVIDER_NAME: backend.config.kind,
-                          "gateway.backend": backend.name}
+            attributes = self._attributes = {
+                gen_ai.GEN_AI_OPERATION_NAME: trace.operation,
+                gen_ai.GEN_AI_REQUEST_MODEL: model_id,
+                gen_ai.GEN_AI_PROVIDER_NAME: backend.config.kind,
+                "gateway.backend": backend.name}
             if host:
                 attributes[server_attributes.SERVER_ADDRESS] = host
                 attributes[server_attributes.SERVER_PORT] = port
@@ -148,17 +178,16 @@ class TrySpan:
             if decision is not None and "gateway.route.stage" in decision:   # a fallback
                 attributes["gateway.route.stage"] = decision["gateway.route.stage"]
                 attributes["gateway.route.fallback"] = decision["gateway.route.fallback"]
-        self.span = span = trace._tracing.tracer.start_span(
-            f"{trace.operation} {model_id}", context=set_span_in_context(trace.span),
-            kind=SpanKind.CLIENT, attributes=attributes)
-        # The runtime gets this try's own context, also when the client sent none.
-        self.headers = traceparent(span)
+        self._start = time.time_ns()
 
     def end(self, error: BaseException | None = None) -> None:
-        span = self.span
-        if error is not None and span.is_recording():
+        trace, self._trace = self._trace, None
+        if trace is None or self._attributes is None:
+            return   # ended already, or not sampled
+        attributes = self._attributes
+        if error is not None:
             if isinstance(error, UpstreamStatus):
-                span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, error.status)
+                attributes[http_attributes.HTTP_RESPONSE_STATUS_CODE] = error.status
                 kind = str(error.status)
             elif isinstance(error, UpstreamError):
                 kind = str(error.reason)
@@ -166,9 +195,13 @@ class TrySpan:
                 kind = str(Reason.CLIENT_LEFT)   # runtime errors come translated: the client's
             else:
                 kind = type(error).__qualname__
-            span.set_attribute(error_attributes.ERROR_TYPE, kind)
-            span.set_status(Status(StatusCode.ERROR))
-        span.end()
+            attributes[error_attributes.ERROR_TYPE] = kind
+        tracing = trace._tracing
+        tracing.emit(ReadableSpan(
+            self._name, self._context, trace.context, tracing.resource, attributes,
+            kind=SpanKind.CLIENT, status=UNSET if error is None else ERROR,
+            start_time=self._start, end_time=time.time_ns(),
+            instrumentation_scope=tracing.scope))
 
 
 class FinishReasonRewriter(StreamRewriter):
@@ -187,10 +220,9 @@ class FinishReasonRewriter(StreamRewriter):
         return out
 
 
-def traceparent(span: Span) -> dict[str, str]:
-    """W3C trace context headers for `span`. What TraceContextTextMapPropagator.inject
+def traceparent(ctx: SpanContext) -> dict[str, str]:
+    """W3C trace context headers for a span. What TraceContextTextMapPropagator.inject
     writes, without the Context it builds and reads back on every call."""
-    ctx = span.get_span_context()
     headers = {"traceparent": "00-%032x-%016x-%02x" % (ctx.trace_id, ctx.span_id,
                                                        ctx.trace_flags)}
     if ctx.trace_state:
