@@ -394,3 +394,78 @@ def test_check_accepts_the_design_example(tmp_path):
                     'tracing: {otlp_endpoint: "http://127.0.0.1:4318", sample_ratio: 1.0, '
                     "service_name: llm-gateway}\n")
     assert check(str(path), io.StringIO()) == 0
+
+
+def test_the_in_place_encoder_matches_the_exporter_packages_encoder():
+    """encode.py builds the same ExportTraceServiceRequest as the SDK's encoder does."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import (SpanContext, SpanKind, Status, StatusCode, TraceFlags,
+                                     TraceState)
+
+    from gateway.tracing.encode import encode
+    from gateway.tracing.setup import HashedOnce
+
+    resource = HashedOnce(Resource.create({"service.name": "gw", "n": 3}))
+    scope = InstrumentationScope("llm-edge-gateway")
+    remote = SpanContext(0xABC, 0x123, is_remote=True, trace_flags=TraceFlags(1),
+                         trace_state=TraceState([("vendor", "v1")]))
+    server = SpanContext(0xABC, 0x456, is_remote=False, trace_flags=TraceFlags(3),
+                         trace_state=remote.trace_state)
+    client = SpanContext(0xABC, 0x789, is_remote=False, trace_flags=TraceFlags(3))
+    spans = [
+        ReadableSpan("chat llama", server, remote, resource, {
+            "s": "x", "i": 7, "f": 0.25, "b": True, "t": ("a", "b"), "e": ()},
+            kind=SpanKind.SERVER, status=Status(StatusCode.UNSET), start_time=10,
+            end_time=20, instrumentation_scope=scope),
+        ReadableSpan("chat id", client, server, resource, {"error.type": "503"},
+                     kind=SpanKind.CLIENT, status=Status(StatusCode.ERROR, "boom"),
+                     start_time=11, end_time=19, instrumentation_scope=scope),
+        ReadableSpan("root", SpanContext(0xDEF, 0x1, False), None, resource, {},
+                     kind=SpanKind.SERVER, start_time=1, end_time=2,
+                     instrumentation_scope=scope),
+    ]
+    assert ExportTraceServiceRequest.FromString(encode(spans)) == encode_spans(spans)
+
+
+async def test_a_saturated_backend_skipped_is_named_in_the_decision(start_runtime, collector,
+                                                                    traced_client):
+    busy, a = await start_runtime(hang_s=0.5)
+    _, b = await start_runtime()
+    cfg = make_config(
+        runtime_backend("a", a, models={"llama": RUNTIME_ID}, weight=10, max_concurrency=1),
+        runtime_backend("b", b, models={"llama": RUNTIME_ID}),
+        routes={"llama": RouteConfig(strategy="least_busy")}, tracing=traced(collector.url))
+    client = await traced_client(cfg)
+    first = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
+    deadline = time.monotonic() + 5
+    while not busy.requests and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.headers["X-Gateway-Backend"] == "b"
+    assert (await first).headers["X-Gateway-Backend"] == "a"
+    spans = await collector.wait_for(4)
+    (second,) = [s.attributes for s in spans if s.kind == SERVER
+                 and s.attributes["gateway.route.chosen"] == "b"]
+    assert second["gateway.route.skipped.saturated"] == ("a",)
+    assert second["gateway.route.reason"] == "only_candidate"
+    assert second["gateway.route.candidates"] == ("a", "b")
+    (first_span,) = [s.attributes for s in spans if s.kind == SERVER
+                     and s.attributes["gateway.route.chosen"] == "a"]
+    assert first_span["gateway.route.reason"] == "lowest_load"
+    assert first_span["gateway.route.in_flight"] == ("a=0", "b=0")
+
+
+def test_a_tracing_change_needs_a_restart():
+    from gateway.config import Config
+    from gateway.reload import restart_required
+    assert restart_required(Config(), Config(tracing=TracingConfig())) == ["tracing"]
+    assert restart_required(Config(tracing=TracingConfig()), Config(tracing=TracingConfig())) == []
+
+
+def test_admin_config_hides_a_collector_password():
+    from gateway.config import Config, redacted
+    data = redacted(Config(tracing=TracingConfig(otlp_endpoint="https://u:s3cret@otlp:4318")))
+    assert data["tracing"]["otlp_endpoint"] == "https://u:***@otlp:4318"

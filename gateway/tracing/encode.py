@@ -63,6 +63,7 @@ def _span(pb: Any, span: ReadableSpan) -> None:
     if span.attributes:
         _attributes(pb.attributes, span.attributes)
     status = span.status
+    pb.status.SetInParent()   # present when unset too, as the exporter package writes it
     if status.status_code.value:
         pb.status.code = status.status_code.value
         if status.description:
