@@ -26,7 +26,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from prometheus_client import Counter
 
 from ..config import TracingConfig, url_without_password
-from .encode import encode
+from .encode import Encoder
 from .export import GuardedExporter
 from .spans import RequestTrace
 
@@ -84,10 +84,14 @@ class ProtoExporter(OTLPSpanExporter):
     TLS, retries), sending the batch as encode.py builds it. Its HTTP client is a
     private attribute: tests/test_tracing.py fails if an SDK release renames it."""
 
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self._encoder = Encoder()
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
             return SpanExportResult.FAILURE
-        result = self._client.export(encode(spans))
+        result = self._client.export(self._encoder.encode(spans))
         return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
 
 
