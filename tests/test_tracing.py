@@ -64,6 +64,7 @@ class Collector:
 
     bodies: list[bytes] = field(default_factory=list)
     spans: list[Span] = field(default_factory=list)
+    delay_s: float = 0.0              # a slow collector: each export waits this long
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -73,6 +74,8 @@ class Collector:
     async def _traces(self, request: web.Request) -> web.Response:
         assert request.content_type == "application/x-protobuf"
         body = await request.read()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         self.bodies.append(body)
         export = ExportTraceServiceRequest.FromString(body)
         for rs in export.resource_spans:
@@ -475,3 +478,26 @@ def test_admin_config_hides_a_collector_password():
     from gateway.config import Config, redacted
     data = redacted(Config(tracing=TracingConfig(otlp_endpoint="https://u:s3cret@otlp:4318")))
     assert data["tracing"]["otlp_endpoint"] == "https://u:***@otlp:4318"
+
+
+async def test_a_slow_collector_drops_what_overflows_the_queue_counted(
+        start_runtime, collector, traced_client, caplog):
+    collector.delay_s = 0.5
+    _, s = await start_runtime()
+    cfg = make_config(runtime_backend("gpu-a", s, models={"llama": RUNTIME_ID}),
+                      tracing=TracingConfig(otlp_endpoint=collector.url, export_delay_s=0.02,
+                                            export_timeout_s=2, queue_size=8))
+    client = await traced_client(cfg)
+    caplog.set_level(logging.INFO)
+    started = time.perf_counter()
+    for _ in range(30):
+        resp = await client.post("/v1/chat/completions", json=CHAT)
+        assert resp.status == 200
+        await resp.read()
+    assert time.perf_counter() - started < 3
+    found = await samples(client)
+    dropped = value(found, "gateway_trace_spans_dropped_total", reason="queue_full")
+    assert dropped > 0
+    await collector.wait_for(60 - int(dropped), timeout=10)   # the rest did arrive
+    full = [r for r in caplog.records if r.name == "gateway.tracing"]
+    assert len(full) == 1 and "slower than they come" in full[0].getMessage()

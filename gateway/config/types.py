@@ -150,6 +150,7 @@ class TracingConfig:
     # Not in the schema: tests shorten them.
     export_delay_s: float = 1.0                    # the batch processor's schedule
     export_timeout_s: float = 3.0                  # one export, retries included
+    queue_size: int = 2048                         # spans waiting for the batch thread
 
     @property
     def traces_url(self) -> str:

@@ -33,8 +33,20 @@ class GuardedExporter(SpanExporter):
         self._down_since: float | None = None
         self._probe_at = 0.0
         self._lost = 0
+        self.received = 0                # spans handed to export() so far
+        self._full_logged = False
+
+    def queue_full(self) -> None:
+        """The event loop's thread: a span found the batch queue full and was dropped."""
+        self._dropped.labels("queue_full").inc()
+        if not self._full_logged:
+            self._full_logged = True
+            trace_logger.warning("traces: the collector at %s takes spans slower than they "
+                                 "come; dropping them while the queue is full (counted in "
+                                 "gateway_trace_spans_dropped_total)", self._where)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.received += len(spans)
         now = time.monotonic()
         if self._down_since is not None and now < self._probe_at:
             self._drop("collector_down", len(spans))
@@ -44,6 +56,7 @@ class GuardedExporter(SpanExporter):
         except Exception:   # an exporter bug must not end the batch thread's loop
             result = SpanExportResult.FAILURE
         if result is SpanExportResult.SUCCESS:
+            self._full_logged = False
             if self._down_since is not None:
                 trace_logger.warning("traces: the collector at %s answers again after %.0f s; "
                                      "%d spans were dropped meanwhile", self._where,

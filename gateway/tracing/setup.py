@@ -37,21 +37,28 @@ if TYPE_CHECKING:
     from ..record import RequestRecord
 
 SCOPE = "llm-edge-gateway"
+EXPORT_BATCH = 512   # spans per export: the SDK's default
 
 
 class Tracing:
     """What requests make their spans with (`Gateway.tracing` while tracing is on)."""
 
     __slots__ = ("sampler", "ids", "resource", "scope", "processor", "propagator",
-                 "weights")
+                 "weights", "_exporter", "_queue_size", "_emitted")
 
-    def __init__(self, config: TracingConfig, processor: BatchSpanProcessor) -> None:
+    def __init__(self, config: TracingConfig, exporter: GuardedExporter) -> None:
         # A client's sampled flag is followed either way; sample_ratio decides new traces.
         self.sampler = ParentBased(TraceIdRatioBased(config.sample_ratio))
         self.ids = RandomIdGenerator()
         self.resource = HashedOnce(Resource.create({SERVICE_NAME: config.service_name}))
         self.scope = InstrumentationScope(SCOPE)
-        self.processor = processor
+        self.processor = BatchSpanProcessor(
+            exporter, max_queue_size=config.queue_size,
+            max_export_batch_size=min(EXPORT_BATCH, config.queue_size),
+            schedule_delay_millis=config.export_delay_s * 1000)
+        self._exporter = exporter
+        self._queue_size = config.queue_size
+        self._emitted = 0
         self.propagator = TraceContextTextMapPropagator()
         self.weights: dict[tuple, tuple[str, ...]] = {}   # decision.py's, per candidate set
 
@@ -59,7 +66,14 @@ class Tracing:
         return RequestTrace(self, request, rec)
 
     def emit(self, span: ReadableSpan) -> None:
-        self.processor.on_end(span)   # queued for the batch thread, if sampled
+        """Queue a sampled span for the batch thread. Spans queued minus spans the exporter
+        took is at least the queue's length (the thread takes a batch, then exports it),
+        so a full queue is seen here first: the drop is counted instead of silent."""
+        if self._emitted - self._exporter.received >= self._queue_size:
+            self._exporter.queue_full()
+            return
+        self._emitted += 1
+        self.processor.on_end(span)
 
     def shutdown(self) -> None:
         """Export what is queued (bounded by the exporter's timeout), then stop."""
@@ -99,11 +113,9 @@ def start_tracing(config: TracingConfig, metrics: Metrics) -> Tracing:
     dropped = Counter("gateway_trace_spans_dropped",
                       "Spans not delivered to the trace collector, by why.",
                       ["reason"], registry=metrics.registry)
-    for reason in ("export_failed", "collector_down"):
+    for reason in ("export_failed", "collector_down", "queue_full"):
         dropped.labels(reason)   # present from the start, so rate() sees the first drop
     exporter = GuardedExporter(
         ProtoExporter(endpoint=config.traces_url, timeout=config.export_timeout_s),
         url_without_password(config.traces_url), dropped)
-    processor = BatchSpanProcessor(exporter,
-                                   schedule_delay_millis=config.export_delay_s * 1000)
-    return Tracing(config, processor)
+    return Tracing(config, exporter)
