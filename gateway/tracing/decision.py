@@ -25,41 +25,45 @@ WHY = {"weighted": "weight", "least_busy": "lowest_load",
 
 def explain(stage_index: int, stage: Stage, capable: Sequence[BackendState], tried: set[str],
             route: RouteRequest, chosen: BackendState,
-            weights: dict[tuple, tuple[str, ...]]) -> dict[str, Any]:
-    """`weights` caches the weights attribute per candidate set (they change by reload)."""
+            cache: dict[tuple, tuple[str, ...]]) -> dict[str, Any]:
+    """`cache` keeps the names and weights attributes per candidate set (a reload makes
+    new sets; it is cleared when it grows)."""
     now = time.monotonic()
     strategy = getattr(stage.pool.strategy, "name", type(stage.pool.strategy).__name__)
-    skipped: dict[str, list[str]] = {"tried": [], "unhealthy": [], "cooling": [],
-                                     "ejected": [], "saturated": []}
+    skipped: dict[str, list[str]] | None = None
     free = [chosen]
     for b in capable:
         if b is chosen:
             continue
         if b.name in tried:
-            skipped["tried"].append(b.name)
+            why = "tried"
         elif not b.healthy:
-            skipped["unhealthy"].append(b.name)
+            why = "unhealthy"
         elif b.cooling_until > now:
-            skipped["cooling"].append(b.name)
+            why = "cooling"
         elif b.ejected_until > now:
-            skipped["ejected"].append(b.name)
+            why = "ejected"
         elif b.at_capacity:
-            skipped["saturated"].append(b.name)
+            why = "saturated"
         else:
             free.append(b)
+            continue
+        if skipped is None:
+            skipped = {}
+        skipped.setdefault(why, []).append(b.name)
     extra: dict[str, Any] = {}
     out: dict[str, Any] = {
         "gateway.route.strategy": strategy,
-        "gateway.route.candidates": tuple(b.name for b in capable),
+        "gateway.route.candidates": _names(capable, cache),
         "gateway.route.chosen": chosen.name,
-        "gateway.route.reason": _why(strategy, free, route, extra, weights),
+        "gateway.route.reason": _why(strategy, free, route, extra, cache),
     }
     if stage_index:   # 0, the model's own pool, is left out
         out["gateway.route.stage"] = stage_index
         out["gateway.route.fallback"] = stage.fallback_to
-    for what, names in skipped.items():
-        if names:
-            out[f"gateway.route.skipped.{what}"] = tuple(names)
+    if skipped is not None:
+        for what, names in skipped.items():
+            out["gateway.route.skipped." + what] = tuple(names)
     # The dispatcher's last resort (nothing left to fall back to) and an ejected
     # backend's trial request both go to a backend that is resting.
     if chosen.cooling_until > now:
@@ -71,17 +75,15 @@ def explain(stage_index: int, stage: Stage, capable: Sequence[BackendState], tri
 
 
 def _why(strategy: str, free: list[BackendState], route: RouteRequest,
-         extra: dict[str, Any], weights: dict[tuple, tuple[str, ...]]) -> str:
+         extra: dict[str, Any], cache: dict[tuple, tuple[str, ...]]) -> str:
     if len(free) == 1:
         return "only_candidate"
     why = WHY.get(strategy, strategy)
     if why == "weight":
-        key = tuple((b.name, b.weight) for b in free)
-        shown = weights.get(key)
+        key = ("weights", *((b.name, b.weight) for b in free))
+        shown = cache.get(key)
         if shown is None:
-            if len(weights) > 256:
-                weights.clear()   # reloads that reweigh or rename must not pile up
-            shown = weights[key] = tuple(f"{name}={weight:g}" for name, weight in key)
+            shown = _keep(cache, key, tuple(f"{name}={weight:g}" for name, weight in key[1:]))
         extra["gateway.route.weights"] = shown
     else:   # load decides, or bounds an affinity's choice
         extra["gateway.route.in_flight"] = tuple(f"{b.name}={b.in_flight}" for b in free)
@@ -92,3 +94,20 @@ def _why(strategy: str, free: list[BackendState], route: RouteRequest,
             return "no_affinity_key_lowest_load"
         extra["gateway.route.affinity_key_hash"] = format(hash_point(key), "016x")
     return why
+
+
+def _names(capable: Sequence[BackendState], cache: dict[tuple, tuple[str, ...]]
+           ) -> tuple[str, ...]:
+    key = ("names", *capable)      # a stage's capable backends: the same tuple each time
+    names = cache.get(key)
+    if names is None:
+        names = _keep(cache, key, tuple(b.name for b in capable))
+    return names
+
+
+def _keep(cache: dict[tuple, tuple[str, ...]], key: tuple, value: tuple[str, ...]
+          ) -> tuple[str, ...]:
+    if len(cache) > 256:
+        cache.clear()   # reloads that rename or reweigh must not pile up
+    cache[key] = value
+    return value

@@ -20,7 +20,8 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import (ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler,
+                                              TraceIdRatioBased)
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import Counter
@@ -48,7 +49,7 @@ class Tracing:
 
     def __init__(self, config: TracingConfig, exporter: GuardedExporter) -> None:
         # A client's sampled flag is followed either way; sample_ratio decides new traces.
-        self.sampler = ParentBased(TraceIdRatioBased(config.sample_ratio))
+        self.sampler = ParentBased(root_sampler(config.sample_ratio))
         self.ids = RandomIdGenerator()
         self.resource = HashedOnce(Resource.create({SERVICE_NAME: config.service_name}))
         self.scope = InstrumentationScope(SCOPE)
@@ -78,6 +79,15 @@ class Tracing:
     def shutdown(self) -> None:
         """Export what is queued (bounded by the exporter's timeout), then stop."""
         self.processor.shutdown()
+
+
+def root_sampler(ratio: float) -> Sampler:
+    """The SDK's sampler for new traces; its constant ones at 0 and 1 skip the hash test."""
+    if ratio >= 1:
+        return ALWAYS_ON
+    if ratio <= 0:
+        return ALWAYS_OFF
+    return TraceIdRatioBased(ratio)
 
 
 class HashedOnce(Resource):

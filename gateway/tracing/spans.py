@@ -50,15 +50,19 @@ UNSET, ERROR = Status(StatusCode.UNSET), Status(StatusCode.ERROR)
 
 
 class RequestTrace:
-    """The SERVER span of one API request, from the handler's start to the log line."""
+    """The SERVER span of one API request, from the handler's start to the log line.
 
-    __slots__ = ("context", "parent", "sampled", "operation", "_name", "_start", "_tracing",
-                 "_body", "_finish", "_decision")
+    Until it ends it is a few numbers: the SDK's objects are made only for a sampled
+    span, once, when it ends."""
+
+    __slots__ = ("sampled", "operation", "parent", "_tracing", "_trace_id", "_span_id",
+                 "_flags", "_state", "_prefix", "_suffix", "_method", "_path", "_start",
+                 "_context", "_body", "_finish", "_decision")
 
     def __init__(self, tracing: Tracing, request: web.Request, rec: RequestRecord) -> None:
         self._tracing = tracing
         self.operation = OPERATIONS.get(rec.endpoint, rec.endpoint)
-        self._name = f"{request.method} {request.path}"
+        self._method, self._path = request.method, request.path
         incoming = (tracing.propagator.extract(request.headers)
                     if "traceparent" in request.headers else None)
         parent = get_current_span(incoming).get_span_context() if incoming else None
@@ -66,25 +70,42 @@ class RequestTrace:
             parent = incoming = None
         ids = tracing.ids
         trace_id = parent.trace_id if parent is not None else ids.generate_trace_id()
-        decided = tracing.sampler.should_sample(incoming, trace_id, self._name, SpanKind.SERVER)
+        decided = tracing.sampler.should_sample(incoming, trace_id, self._path, SpanKind.SERVER)
         self.sampled = decided.decision.is_sampled()
         flags = TraceFlags.SAMPLED if self.sampled else TraceFlags.DEFAULT
         if (parent.trace_flags.random_trace_id if parent is not None
                 else ids.is_trace_id_random()):
             flags |= TraceFlags.RANDOM_TRACE_ID
-        self.context = SpanContext(trace_id, ids.generate_span_id(), is_remote=False,
-                                   trace_flags=TraceFlags(flags),
-                                   trace_state=decided.trace_state)
         self.parent = parent
+        self._trace_id, self._span_id = trace_id, ids.generate_span_id()
+        self._flags, self._state = TraceFlags(flags), decided.trace_state
+        # What every try's traceparent shares: `00-<trace id>-` and `-<flags>`.
+        self._prefix, self._suffix = "00-%032x-" % trace_id, "-%02x" % flags
         # The middleware made the record a few microseconds ago: the span starts there.
         self._start = time.time_ns() - int((time.perf_counter() - rec.started) * 1e9)
+        self._context: SpanContext | None = None
         self._body: bytes | None = None
         self._finish: list[str] = []
         self._decision: dict[str, Any] | None = None
 
     @property
     def trace_id(self) -> str:
-        return format(self.context.trace_id, "032x")
+        return self._prefix[3:35]
+
+    @property
+    def context(self) -> SpanContext:
+        if self._context is None:
+            self._context = SpanContext(self._trace_id, self._span_id, is_remote=False,
+                                        trace_flags=self._flags, trace_state=self._state)
+        return self._context
+
+    def headers_for(self, span_id: int) -> dict[str, str]:
+        """W3C trace context headers for a child span: what TraceContextTextMapPropagator
+        writes, without the Context objects it builds and reads back on every call."""
+        headers = {"traceparent": self._prefix + "%016x" % span_id + self._suffix}
+        if self._state:
+            headers["tracestate"] = self._state.to_header()
+        return headers
 
     def routed(self, stage_index: int, stage: Any, capable: Any, tried: set[str],
                route: Any, chosen: BackendState) -> None:
@@ -109,9 +130,9 @@ class RequestTrace:
         failed = rec.status >= 500 or (rec.aborted and rec.aborted != Reason.CLIENT_LEFT)
         tracing = self._tracing
         tracing.emit(ReadableSpan(
-            f"{self.operation} {rec.model}" if rec.model else self._name, self.context,
-            self.parent, tracing.resource, self._attributes(rec), kind=SpanKind.SERVER,
-            status=ERROR if failed else UNSET, start_time=self._start,
+            f"{self.operation} {rec.model}" if rec.model else f"{self._method} {self._path}",
+            self.context, self.parent, tracing.resource, self._attributes(rec),
+            kind=SpanKind.SERVER, status=ERROR if failed else UNSET, start_time=self._start,
             end_time=time.time_ns(), instrumentation_scope=tracing.scope))
 
     def _attributes(self, rec: RequestRecord) -> dict[str, Any]:
@@ -152,19 +173,16 @@ class RequestTrace:
 class TrySpan:
     """The CLIENT span of one upstream try; `headers` carry its context to the runtime."""
 
-    __slots__ = ("headers", "_trace", "_context", "_name", "_attributes", "_start")
+    __slots__ = ("headers", "_trace", "_span_id", "_name", "_attributes", "_start")
 
     def __init__(self, trace: RequestTrace, backend: BackendState, model_id: str) -> None:
-        parent = trace.context
-        self._context = SpanContext(parent.trace_id, trace._tracing.ids.generate_span_id(),
-                                    is_remote=False, trace_flags=parent.trace_flags,
-                                    trace_state=parent.trace_state)
+        self._span_id = span_id = trace._tracing.ids.generate_span_id()
         # The runtime gets this try's own context, also when the client sent none.
-        self.headers = traceparent(self._context)
+        self.headers = trace.headers_for(span_id)
         self._trace: RequestTrace | None = trace
-        self._name = f"{trace.operation} {model_id}"
         self._attributes: dict[str, Any] | None = None
         if trace.sampled:   # a child follows its parent's sampling (ParentBased)
+            self._name = f"{trace.operation} {model_id}"
             host, port = host_port(backend.config.url)
             attributes = self._attributes = {
                 gen_ai.GEN_AI_OPERATION_NAME: trace.operation,
@@ -197,8 +215,10 @@ class TrySpan:
                 kind = type(error).__qualname__
             attributes[error_attributes.ERROR_TYPE] = kind
         tracing = trace._tracing
+        context = SpanContext(trace._trace_id, self._span_id, is_remote=False,
+                              trace_flags=trace._flags, trace_state=trace._state)
         tracing.emit(ReadableSpan(
-            self._name, self._context, trace.context, tracing.resource, attributes,
+            self._name, context, trace.context, tracing.resource, attributes,
             kind=SpanKind.CLIENT, status=UNSET if error is None else ERROR,
             start_time=self._start, end_time=time.time_ns(),
             instrumentation_scope=tracing.scope))
@@ -218,16 +238,6 @@ class FinishReasonRewriter(StreamRewriter):
         if b'_reason"' in out:
             finish_reasons(out, self.finish)
         return out
-
-
-def traceparent(ctx: SpanContext) -> dict[str, str]:
-    """W3C trace context headers for a span. What TraceContextTextMapPropagator.inject
-    writes, without the Context it builds and reads back on every call."""
-    headers = {"traceparent": "00-%032x-%016x-%02x" % (ctx.trace_id, ctx.span_id,
-                                                       ctx.trace_flags)}
-    if ctx.trace_state:
-        headers["tracestate"] = ctx.trace_state.to_header()
-    return headers
 
 
 def finish_reasons(data: bytes, into: list[str]) -> None:
