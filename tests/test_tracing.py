@@ -501,3 +501,21 @@ async def test_a_slow_collector_drops_what_overflows_the_queue_counted(
     await collector.wait_for(60 - int(dropped), timeout=10)   # the rest did arrive
     full = [r for r in caplog.records if r.name == "gateway.tracing"]
     assert len(full) == 1 and "slower than they come" in full[0].getMessage()
+
+
+async def test_sample_ratio_decides_new_traces_by_their_trace_id(collector, traced_client):
+    log = ListLog()
+    cfg = make_config(backend("e", "echo", models=["m"]),
+                      tracing=traced(collector.url, sample_ratio=0.5))
+    client = await traced_client(cfg, log)
+    for _ in range(40):
+        resp = await client.post("/v1/chat/completions", json={
+            "model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert resp.status == 200
+    # TraceIdRatioBased: sampled when the trace id's low 64 bits are below ratio * 2**64.
+    expected = {line["trace_id"] for line in log.lines
+                if int(line["trace_id"], 16) & (2**64 - 1) < 2**63}
+    assert 0 < len(expected) < 40
+    await collector.wait_for(2 * len(expected))
+    await asyncio.sleep(0.1)
+    assert {s.trace_id for s in collector.spans} == expected

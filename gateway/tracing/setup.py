@@ -44,12 +44,15 @@ EXPORT_BATCH = 512   # spans per export: the SDK's default
 class Tracing:
     """What requests make their spans with (`Gateway.tracing` while tracing is on)."""
 
-    __slots__ = ("sampler", "ids", "resource", "scope", "processor", "propagator",
+    __slots__ = ("sampler", "root_always", "ids", "resource", "scope", "processor", "propagator",
                  "weights", "_exporter", "_queue_size", "_emitted")
 
     def __init__(self, config: TracingConfig, exporter: GuardedExporter) -> None:
         # A client's sampled flag is followed either way; sample_ratio decides new traces.
         self.sampler = ParentBased(root_sampler(config.sample_ratio))
+        # What that sampler answers for every new trace at ratio 1 or 0 (None: it decides).
+        ratio = config.sample_ratio
+        self.root_always = True if ratio >= 1 else False if ratio <= 0 else None
         self.ids = RandomIdGenerator()
         self.resource = HashedOnce(Resource.create({SERVICE_NAME: config.service_name}))
         self.scope = InstrumentationScope(SCOPE)

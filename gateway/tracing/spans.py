@@ -70,15 +70,20 @@ class RequestTrace:
             parent = incoming = None
         ids = tracing.ids
         trace_id = parent.trace_id if parent is not None else ids.generate_trace_id()
-        decided = tracing.sampler.should_sample(incoming, trace_id, self._path, SpanKind.SERVER)
-        self.sampled = decided.decision.is_sampled()
+        state = parent.trace_state if parent is not None else None
+        if parent is None and tracing.root_always is not None:
+            self.sampled = tracing.root_always   # sample_ratio 1 or 0: nothing to decide
+        else:
+            decided = tracing.sampler.should_sample(incoming, trace_id, self._path,
+                                                    SpanKind.SERVER)
+            self.sampled, state = decided.decision.is_sampled(), decided.trace_state
         flags = TraceFlags.SAMPLED if self.sampled else TraceFlags.DEFAULT
         if (parent.trace_flags.random_trace_id if parent is not None
                 else ids.is_trace_id_random()):
             flags |= TraceFlags.RANDOM_TRACE_ID
         self.parent = parent
         self._trace_id, self._span_id = trace_id, ids.generate_span_id()
-        self._flags, self._state = TraceFlags(flags), decided.trace_state
+        self._flags, self._state = TraceFlags(flags), state
         # What every try's traceparent shares: `00-<trace id>-` and `-<flags>`.
         self._prefix, self._suffix = "00-%032x-" % trace_id, "-%02x" % flags
         # The middleware made the record a few microseconds ago: the span starts there.
