@@ -187,7 +187,7 @@ async def test_non_streamed_request_has_a_server_span_and_a_client_span(
 
 async def test_streamed_request_spans_carry_ttft_usage_and_finish_reason(
         start_runtime, collector, traced_client):
-    fake, server_ = await start_runtime(words=4, chunk_delay=0.01)
+    fake, server_ = await start_runtime(words=4, chunk_delay=0.01, spaced_json=True)
     cfg = make_config(runtime_backend("gpu-a", server_, models={"llama": RUNTIME_ID}),
                       routes={"llama": RouteConfig(strategy="least_busy")},
                       tracing=traced(collector.url))

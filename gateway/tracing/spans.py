@@ -163,8 +163,9 @@ class RequestTrace:
             value = usage.get(key)
             if isinstance(value, int) and not isinstance(value, bool):
                 out[name] = value
-        if self._body is not None and b'_reason"' in self._body:
-            finish_reasons(self._body, self._finish)
+        body = self._body
+        if body is not None and (b'_reason":"' in body or b'_reason": "' in body):
+            finish_reasons(body, self._finish)
         if self._finish:
             out[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] = tuple(self._finish)
         if rec.stream and rec.first_token_at is not None:
@@ -240,7 +241,8 @@ class FinishReasonRewriter(StreamRewriter):
 
     def feed(self, data: bytes) -> bytes:
         out = super().feed(data)
-        if b'_reason"' in out:
+        # Most chunks say `"finish_reason":null`: only a quoted reason is worth a search.
+        if b'_reason":"' in out or b'_reason": "' in out:
             finish_reasons(out, self.finish)
         return out
 
