@@ -32,9 +32,13 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+SMALL = tuple(bytes((n,)) for n in range(128))   # one-byte varints, the usual lengths
+
+
 def _field(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited field (string, bytes or message)."""
-    return tag + _varint(len(payload)) + payload
+    n = len(payload)
+    return tag + (SMALL[n] if n < 128 else _varint(n)) + payload
 
 
 def _tag(number: int, wire: int) -> bytes:
