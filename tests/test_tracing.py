@@ -263,6 +263,12 @@ async def test_incoming_traceparent_is_continued_and_its_flag_respected(
     resp = await client.post("/v1/chat/completions", json=CHAT)
     trace_id, _, sampled = traceparent(fake.headers_seen[-1])
     assert not sampled and trace_id not in (sampled_trace, unsampled_trace)
+    # A traceparent that is not one starts a trace of the gateway's own.
+    resp = await client.post("/v1/chat/completions", json=CHAT,
+                             headers={"traceparent": "00-not-a-trace-01"})
+    assert resp.status == 200
+    trace_id, _, sampled = traceparent(fake.headers_seen[-1])
+    assert not sampled and log.lines[-1]["trace_id"] == trace_id
     # Sampled by the client: recorded although sample_ratio is 0.
     resp = await client.post("/v1/chat/completions", json=CHAT, headers={
         "traceparent": f"00-{sampled_trace}-{parent}-01"})

@@ -45,7 +45,7 @@ class Tracing:
     """What requests make their spans with (`Gateway.tracing` while tracing is on)."""
 
     __slots__ = ("sampler", "root_always", "ids", "resource", "scope", "processor", "propagator",
-                 "weights", "_exporter", "_queue_size", "_emitted")
+                 "route_cache", "_exporter", "_queue_size", "_emitted")
 
     def __init__(self, config: TracingConfig, exporter: GuardedExporter) -> None:
         # A client's sampled flag is followed either way; sample_ratio decides new traces.
@@ -64,7 +64,7 @@ class Tracing:
         self._queue_size = config.queue_size
         self._emitted = 0
         self.propagator = TraceContextTextMapPropagator()
-        self.weights: dict[tuple, tuple[str, ...]] = {}   # decision.py's, per candidate set
+        self.route_cache: dict[tuple, tuple[str, ...]] = {}   # decision.py: per candidate set
 
     def start_request(self, request: web.Request, rec: RequestRecord) -> RequestTrace:
         return RequestTrace(self, request, rec)

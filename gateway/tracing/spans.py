@@ -117,7 +117,7 @@ class RequestTrace:
         """The dispatcher picked `chosen`: why, as attributes (only for a sampled span)."""
         if self.sampled:
             self._decision = explain(stage_index, stage, capable, tried, route, chosen,
-                                     self._tracing.weights)
+                                     self._tracing.route_cache)
 
     def start_try(self, backend: BackendState, model_id: str) -> TrySpan:
         return TrySpan(self, backend, model_id)
@@ -141,8 +141,8 @@ class RequestTrace:
             end_time=time.time_ns(), instrumentation_scope=tracing.scope))
 
     def _attributes(self, rec: RequestRecord) -> dict[str, Any]:
-        # The SDK's cost is per span and per attribute: each span carries what answers
-        # "where did it go, why, and how did it do", no more.
+        # Every attribute costs on every request, made, queued and encoded: each span
+        # carries what answers "where did it go, why, and how did it do", no more.
         out: dict[str, Any] = {gen_ai.GEN_AI_OPERATION_NAME: self.operation,
                                http_attributes.HTTP_RESPONSE_STATUS_CODE: rec.status}
         if rec.model:
