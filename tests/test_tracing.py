@@ -525,3 +525,12 @@ async def test_sample_ratio_decides_new_traces_by_their_trace_id(collector, trac
     await collector.wait_for(2 * len(expected))
     await asyncio.sleep(0.1)
     assert {s.trace_id for s in collector.spans} == expected
+
+
+def test_the_sdk_exporter_still_has_the_http_client_used_for_encoded_batches():
+    from gateway.tracing.setup import ProtoExporter
+    exporter = ProtoExporter(endpoint="http://127.0.0.1:4318/v1/traces", timeout=1)
+    try:
+        assert callable(exporter._client.export) and exporter._shutdown is False
+    finally:
+        exporter.shutdown()
