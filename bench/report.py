@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-ORDER = ("direct", "bare", "gateway", "gateway2", "litellm")
+ORDER = ("direct", "bare", "base", "gateway", "traced", "gateway2", "litellm")
 
 
 def _get(doc: dict, target: str, *path: str):
@@ -51,6 +51,18 @@ def verdicts(doc: dict) -> list[dict]:
     add("throughput with 2 workers / 1 worker",
         _ratio(_get(doc, "gateway2", "saturation", "rps"), gw("saturation", "rps")),
         "near 2 (info)", lambda v: None)
+    if "base" in doc["targets"]:
+        add("gateway CPU per request / the baseline checkout's",
+            _ratio(gw("saturation", "cpu_s_per_1k"), _get(doc, "base", "saturation", "cpu_s_per_1k")),
+            "near 1 (info)", lambda v: None)
+    if "traced" in doc["targets"]:
+        traced = lambda *p: _get(doc, "traced", *p)   # noqa: E731
+        add("traced (sample ratio 1.0) CPU per request / gateway's",
+            _ratio(traced("saturation", "cpu_s_per_1k"), gw("saturation", "cpu_s_per_1k")),
+            "<= 1.25", lambda v: v <= 1.25)
+        add("traced CPU per streamed chunk / gateway's",
+            _ratio(traced("streams", "cpu_s_per_1k_chunks"), gw("streams", "cpu_s_per_1k_chunks")),
+            "(info)", lambda v: None)
     return out
 
 
@@ -140,6 +152,9 @@ def render(doc: dict) -> str:
         value = v["value"]
         shown = _fmt(value, 3) if not isinstance(value, list) else ", ".join(map(str, value))
         lines.append(f"  {v['target']}: {shown} (goal {v['goal']}) -> {mark}")
+    if doc.get("otlp_sink"):
+        sink = doc["otlp_sink"]
+        lines.append(f"otlp sink: {sink['spans']:,} spans received in {sink['exports']:,} exports")
     for note in doc.get("notes", []):
         lines.append(f"note: {note}")
     lines.append(f"machine: {doc['machine']['cpus']} CPUs, load average before "

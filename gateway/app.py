@@ -20,6 +20,7 @@ from .metrics import Metrics
 from .reload import config_watch
 from .runtimes.http import Transport, make_session
 from .state import Gateway
+from .tracing import tracing
 from .typedefs import ACCESS_LOG, CONFIG_PATH, GATEWAY
 
 # The gateway reads bodies itself and answers 413 with an OpenAI-shaped error as soon
@@ -46,6 +47,7 @@ def create_app(config: Config, config_path: str | None = None, *,
     app[ACCESS_LOG] = access_log or AccessLog()
     if config_path:
         app[CONFIG_PATH] = config_path
+    app.cleanup_ctx.append(tracing)   # stopped last: the final spans are flushed
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(health_checks)
     app.cleanup_ctx.append(engine_scrapes)

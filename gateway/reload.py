@@ -66,6 +66,9 @@ def restart_required(old: Config, new: Config) -> list[str]:
     for key in ("host", "port", "cors_origins"):
         if getattr(old.server, key) != getattr(new.server, key):
             changed.append(f"server.{key}")
+    # The tracer and its exporter thread live as long as the app (tracing/setup.py).
+    if old.tracing != new.tracing:
+        changed.append("tracing")
     return changed
 
 

@@ -14,7 +14,7 @@ from prometheus_client import disable_created_metrics
 from .accesslog import StderrAccessLog
 from .app import create_app
 from .config import Config
-from .log import quiet_client_faults, server_logger
+from .log import quiet_client_faults, quiet_trace_exporter, server_logger
 from .typedefs import WORKER_PIDS
 
 
@@ -23,6 +23,7 @@ def prepare_process() -> None:
     # `_created` series double the exposition and no dashboard reads them.
     disable_created_metrics()
     quiet_client_faults()
+    quiet_trace_exporter()
 
 
 def run(config: Config, path: str, host: str, port: int, workers: int) -> int:

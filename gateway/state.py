@@ -7,6 +7,8 @@ table carries the config it started with.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .auth import KeyRing
 from .config import Config
 from .dispatch import BackendState, Dispatcher, RouteTable
@@ -15,6 +17,9 @@ from .metrics import Metrics
 from .ratelimit import Limiter
 from .runtimes import make_runtime
 from .runtimes.http import Transport
+
+if TYPE_CHECKING:
+    from .tracing.setup import Tracing
 
 
 class Gateway:
@@ -26,6 +31,7 @@ class Gateway:
         self.drain = Drain()
         self.limiter = Limiter()
         self.last_reload_error = None   # a reload.ReloadResult while the file is invalid
+        self.tracing: Tracing | None = None   # set while tracing runs (gateway/tracing)
         self.apply(config)
 
     @property

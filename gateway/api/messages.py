@@ -42,6 +42,8 @@ COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 async def messages(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     rec: RequestRecord = request[RECORD]
+    if gateway.tracing is not None:
+        rec.trace = gateway.tracing.start_request(request, rec)   # ended by the middleware
     endpoint = BY_PATH[request.path]
     counting = request.path == COUNT_TOKENS_PATH
     key = client_key(request, accepts_x_api_key=True)

@@ -24,7 +24,7 @@ from ..endpoints import BYTES, MULTIPART, NO_BODY, SAME_PATH, Endpoint
 from ..errors import ClientTooSlow, ModelNotFound, Reason, ShuttingDown, UpstreamError
 from ..forms import read_form
 from ..record import RequestRecord
-from ..relay import SSE_HEADERS, body_response, body_usage, relay_stream
+from ..relay import SSE_HEADERS, StreamRewriter, body_response, body_usage, relay_stream
 from ..relay_events import make_rewriter, rewrite_stored
 from ..response_ids import IdRewriter
 from ..routing import NO_AFFINITY
@@ -43,6 +43,8 @@ SLOW_CLIENT_GRACE_S = 1.0   # for the error event to a client cut by server.clie
 async def proxy(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     rec: RequestRecord = request[RECORD]
+    if gateway.tracing is not None:
+        rec.trace = gateway.tracing.start_request(request, rec)   # ended by the middleware
     endpoint = endpoint_of(request)
     assert endpoint is not None   # only the rows of `endpoints` are routed here
     key = client_key(request)
@@ -100,6 +102,8 @@ async def _whole(opened: Opened, rec: RequestRecord, endpoint: Endpoint,
     def after_send(error: BaseException | None) -> None:
         # A client gone mid-send still used its tokens; {} = this API reports none.
         rec.usage = body_usage(body) if endpoint.has_usage else {}
+        if rec.trace is not None:
+            rec.trace.answered(body)
         opened.finish(error)
 
     rec.after_send = after_send
@@ -131,6 +135,10 @@ async def _relay_stream(request: web.Request, opened: Opened, rec: RequestRecord
     resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
     stamp_response(request, resp, rec)
     rewriter = make_rewriter(endpoint, opened.patterns, opened.drop_usage, ids)
+    if rec.trace is not None and type(rewriter) is StreamRewriter:
+        # The same rewriter, also noting each choice's finish reason for the span.
+        rewriter = rec.trace.stream_rewriter(opened.patterns, opened.drop_usage,
+                                             rewriter.end_marker)
     broken: UpstreamError | None = None
     task = asyncio.current_task()
     watch = ClientWatch(task, client_idle_s)

@@ -26,6 +26,8 @@ def redacted(cfg: Config) -> dict:
                         for h, v in b["headers"].items()}
     for key in data["auth_keys"]:
         key["key"] = REDACTED
+    if data["tracing"] is not None:
+        data["tracing"]["otlp_endpoint"] = url_without_password(data["tracing"]["otlp_endpoint"])
     return data
 
 

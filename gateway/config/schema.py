@@ -97,6 +97,11 @@ SCHEMA = {
         "max_queue": _integer(min=0),
         "max_kv_usage": _number(gt=0, max=1),
     }),
+    "tracing": _section({
+        "otlp_endpoint": _string(check_with="url"),
+        "sample_ratio": _number(min=0, max=1),
+        "service_name": _string(),
+    }),
 }
 
 _BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
