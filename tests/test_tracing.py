@@ -405,46 +405,6 @@ def test_check_accepts_the_design_example(tmp_path):
     assert check(str(path), io.StringIO()) == 0
 
 
-def test_the_in_place_encoder_matches_the_exporter_packages_encoder():
-    """encode.py builds the same ExportTraceServiceRequest as the SDK's encoder does."""
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import ReadableSpan
-    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-    from opentelemetry.trace import (SpanContext, SpanKind, Status, StatusCode, TraceFlags,
-                                     TraceState)
-
-    from gateway.tracing.encode import Encoder
-    from gateway.tracing.setup import HashedOnce
-
-    resource = HashedOnce(Resource.create({"service.name": "gw", "n": 3}))
-    scope = InstrumentationScope("llm-edge-gateway")
-    remote = SpanContext(0xABC, 0x123, is_remote=True, trace_flags=TraceFlags(1),
-                         trace_state=TraceState([("vendor", "v1")]))
-    server = SpanContext(0xABC, 0x456, is_remote=False, trace_flags=TraceFlags(3),
-                         trace_state=remote.trace_state)
-    client = SpanContext(0xABC, 0x789, is_remote=False, trace_flags=TraceFlags(3))
-    spans = [
-        ReadableSpan("chat llama", server, remote, resource, {
-            "s": "x", "i": 7, "f": 0.25, "b": True, "t": ("a", "b"), "e": ()},
-            kind=SpanKind.SERVER, status=Status(StatusCode.UNSET), start_time=10,
-            end_time=20, instrumentation_scope=scope),
-        ReadableSpan("chat id", client, server, resource, {"error.type": "503"},
-                     kind=SpanKind.CLIENT, status=Status(StatusCode.ERROR, "boom"),
-                     start_time=11, end_time=19, instrumentation_scope=scope),
-        ReadableSpan("root", SpanContext(0xDEF, 0x1, False), None, resource, {},
-                     kind=SpanKind.SERVER, start_time=1, end_time=2,
-                     instrumentation_scope=scope),
-    ]
-    encoder = Encoder()
-    for _ in range(2):   # the second time from the cached attribute bytes
-        assert ExportTraceServiceRequest.FromString(encoder.encode(spans)) == encode_spans(spans)
-    (other,) = [ReadableSpan("x", SpanContext(0xDEF, 0x2, False), None, Resource({"a": "b"}),
-                             {"l": [1, 2], "neg": -5, "big": 2**40}, start_time=1, end_time=2)]
-    assert ExportTraceServiceRequest.FromString(encoder.encode([other, spans[0]])) == \
-        encode_spans([other, spans[0]])
-
-
 async def test_a_saturated_backend_skipped_is_named_in_the_decision(start_runtime, collector,
                                                                     traced_client):
     busy, a = await start_runtime(hang_s=0.5)
@@ -525,12 +485,3 @@ async def test_sample_ratio_decides_new_traces_by_their_trace_id(collector, trac
     await collector.wait_for(2 * len(expected))
     await asyncio.sleep(0.1)
     assert {s.trace_id for s in collector.spans} == expected
-
-
-def test_the_sdk_exporter_still_has_the_http_client_used_for_encoded_batches():
-    from gateway.tracing.setup import ProtoExporter
-    exporter = ProtoExporter(endpoint="http://127.0.0.1:4318/v1/traces", timeout=1)
-    try:
-        assert callable(exporter._client.export) and exporter._shutdown is False
-    finally:
-        exporter.shutdown()

@@ -13,12 +13,12 @@ batching thread and the exporter's HTTP client are the SDK's own.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler,
                                               TraceIdRatioBased)
@@ -27,7 +27,6 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from prometheus_client import Counter
 
 from ..config import TracingConfig, url_without_password
-from .encode import Encoder
 from .export import GuardedExporter
 from .spans import RequestTrace
 
@@ -94,7 +93,7 @@ def root_sampler(ratio: float) -> Sampler:
 
 
 class HashedOnce(Resource):
-    """The span encoder groups every span of a batch by its resource, hashing it each
+    """The SDK's span encoder groups every span of a batch by its resource, hashing it each
     time, and a Resource hashes by JSON-dumping its attributes: ~15 us per span. A
     resource never changes once made, so this one hashes once."""
 
@@ -106,26 +105,6 @@ class HashedOnce(Resource):
         return self._hash
 
 
-class ProtoExporter(OTLPSpanExporter):
-    """The SDK's OTLP/HTTP exporter (endpoint, OTEL_EXPORTER_OTLP_TRACES_* settings,
-    TLS, retries), sending the batch as encode.py builds it. Its HTTP client is a
-    private attribute: without it this falls back to the SDK's whole export, and
-    tests/test_tracing.py fails so that the next release is looked at."""
-
-    def __init__(self, **kw) -> None:
-        super().__init__(**kw)
-        self._encoder = Encoder()
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        client = getattr(self, "_client", None)
-        if client is None:   # an SDK release without it: its own (slower) encoder
-            return super().export(spans)
-        if self._shutdown:
-            return SpanExportResult.FAILURE
-        result = client.export(self._encoder.encode(spans))
-        return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
-
-
 def start_tracing(config: TracingConfig, metrics: Metrics) -> Tracing:
     dropped = Counter("gateway_trace_spans_dropped",
                       "Spans not delivered to the trace collector, by why.",
@@ -133,6 +112,6 @@ def start_tracing(config: TracingConfig, metrics: Metrics) -> Tracing:
     for reason in ("export_failed", "collector_down", "queue_full"):
         dropped.labels(reason)   # present from the start, so rate() sees the first drop
     exporter = GuardedExporter(
-        ProtoExporter(endpoint=config.traces_url, timeout=config.export_timeout_s),
+        OTLPSpanExporter(endpoint=config.traces_url, timeout=config.export_timeout_s),
         url_without_password(config.traces_url), dropped)
     return Tracing(config, exporter)
