@@ -128,7 +128,7 @@ async def _stream(request: web.Request, opened: Opened, rec: RequestRecord,
 async def _relay(request: web.Request, opened: Opened, rec: RequestRecord,
                  events: NativeEvents | TranslatedEvents
                  ) -> tuple[web.StreamResponse, BaseException | None]:
-    """The relayed stream, and why it ended early (as `proxy._relay_stream`)."""
+    """The relayed stream, and why it ended early (as in `proxy._stream`)."""
     drain = request.app[GATEWAY].drain
     resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
     stamp_response(request, resp, rec)
