@@ -9,7 +9,7 @@ from aiohttp import web
 from ..auth import bearer_token, same_secret
 from ..config import redacted, url_without_password
 from ..errors import BadRequest, NotFound, Unauthorized
-from ..reload import reload_config
+from ..reload import reload_everywhere
 from ..typedefs import CONFIG_PATH, GATEWAY
 
 
@@ -46,7 +46,7 @@ async def reload(request: web.Request) -> web.Response:
     path = request.app.get(CONFIG_PATH)
     if not path:
         raise BadRequest("this gateway was not started from a config file")
-    result = reload_config(request.app[GATEWAY], path)
+    result = await reload_everywhere(request.app, path)
     return web.json_response(result.to_dict(), status=200 if result.ok else 400)
 
 

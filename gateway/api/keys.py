@@ -9,14 +9,14 @@ from ..errors import RateLimited
 from ..typedefs import GATEWAY, RECORD
 
 
-def client_key(request: web.Request) -> ApiKey | None:
+async def client_key(request: web.Request) -> ApiKey | None:
     """The caller's key (None when auth is off), once its rate limits admit the request."""
     gateway = request.app[GATEWAY]
     key = gateway.keys.authenticate(request.headers.get("Authorization"))
     if key is None:
         return None
     request[RECORD].key_name = key.name
-    refusal = gateway.limiter.admit(key.name)
+    refusal = await gateway.limiter.acquire(key.name)   # Redis: a round trip
     if refusal is not None:
         gateway.metrics.rate_limited.labels(key.name, refusal.limit).inc()
         raise RateLimited(refusal.message, retry_after=refusal.retry_after)

@@ -35,7 +35,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     rec: RequestRecord = request[RECORD]
     endpoint = BY_NAME[rec.endpoint]
-    key = client_key(request)
+    key = await client_key(request)
     table = gateway.table   # this request's one config snapshot, from here to the end
     raw = await read_body(request, table.config.server.max_body_bytes)
     payload = parse_payload(raw, endpoint)

@@ -28,13 +28,14 @@ from .redact import REDACTED, SECRET_HEADER, redacted, url_without_password
 from .schema import SCHEMA, Validator
 from .types import (
     STRATEGIES, ApiKey, BackendConfig, Config, ConfigError, Fallback, HealthConfig, Problem,
-    QueueConfig, RetryConfig, RouteConfig, ServerConfig, Timeouts, backend,
+    QueueConfig, RetryConfig, RouteConfig, ServerConfig, StateConfig, Timeouts, backend,
 )
 from .source import interpolate, parse, plain
 
 __all__ = [
     "STRATEGIES", "ApiKey", "BackendConfig", "Config", "ConfigError", "Fallback", "HealthConfig",
-    "QueueConfig", "RetryConfig", "RouteConfig", "ServerConfig", "Timeouts", "backend",
+    "QueueConfig", "RetryConfig", "RouteConfig", "ServerConfig", "StateConfig", "Timeouts",
+    "backend",
     "load_config", "load_config_text", "check", "redacted", "url_without_password",
     "REDACTED", "SECRET_HEADER",
 ]

@@ -6,7 +6,7 @@ from types import MappingProxyType
 
 from .types import (
     ApiKey, BackendConfig, Config, Fallback, HealthConfig, QueueConfig, RetryConfig, RouteConfig,
-    ServerConfig, Timeouts, backend,
+    ServerConfig, StateConfig, Timeouts, backend,
 )
 
 
@@ -27,6 +27,7 @@ def build(doc: dict) -> Config:
         retries=RetryConfig(**given(doc.get("retries"))),
         queue=QueueConfig(**given(doc.get("queue"))),
         auth_keys=tuple(_api_key(given(raw)) for raw in auth.get("keys") or ()),
+        state=StateConfig(**given(doc.get("state"))),
     )
 
 

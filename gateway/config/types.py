@@ -129,6 +129,11 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class StateConfig:
+    redis: str | None = None       # shared rate limits across replicas; None = local only
+
+
+@dataclass(frozen=True)
 class RetryConfig:
     attempts: int = 2
     deadline_s: float = 120
@@ -159,6 +164,7 @@ class Config:
     retries: RetryConfig = RetryConfig()
     queue: QueueConfig = QueueConfig()
     auth_keys: tuple[ApiKey, ...] = ()
+    state: StateConfig = StateConfig()
 
     def route(self, model: str) -> RouteConfig:
         return self.routes.get(model, DEFAULT_ROUTE)
