@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import signal
 import socket
@@ -83,7 +84,7 @@ def options(config: Config, host: str, port: int, workers: int,
         "reuse_port": True,
         "backlog": 1024,
         # The app's drain is bounded by drain_s; the master's SIGKILL is the backstop.
-        "graceful_timeout": config.server.drain_s + 5,
+        "graceful_timeout": math.ceil(config.server.drain_s + 5),   # whole seconds
         "timeout": 30,   # a worker whose event loop stalls this long is replaced
         "worker_tmp_dir": owned.run.path,
         "control_socket_disable": True,   # it would be a file in the working directory

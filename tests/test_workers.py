@@ -1,0 +1,232 @@
+"""`gateway serve --workers N`: one server, whatever the number of processes behind it.
+
+Each test starts a real gateway with echo backends (or a fake runtime) on loopback.
+A worker's own share is read from its own metrics file in the server's run
+directory (prometheus-client's multiprocess files, one per worker pid).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import RUNTIME_ID
+from tests.server_procs import Served, alive, start, wait_until
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "one two three"}]}
+
+
+def echo_config(extra: str = "", server: str = "admin_key: adm") -> str:
+    return (f"server: {{{server}}}\n"
+            "backends:\n  a: {kind: echo, models: [m]}\n" + extra)
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    started: list[Served] = []
+
+    def run(text: str, *args: str, **kw) -> Served:
+        served = start(tmp_path, text, *args, name=f"gw{len(started)}", **kw)
+        started.append(served)
+        return served
+    yield run
+    for served in started:
+        served.stop()
+
+
+async def fresh_post(base: str, body: dict = CHAT, headers: dict | None = None) -> int:
+    """One request on a connection of its own: the kernel picks the worker."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        async with s.post(base + "/v1/chat/completions", json=body, headers=headers) as resp:
+            await resp.read()
+            return resp.status
+
+
+async def scrape(base: str) -> dict[tuple, float]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        text = await (await s.get(base + "/metrics")).text()
+    return {(x.name, tuple(sorted(x.labels.items()))): x.value
+            for f in text_string_to_metric_families(text) for x in f.samples}
+
+
+def total(samples: dict[tuple, float], name: str, **labels: str) -> float:
+    return sum(v for (n, lab), v in samples.items()
+               if n == name and all(dict(lab).get(k) == w for k, w in labels.items()))
+
+
+async def test_two_workers_both_serve_and_every_scrape_is_the_whole_server(gateway):
+    served = gateway(echo_config(), workers=2)
+    sent = 60
+    # A burst of new connections at once, as a load generator or a client pool opens
+    # them: each worker has its own SO_REUSEPORT socket, so the kernel spreads them.
+    statuses = await asyncio.gather(*(fresh_post(served.base) for _ in range(sent)))
+    assert statuses == [200] * sent
+    shares = served.per_worker("gateway_requests_total", endpoint="chat")
+    assert sorted(shares) == served.workers()
+    assert sum(shares.values()) == sent and min(shares.values()) >= 10, shares
+    # Any worker's /metrics is the sum of all: ten scrapes on new connections.
+    for _ in range(10):
+        samples = await scrape(served.base)
+        assert total(samples, "gateway_requests_total", endpoint="chat") == sent
+        assert total(samples, "gateway_request_duration_seconds_count", endpoint="chat") == sent
+        # Gauges are one series per backend, not one per worker.
+        assert [k for k in samples if k[0] == "gateway_backend_up"] == \
+            [("gateway_backend_up", (("backend", "a"),))]
+        assert samples[("gateway_backend_up", (("backend", "a"),))] == 1
+        assert samples[("gateway_in_flight_requests", (("backend", "a"),))] == 0
+
+
+async def test_in_flight_adds_up_across_workers(gateway):
+    served = gateway(echo_config(), workers=2)
+    slow = {"model": "m", "stream": True,
+            "messages": [{"role": "user", "content": " ".join(["w"] * 100)}]}   # 2 s
+    streams = [asyncio.create_task(fresh_post(served.base, slow)) for _ in range(12)]
+    await asyncio.sleep(1.3)   # each worker copies its count into the gauge every second
+    samples = await scrape(served.base)
+    assert samples[("gateway_in_flight_requests", (("backend", "a"),))] == 12
+    assert await asyncio.gather(*streams) == [200] * 12
+
+
+def test_sigkill_of_the_master_leaves_no_process_within_3_s(gateway):
+    served = gateway(echo_config(), workers=2)
+    workers = served.workers()
+    assert len(workers) == 2
+    served.proc.kill()
+    served.proc.wait(5)
+    assert wait_until(lambda: not any(alive(pid) for pid in workers), 3.0), \
+        [pid for pid in workers if alive(pid)]
+    with pytest.raises(OSError):   # nothing serves on the port any more
+        socket.create_connection(("127.0.0.1", served.port), timeout=1).close()
+
+
+async def test_a_killed_worker_is_replaced_and_requests_keep_succeeding(gateway):
+    served = gateway(echo_config(), workers=2)
+    first, second = served.workers()
+    os.kill(first, signal.SIGKILL)
+    assert wait_until(lambda: not alive(first), 3)
+    statuses = []
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:   # requests all along, until the new worker serves
+        statuses += await asyncio.gather(*(fresh_post(served.base) for _ in range(10)))
+        replacement = set(served.workers()) - {first, second}
+        if replacement and served.per_worker("gateway_requests_total").get(
+                min(replacement), 0) > 0:
+            break
+    assert replacement and len(served.workers()) == 2
+    assert served.per_worker("gateway_requests_total")[min(replacement)] > 0
+    assert statuses == [200] * len(statuses)
+
+
+async def test_sighup_and_admin_reload_reach_every_worker(gateway):
+    served = gateway(echo_config(), workers=2)
+
+    def reloads_ok() -> list[float]:
+        return sorted(served.per_worker("gateway_config_reloads_total", result="ok").values())
+    assert reloads_ok() == [0, 0]
+    load = asyncio.gather(*(fresh_post(served.base) for _ in range(40)))
+    served.proc.send_signal(signal.SIGHUP)
+    await asyncio.sleep(0)
+    for _ in range(40):
+        if reloads_ok() == [1, 1]:
+            break
+        await asyncio.sleep(0.05)
+    assert reloads_ok() == [1, 1]   # each worker reloaded once, none was replaced
+    async with aiohttp.ClientSession() as s:
+        resp = await s.post(served.base + "/admin/reload",
+                            headers={"Authorization": "Bearer adm"})
+        assert resp.status == 200 and (await resp.json())["status"] == "ok"
+    assert reloads_ok() == [2, 2] or wait_until(lambda: reloads_ok() == [2, 2], 2)
+    assert await load == [200] * 40
+    assert len(served.workers()) == 2 and served.seen_workers == set(served.workers())
+
+
+async def test_an_edit_reaches_every_worker(gateway):
+    served = gateway(echo_config(), workers=2)
+    served.config.write_text(echo_config().replace("models: [m]", "models: [m, n]"))
+    served.proc.send_signal(signal.SIGHUP)
+
+    async def models() -> set[str]:
+        async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True)) as s:
+            body = await (await s.get(served.base + "/v1/models")).json()
+        return {m["id"] for m in body["data"]}
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and sorted(
+            served.per_worker("gateway_config_reloads_total", result="ok").values())[0] < 1:
+        await asyncio.sleep(0.05)
+    seen = [await models() for _ in range(20)]   # new connections: both workers answer
+    assert seen == [{"m", "n"}] * 20
+
+
+async def test_sigterm_drains_every_worker_at_once(gateway):
+    served = gateway(echo_config(server="admin_key: adm, drain_s: 1.5"), workers=2)
+    long = {"model": "m", "stream": True,
+            "messages": [{"role": "user", "content": " ".join(["w"] * 200)}]}   # 4 s
+
+    async def stream() -> str:
+        async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True)) as s:
+            async with s.post(served.base + "/v1/chat/completions", json=long) as resp:
+                return (await resp.read()).decode()
+    tasks = [asyncio.create_task(stream()) for _ in range(12)]   # on both workers
+    await asyncio.sleep(0.5)
+    began = time.monotonic()
+    served.proc.send_signal(signal.SIGTERM)
+    bodies = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    code = await asyncio.get_running_loop().run_in_executor(None, served.proc.wait, 10)
+    took = time.monotonic() - began
+    assert all('"code":"shutting_down"' in b and "[DONE]" not in b for b in bodies)
+    assert code == 0
+    # In parallel: both drains end after ~drain_s; one after the other would take 3 s.
+    assert 1.4 <= took < 2.8, took
+    assert not list(served.tmp.glob("gateway-run-*"))   # the run directory is removed
+
+
+async def test_health_checks_run_once_per_server(gateway, start_runtime):
+    fake, server = await start_runtime()
+    url = str(server.make_url("/v1"))
+    text = ("backends:\n"
+            f"  a: {{kind: vllm, url: '{url}', models: {{m: {RUNTIME_ID}}}}}\n"
+            "health: {interval_s: 0.3, timeout_s: 1}\n")
+    served = await asyncio.to_thread(gateway, text, workers=3)
+    before, began = fake.health_checks, time.monotonic()
+    await asyncio.sleep(3)
+    rounds = (time.monotonic() - began) / 0.3
+    checks = fake.health_checks - before
+    assert 0.6 * rounds <= checks <= 1.4 * rounds + 1, (checks, rounds)   # not 3x
+    # The backend fails: every worker stops sending to it, from the one leader's checks.
+    fake.health_status = 503
+    await asyncio.sleep(0.3 * 3 * 1.1 + 0.6)
+    statuses = await asyncio.gather(*(fresh_post(served.base) for _ in range(12)))
+    assert statuses == [503] * 12
+    # The leader dies: another worker takes over and the backend comes back.
+    leader = next(p for p in served.workers() if f"worker {p} runs the health" in
+                  served.stderr())
+    os.kill(leader, signal.SIGKILL)
+    fake.health_status = 200
+    await asyncio.sleep(0.3 * 2 * 1.1 + 1.0)
+    assert await asyncio.gather(*(fresh_post(served.base) for _ in range(12))) == [200] * 12
+    assert served.stderr().count("runs the health checks") >= 2
+
+
+async def test_a_keys_rpm_holds_for_the_whole_server(gateway):
+    rpm = 30
+    served = gateway(echo_config(
+        f"auth:\n  keys:\n    - {{name: team, key: sk-team, rpm: {rpm}}}\n"), workers=2)
+    began = time.monotonic()
+    statuses = await asyncio.gather(*(fresh_post(served.base, headers={
+        "Authorization": "Bearer sk-team"}) for _ in range(80)))
+    elapsed = time.monotonic() - began
+    admitted = statuses.count(200)
+    assert set(statuses) == {200, 429}
+    # The bucket starts full and refills rpm/60 a second: not rpm per worker.
+    assert rpm <= admitted <= rpm + int(elapsed * rpm / 60) + 1, (admitted, elapsed)
+    shares = served.per_worker("gateway_requests_total", status="200")
+    assert len([n for n in shares.values() if n > 0]) == 2   # both workers took part
