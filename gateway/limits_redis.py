@@ -177,6 +177,9 @@ class RedisLimiter:
         while True:
             await asyncio.sleep(PROBE_S)
             try:
+                # The pool's other connections broke with the old server: drop them all,
+                # or the first requests after this would each find one and fail again.
+                await self._client.connection_pool.disconnect()
                 await self._client.ping()
             except FAILURES:
                 continue
