@@ -94,16 +94,26 @@ async def test_in_flight_adds_up_across_workers(gateway):
     assert await asyncio.gather(*streams) == [200] * 12
 
 
-def test_sigkill_of_the_master_leaves_no_process_within_3_s(gateway):
+async def test_sigkill_of_the_master_leaves_no_process_within_3_s(gateway):
     served = gateway(echo_config(), workers=2)
     workers = served.workers()
     assert len(workers) == 2
+    long = {"model": "m", "stream": True,
+            "messages": [{"role": "user", "content": " ".join(["w"] * 1000)}]}   # 20 s
+    # Streams running: a worker that only noticed its parent's death would drain them
+    # for up to drain_s (30 s); the kernel's SIGKILL ends it at once.
+    streams = [asyncio.create_task(fresh_post(served.base, long)) for _ in range(6)]
+    await asyncio.sleep(0.5)
     served.proc.kill()
-    served.proc.wait(5)
-    assert wait_until(lambda: not any(alive(pid) for pid in workers), 3.0), \
+    await asyncio.to_thread(served.proc.wait, 5)
+    assert await asyncio.to_thread(
+        wait_until, lambda: not any(alive(pid) for pid in workers), 3.0), \
         [pid for pid in workers if alive(pid)]
     with pytest.raises(OSError):   # nothing serves on the port any more
         socket.create_connection(("127.0.0.1", served.port), timeout=1).close()
+    for stream in streams:
+        stream.cancel()
+    await asyncio.gather(*streams, return_exceptions=True)
 
 
 async def test_a_killed_worker_is_replaced_and_requests_keep_succeeding(gateway):
