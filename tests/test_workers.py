@@ -68,6 +68,9 @@ async def test_two_workers_both_serve_and_every_scrape_is_the_whole_server(gatew
     # them: each worker has its own SO_REUSEPORT socket, so the kernel spreads them.
     statuses = await asyncio.gather(*(fresh_post(served.base) for _ in range(sent)))
     assert statuses == [200] * sent
+    # Metrics are written just after an answer is sent: give the last ones a moment.
+    assert await asyncio.to_thread(wait_until, lambda: sum(served.per_worker(
+        "gateway_requests_total", endpoint="chat").values()) == sent, 5)
     shares = served.per_worker("gateway_requests_total", endpoint="chat")
     assert sorted(shares) == served.workers()
     assert sum(shares.values()) == sent and min(shares.values()) >= 10, shares
@@ -142,8 +145,7 @@ async def test_sighup_and_admin_reload_reach_every_worker(gateway):
     assert reloads_ok() == [0, 0]
     load = asyncio.gather(*(fresh_post(served.base) for _ in range(40)))
     served.proc.send_signal(signal.SIGHUP)
-    await asyncio.sleep(0)
-    for _ in range(40):
+    for _ in range(200):   # 10 s: the machine may be busy
         if reloads_ok() == [1, 1]:
             break
         await asyncio.sleep(0.05)
@@ -152,7 +154,8 @@ async def test_sighup_and_admin_reload_reach_every_worker(gateway):
         resp = await s.post(served.base + "/admin/reload",
                             headers={"Authorization": "Bearer adm"})
         assert resp.status == 200 and (await resp.json())["status"] == "ok"
-    assert reloads_ok() == [2, 2] or wait_until(lambda: reloads_ok() == [2, 2], 2)
+    # The answer is this worker's reload; the other's may land a moment later.
+    assert await asyncio.to_thread(wait_until, lambda: reloads_ok() == [2, 2], 10)
     assert await load == [200] * 40
     assert len(served.workers()) == 2 and served.seen_workers == set(served.workers())
 
@@ -167,7 +170,7 @@ async def test_an_edit_reaches_every_worker(gateway):
                 connector=aiohttp.TCPConnector(force_close=True)) as s:
             body = await (await s.get(served.base + "/v1/models")).json()
         return {m["id"] for m in body["data"]}
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline and sorted(
             served.per_worker("gateway_config_reloads_total", result="ok").values())[0] < 1:
         await asyncio.sleep(0.05)
@@ -176,9 +179,9 @@ async def test_an_edit_reaches_every_worker(gateway):
 
 
 async def test_sigterm_drains_every_worker_at_once(gateway):
-    served = gateway(echo_config(server="admin_key: adm, drain_s: 1.5"), workers=2)
+    served = gateway(echo_config(server="admin_key: adm, drain_s: 2"), workers=2)
     long = {"model": "m", "stream": True,
-            "messages": [{"role": "user", "content": " ".join(["w"] * 200)}]}   # 4 s
+            "messages": [{"role": "user", "content": " ".join(["w"] * 400)}]}   # 8 s
 
     async def stream() -> str:
         async with aiohttp.ClientSession(
@@ -194,35 +197,45 @@ async def test_sigterm_drains_every_worker_at_once(gateway):
     took = time.monotonic() - began
     assert all('"code":"shutting_down"' in b and "[DONE]" not in b for b in bodies)
     assert code == 0
-    # In parallel: both drains end after ~drain_s; one after the other would take 3 s.
-    assert 1.4 <= took < 2.8, took
+    # In parallel: both drains end after ~drain_s; one after the other would take 4 s.
+    assert 1.9 <= took < 3.8, took
     assert not list(served.tmp.glob("gateway-run-*"))   # the run directory is removed
+
+
+async def until_all(base: str, status: int, within: float = 10) -> list[int]:
+    """Twelve requests on new connections (both workers) until all get `status`."""
+    deadline = time.monotonic() + within
+    while True:
+        got = await asyncio.gather(*(fresh_post(base) for _ in range(12)))
+        if got == [status] * 12 or time.monotonic() > deadline:
+            return got
+        await asyncio.sleep(0.2)
 
 
 async def test_health_checks_run_once_per_server(gateway, start_runtime):
     fake, server = await start_runtime()
     url = str(server.make_url("/v1"))
+    interval = 0.5
     text = ("backends:\n"
             f"  a: {{kind: vllm, url: '{url}', models: {{m: {RUNTIME_ID}}}}}\n"
-            "health: {interval_s: 0.3, timeout_s: 1}\n")
+            f"health: {{interval_s: {interval}, timeout_s: 1}}\n")
     served = await asyncio.to_thread(gateway, text, workers=3)
     before, began = fake.health_checks, time.monotonic()
-    await asyncio.sleep(3)
-    rounds = (time.monotonic() - began) / 0.3
+    await asyncio.sleep(4)
+    rounds = (time.monotonic() - began) / interval
     checks = fake.health_checks - before
-    assert 0.6 * rounds <= checks <= 1.4 * rounds + 1, (checks, rounds)   # not 3x
+    assert 2 <= checks <= 1.4 * rounds + 1, (checks, rounds)   # one checker, not three
     # The backend fails: every worker stops sending to it, from the one leader's checks.
     fake.health_status = 503
-    await asyncio.sleep(0.3 * 3 * 1.1 + 0.6)
-    statuses = await asyncio.gather(*(fresh_post(served.base) for _ in range(12)))
-    assert statuses == [503] * 12
-    # The leader dies: another worker takes over and the backend comes back.
+    assert await until_all(served.base, 503) == [503] * 12
+    # The leader dies: another worker takes over and sees the backend come back.
     leader = next(p for p in served.workers() if f"worker {p} runs the health" in
                   served.stderr())
     os.kill(leader, signal.SIGKILL)
+    # (Connections queued on a killed worker's own socket are reset with it.)
+    assert await asyncio.to_thread(wait_until, lambda: not alive(leader), 3)
     fake.health_status = 200
-    await asyncio.sleep(0.3 * 2 * 1.1 + 1.0)
-    assert await asyncio.gather(*(fresh_post(served.base) for _ in range(12))) == [200] * 12
+    assert await until_all(served.base, 200) == [200] * 12
     assert served.stderr().count("runs the health checks") >= 2
 
 
