@@ -45,11 +45,11 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
-    owned = OwnedRunDir()
-    master = os.getpid()
     # prometheus-client picks its value class when first imported: before the app is.
     if "prometheus_client" in sys.modules:
         raise RuntimeError("prometheus_client was imported before the multiprocess dir was set")
+    owned = OwnedRunDir()
+    master = os.getpid()
     os.environ[MULTIPROC_ENV] = owned.run.metrics
     try:
         from .serve import prepare_process, tune_gc
@@ -60,8 +60,11 @@ def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
                            host, port, master, workers)
         Gateway(options(config, host, port, workers, owned),
                 worker_app(config, path, owned.run)).run()
-    except SystemExit as done:
-        return done.code if isinstance(done.code, int) else 1
+    except SystemExit as done:   # gunicorn's way out, in the master and in each worker
+        if done.code is None or isinstance(done.code, int):
+            return done.code or 0
+        print(done.code, file=sys.stderr)
+        return 1
     finally:
         if os.getpid() == master:   # a worker leaves through here too, after fork
             owned.remove()
