@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable
 
 from .config import ApiKey
 from .log import server_logger
-from .ratelimit import KeyBuckets, Limiter, Refusal
+from .ratelimit import KeyBuckets, Limiter, Refusal, usage_tokens
 
 RECORD = struct.Struct("<16s6d")   # name digest; rpm cap, level, updated; tpm the same
 SIZE = RECORD.size                 # 64 bytes; the header (the claim lock) is one record
@@ -120,6 +120,9 @@ class SharedLimiter(Limiter):
             self._leave(name, offset)
 
     def charge(self, name: str | None, usage: dict[str, Any] | None) -> None:
+        buckets = self._keys.get(name) if name else None
+        if buckets is None or buckets.tpm is None or not usage_tokens(usage):
+            return   # nothing to write: no lock (a lock and unlock are two syscalls)
         offset = self._enter(name)
         try:
             super().charge(name, usage)
@@ -127,23 +130,28 @@ class SharedLimiter(Limiter):
             self._leave(name, offset)
 
     def headers(self, name: str | None) -> dict[str, str]:
-        offset = self._enter(name)
-        try:
-            return super().headers(name)
-        finally:
-            self._leave(name, offset)
-
-    def _enter(self, name: str | None) -> int | None:
-        """Lock `name`'s record and load it; None for a key without limits."""
+        """Read without the lock: a header is a snapshot anyway, and nothing is written."""
         buckets = self._keys.get(name) if name else None
-        if buckets is None:
-            return None
+        offset = self._offset(name) if buckets is not None else None
+        if offset is not None:
+            self._table.load(offset, buckets, self._clock())
+        return super().headers(name)
+
+    def _offset(self, name: str) -> int | None:
         offset = self._offsets.get(name, -1)
         if offset == -1:
             offset = self._offsets[name] = self._table.claim(name)
             if offset is None:
                 server_logger.warning("rate limits: the shared table is full; key %s is "
                                       "limited per worker", name)
+        return offset
+
+    def _enter(self, name: str | None) -> int | None:
+        """Lock `name`'s record and load it; None for a key without limits."""
+        buckets = self._keys.get(name) if name else None
+        if buckets is None:
+            return None
+        offset = self._offset(name)
         if offset is not None:
             self._table.lock(offset)
             self._table.load(offset, buckets, self._clock())

@@ -28,6 +28,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -48,7 +49,12 @@ def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
     # prometheus-client picks its value class when first imported: before the app is.
     if "prometheus_client" in sys.modules:
         raise RuntimeError("prometheus_client was imported before the multiprocess dir was set")
-    owned = OwnedRunDir()
+    try:
+        owned = OwnedRunDir()
+    except OSError as exc:
+        print(f"server: cannot make the workers' shared directory under "
+              f"{tempfile.gettempdir()} (set TMPDIR): {exc.strerror or exc}", file=sys.stderr)
+        return 1
     master = os.getpid()
     os.environ[MULTIPROC_ENV] = owned.run.metrics
     try:
