@@ -71,9 +71,13 @@ class HealthShare:
                 "models": None if state.config.models is not None
                 else list(state.discovered_models)}
         aside = f"{self.path}.{os.getpid()}"
-        with open(aside, "w", encoding="utf-8") as f:
-            json.dump({"backends": backends}, f)
-        os.replace(aside, self.path)
+        try:
+            with open(aside, "w", encoding="utf-8") as f:
+                json.dump({"backends": backends}, f)
+            os.replace(aside, self.path)
+        except OSError as exc:   # the followers keep their last results meanwhile
+            health_logger.warning("cannot publish the health results to %s: %s",
+                                  self.path, exc.strerror or exc)
 
     def follow(self, gateway: Gateway) -> bool:
         """Take the leader's latest results, if new; True when there were some."""
