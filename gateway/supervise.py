@@ -3,10 +3,14 @@
 The process `gateway serve` started is the master (gunicorn's `Arbiter`); each worker
 runs the app with aiohttp's gunicorn worker class. What the gateway changes in it:
 
-- Listening: gunicorn's `reuse_port`, under which each worker binds its own
-  SO_REUSEPORT socket and the kernel spreads new connections over them. With one
-  socket shared by all workers, the worker that wakes first accepts a whole burst
-  (its event loop accepts until the queue is empty) and its keep-alive clients stay.
+- Listening: one SO_REUSEPORT socket per worker slot, all on the port, bound by the
+  master; each worker accepts on its slot's socket only, and the kernel spreads new
+  connections over them. With one socket shared by all workers (gunicorn's default),
+  the worker that wakes first accepts a whole burst (its event loop accepts until the
+  queue is empty) and its keep-alive clients stay. gunicorn's `reuse_port` has each
+  worker bind its own socket instead, which spreads connections as well, but a worker's
+  socket then dies with it and the connections waiting in it are reset; a slot's socket
+  stays open in the master, and the worker that replaces a dead one takes it over.
 - SIGHUP: gunicorn's own replaces every worker; here it is passed to every worker,
   whose app reloads gateway.yaml in place (reload.py), dropping no request.
   `POST /admin/reload` on any worker asks the master for the same.
@@ -36,6 +40,7 @@ from aiohttp.worker import GunicornUVLoopWebWorker, GunicornWebWorker
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.sock import TCP6Socket, TCPSocket
 
 from .config import Config, ConfigError, load_config
 from .log import server_logger
@@ -61,11 +66,12 @@ def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
         from .serve import prepare_process, tune_gc
         prepare_process()
         port = check_port(host, port)
+        slots = [listen(host, port) for _ in range(workers)]
         tune_gc()   # before the forks: the workers share the frozen startup heap's pages
         server_logger.info("serving on http://%s:%s (pid %s, %d workers)",
                            host, port, master, workers)
         Gateway(options(config, host, port, workers, owned),
-                worker_app(config, path, owned.run)).run()
+                worker_app(config, path, owned.run), slots).run()
     except SystemExit as done:   # gunicorn's way out, in the master and in each worker
         if done.code is None or isinstance(done.code, int):
             return done.code or 0
@@ -79,6 +85,12 @@ def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
 
 def options(config: Config, host: str, port: int, workers: int,
             owned: OwnedRunDir) -> dict:
+    def pre_fork(arbiter: Arbiter, worker: GunicornWebWorker) -> None:
+        # The lowest free slot: a replacement takes over the dead worker's socket.
+        taken = {getattr(w, "slot", None) for w in arbiter.WORKERS.values()}
+        free = [i for i in range(workers) if i not in taken]
+        worker.slot = free[0] if free else worker.age % workers   # (SIGTTIN: more workers)
+
     def post_fork(_arbiter: Arbiter, _worker: GunicornWebWorker) -> None:
         owned.release_in_child()
 
@@ -90,7 +102,6 @@ def options(config: Config, host: str, port: int, workers: int,
         "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
         "workers": workers,
         "worker_class": f"{__name__}.GatewayWorker",
-        "reuse_port": True,
         "backlog": 1024,
         # The app's drain is bounded by drain_s; the master's SIGKILL is the backstop.
         "graceful_timeout": math.ceil(config.server.drain_s + 5),   # whole seconds
@@ -99,6 +110,7 @@ def options(config: Config, host: str, port: int, workers: int,
         "control_socket_disable": True,   # it would be a file in the working directory
         "logger_class": f"{__name__}.GatewayLog",
         "proc_name": "gateway",
+        "pre_fork": pre_fork,
         "post_fork": post_fork,
         "child_exit": child_exit,
     }
@@ -107,9 +119,8 @@ def options(config: Config, host: str, port: int, workers: int,
 def check_port(host: str, port: int) -> int:
     """Fail at once, with one line, when the port is taken; resolve port 0.
 
-    Each worker binds its own socket; a port held by another process would only
-    show up as workers failing to boot. Bound without SO_REUSEPORT, this also
-    refuses to join another server's SO_REUSEPORT group by mistake.
+    Bound without SO_REUSEPORT: the slots' sockets must not join another server's
+    SO_REUSEPORT group on the same port by mistake.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -122,7 +133,32 @@ def check_port(host: str, port: int) -> int:
         return probe.getsockname()[1]
 
 
+def listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        print(f"server: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(1) from None
+    sock.listen(1024)
+    return sock
+
+
 class Supervisor(Arbiter):
+    def __init__(self, app: BaseApplication, slots: list[socket.socket]) -> None:
+        self._slots = slots
+        super().__init__(app)
+
+    def start(self) -> None:
+        # Handed to gunicorn as already listening sockets, so it binds none itself.
+        kind = TCP6Socket if self._slots[0].family == socket.AF_INET6 else TCPSocket
+        self.LISTENERS = [kind(s.getsockname(), self.cfg, self.log, fd=s.detach())
+                          for s in self._slots]
+        super().start()
+
     def handle_hup(self) -> None:
         """Reload every worker in place instead of replacing them all."""
         self.log.info("SIGHUP: every worker reloads its config")
@@ -134,9 +170,9 @@ class Supervisor(Arbiter):
 
 
 class Gateway(BaseApplication):
-    def __init__(self, settings: dict,
-                 factory: Callable[[], Awaitable[web.AppRunner]]) -> None:
-        self._settings, self._factory = settings, factory
+    def __init__(self, settings: dict, factory: Callable[[], Awaitable[web.AppRunner]],
+                 slots: list[socket.socket]) -> None:
+        self._settings, self._factory, self._slots = settings, factory, slots
         super().__init__()
 
     def load_config(self) -> None:
@@ -147,7 +183,7 @@ class Gateway(BaseApplication):
         return self._factory
 
     def run(self) -> None:
-        Supervisor(self).run()
+        Supervisor(self, self._slots).run()
 
 
 def worker_app(config: Config, path: str, run: RunDir) -> Callable[[], Awaitable[web.AppRunner]]:
@@ -178,6 +214,11 @@ def current_config(started_with: Config, path: str) -> Config:
 class GatewayWorker(GunicornUVLoopWebWorker):
     def init_process(self) -> None:
         die_with_parent(self.ppid)
+        mine = self.sockets[self.slot]
+        for other in self.sockets:
+            if other is not mine:
+                other.close()   # the master keeps every slot's socket open
+        self.sockets = [mine]
         super().init_process()
 
     def init_signals(self) -> None:
