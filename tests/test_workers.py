@@ -11,12 +11,15 @@ import asyncio
 import os
 import signal
 import socket
+import tempfile
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.rundir import PREFIX, OwnedRunDir, sweep_stale
 from tests.conftest import RUNTIME_ID
 from tests.server_procs import Served, alive, start, wait_until
 
@@ -254,3 +257,20 @@ async def test_a_keys_rpm_holds_for_the_whole_server(gateway):
     assert rpm <= admitted <= rpm + int(elapsed * rpm / 60) + 1, (admitted, elapsed)
     shares = served.per_worker("gateway_requests_total", status="200")
     assert len([n for n in shares.values() if n > 0]) == 2   # both workers took part
+
+
+def test_a_dead_servers_run_dir_is_swept_and_a_live_ones_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    live = OwnedRunDir()                         # holds its owner lock, as a master does
+    dead = tmp_path / (PREFIX + "dead")          # a killed server's: its lock is free
+    starting = tmp_path / (PREFIX + "starting")  # just made by a server starting now
+    for path in (dead, starting):
+        path.mkdir()
+        (path / "owner.lock").touch()
+    old = time.time() - 60
+    for path in (Path(live.run.path), dead):
+        os.utime(path / "owner.lock", (old, old))
+    assert sweep_stale(str(tmp_path)) == [str(dead)]
+    assert Path(live.run.path).is_dir() and starting.is_dir() and not dead.exists()
+    live.remove()
+    assert not Path(live.run.path).exists()
