@@ -20,7 +20,7 @@ from aiohttp import web
 from .config import Config, ConfigError, load_config
 from .log import config_logger
 from .state import Gateway
-from .typedefs import CONFIG_PATH, GATEWAY, SUPERVISOR
+from .typedefs import CONFIG_PATH, CONFIG_SEEN, GATEWAY, SUPERVISOR
 
 POLL_S = 0.25      # how often the file's identity is looked at
 SETTLE_S = 0.3     # an edit must stay unchanged this long: no half-written files
@@ -110,8 +110,10 @@ def file_identity(path: str) -> tuple | None:
         return None
 
 
-async def watch_file(gateway: Gateway, path: str) -> None:
-    seen = file_identity(path)
+async def watch_file(gateway: Gateway, path: str, seen: tuple | None = None) -> None:
+    """`seen`: the file as it was when the running config was read, if known; an edit
+    made since then (a worker still starting up) is reloaded at once."""
+    seen = seen or file_identity(path)
     while True:
         await asyncio.sleep(POLL_S)
         current = file_identity(path)
@@ -137,7 +139,7 @@ async def config_watch(app: web.Application) -> AsyncIterator[None]:
         return
     gateway = app[GATEWAY]
     loop = asyncio.get_running_loop()
-    task = asyncio.create_task(watch_file(gateway, path))
+    task = asyncio.create_task(watch_file(gateway, path, app.get(CONFIG_SEEN)))
 
     def on_hup() -> None:
         # Under --workers the master passes SIGHUP to every worker: each reloads itself.

@@ -191,14 +191,26 @@ def worker_app(config: Config, path: str, run: RunDir) -> Callable[[], Awaitable
     async def make() -> web.AppRunner:
         from .accesslog import StderrAccessLog
         from .app import create_app
-        from .typedefs import SUPERVISOR
+        from .reload import file_identity
+        from .typedefs import CONFIG_SEEN, SUPERVISOR
+        # Before the read: a SIGHUP or an edit while this worker starts is not lost, as
+        # the file watch then compares against the file this config came from.
+        seen = file_identity(path)
         app = create_app(current_config(config, path), path, access_log=StderrAccessLog(),
                          run_dir=run)
         app[SUPERVISOR] = os.getppid()
+        if seen is not None:
+            app[CONFIG_SEEN] = seen
+        app.on_startup.append(_ready)
         return web.AppRunner(app, handle_signals=False, access_log=None,
                              handler_cancellation=True,
                              shutdown_timeout=config.server.drain_s + 5)
     return make
+
+
+async def _ready(_app: web.Application) -> None:
+    # After the app's start-up (first health round included): the worker accepts now.
+    server_logger.info("worker %s ready", os.getpid())
 
 
 def current_config(started_with: Config, path: str) -> Config:

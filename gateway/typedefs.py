@@ -9,10 +9,11 @@ from .state import Gateway
 
 GATEWAY = web.AppKey("gateway", Gateway)
 CONFIG_PATH = web.AppKey("config_path", str)
+CONFIG_SEEN = web.AppKey("config_seen", tuple)   # the file's identity when its config was read
 RUN_DIR = web.AppKey("run_dir", RunDir)     # the server's shared directory (--workers N)
 SUPERVISOR = web.AppKey("supervisor", int)   # the master's pid, in a worker of --workers N
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 RECORD = web.RequestKey("record", RequestRecord)
 
-__all__ = ["ACCESS_LOG", "GATEWAY", "CONFIG_PATH", "RUN_DIR", "SUPERVISOR", "RECORD",
+__all__ = ["ACCESS_LOG", "GATEWAY", "CONFIG_PATH", "CONFIG_SEEN", "RUN_DIR", "SUPERVISOR", "RECORD",
            "RequestRecord"]

@@ -136,8 +136,11 @@ def start(tmp: Path, text: str, *args: str, workers: int = 1,
                 pass
         except OSError:
             return False
-        # A worker binds its socket once its app has started (first health round done).
-        return listeners(port) == workers and (workers == 1 or len(served.workers()) == workers)
+        if workers == 1:
+            return listeners(port) == 1
+        # Every worker past its app's start-up (its first health round included).
+        return (len(served.workers()) == workers and
+                all(f"worker {pid} ready" in served.stderr() for pid in served.workers()))
     if not wait_until(ready, 30):
         served.stop()
         raise AssertionError(f"gateway not ready:\n{served.stderr()}")

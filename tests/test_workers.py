@@ -274,3 +274,25 @@ def test_a_dead_servers_run_dir_is_swept_and_a_live_ones_kept(tmp_path, monkeypa
     assert Path(live.run.path).is_dir() and starting.is_dir() and not dead.exists()
     live.remove()
     assert not Path(live.run.path).exists()
+
+
+async def test_an_edit_made_while_a_worker_starts_is_not_lost(tmp_path, aiohttp_client):
+    from gateway.app import create_app
+    from gateway.config import load_config
+    from gateway.reload import file_identity
+    from gateway.typedefs import CONFIG_SEEN
+    path = tmp_path / "gateway.yaml"
+    path.write_text(echo_config())
+    seen = file_identity(str(path))   # what a worker notes before it reads its config
+    config = load_config(str(path))
+    # Edited (and the master's SIGHUP passed on) before this worker's file watch runs:
+    path.write_text(echo_config().replace("models: [m]", "models: [m, n]"))
+    app = create_app(config, str(path))
+    app[CONFIG_SEEN] = seen
+    client = await aiohttp_client(app)
+    for _ in range(60):
+        body = await (await client.get("/v1/models")).json()
+        if len(body["data"]) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert [m["id"] for m in body["data"]] == ["m", "n"]
