@@ -70,8 +70,8 @@ def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
         tune_gc()   # before the forks: the workers share the frozen startup heap's pages
         server_logger.info("serving on http://%s:%s (pid %s, %d workers)",
                            host, port, master, workers)
-        Gateway(options(config, host, port, workers, owned),
-                worker_app(config, path, owned.run), slots).run()
+        GunicornApp(options(config, host, port, workers, owned),
+                    worker_app(config, path, owned.run), slots).run()
     except SystemExit as done:   # gunicorn's way out, in the master and in each worker
         if done.code is None or isinstance(done.code, int):
             return done.code or 0
@@ -169,7 +169,7 @@ class Supervisor(Arbiter):
         self.log.warning("SIGUSR2 (binary upgrade) is not supported; ignored")
 
 
-class Gateway(BaseApplication):
+class GunicornApp(BaseApplication):
     def __init__(self, settings: dict, factory: Callable[[], Awaitable[web.AppRunner]],
                  slots: list[socket.socket]) -> None:
         self._settings, self._factory, self._slots = settings, factory, slots
