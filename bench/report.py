@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-ORDER = ("direct", "bare", "base", "gateway", "traced", "gateway2", "litellm")
+ORDER = ("direct", "bare", "base", "gateway", "traced", "gateway2", "gateway_sup", "litellm")
 
 
 def _get(doc: dict, target: str, *path: str):
@@ -50,7 +50,11 @@ def verdicts(doc: dict) -> list[dict]:
         lambda v: v == [0, 0])
     add("throughput with 2 workers / 1 worker",
         _ratio(_get(doc, "gateway2", "saturation", "rps"), gw("saturation", "rps")),
-        "near 2 (info)", lambda v: None)
+        ">= 1.8", lambda v: v >= 1.8)
+    add("CPU per request, 1 supervised worker (multiprocess metrics) / 1 process",
+        _ratio(_get(doc, "gateway_sup", "saturation", "cpu_s_per_1k"),
+               gw("saturation", "cpu_s_per_1k")),
+        "<= 1.1", lambda v: v <= 1.1)
     if "base" in doc["targets"]:
         add("gateway CPU per request / the baseline checkout's",
             _ratio(gw("saturation", "cpu_s_per_1k"), _get(doc, "base", "saturation", "cpu_s_per_1k")),

@@ -67,6 +67,14 @@ PARAMS = {
     },
 }
 
+SUPERVISED_ONE = """import sys
+from gateway.cli import setup_logging
+from gateway.config import load_config
+from gateway.supervise import run
+setup_logging()
+sys.exit(run(load_config(sys.argv[1]), sys.argv[1], "127.0.0.1", int(sys.argv[2]), 1))
+"""
+
 WRK_LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = [==[%s]==]
@@ -149,6 +157,14 @@ class Bench:
             self.targets[name] = Target(
                 name, "gateway" if workers == 1 else f"gateway x{workers}", proc,
                 {k: f"http://127.0.0.1:{port}/v1/chat/completions" for k in PROFILES}, public)
+        # One worker under the supervisor: what --workers N costs per request (multiprocess
+        # metrics, shared-file limits, the health leader) without the cores' contention.
+        port = free_port()
+        proc = self._spawn("gateway_sup", [sys.executable, "-c", SUPERVISED_ONE, str(config),
+                                           str(port)])
+        self.targets["gateway_sup"] = Target(
+            "gateway_sup", "gateway x1 supervised", proc,
+            {k: f"http://127.0.0.1:{port}/v1/chat/completions" for k in PROFILES}, public)
 
         self._more_gateways(rt_url, config, public)
 
@@ -426,9 +442,10 @@ def find_litellm(arg: str | None) -> str | None:
 
 
 async def run(bench: Bench, p: dict) -> None:
-    names = [n for n in ("direct", "bare", "base", "gateway", "traced", "gateway2", "litellm")
+    names = [n for n in ("direct", "bare", "base", "gateway", "traced", "gateway2", "gateway_sup",
+                         "litellm")
              if n in bench.targets]
-    one_worker = [n for n in names if n != "gateway2"]
+    one_worker = [n for n in names if n not in ("gateway2", "gateway_sup")]
     print(f"saturation ({p['sat_rounds']} x {p['sat_s']} s per target)...", flush=True)
     await bench.saturation(names)
     print(f"paced {p['paced_rate']} req/s...", flush=True)

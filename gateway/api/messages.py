@@ -46,7 +46,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         rec.trace = gateway.tracing.start_request(request, rec)   # ended by the middleware
     endpoint = BY_PATH[request.path]
     counting = request.path == COUNT_TOKENS_PATH
-    key = client_key(request, accepts_x_api_key=True)
+    key = await client_key(request, accepts_x_api_key=True)
     table = gateway.table   # this request's one config snapshot, from here to the end
     raw = await read_body(request, table.config.server.max_body_bytes)
     payload = parse_messages(raw, counting)

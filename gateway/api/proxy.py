@@ -47,7 +47,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         rec.trace = gateway.tracing.start_request(request, rec)   # ended by the middleware
     endpoint = endpoint_of(request)
     assert endpoint is not None   # only the rows of `endpoints` are routed here
-    key = client_key(request)
+    key = await client_key(request)
     table = gateway.table   # this request's one config snapshot, from here to the end
     limit = table.config.server.max_body_bytes
     ids: IdRewriter | None = None

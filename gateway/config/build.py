@@ -6,7 +6,7 @@ from types import MappingProxyType
 
 from .types import (
     ApiKey, BackendConfig, Config, EngineConfig, Fallback, HealthConfig, QueueConfig, RetryConfig,
-    RouteConfig, ServerConfig, Timeouts, TracingConfig, backend,
+    RouteConfig, ServerConfig, StateConfig, Timeouts, TracingConfig, backend,
 )
 
 
@@ -30,6 +30,7 @@ def build(doc: dict) -> Config:
         engine=EngineConfig(**given(doc.get("engine"))),
         tracing=(TracingConfig(**given(doc["tracing"]))
                  if doc.get("tracing") is not None else None),
+        state=StateConfig(**given(doc.get("state"))),
     )
 
 

@@ -28,6 +28,8 @@ def redacted(cfg: Config) -> dict:
         key["key"] = REDACTED
     if data["tracing"] is not None:
         data["tracing"]["otlp_endpoint"] = url_without_password(data["tracing"]["otlp_endpoint"])
+    if data["state"]["redis"]:
+        data["state"]["redis"] = url_without_password(data["state"]["redis"])
     return data
 
 

@@ -130,6 +130,11 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class StateConfig:
+    redis: str | None = None       # shared rate limits across replicas; None = local only
+
+
+@dataclass(frozen=True)
 class RetryConfig:
     attempts: int = 2
     deadline_s: float = 120
@@ -188,6 +193,7 @@ class Config:
     auth_keys: tuple[ApiKey, ...] = ()
     engine: EngineConfig = EngineConfig()
     tracing: TracingConfig | None = None
+    state: StateConfig = StateConfig()
 
     def route(self, model: str) -> RouteConfig:
         return self.routes.get(model, DEFAULT_ROUTE)
