@@ -258,7 +258,8 @@ def test_anthropic_sdk_reaches_both_servers_natively(stack, request):
 
 ENGINE_GAUGES = {"running": "gateway_backend_running_requests",
                  "waiting": "gateway_backend_queue_depth"}
-LOAD_STREAMS = 5           # one slot per server: the rest wait in llama-server's queue
+LOAD_STREAMS = 5           # one slot per server: the rest wait in llama-server's queue;
+# each stream lasts longer (800 tokens at tens per second) than the test looks at them
 
 
 async def _get(session: aiohttp.ClientSession, url: str, **kw) -> str:
@@ -301,7 +302,7 @@ async def gateway_load(session: aiohttp.ClientSession, stack) -> tuple[dict, dic
 
 async def _hold_stream(session: aiohttp.ClientSession, stack, started: list) -> None:
     """A long stream through the gateway, read until cancelled (the client then leaves)."""
-    body = {"model": PUBLIC_MODEL, "stream": True, "max_tokens": 300, "ignore_eos": True,
+    body = {"model": PUBLIC_MODEL, "stream": True, "max_tokens": 800, "ignore_eos": True,
             "temperature": 0,
             "messages": [{"role": "user", "content": "Tell a long story about a river."}]}
     async with session.post(stack.gateway.base_url + "/chat/completions", json=body) as resp:
