@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-ORDER = ("direct", "bare", "gateway", "gateway2", "litellm")
+ORDER = ("direct", "bare", "base", "gateway", "traced", "gateway2", "gateway_sup", "litellm")
 
 
 def _get(doc: dict, target: str, *path: str):
@@ -54,7 +54,23 @@ def verdicts(doc: dict) -> list[dict]:
         lambda v: v == [0, 0])
     add("throughput with 2 workers / 1 worker",
         _ratio(_get(doc, "gateway2", "saturation", "rps"), gw("saturation", "rps")),
-        "near 2 (info)", lambda v: None)
+        ">= 1.8", lambda v: v >= 1.8)
+    add("CPU per request, 1 supervised worker (multiprocess metrics) / 1 process",
+        _ratio(_get(doc, "gateway_sup", "saturation", "cpu_s_per_1k"),
+               gw("saturation", "cpu_s_per_1k")),
+        "<= 1.1", lambda v: v <= 1.1)
+    if "base" in doc["targets"]:
+        add("gateway CPU per request / the baseline checkout's",
+            _ratio(gw("saturation", "cpu_s_per_1k"), _get(doc, "base", "saturation", "cpu_s_per_1k")),
+            "near 1 (info)", lambda v: None)
+    if "traced" in doc["targets"]:
+        traced = lambda *p: _get(doc, "traced", *p)   # noqa: E731
+        add("traced (sample ratio 1.0) CPU per request / gateway's",
+            _ratio(traced("saturation", "cpu_s_per_1k"), gw("saturation", "cpu_s_per_1k")),
+            "<= 1.25", lambda v: v <= 1.25)
+        add("traced CPU per streamed chunk / gateway's",
+            _ratio(traced("streams", "cpu_s_per_1k_chunks"), gw("streams", "cpu_s_per_1k_chunks")),
+            "(info)", lambda v: None)
     return out
 
 
@@ -144,6 +160,9 @@ def render(doc: dict) -> str:
         value = v["value"]
         shown = _fmt(value, 3) if not isinstance(value, list) else ", ".join(map(str, value))
         lines.append(f"  {v['target']}: {shown} (goal {v['goal']}) -> {mark}")
+    if doc.get("otlp_sink"):
+        sink = doc["otlp_sink"]
+        lines.append(f"otlp sink: {sink['spans']:,} spans received in {sink['exports']:,} exports")
     for note in doc.get("notes", []):
         lines.append(f"note: {note}")
     lines.append(f"machine: {doc['machine']['cpus']} CPUs, load average before "

@@ -67,6 +67,14 @@ PARAMS = {
     },
 }
 
+SUPERVISED_ONE = """import sys
+from gateway.cli import setup_logging
+from gateway.config import load_config
+from gateway.supervise import run
+setup_logging()
+sys.exit(run(load_config(sys.argv[1]), sys.argv[1], "127.0.0.1", int(sys.argv[2]), 1))
+"""
+
 WRK_LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = [==[%s]==]
@@ -100,8 +108,11 @@ class Target:
 
 
 class Bench:
-    def __init__(self, p: dict, tmp: Path, litellm: str | None, workers: int) -> None:
+    def __init__(self, p: dict, tmp: Path, litellm: str | None, workers: int,
+                 tracing: bool = False, baseline: str | None = None) -> None:
         self.p = p
+        self.tracing = tracing
+        self.baseline = baseline
         self.tmp = tmp
         self.litellm = litellm
         self.workers = workers
@@ -146,6 +157,16 @@ class Bench:
             self.targets[name] = Target(
                 name, "gateway" if workers == 1 else f"gateway x{workers}", proc,
                 {k: f"http://127.0.0.1:{port}/v1/chat/completions" for k in PROFILES}, public)
+        # One worker under the supervisor: what --workers N costs per request (multiprocess
+        # metrics, shared-file limits, the health leader) without the cores' contention.
+        port = free_port()
+        proc = self._spawn("gateway_sup", [sys.executable, "-c", SUPERVISED_ONE, str(config),
+                                           str(port)])
+        self.targets["gateway_sup"] = Target(
+            "gateway_sup", "gateway x1 supervised", proc,
+            {k: f"http://127.0.0.1:{port}/v1/chat/completions" for k in PROFILES}, public)
+
+        self._more_gateways(rt_url, config, public)
 
         if self.litellm:
             port = free_port()
@@ -174,6 +195,39 @@ class Bench:
             ready = {"bare": base + "/v1/models", "litellm": base + "/health/liveliness"}.get(
                 name, base + "/ready")
             t.proc.wait_ready(ready, 180 if name == "litellm" else 30)
+
+    def _more_gateways(self, rt_url: dict[str, str], config: Path, public: dict) -> None:
+        """`--tracing`: the gateway again with every request traced to an OTLP sink;
+        `--baseline DIR`: the gateway of another checkout, on the same config."""
+        extra = []
+        if self.tracing:
+            port = free_port()
+            self.sink = f"http://127.0.0.1:{port}"
+            sink = self._spawn("otlp-sink", [sys.executable, "-m", "bench.otlp_sink",
+                                             "--port", str(port)])
+            sink.wait_ready(self.sink + "/stats", 20)
+            traced = self.tmp / "gateway-traced.yaml"
+            traced.write_text(config.read_text() + f"tracing: {{otlp_endpoint: {self.sink}, "
+                              "sample_ratio: 1.0, service_name: bench}\n")
+            extra.append(("traced", "gateway traced", traced, None))
+        if self.baseline:
+            env = {**os.environ, "PYTHONPATH": self.baseline}
+            extra.append(("base", "gateway before", config, env))
+        for name, label, path, env in extra:
+            port = free_port()
+            proc = self._spawn(name, [sys.executable, "-m", "gateway", "serve", "--config",
+                                      str(path), "--port", str(port)], env=env,
+                               cwd=self.baseline if env else None)
+            self.targets[name] = Target(
+                name, label, proc,
+                {k: f"http://127.0.0.1:{port}/v1/chat/completions" for k in PROFILES}, public)
+
+    def sink_stats(self) -> dict | None:
+        if not self.tracing:
+            return None
+        import urllib.request
+        with urllib.request.urlopen(self.sink + "/stats", timeout=5) as resp:
+            return json.loads(resp.read())
 
     def _spawn(self, name: str, argv: list[str], env: dict | None = None,
                cwd: str | None = None) -> Proc:
@@ -393,9 +447,10 @@ def find_litellm(arg: str | None) -> str | None:
 
 
 async def run(bench: Bench, p: dict) -> None:
-    names = [n for n in ("direct", "bare", "gateway", "gateway2", "litellm")
+    names = [n for n in ("direct", "bare", "base", "gateway", "traced", "gateway2", "gateway_sup",
+                         "litellm")
              if n in bench.targets]
-    one_worker = [n for n in names if n != "gateway2"]
+    one_worker = [n for n in names if n not in ("gateway2", "gateway_sup")]
     print(f"saturation ({p['sat_rounds']} x {p['sat_s']} s per target)...", flush=True)
     await bench.saturation(names)
     print(f"paced {p['paced_rate']} req/s...", flush=True)
@@ -416,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--litellm", help="path to the litellm CLI (default: beside this "
                         "python, then $BENCH_LITELLM, then PATH)")
     parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--tracing", action="store_true", help="also the gateway with "
+                        "tracing at sample ratio 1.0, exporting to a local OTLP sink")
+    parser.add_argument("--baseline", metavar="DIR", help="also the gateway of another "
+                        "checkout (e.g. `git worktree add DIR main`), for a before/after")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
@@ -435,17 +494,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
-        bench = Bench(p, Path(tmp), litellm, args.workers)
+        bench = Bench(p, Path(tmp), litellm, args.workers, args.tracing, args.baseline)
         try:
             bench.start()
             asyncio.run(run(bench, p))
+            sink = bench.sink_stats()
         finally:
             bench.stop()
     doc = {
         "mode": "quick" if args.quick else "default", "params": p,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_avg_before": load_before, "load_avg_after": os.getloadavg()},
-        "litellm": litellm, "notes": bench.notes,
+        "litellm": litellm, "notes": bench.notes, "otlp_sink": sink,
         "total_s": round(time.monotonic() - started, 1),
         "targets": {n: {"label": t.label, **t.results} for n, t in bench.targets.items()},
     }

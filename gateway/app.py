@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import AsyncIterator
 
 import aiohttp_cors
@@ -16,11 +17,14 @@ from .config import Config
 from .endpoints import ENDPOINTS
 from .engine.scraper import engine_scrapes
 from .health import health_checks
+from .limits import make_limiter
 from .metrics import Metrics
 from .reload import config_watch
+from .rundir import RunDir
 from .runtimes.http import Transport, make_session
 from .state import Gateway
-from .typedefs import ACCESS_LOG, CONFIG_PATH, GATEWAY
+from .tracing import tracing
+from .typedefs import ACCESS_LOG, CONFIG_PATH, GATEWAY, RUN_DIR
 
 # The gateway reads bodies itself and answers 413 with an OpenAI-shaped error as soon
 # as max_body_mb is passed; aiohttp's own cap must not cut in first.
@@ -32,21 +36,32 @@ AIOHTTP_BODY_CAP = 1024 ** 4
 HEADER_TIMEOUT_S = 15.0
 # Endpoints answered by their own handler rather than `proxy`, by their rows' name.
 HANDLERS = {"messages": messages}
+# Under --workers, how often a worker copies its in-flight counts into the shared gauge.
+IN_FLIGHT_EVERY_S = 1.0
 RATE_LIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{unit}" for unit in ("requests", "tokens")
                            for what in ("limit", "remaining", "reset"))
 
 
 def create_app(config: Config, config_path: str | None = None, *,
                header_timeout_s: float = HEADER_TIMEOUT_S,
-               access_log: AccessLog | None = None) -> web.Application:
+               access_log: AccessLog | None = None,
+               run_dir: RunDir | None = None) -> web.Application:
+    """`run_dir`: the directory a server's workers share (supervise.py), None alone."""
     app = web.Application(middlewares=[gateway_middleware], client_max_size=AIOHTTP_BODY_CAP,
                           handler_args={"max_field_size": 16 * 1024, "max_headers": 128,
                                         "keepalive_timeout": header_timeout_s})
-    app[GATEWAY] = Gateway(config, Transport(make_session()), Metrics())
+    metrics = Metrics(run_dir.metrics if run_dir else None)
+    app[GATEWAY] = Gateway(config, Transport(make_session()), metrics,
+                           make_limiter(config, run_dir, metrics))
     app[ACCESS_LOG] = access_log or AccessLog()
     if config_path:
         app[CONFIG_PATH] = config_path
+    app.cleanup_ctx.append(tracing)   # stopped last: the final spans are flushed
+    if run_dir is not None:
+        app[RUN_DIR] = run_dir
+        app.cleanup_ctx.append(_in_flight_gauges)
     app.cleanup_ctx.append(_client_session)
+    app.cleanup_ctx.append(_limiter)
     app.cleanup_ctx.append(health_checks)
     app.cleanup_ctx.append(engine_scrapes)
     app.cleanup_ctx.append(config_watch)
@@ -65,6 +80,27 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[GATEWAY].transport.session.close()
     app[ACCESS_LOG].flush()   # the last lines of a draining gateway
+
+
+async def _limiter(app: web.Application) -> AsyncIterator[None]:
+    limiter = app[GATEWAY].limiter
+    await limiter.start()
+    yield
+    await limiter.close()
+
+
+async def _in_flight_gauges(app: web.Application) -> AsyncIterator[None]:
+    """Under --workers a scrape reads every worker's files: each keeps its share fresh."""
+    gateway = app[GATEWAY]
+
+    async def refresh() -> None:
+        while True:
+            gateway.publish_in_flight()
+            await asyncio.sleep(IN_FLIGHT_EVERY_S)
+
+    task = asyncio.create_task(refresh())
+    yield
+    task.cancel()
 
 
 def _add_routes(app: web.Application, config: Config) -> None:

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="listen address (default: server.host)")
     serve.add_argument("--port", type=int, help="listen port (default: server.port)")
     serve.add_argument("--workers", type=int, default=1,
-                       help="worker processes sharing the port (default: 1)")
+                       help="worker processes under one supervisor; metrics, limits and "
+                       "reloads are the whole server's (default: 1)")
     chk = sub.add_parser("check", help="validate a config file and exit")
     chk.add_argument("--config", help="path to gateway.yaml")
     args = parser.parse_args(argv)
@@ -47,8 +48,14 @@ def serve_command(path: str, host: str | None, port: int | None, workers: int) -
         print("--workers: must be at least 1", file=sys.stderr)
         return 1
     setup_logging()
-    from .serve import run   # imports aiohttp and the whole app: not needed by `check`
-    return run(config, path, host or config.server.host, port or config.server.port, workers)
+    host, port = host or config.server.host, port or config.server.port
+    # Imported here: aiohttp and the whole app are not needed by `check`, and
+    # supervise.py must set up prometheus-client's multiprocess mode before the app loads.
+    if workers > 1:
+        from .supervise import run as run_workers
+        return run_workers(config, path, host, port, workers)
+    from .serve import run
+    return run(config, path, host, port)
 
 
 class JsonFormatter(logging.Formatter):

@@ -7,6 +7,8 @@ check: one still loading at start-up gets no traffic until it answers.
 Backends with no `models` list are asked for their models on every round.
 Checks decide only `healthy`: a passing check ends what failing checks did, never
 a passive ejection (see `dispatch/ejection.py`).
+Under `--workers N` one worker runs the rounds for the server and the others take
+its results (health_share.py).
 """
 
 from __future__ import annotations
@@ -20,22 +22,25 @@ from aiohttp import web
 from .config import HealthConfig
 from .dispatch import BackendState
 from .errors import UpstreamError
+from .health_share import FOLLOW_POLL_S, HealthShare
 from .log import health_logger
 from .record import new_request_id
 from .state import Gateway
-from .typedefs import GATEWAY
+from .typedefs import GATEWAY, RUN_DIR
 
 
-async def check_round(gateway: Gateway) -> None:
+async def check_round(gateway: Gateway) -> dict[str, bool]:
+    """One round over every backend: which answered its probe."""
     states = list(gateway.states.values())
-    changed = await asyncio.gather(*(check_backend(gateway, s) for s in states))
-    if any(changed):
+    results = await asyncio.gather(*(check_backend(gateway, s) for s in states))
+    if any(changed for _, changed in results):
         gateway.rebuild()
     gateway.publish_backend_up()
+    return {state.name: ok for state, (ok, _) in zip(states, results)}
 
 
-async def check_backend(gateway: Gateway, state: BackendState) -> bool:
-    """Probe one backend; True when its discovered models changed."""
+async def check_backend(gateway: Gateway, state: BackendState) -> tuple[bool, bool]:
+    """Probe one backend: (it answered, its discovered models changed)."""
     timeout = gateway.config.health.timeout_s
     runtime = state.runtime
     try:
@@ -44,8 +49,8 @@ async def check_backend(gateway: Gateway, state: BackendState) -> bool:
         ok = False
     apply_result(state, ok, gateway.config.health)
     if ok and state.config.models is None:
-        return await discover_models(state, timeout)
-    return False
+        return ok, await discover_models(state, timeout)
+    return ok, False
 
 
 def apply_result(state: BackendState, ok: bool, health: HealthConfig) -> None:
@@ -84,21 +89,73 @@ async def discover_models(state: BackendState, timeout: float) -> bool:
 async def health_checks(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: one round before serving, then a round every interval."""
     gateway = app[GATEWAY]
-    await check_round(gateway)
-
-    async def loop() -> None:
-        while True:
-            interval = gateway.config.health.interval_s
-            await asyncio.sleep(interval * random.uniform(0.9, 1.1))
-            try:
-                await check_round(gateway)
-            except Exception:
-                health_logger.exception("health check round failed")
-
-    task = asyncio.create_task(loop())
+    run = app.get(RUN_DIR)
+    share = HealthShare(run) if run is not None else None
+    if share is None:
+        await check_round(gateway)
+    else:
+        await first_shared_round(gateway, share)
+    task = asyncio.create_task(rounds(gateway) if share is None else shared_rounds(gateway, share))
     yield
     task.cancel()
     try:
         await task
     except asyncio.CancelledError:
         pass
+    if share is not None:
+        share.release()
+
+
+async def rounds(gateway: Gateway) -> None:
+    while True:
+        interval = gateway.config.health.interval_s
+        await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+        await safe_round(gateway)
+
+
+async def safe_round(gateway: Gateway) -> dict[str, bool] | None:
+    try:
+        return await check_round(gateway)
+    except Exception:
+        health_logger.exception("health check round failed")
+        return None
+
+
+async def first_shared_round(gateway: Gateway, share: HealthShare) -> None:
+    """Before serving: the leader's first round, or (a follower) its results.
+
+    A worker that joins a running server finds them at once; at the server's start
+    the followers wait for the leader's round, and run one of their own only if
+    none comes (the leader died starting up): no backend is trusted unchecked.
+    """
+    if share.lead():
+        share.publish(gateway, await check_round(gateway))
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + gateway.config.health.timeout_s + 2
+    while loop.time() < deadline:
+        if share.follow(gateway):
+            return
+        await asyncio.sleep(0.05)
+    await check_round(gateway)
+
+
+async def shared_rounds(gateway: Gateway, share: HealthShare) -> None:
+    """The leader checks every interval; a follower reads, and tries to lead each interval."""
+    loop = asyncio.get_running_loop()
+    while True:
+        interval = gateway.config.health.interval_s
+        if share.leading:
+            await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+            answered = await safe_round(gateway)
+            if answered is not None:
+                share.publish(gateway, answered)
+            continue
+        deadline = loop.time() + interval * random.uniform(0.9, 1.1)
+        while loop.time() < deadline:
+            share.follow(gateway)
+            await asyncio.sleep(FOLLOW_POLL_S)
+        if share.lead():   # the leader is gone: check now, not an interval later
+            answered = await safe_round(gateway)
+            if answered is not None:
+                share.publish(gateway, answered)

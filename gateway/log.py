@@ -7,6 +7,9 @@ access_logger = logging.getLogger("gateway.access")
 health_logger = logging.getLogger("gateway.health")
 config_logger = logging.getLogger("gateway.config")
 engine_logger = logging.getLogger("gateway.engine")
+trace_logger = logging.getLogger("gateway.tracing")
+# Where the OTLP/HTTP span exporter logs every failed batch and every retry.
+TRACE_EXPORTER_LOGGER = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
 
 
 class ClientFaultsAreWarnings(logging.Filter):
@@ -33,3 +36,19 @@ def quiet_client_faults() -> None:
     """Install the filter on aiohttp's server logger: a process-wide setting, made once
     at process start-up (`serve.prepare_process`), never by building an app."""
     logging.getLogger("aiohttp.server").addFilter(CLIENT_FAULTS)
+
+
+class OnlyCritical(logging.Filter):
+    """The span exporter logs each failed batch and retry; the gateway logs an outage
+    once itself (tracing/export.py), so only the exporter's critical records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.CRITICAL
+
+
+ONLY_CRITICAL = OnlyCritical()
+
+
+def quiet_trace_exporter() -> None:
+    """A process-wide setting, made once at start-up; names a logger, imports nothing."""
+    logging.getLogger(TRACE_EXPORTER_LOGGER).addFilter(ONLY_CRITICAL)

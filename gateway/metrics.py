@@ -2,14 +2,24 @@
 
 Label values are bounded: `model` is always a configured public name (callers
 pass "" for a name that is not configured) and `backend` a configured backend.
+
+Under `--workers N` (supervise.py) prometheus-client runs in multiprocess mode:
+each worker's values live in files of the server's run directory, and a scrape of
+any worker sums them all (`expose`). Each gauge says how workers combine:
+in-flight requests add up (`livesum`); `backend_up` is 1 while any live worker
+may send to the backend (`livemax`: health is shared, but each worker ejects on
+its own traffic, so a backend one worker ejected still gets the others' requests);
+the state backend is up only while every worker reaches it (`livemin`). "live":
+a worker that exits takes its gauges with it (supervise.py marks it dead).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Collection, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 
 from .record import RequestRecord
 
@@ -26,8 +36,16 @@ OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+# Gauges labelled by backend: a removed backend's files cannot be edited, so a scrape
+# leaves out the backends the scraping worker's config no longer has.
+PER_BACKEND_GAUGES = ("gateway_in_flight_requests", "gateway_backend_up")
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        """`multiprocess_dir`: the workers' shared files (only under --workers N)."""
+        self.multiprocess_dir = multiprocess_dir
+        self._state_backend_up: Gauge | None = None
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "gateway_requests", "Requests answered, by final status.",
@@ -48,10 +66,10 @@ class Metrics:
             ["model", "backend", "type"], registry=r)
         self.in_flight = Gauge(
             "gateway_in_flight_requests", "Requests currently sent to a backend.",
-            ["backend"], registry=r)
+            ["backend"], registry=r, multiprocess_mode="livesum")
         self.backend_up = Gauge(
             "gateway_backend_up", "1 when the backend is healthy and not ejected.",
-            ["backend"], registry=r)
+            ["backend"], registry=r, multiprocess_mode="livemax")
         self.fallbacks = Counter(
             "gateway_fallbacks", "Requests that went to a fallback after their pool failed.",
             ["model", "to"], registry=r)
@@ -106,9 +124,26 @@ class Metrics:
         # takes a lock and re-validates every value, a dict lookup does neither.
         self._children: dict[tuple, Any] = {}
 
+    @property
+    def state_backend_up(self) -> Gauge:
+        """1 while the shared state (Redis) answers; only there when one is configured."""
+        if self._state_backend_up is None:
+            self._state_backend_up = Gauge(
+                "gateway_state_backend_up",
+                "1 while the shared rate-limit state (Redis) is reachable.",
+                registry=self.registry, multiprocess_mode="livemin")
+        return self._state_backend_up
+
+    def set_in_flight(self, name: str, value: int) -> None:
+        """Written per backend at scrape time (and each second under --workers), so
+        requests pay no gauge update: a multiprocess gauge cannot read a function."""
+        self._child(self.in_flight, name).set(value)
+
     def forget_backend(self, name: str) -> None:
         """A removed backend's gauges would otherwise report stale values forever."""
         self._children.clear()
+        if self.multiprocess_dir:
+            return   # the files keep them; expose() leaves them out
         for gauge in (self.backend_up, self.in_flight, self.engine_queue, self.engine_running,
                       self.engine_kv):
             try:
@@ -150,5 +185,26 @@ class Metrics:
                 child(self.tpot, model, backend).observe(
                     (rec.last_token_at - rec.first_token_at) / (completion - 1))
 
-    def expose(self) -> bytes:
-        return generate_latest(self.registry)
+    def expose(self, backends: Collection[str] = ()) -> bytes:
+        """The exposition; under --workers every worker's, summed. `backends`: the
+        configured ones, whose per-backend gauges are shown."""
+        if not self.multiprocess_dir:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_AllWorkers(self.multiprocess_dir, frozenset(backends)))
+        return generate_latest(registry)
+
+
+class _AllWorkers:
+    """Every worker's files, less the gauges of backends no longer configured."""
+
+    def __init__(self, path: str, backends: frozenset[str]) -> None:
+        self.path, self.backends = path, backends
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+        for family in MultiProcessCollector(None, self.path).collect():
+            if family.name in PER_BACKEND_GAUGES:
+                family.samples = [s for s in family.samples
+                                  if s.labels.get("backend") in self.backends]
+            yield family

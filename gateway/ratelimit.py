@@ -8,6 +8,8 @@ only while its `tpm` bucket is above zero.
 
 Buckets belong to one app's `Limiter` and are keyed by the key's name, so a
 config reload keeps them for every key whose name stays (`Limiter.apply`).
+This Limiter's buckets live in the process; limits_shared.py keeps the same buckets
+in a file every worker maps, limits_redis.py in Redis for every replica.
 """
 
 from __future__ import annotations
@@ -100,6 +102,16 @@ class Limiter:
             fresh[key.name] = buckets
         self._keys = fresh
 
+    async def acquire(self, name: str) -> Refusal | None:
+        """What callers await: `admit` here; a round trip to Redis in limits_redis.py."""
+        return self.admit(name)
+
+    async def start(self) -> None:
+        """Called once the app's event loop runs (the Redis client needs one)."""
+
+    async def close(self) -> None:
+        """Called when the app stops."""
+
     def admit(self, name: str) -> Refusal | None:
         """Take one request from `name`'s buckets, or say which limit refuses it."""
         buckets = self._keys.get(name)
@@ -129,6 +141,16 @@ class Limiter:
         if tokens:
             buckets.tpm.refill(self._clock())
             buckets.tpm.level -= tokens
+
+    def set_levels(self, name: str, rpm: float, tpm: float) -> None:
+        """Take the levels as another store reports them (limits_redis.py: Redis's answer)."""
+        buckets = self._keys.get(name)
+        if buckets is None:
+            return
+        now = self._clock()
+        for bucket, level in ((buckets.rpm, rpm), (buckets.tpm, tpm)):
+            if bucket is not None:
+                bucket.level, bucket.updated = level, now
 
     def headers(self, name: str | None) -> dict[str, str]:
         """The x-ratelimit-* headers OpenAI sends, for the limits `name` has."""

@@ -41,7 +41,7 @@ def upstream_request_id(request_id: str) -> str:
 class RequestRecord:
     __slots__ = ("request_id", "upstream_id", "endpoint", "after_send", "model", "backend", "status", "started",
                  "upstream_wait", "first_token_at", "last_token_at", "usage", "stream",
-                 "retries", "fallback", "key_name", "error", "aborted")
+                 "retries", "fallback", "key_name", "error", "aborted", "trace")
 
     def __init__(self, request_id: str, endpoint: str) -> None:
         self.request_id = request_id
@@ -63,6 +63,7 @@ class RequestRecord:
         self.key_name: str | None = None
         self.error: str | None = None
         self.aborted: str | None = None   # why a stream ended early
+        self.trace: Any = None            # a tracing.spans.RequestTrace while tracing is on
 
     def id_for_runtimes(self) -> str:
         """The X-Request-ID every try of this request sends upstream."""
@@ -85,4 +86,6 @@ class RequestRecord:
         }
         if self.upstream_id is not None and self.upstream_id != self.request_id:
             fields["upstream_request_id"] = self.upstream_id
+        if self.trace is not None:
+            fields["trace_id"] = self.trace.trace_id
         return fields

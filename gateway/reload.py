@@ -20,10 +20,11 @@ from aiohttp import web
 from .config import Config, ConfigError, load_config
 from .log import config_logger
 from .state import Gateway
-from .typedefs import CONFIG_PATH, GATEWAY, WORKER_PIDS
+from .typedefs import CONFIG_PATH, CONFIG_SEEN, GATEWAY, SUPERVISOR
 
 POLL_S = 0.25      # how often the file's identity is looked at
 SETTLE_S = 0.3     # an edit must stay unchanged this long: no half-written files
+EVERYWHERE_WAIT_S = 5.0   # POST /admin/reload's wait for the master's SIGHUP to come back
 
 
 @dataclass
@@ -47,6 +48,7 @@ def reload_config(gateway: Gateway, path: str) -> ReloadResult:
         gateway.metrics.config_reloads.labels("error").inc()
         result = ReloadResult(False, err.problems)
         gateway.last_reload_error = result
+        gateway.reloads += 1
         return result
     restart = restart_required(gateway.config, config)
     for item in restart:
@@ -54,9 +56,37 @@ def reload_config(gateway: Gateway, path: str) -> ReloadResult:
     gateway.apply(config)
     gateway.metrics.config_reloads.labels("ok").inc()
     gateway.last_reload_error = None
+    gateway.reloads += 1
     config_logger.info("config reloaded: %d backends, %d models", len(config.backends),
                        len(gateway.table.model_names))
-    return ReloadResult(True, restart_required=restart)
+    result = gateway.last_reload = ReloadResult(True, restart_required=restart)
+    return result
+
+
+async def reload_everywhere(app: web.Application, path: str) -> ReloadResult:
+    """POST /admin/reload: this process, or under --workers every worker.
+
+    A worker asks the master, which sends SIGHUP to every worker, this one
+    included; its answer is this worker's own reload. Should the master not
+    answer in time, this worker at least reloads itself.
+    """
+    gateway = app[GATEWAY]
+    master = app.get(SUPERVISOR)
+    if master is None:
+        return reload_config(gateway, path)
+    seen = gateway.reloads
+    try:
+        os.kill(master, signal.SIGHUP)
+    except ProcessLookupError:
+        return reload_config(gateway, path)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + EVERYWHERE_WAIT_S
+    while gateway.reloads == seen and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    if gateway.reloads == seen:
+        config_logger.warning("the master passed no SIGHUP on; this worker reloads alone")
+        return reload_config(gateway, path)
+    return gateway.last_reload_error or gateway.last_reload
 
 
 def restart_required(old: Config, new: Config) -> list[str]:
@@ -66,6 +96,11 @@ def restart_required(old: Config, new: Config) -> list[str]:
     for key in ("host", "port", "cors_origins"):
         if getattr(old.server, key) != getattr(new.server, key):
             changed.append(f"server.{key}")
+    # The tracer and its exporter thread live as long as the app (tracing/setup.py).
+    if old.tracing != new.tracing:
+        changed.append("tracing")
+    if old.state.redis != new.state.redis:
+        changed.append("state.redis")   # the limiter is chosen once, at start
     return changed
 
 
@@ -78,8 +113,10 @@ def file_identity(path: str) -> tuple | None:
         return None
 
 
-async def watch_file(gateway: Gateway, path: str) -> None:
-    seen = file_identity(path)
+async def watch_file(gateway: Gateway, path: str, seen: tuple | None = None) -> None:
+    """`seen`: the file as it was when the running config was read, if known; an edit
+    made since then (a worker still starting up) is reloaded at once."""
+    seen = seen or file_identity(path)
     while True:
         await asyncio.sleep(POLL_S)
         current = file_identity(path)
@@ -105,16 +142,11 @@ async def config_watch(app: web.Application) -> AsyncIterator[None]:
         return
     gateway = app[GATEWAY]
     loop = asyncio.get_running_loop()
-    task = asyncio.create_task(watch_file(gateway, path))
-    workers = app.get(WORKER_PIDS, ())
+    task = asyncio.create_task(watch_file(gateway, path, app.get(CONFIG_SEEN)))
 
     def on_hup() -> None:
+        # Under --workers the master passes SIGHUP to every worker: each reloads itself.
         reload_config(gateway, path)
-        for pid in workers:
-            try:
-                os.kill(pid, signal.SIGHUP)
-            except ProcessLookupError:
-                pass
 
     try:
         loop.add_signal_handler(signal.SIGHUP, on_hup)

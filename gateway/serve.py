@@ -1,4 +1,4 @@
-"""Running the app: event loop, listener, workers, signals and draining."""
+"""Running the app in one process: event loop, listener, signals and draining."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from prometheus_client import disable_created_metrics
 from .accesslog import StderrAccessLog
 from .app import create_app
 from .config import Config
-from .log import quiet_client_faults, server_logger
-from .typedefs import WORKER_PIDS
+from .log import quiet_client_faults, quiet_trace_exporter, server_logger
 
 
 def prepare_process() -> None:
@@ -23,9 +22,11 @@ def prepare_process() -> None:
     # `_created` series double the exposition and no dashboard reads them.
     disable_created_metrics()
     quiet_client_faults()
+    quiet_trace_exporter()
 
 
-def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
+def run(config: Config, path: str, host: str, port: int) -> int:
+    """One process serving: no supervisor (`--workers N` is supervise.py)."""
     try:
         import uvloop
         uvloop.install()
@@ -35,43 +36,15 @@ def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
     # (its default action): the listener is bound, so a supervisor may already send one.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     prepare_process()
-    tune_gc()   # before the fork: the workers share the frozen startup heap's pages
-    socks = _listen_all(host, port, workers)
-    children = [_fork_worker(config, path, socks, i) for i in range(1, workers)]
-    for sock in socks[1:]:
-        sock.close()   # each child serves its own
-    try:
-        _serve(config, path, socks[0], tuple(children))
-    finally:
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGTERM)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
+    tune_gc()
+    _serve(config, path, _listen(host, port))
     return 0
 
 
-def _listen_all(host: str, port: int, workers: int) -> list[socket.socket]:
-    """One listening socket per worker, all on the same port with SO_REUSEPORT.
-
-    With one shared socket, the worker that wakes first accepts every pending
-    connection (libuv accepts until the queue is empty), and keep-alive clients then
-    stay on it: a bench run saw one worker take all 64 connections. With a socket
-    each, the kernel spreads new connections over the workers evenly.
-    """
-    socks = [_listen(host, port, reuse_port=workers > 1)]
-    port = socks[0].getsockname()[1]   # port 0: the others join the port the first got
-    socks += [_listen(host, port, reuse_port=True) for _ in range(workers - 1)]
-    return socks
-
-
-def _listen(host: str, port: int, reuse_port: bool) -> socket.socket:
+def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -79,19 +52,6 @@ def _listen(host: str, port: int, reuse_port: bool) -> socket.socket:
         raise SystemExit(1) from None
     sock.listen(1024)
     return sock
-
-
-def _fork_worker(config: Config, path: str, socks: list[socket.socket], index: int) -> int:
-    pid = os.fork()
-    if pid == 0:
-        try:
-            for i, sock in enumerate(socks):
-                if i != index:
-                    sock.close()   # a child holding another's socket would keep it open
-            _serve(config, path, socks[index])
-        finally:
-            os._exit(0)
-    return pid
 
 
 # Objects allocated (net of those freed) between two young-generation collections.
@@ -107,7 +67,8 @@ def tune_gc() -> None:
 
     The startup heap (config, metrics registry, imported modules) lives as long as the
     process: frozen, later collections no longer walk it, and forked workers keep
-    sharing its pages instead of copying them when the collector touches them.
+    sharing its pages instead of copying them when the collector touches them
+    (supervise.py calls this before the workers are forked).
     """
     gc.collect()
     gc.freeze()
@@ -115,13 +76,10 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
-def _serve(config: Config, path: str, sock: socket.socket,
-           workers: tuple[int, ...] = ()) -> None:
+def _serve(config: Config, path: str, sock: socket.socket) -> None:
     async def make_app() -> web.Application:
         # Built inside run_app's loop: the ClientSession's connector needs a running loop.
-        app = create_app(config, path, access_log=StderrAccessLog())
-        app[WORKER_PIDS] = workers   # the first process passes SIGHUP on to the others
-        return app
+        return create_app(config, path, access_log=StderrAccessLog())
 
     host, port = sock.getsockname()[:2]
     server_logger.info("serving on http://%s:%s (pid %s)", host, port, os.getpid())

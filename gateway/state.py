@@ -7,6 +7,8 @@ table carries the config it started with.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .auth import KeyRing
 from .config import Config
 from .dispatch import BackendState, Dispatcher, RouteTable
@@ -16,16 +18,23 @@ from .ratelimit import Limiter
 from .runtimes import make_runtime
 from .runtimes.http import Transport
 
+if TYPE_CHECKING:
+    from .tracing.setup import Tracing
+
 
 class Gateway:
-    def __init__(self, config: Config, transport: Transport, metrics: Metrics) -> None:
+    def __init__(self, config: Config, transport: Transport, metrics: Metrics,
+                 limiter: Limiter | None = None) -> None:
         self.transport = transport
         self.metrics = metrics
         self.dispatcher = Dispatcher(metrics)
         self.states: dict[str, BackendState] = {}
         self.drain = Drain()
-        self.limiter = Limiter()
+        self.limiter = limiter or Limiter()   # limits.py: shared across workers or replicas
         self.last_reload_error = None   # a reload.ReloadResult while the file is invalid
+        self.tracing: Tracing | None = None   # set while tracing runs (gateway/tracing)
+        self.last_reload = None         # the last successful reload.ReloadResult
+        self.reloads = 0                # reloads tried: what POST /admin/reload waits on
         self.apply(config)
 
     @property
@@ -42,9 +51,7 @@ class Gateway:
                 old.config, old.runtime = backend, runtime
                 states[name] = old
             else:
-                state = states[name] = BackendState(backend, runtime)
-                # Read at scrape time: no gauge update (and its lock) on every request.
-                self.metrics.in_flight.labels(name).set_function(lambda s=state: s.in_flight)
+                states[name] = BackendState(backend, runtime)
         for name in self.states.keys() - states.keys():
             self.metrics.forget_backend(name)
         table = RouteTable(config, states, getattr(self, "table", None))
@@ -52,6 +59,11 @@ class Gateway:
         self.limiter.apply(config.auth_keys)   # a key whose name stays keeps its buckets
         self.config, self.states, self.table = config, states, table
         self.publish_backend_up()
+
+    def publish_in_flight(self) -> None:
+        """Copied into the gauge when scraped: no gauge update on every request."""
+        for state in self.states.values():
+            self.metrics.set_in_flight(state.name, state.in_flight)
 
     def publish_backend_up(self) -> None:
         for state in self.states.values():

@@ -4,12 +4,16 @@ from aiohttp import web
 
 from .accesslog import AccessLog
 from .record import RequestRecord
+from .rundir import RunDir
 from .state import Gateway
 
 GATEWAY = web.AppKey("gateway", Gateway)
 CONFIG_PATH = web.AppKey("config_path", str)
-WORKER_PIDS = web.AppKey("worker_pids", tuple)   # the other worker processes (--workers N)
+CONFIG_SEEN = web.AppKey("config_seen", tuple)   # the file's identity when its config was read
+RUN_DIR = web.AppKey("run_dir", RunDir)     # the server's shared directory (--workers N)
+SUPERVISOR = web.AppKey("supervisor", int)   # the master's pid, in a worker of --workers N
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 RECORD = web.RequestKey("record", RequestRecord)
 
-__all__ = ["ACCESS_LOG", "GATEWAY", "CONFIG_PATH", "WORKER_PIDS", "RECORD", "RequestRecord"]
+__all__ = ["ACCESS_LOG", "GATEWAY", "CONFIG_PATH", "CONFIG_SEEN", "RUN_DIR", "SUPERVISOR", "RECORD",
+           "RequestRecord"]

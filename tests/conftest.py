@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import signal
 import time
 from types import MappingProxyType
 from typing import Any, AsyncIterator, Awaitable, Callable, NoReturn
@@ -21,6 +22,55 @@ from gateway.serve import prepare_process
 
 def pytest_configure(config: pytest.Config) -> None:
     prepare_process()   # what `gateway serve` does once at start-up, before any app
+
+
+# Every process a test starts inherits this variable, also the workers a gateway forks
+# and those a killed parent left to init: that is how the teardown finds them all.
+SESSION_MARK = "GATEWAY_TEST_SESSION"
+
+
+def marked_processes(mark: str) -> list[int]:
+    needle = f"{SESSION_MARK}={mark}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat", encoding="ascii") as f:
+                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            continue   # gone, or not ours to read
+        if needle in environ and not zombie:
+            found.append(int(entry))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind():
+    """Fail the run when any process a test started outlives the tests (then end it)."""
+    if not os.path.isdir("/proc"):
+        yield
+        return
+    mark = f"{os.getpid()}-{time.time_ns()}"
+    os.environ[SESSION_MARK] = mark
+    yield
+    deadline = time.monotonic() + 5   # a process being stopped right now gets a moment
+    while (left := marked_processes(mark)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.environ.pop(SESSION_MARK, None)
+    if left:
+        described = []
+        for pid in left:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    command = f.read().replace(b"\0", b" ").decode(errors="replace")
+                described.append(f"{pid}: {command}")
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        pytest.fail("processes left behind by the tests (now killed):\n" + "\n".join(described))
 
 # What the fake runtime is called by its backends, and the smallest chat request to it.
 RUNTIME_ID = "meta-llama/Llama-3.1-8B-Instruct"

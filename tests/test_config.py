@@ -81,7 +81,7 @@ def test_an_unset_variable_under_an_unknown_key_reports_both():
     assert problems("extra: ${X}\n" + ECHO) == [
         "extra: environment variable X is not set",
         "extra: unknown key (expected one of: server, backends, routes, health, retries, queue, "
-        "auth, engine)",
+        "auth, engine, tracing, state)",
     ]
 
 

@@ -488,3 +488,26 @@ def test_redis_is_locked_down_and_keeps_nothing(with_redis):
     assert cont["securityContext"]["readOnlyRootFilesystem"] is True
     assert cont["args"][:2] == ["--save", ""]   # no snapshots: counters are minutes' worth
     assert cont["readinessProbe"]["exec"]["command"] == ["redis-cli", "ping"]
+
+
+def test_the_redis_config_passes_gateway_check_and_a_bad_state_url_fails(with_redis, tmp_path):
+    text, config = gateway_config(with_redis)
+    secrets = secret_env(with_redis)
+    run = _check(text, secrets, None, tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    bad = text.replace(config["state"]["redis"], "http://gateway-redis:6379/0")
+    run = _check(bad, secrets, None, tmp_path)
+    assert run.returncode == 1 and "state.redis: must be a redis://" in run.stdout + run.stderr
+
+
+def test_the_workers_shared_directory_is_on_a_writable_volume(base):
+    # `--workers N` keeps its run directory (metrics files, shared limits) under $TMPDIR;
+    # the root filesystem is read-only, so $TMPDIR must be the emptyDir.
+    deploy = one(base, "Deployment", "gateway")
+    cont = container(deploy, "gateway")
+    assert cont["securityContext"]["readOnlyRootFilesystem"] is True
+    tmpdir = next((e["value"] for e in cont.get("env", []) if e["name"] == "TMPDIR"), "/tmp")
+    mount = next(m for m in cont["volumeMounts"] if m["mountPath"] == tmpdir)
+    volume = next(v for v in deploy["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == mount["name"])
+    assert "emptyDir" in volume and not mount.get("readOnly")

@@ -1,4 +1,4 @@
-"""End to end against real llama.cpp servers (issue 8).
+"""End to end against real llama.cpp servers (issue 8; the engine gauges: issue 15).
 
 Two `llama-server` processes (Gemma 3 270M Q4_K_M, 1 thread, 1 slot, small context) behind one
 public model with weights 3:1, the gateway started with `gateway serve` as a subprocess, and the
@@ -8,6 +8,7 @@ whole module is skipped, unless GATEWAY_REQUIRE_LLAMACPP is set (CI), where it f
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import http.client
 import json
@@ -16,16 +17,18 @@ import time
 import uuid
 from pathlib import Path
 
+import aiohttp
 import anthropic
 import openai
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.procs import wait_until
 from tests.conftest import unavailable
 from tests.llama_support import (
-    HOST, PUBLIC_MODEL, Gateway, LlamaServer, Stack, find_install, gateway_command,
-    gateway_yaml, http_get, metric_sum, request_log,
+    ADMIN_KEY, HOST, PUBLIC_MODEL, Gateway, LlamaServer, Stack, find_install,
+    gateway_command, gateway_yaml, http_get, metric_sum, request_log,
 )
 
 pytestmark = pytest.mark.llamacpp
@@ -209,12 +212,13 @@ def test_weights_are_honoured(stack):
     assert 12 <= counts["llama-a"] <= 23, counts
 
 
-def test_anthropic_sdk_reaches_both_servers_natively(stack):
+def test_anthropic_sdk_reaches_both_servers_natively(stack, request):
     """llama-server serves /v1/messages itself: the anthropic SDK's requests reach both
     servers as they are (streamed and not), and count_tokens is llama-server's own."""
     stack.wait_backends({"llama-a": True, "llama-b": True})
     client = anthropic.Anthropic(base_url=stack.gateway.base_url[:-3], api_key="unused",
                                  timeout=60, max_retries=0)
+    request.addfinalizer(client.close)      # its socket, else a ResourceWarning at exit
     seen: collections.Counter = collections.Counter()
     before = metric_sum(stack.gateway.port, "gateway_requests_total", endpoint="messages")
     for i in range(16):                       # bounded: 3:1 weights reach llama-b early
@@ -238,6 +242,107 @@ def test_anthropic_sdk_reaches_both_servers_natively(stack):
     assert client.messages.count_tokens(model=PUBLIC_MODEL, messages=MESSAGES).input_tokens > 0
     after = metric_sum(stack.gateway.port, "gateway_requests_total", endpoint="messages")
     assert after - before == sum(seen.values()) + 1
+
+
+# ---------------------------------------------------------------- the servers' own load
+
+ENGINE_GAUGES = {"running": "gateway_backend_running_requests",
+                 "waiting": "gateway_backend_queue_depth"}
+LOAD_STREAMS = 5           # one slot per server: the rest wait in llama-server's queue;
+# each stream lasts longer (800 tokens at tens per second) than the test looks at them
+
+
+async def _get(session: aiohttp.ClientSession, url: str, **kw) -> str:
+    async with session.get(url, **kw) as resp:
+        assert resp.status == 200, (url, resp.status)
+        return await resp.text()
+
+
+async def server_load(session: aiohttp.ClientSession, server: LlamaServer) -> dict:
+    """What llama-server's own /metrics says now: busy slots and deferred requests."""
+    text = await _get(session, server.url + "/metrics")
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    return {"running": values["llamacpp:requests_processing"],
+            "waiting": values["llamacpp:requests_deferred"]}
+
+
+async def gateway_load(session: aiohttp.ClientSession, stack) -> tuple[dict, dict, set]:
+    """The gateway's engine gauges and /admin/backends' engine rows, per backend; and the
+    backends that have a KV-cache series (none should: llama.cpp exposes no KV gauge)."""
+    base = f"http://{HOST}:{stack.gateway.port}"
+    text = await _get(session, base + "/metrics")
+    gauges: dict = {name: {} for name in WEIGHTS}
+    kv = set()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            backend = sample.labels.get("backend")
+            for key, name in ENGINE_GAUGES.items():
+                if sample.name == name and backend in gauges:
+                    gauges[backend][key] = sample.value
+            if sample.name == "gateway_backend_kv_cache_usage":
+                kv.add(backend)
+    rows = json.loads(await _get(session, base + "/admin/backends",
+                                 headers={"Authorization": f"Bearer {ADMIN_KEY}"}))["backends"]
+    admin = {r["name"]: {"running": r["engine"]["running_requests"],
+                         "waiting": r["engine"]["queue_depth"],
+                         "fresh": r["engine"]["fresh"], "kv": r["engine"]["kv_cache_usage"]}
+             for r in rows if r["name"] in WEIGHTS}
+    return gauges, admin, kv
+
+
+async def _hold_stream(session: aiohttp.ClientSession, stack, started: list) -> None:
+    """A long stream through the gateway, read until cancelled (the client then leaves)."""
+    body = {"model": PUBLIC_MODEL, "stream": True, "max_tokens": 800, "ignore_eos": True,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Tell a long story about a river."}]}
+    async with session.post(stack.gateway.base_url + "/chat/completions", json=body) as resp:
+        started.append(resp.headers.get("X-Gateway-Backend"))
+        async for _ in resp.content.iter_any():
+            pass
+
+
+async def test_engine_gauges_show_the_servers_own_load(stack):
+    """Under concurrent streams, the gateway's running and queue gauges and /admin/backends
+    show what each llama-server's /metrics says: read between two identical readings of the
+    servers, so all three describe the same moment."""
+    stack.wait_backends({"llama-a": True, "llama-b": True})
+    timeout = aiohttp.ClientTimeout(total=90)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        started: list = []
+        streams = [asyncio.create_task(_hold_stream(session, stack, started))
+                   for _ in range(LOAD_STREAMS)]
+        seen = None
+        try:
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline and seen is None:
+                await asyncio.sleep(0.25)
+                before = {n: await server_load(session, s) for n, s in stack.servers.items()}
+                gauges, admin, kv = await gateway_load(session, stack)
+                after = {n: await server_load(session, s) for n, s in stack.servers.items()}
+                total = sum(v["running"] + v["waiting"] for v in before.values())
+                wanted = {n: {k: before[n][k] for k in ENGINE_GAUGES} for n in WEIGHTS}
+                if (before == after and total == LOAD_STREAMS and gauges == wanted
+                        and all(admin[n] == {**wanted[n], "fresh": True, "kv": None}
+                                for n in WEIGHTS)):
+                    seen = (before, gauges, admin, kv)
+            assert seen is not None, (
+                f"gauges never matched the servers: servers {before} / {after}, "
+                f"gateway {gauges}, admin {admin}")
+            servers, gauges, admin, kv = seen
+            print("servers' own /metrics:", servers, "gateway gauges:", gauges)
+            # Real load, not zeros: every slot busy, and requests waiting in a queue.
+            assert all(v["running"] == 1 for v in servers.values()), servers
+            assert sum(v["waiting"] for v in servers.values()) >= 1, servers
+            assert kv == set(), "llama.cpp exposes no KV-cache gauge: no series expected"
+        finally:
+            for task in streams:
+                task.cancel()
+            await asyncio.gather(*streams, return_exceptions=True)
+
+    def idle() -> bool:
+        return all(not s.busy() and s.metrics()["llamacpp:requests_deferred"] == 0
+                   for s in stack.servers.values())
+    wait_until(idle, 30, "both servers idle after the streams were closed")
 
 
 # ---------------------------------------------------------------- failures

@@ -11,7 +11,7 @@ from ..config import EngineConfig, redacted, url_without_password
 from ..dispatch import BackendState
 from ..engine import specs_for
 from ..errors import BadRequest, NotFound, Unauthorized
-from ..reload import reload_config
+from ..reload import reload_everywhere
 from ..typedefs import CONFIG_PATH, GATEWAY
 
 
@@ -74,7 +74,7 @@ async def reload(request: web.Request) -> web.Response:
     path = request.app.get(CONFIG_PATH)
     if not path:
         raise BadRequest("this gateway was not started from a config file")
-    result = reload_config(request.app[GATEWAY], path)
+    result = await reload_everywhere(request.app, path)
     return web.json_response(result.to_dict(), status=200 if result.ok else 400)
 
 

@@ -11,7 +11,7 @@ from .keys import client_key
 
 
 async def list_models(request: web.Request) -> web.Response:
-    key = client_key(request)
+    key = await client_key(request)
     names = visible_models(key, request.app[GATEWAY].table.model_names)
     return web.json_response({"object": "list", "data": [
         {"id": name, "object": "model", "created": 0, "owned_by": "gateway"}
@@ -31,5 +31,7 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[GATEWAY].metrics.expose()
+    gateway = request.app[GATEWAY]
+    gateway.publish_in_flight()
+    body = gateway.metrics.expose(gateway.states.keys())
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})

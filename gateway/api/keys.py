@@ -9,7 +9,8 @@ from ..errors import RateLimited
 from ..typedefs import GATEWAY, RECORD
 
 
-def client_key(request: web.Request, *, accepts_x_api_key: bool = False) -> ApiKey | None:
+async def client_key(request: web.Request, *,
+                     accepts_x_api_key: bool = False) -> ApiKey | None:
     """The caller's key (None when auth is off), once its rate limits admit the request.
     `accepts_x_api_key`: Anthropic's clients send the key as `x-api-key`."""
     gateway = request.app[GATEWAY]
@@ -19,7 +20,7 @@ def client_key(request: web.Request, *, accepts_x_api_key: bool = False) -> ApiK
     if key is None:
         return None
     request[RECORD].key_name = key.name
-    refusal = gateway.limiter.admit(key.name)
+    refusal = await gateway.limiter.acquire(key.name)   # Redis: a round trip
     if refusal is not None:
         gateway.metrics.rate_limited.labels(key.name, refusal.limit).inc()
         raise RateLimited(refusal.message, retry_after=refusal.retry_after)

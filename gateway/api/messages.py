@@ -42,9 +42,11 @@ COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 async def messages(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     rec: RequestRecord = request[RECORD]
+    if gateway.tracing is not None:
+        rec.trace = gateway.tracing.start_request(request, rec)   # ended by the middleware
     endpoint = BY_PATH[request.path]
     counting = request.path == COUNT_TOKENS_PATH
-    key = client_key(request, accepts_x_api_key=True)
+    key = await client_key(request, accepts_x_api_key=True)
     table = gateway.table   # this request's one config snapshot, from here to the end
     raw = await read_body(request, table.config.server.max_body_bytes)
     payload = parse_messages(raw, counting)
@@ -126,7 +128,7 @@ async def _stream(request: web.Request, opened: Opened, rec: RequestRecord,
 async def _relay(request: web.Request, opened: Opened, rec: RequestRecord,
                  events: NativeEvents | TranslatedEvents
                  ) -> tuple[web.StreamResponse, BaseException | None]:
-    """The relayed stream, and why it ended early (as `proxy._relay_stream`)."""
+    """The relayed stream, and why it ended early (as in `proxy._stream`)."""
     drain = request.app[GATEWAY].drain
     resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
     stamp_response(request, resp, rec)

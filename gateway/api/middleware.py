@@ -135,6 +135,8 @@ async def _answer(request: web.Request, handler, rec: RequestRecord,
 
 def _finish(request: web.Request, rec: RequestRecord) -> None:
     duration = time.perf_counter() - rec.started
+    if rec.trace is not None:
+        rec.trace.end(rec)
     if rec.endpoint:
         gateway = request.app[GATEWAY]
         gateway.limiter.charge(rec.key_name, rec.usage)   # tpm: the real usage, once known

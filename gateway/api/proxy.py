@@ -24,7 +24,7 @@ from ..endpoints import BYTES, MULTIPART, NO_BODY, SAME_PATH, Endpoint
 from ..errors import ClientTooSlow, ModelNotFound, Reason, ShuttingDown, UpstreamError
 from ..forms import read_form
 from ..record import RequestRecord
-from ..relay import SSE_HEADERS, body_response, body_usage, relay_stream
+from ..relay import SSE_HEADERS, StreamRewriter, body_response, body_usage, relay_stream
 from ..relay_events import make_rewriter, rewrite_stored
 from ..response_ids import IdRewriter
 from ..routing import NO_AFFINITY
@@ -43,9 +43,11 @@ SLOW_CLIENT_GRACE_S = 1.0   # for the error event to a client cut by server.clie
 async def proxy(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     rec: RequestRecord = request[RECORD]
+    if gateway.tracing is not None:
+        rec.trace = gateway.tracing.start_request(request, rec)   # ended by the middleware
     endpoint = endpoint_of(request)
     assert endpoint is not None   # only the rows of `endpoints` are routed here
-    key = client_key(request)
+    key = await client_key(request)
     table = gateway.table   # this request's one config snapshot, from here to the end
     limit = table.config.server.max_body_bytes
     ids: IdRewriter | None = None
@@ -100,6 +102,8 @@ async def _whole(opened: Opened, rec: RequestRecord, endpoint: Endpoint,
     def after_send(error: BaseException | None) -> None:
         # A client gone mid-send still used its tokens; {} = this API reports none.
         rec.usage = body_usage(body) if endpoint.has_usage else {}
+        if rec.trace is not None:
+            rec.trace.answered(body)
         opened.finish(error)
 
     rec.after_send = after_send
@@ -111,9 +115,52 @@ async def _whole(opened: Opened, rec: RequestRecord, endpoint: Endpoint,
 async def _stream(request: web.Request, opened: Opened, rec: RequestRecord,
                   endpoint: Endpoint, ids: IdRewriter | None,
                   client_idle_s: float) -> web.StreamResponse:
+    """Relay the stream, then give the backend back with why it ended early, if it did:
+    the runtime's failure after the first byte, the client's connection breaking, or the
+    client not reading. One coroutine for it all: every chunk resumes each coroutine
+    awaiting it, so a layer less is work less per chunk."""
     error: BaseException | None = None
     try:
-        resp, error = await _relay_stream(request, opened, rec, endpoint, ids, client_idle_s)
+        resp, rewriter, watch, task = _open_stream(request, opened, rec, endpoint, ids,
+                                                   client_idle_s)
+        drain = request.app[GATEWAY].drain
+        drain.track(task)
+        try:
+            await resp.prepare(request)
+            try:
+                await relay_stream(resp, opened.chunks, opened.first, rewriter, rec, watch)
+            except UpstreamError as err:
+                error = err  # the client already got it as an SSE error event
+            watch.since = time.perf_counter()
+            await resp.write_eof()
+        except asyncio.CancelledError:
+            opened.response.close()
+            if watch.fired:
+                # Our own cut: the client read nothing for client_idle_s.
+                task.uncancel()
+                error = await _cut_slow_client(request, resp, rec, client_idle_s, rewriter)
+                return resp
+            if not drain.was_cut(task):
+                rec.aborted = Reason.CLIENT_LEFT
+                raise
+            # Our own drain deadline cut this stream: end it with an error event, not silence.
+            task.uncancel()
+            rec.aborted = Reason.SHUTDOWN
+            await _try_write(resp, rewriter.error_event(ShuttingDown(
+                "the gateway is shutting down and its drain time ran out")))
+            await resp.write_eof()
+        except CLIENT_GONE as exc:
+            opened.response.close()
+            rec.aborted = Reason.CLIENT_LEFT
+            rec.status = 499
+            error = exc
+            return resp
+        finally:
+            watch.cancel()
+            drain.untrack(task)
+            rec.usage = rewriter.usage
+        if error is None:
+            await _drain_runtime(opened, task)
         return resp
     except BaseException as exc:
         error = exc
@@ -122,55 +169,20 @@ async def _stream(request: web.Request, opened: Opened, rec: RequestRecord,
         opened.finish(error)
 
 
-async def _relay_stream(request: web.Request, opened: Opened, rec: RequestRecord,
-                        endpoint: Endpoint, ids: IdRewriter | None, client_idle_s: float
-                        ) -> tuple[web.StreamResponse, BaseException | None]:
-    """The relayed stream, and why it ended early: the runtime's failure after the
-    first byte, the client's connection breaking, or the client not reading."""
-    drain = request.app[GATEWAY].drain
+def _open_stream(request: web.Request, opened: Opened, rec: RequestRecord,
+                 endpoint: Endpoint, ids: IdRewriter | None, client_idle_s: float
+                 ) -> tuple[web.StreamResponse, Any, ClientWatch, asyncio.Task]:
+    """The stream's response (stamped, not sent), its rewriter, and its client watch."""
     resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
     stamp_response(request, resp, rec)
     rewriter = make_rewriter(endpoint, opened.patterns, opened.drop_usage, ids)
-    broken: UpstreamError | None = None
+    if rec.trace is not None and type(rewriter) is StreamRewriter:
+        # The same rewriter, also noting each choice's finish reason for the span.
+        rewriter = rec.trace.stream_rewriter(opened.patterns, opened.drop_usage,
+                                             rewriter.end_marker)
     task = asyncio.current_task()
-    watch = ClientWatch(task, client_idle_s)
-    drain.track(task)
-    try:
-        await resp.prepare(request)
-        try:
-            await relay_stream(resp, opened.chunks, opened.first, rewriter, rec, watch)
-        except UpstreamError as err:
-            broken = err  # the client already got it as an SSE error event
-        watch.since = time.perf_counter()
-        await resp.write_eof()
-    except asyncio.CancelledError:
-        opened.response.close()
-        if watch.fired:
-            # Our own cut: the client read nothing for client_idle_s.
-            task.uncancel()
-            return resp, await _cut_slow_client(request, resp, rec, client_idle_s,
-                                                rewriter)
-        if not drain.was_cut(task):
-            rec.aborted = Reason.CLIENT_LEFT
-            raise
-        # Our own drain deadline cut this stream: end it with an error event, not silence.
-        task.uncancel()
-        rec.aborted = Reason.SHUTDOWN
-        await _try_write(resp, rewriter.error_event(ShuttingDown(
-            "the gateway is shutting down and its drain time ran out")))
-        await resp.write_eof()
-    except CLIENT_GONE as exc:
-        opened.response.close()
-        rec.aborted = Reason.CLIENT_LEFT
-        rec.status = 499
-        return resp, exc
-    finally:
-        watch.cancel()
-        drain.untrack(task)
-        rec.usage = rewriter.usage
-    if broken is None:
-        await _drain_runtime(opened, task)
-    return resp, broken
+    assert task is not None
+    return resp, rewriter, ClientWatch(task, client_idle_s), task
 
 
 async def _cut_slow_client(request: web.Request, resp: web.StreamResponse,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from .types import (
-    ApiKey, BackendConfig, Config, EngineConfig, Fallback, HealthConfig, QueueConfig, RetryConfig, RouteConfig,
-    ServerConfig, Timeouts, backend,
+    ApiKey, BackendConfig, Config, EngineConfig, Fallback, HealthConfig, QueueConfig, RetryConfig,
+    RouteConfig, ServerConfig, StateConfig, Timeouts, TracingConfig, backend,
 )
 
 
@@ -28,6 +28,9 @@ def build(doc: dict) -> Config:
         queue=QueueConfig(**given(doc.get("queue"))),
         auth_keys=tuple(_api_key(given(raw)) for raw in auth.get("keys") or ()),
         engine=EngineConfig(**given(doc.get("engine"))),
+        tracing=(TracingConfig(**given(doc["tracing"]))
+                 if doc.get("tracing") is not None else None),
+        state=StateConfig(**given(doc.get("state"))),
     )
 
 

@@ -26,6 +26,10 @@ def redacted(cfg: Config) -> dict:
                         for h, v in b["headers"].items()}
     for key in data["auth_keys"]:
         key["key"] = REDACTED
+    if data["tracing"] is not None:
+        data["tracing"]["otlp_endpoint"] = url_without_password(data["tracing"]["otlp_endpoint"])
+    if data["state"]["redis"]:
+        data["state"]["redis"] = url_without_password(data["state"]["redis"])
     return data
 
 

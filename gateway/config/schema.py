@@ -97,6 +97,12 @@ SCHEMA = {
         "max_queue": _integer(min=0),
         "max_kv_usage": _number(gt=0, max=1),
     }),
+    "tracing": _section({
+        "otlp_endpoint": _string(check_with="url"),
+        "sample_ratio": _number(min=0, max=1),
+        "service_name": _string(),
+    }),
+    "state": _section({"redis": _string(check_with="redis_url")}),
 }
 
 _BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
@@ -162,6 +168,12 @@ class Validator(cerberus.Validator):
             self._error(field, problem)
 
     @_only(str)
+    def _check_with_redis_url(self, field, value):
+        problem = _redis_url_problem(value)
+        if problem:
+            self._error(field, problem)
+
+    @_only(str)
     def _check_with_origin(self, field, value):
         if value != "*" and not _ORIGIN.fullmatch(value):
             self._error(field, f"must be \"*\" or an origin like https://app.example.com "
@@ -222,6 +234,22 @@ def _url_problem(url: str) -> str | None:
         return f"must be an http:// or https:// URL with a host, got {shown}"
     if parts.query or parts.fragment:
         return f"must not have a query or fragment, got {shown}"
+    return None
+
+
+def _redis_url_problem(url: str) -> str | None:
+    shown = repr(url_without_password(url))
+    try:
+        parts = urlsplit(url.strip())
+        parts.port   # noqa: B018 - raises on a port out of range
+    except ValueError as exc:
+        return f"is not a valid URL ({exc}): {shown}"
+    if parts.scheme == "unix":
+        return None if parts.path else f"must name the socket's path, got {shown}"
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        return f"must be a redis://, rediss:// or unix:// URL with a host, got {shown}"
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        return f"the path must be a database number like /0, got {shown}"
     return None
 
 

@@ -130,6 +130,11 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class StateConfig:
+    redis: str | None = None       # shared rate limits across replicas; None = local only
+
+
+@dataclass(frozen=True)
 class RetryConfig:
     attempts: int = 2
     deadline_s: float = 120
@@ -152,6 +157,23 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry traces over OTLP/HTTP; the section absent means no tracing at all."""
+    otlp_endpoint: str = "http://127.0.0.1:4318"   # the collector; /v1/traces is added
+    sample_ratio: float = 1.0                      # of new traces; a client's flag wins
+    service_name: str = "llm-gateway"
+    # Not in the schema: tests shorten them.
+    export_delay_s: float = 1.0                    # the batch processor's schedule
+    export_timeout_s: float = 3.0                  # one export, retries included
+    queue_size: int = 2048                         # spans waiting for the batch thread
+
+    @property
+    def traces_url(self) -> str:
+        url = self.otlp_endpoint.rstrip("/")
+        return url if url.endswith("/v1/traces") else url + "/v1/traces"
+
+
+@dataclass(frozen=True)
 class ApiKey:
     name: str
     key: str
@@ -170,6 +192,8 @@ class Config:
     queue: QueueConfig = QueueConfig()
     auth_keys: tuple[ApiKey, ...] = ()
     engine: EngineConfig = EngineConfig()
+    tracing: TracingConfig | None = None
+    state: StateConfig = StateConfig()
 
     def route(self, model: str) -> RouteConfig:
         return self.routes.get(model, DEFAULT_ROUTE)

@@ -40,7 +40,7 @@ class Opened:
     """A backend that answered 200; the caller relays it, then calls finish()."""
 
     __slots__ = ("backend", "public", "patterns", "response", "chunks", "first",
-                 "drop_usage", "_dispatcher", "_health")
+                 "drop_usage", "span", "_dispatcher", "_health")
 
     def __init__(self, dispatcher: Dispatcher, backend: BackendState, public: str,
                  response: Any, drop_usage: bool, health: HealthConfig) -> None:
@@ -53,6 +53,7 @@ class Opened:
         self.drop_usage = drop_usage
         self.chunks: AsyncIterator[bytes] | None = None
         self.first = b""
+        self.span: Any = None   # this try's tracing.spans.TrySpan, when tracing
 
     def finish(self, error: BaseException | None = None) -> None:
         """Give the connection back (or drop it after a failure) and count the outcome."""
@@ -61,6 +62,8 @@ class Opened:
         else:
             self.response.close()
         self._dispatcher.release(self.backend, error, self._health)
+        if self.span is not None:
+            self.span.end(error)
 
 
 class TryPlan(Protocol):
@@ -118,6 +121,8 @@ class Dispatcher:
                                                     deadline, desperate)
                 if backend is None:
                     break
+                if rec.trace is not None:
+                    rec.trace.routed(index, stage, capable, tried, route, backend)
                 tries -= 1
                 if tried:
                     rec.retries += 1
@@ -214,11 +219,17 @@ class Dispatcher:
         # first_byte_s runs from the request's sending to the first data event of a
         # stream (to the headers of a whole answer); the retry deadline may end it sooner.
         first_by = asyncio.get_running_loop().time() + bcfg.timeouts.first_byte_s
+        span = None
+        if rec.trace is not None:
+            span = rec.trace.start_try(backend, backend.model_id(public))
+            extra_headers = ({**extra_headers, **span.headers} if extra_headers
+                             else span.headers)
         try:
             response = await backend.runtime.open(endpoint, body, rec.id_for_runtimes(),
                                                   deadline, target=target,
                                                   extra_headers=extra_headers)
             opened = Opened(self, backend, public, response, drop_usage, cfg.health)
+            opened.span = span
             if rec.stream or endpoint.streams == BYTES:
                 by_deadline = deadline < first_by
                 try:
@@ -235,11 +246,15 @@ class Dispatcher:
                 # least_latency's time to first token: the first data event of a stream,
                 # a whole answer's headers (which come with the whole answer).
                 backend.observe_ttft(time.perf_counter() - started)
-        except UpstreamStatus:
+        except UpstreamStatus as err:
             self.release(backend, None, cfg.health)
+            if span is not None:
+                span.end(err)
             raise
         except BaseException as err:
             self.release(backend, err, cfg.health)
+            if span is not None:
+                span.end(err)
             raise
         finally:
             rec.upstream_wait += time.perf_counter() - started

@@ -205,7 +205,8 @@ class HttpRuntime:
         """Send the request; return once the headers are in, within first_byte_s and
         `deadline` (loop time: the request's overall retry deadline). `target` is the
         upstream path (and query), already encoded, when it is not the row's own.
-        `extra_headers`: the client's headers an API passes through (anthropic-version)."""
+        `extra_headers`: the client's headers an API passes through (anthropic-version)
+        and the try span's `traceparent`."""
         backend = self.config
         headers = upstream_headers(backend, request_id)
         if endpoint.body == JSON:

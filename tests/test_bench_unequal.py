@@ -1,0 +1,44 @@
+"""The unequal-speed benchmark's fake runtime reports its own live state in vLLM's format.
+
+bench.unequal compares engine-aware routing with gateway-only routing; that comparison
+means something only if the fake's /metrics is what the gateway parses, and says what the
+fake is really doing: requests in its fixed batch, and the rest waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from bench.unequal_runtime import make_app
+from gateway.engine.signals import parse
+
+
+async def test_the_fake_reports_its_batch_and_its_queue(aiohttp_client):
+    client = await aiohttp_client(make_app(slots=2, ttft_s=0.0, token_s=0.05))
+
+    async def reading():
+        resp = await client.get("/metrics")
+        return parse("vllm", "/metrics", resp.status, await resp.read())
+
+    idle = await reading()
+    assert (idle.running, idle.waiting, idle.kv_usage) == (0, 0, 0)
+
+    async def stream() -> bytes:
+        resp = await client.post("/v1/chat/completions",
+                                 json={"stream": True, "max_tokens": 10})
+        return await resp.read()
+
+    streams = [asyncio.create_task(stream()) for _ in range(5)]
+    load = None
+    for _ in range(100):                     # bounded: at most 1 s for all 5 to arrive
+        await asyncio.sleep(0.01)
+        load = await reading()
+        if load.running + load.waiting == 5:
+            break
+    assert (load.running, load.waiting) == (2, 3)
+    assert load.kv_usage == 0.5              # a full batch is half the KV cache
+
+    bodies = await asyncio.wait_for(asyncio.gather(*streams), 10)
+    assert all(body.endswith(b"data: [DONE]\n\n") for body in bodies)
+    done = await reading()
+    assert (done.running, done.waiting) == (0, 0)
