@@ -166,7 +166,7 @@ def run_strategy(tmp: Path, binary: Path, model: Path, strategy: str, p: dict) -
         config.write_text(gateway_yaml(gateway.port, servers, strategy))
         gateway.start()
         started.append(gateway)
-        gateway.wait_ready(30)
+        gateway.wait_ready(gateway.ready_url, 30)
         wait_until(lambda: all(r["healthy"] for r in _admin_rows(gateway)), 20,
                    "both servers healthy in the gateway", gateway)
         before = {s.name: s.metrics() for s in servers}

@@ -1,8 +1,8 @@
 """Routing strategies on two runtimes of unequal speed: p99 latency and throughput.
 
-Two fake runtimes (`bench/unequal_runtime.py`, one process each), each serving at most
-`slots` requests at once and queueing the rest, as a runtime with a fixed batch size does;
-`slow` is 3x slower than `fast` in time to first token and per token. Both report their
+Two fake runtimes (`bench/fake_runtime/` with its `slots` switch, one process each), each
+serving at most `slots` requests at once and queueing the rest, as a runtime with a fixed
+batch size does; `slow` is 3x slower than `fast` in time to first token and per token. Both report their
 real running and waiting counts on a vLLM-format `/metrics`. In front of them,
 `gateway serve` (one worker), started afresh for each strategy so no average or count
 carries over:
@@ -211,7 +211,7 @@ def run_one(tmp: Path, urls: dict[str, str], label: str, strategy: str, kind: st
     port = free_port()
     proc = Proc("gateway", [sys.executable, "-m", "gateway", "serve", "--config", str(config),
                             "--port", str(port)], tmp / f"gateway-{strategy}-{kind}.log",
-                cwd=str(ROOT))
+                cwd=str(ROOT)).start()
     try:
         proc.wait_ready(f"http://127.0.0.1:{port}/ready", 30)
         if kind == "vllm":
@@ -271,10 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for name, (ttft, token) in RUNTIMES.items():
                 port = free_port()
-                procs.append(Proc(name, [sys.executable, "-m", "bench.unequal_runtime",
-                                         "--port", str(port), "--slots", str(p["slots"]),
-                                         "--ttft-ms", str(ttft), "--token-ms", str(token)],
-                                  tmp / f"{name}.log", cwd=str(ROOT)))
+                switches = {"slots": p["slots"], "models": ["fake-model"]}
+                procs.append(Proc(name, [sys.executable, "-m", "bench.fake_runtime",
+                                         "--port", str(port), "--ttft-ms", str(ttft),
+                                         "--chunk-ms", str(token),
+                                         "--switches", json.dumps(switches)],
+                                  tmp / f"{name}.log", cwd=str(ROOT)).start())
                 urls[name] = f"http://127.0.0.1:{port}"
             for proc, url in zip(procs, urls.values()):
                 proc.wait_ready(url + "/health", 20)

@@ -1,7 +1,7 @@
 """The unequal-speed benchmark's fake runtime reports its own live state in vLLM's format.
 
-bench.unequal compares engine-aware routing with gateway-only routing; that comparison
-means something only if the fake's /metrics is what the gateway parses, and says what the
+bench.unequal runs the one fake runtime with `slots` (a fixed batch); it compares
+engine-aware routing with gateway-only routing; that comparison means something only if the fake's /metrics is what the gateway parses, and says what the
 fake is really doing: requests in its fixed batch, and the rest waiting.
 """
 
@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 
-from bench.unequal_runtime import make_app
+import aiohttp
+
 from gateway.engine.signals import parse
+from tests.conftest import StartRuntime
 
 
-async def test_the_fake_reports_its_batch_and_its_queue(aiohttp_client):
-    client = await aiohttp_client(make_app(slots=2, ttft_s=0.0, token_s=0.05))
+async def test_the_fake_reports_its_batch_and_its_queue(start_runtime: StartRuntime):
+    _, server = await start_runtime(slots=2, words=10, chunk_delay=0.05)
+    client = aiohttp.ClientSession(server.url())
 
     async def reading():
         resp = await client.get("/metrics")
@@ -38,7 +41,10 @@ async def test_the_fake_reports_its_batch_and_its_queue(aiohttp_client):
     assert (load.running, load.waiting) == (2, 3)
     assert load.kv_usage == 0.5              # a full batch is half the KV cache
 
-    bodies = await asyncio.wait_for(asyncio.gather(*streams), 10)
-    assert all(body.endswith(b"data: [DONE]\n\n") for body in bodies)
-    done = await reading()
-    assert (done.running, done.waiting) == (0, 0)
+    try:
+        bodies = await asyncio.wait_for(asyncio.gather(*streams), 10)
+        assert all(body.endswith(b"data: [DONE]\n\n") for body in bodies)
+        done = await reading()
+        assert (done.running, done.waiting) == (0, 0)
+    finally:
+        await client.close()

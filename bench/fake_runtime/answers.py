@@ -100,7 +100,10 @@ class Answers:
 
     def start(self, call: Call) -> None:
         """Answer now, or in a task that holds the connection's later requests."""
-        if call.b.hang_s or call.b.ttft_s or (call.stream and not call.failed):
+        if self.rt.batch is not None:
+            self.busy = True
+            self.task = asyncio.get_running_loop().create_task(self._in_batch(call))
+        elif call.b.hang_s or call.b.ttft_s or (call.stream and not call.failed):
             self.busy = True
             self.task = asyncio.get_running_loop().create_task(self._answer_later(call))
         else:
@@ -126,7 +129,27 @@ class Answers:
             headers["WWW-Authenticate"] = f"Bearer error={echoed!r}"
         self.send(status, rt.dumps(body), headers)
 
-    async def _answer_later(self, call: Call) -> None:
+    async def _in_batch(self, call: Call) -> None:
+        """Wait for a place in the batch, then answer; a caller that leaves frees it."""
+        rt, batch = self.rt, self.rt.batch
+        rt.waiting += 1
+        try:
+            await batch.acquire()
+        except asyncio.CancelledError:
+            rt.cancelled += 1
+            self.task, self.busy = None, False
+            return
+        finally:
+            rt.waiting -= 1
+        rt.running += 1
+        try:
+            await self._answer_later(call, paced=True)
+        finally:
+            rt.running -= 1
+            rt.served += 1
+            batch.release()
+
+    async def _answer_later(self, call: Call, paced: bool = False) -> None:
         try:
             if call.b.hang_s:
                 await asyncio.sleep(call.b.hang_s)
@@ -135,6 +158,8 @@ class Answers:
             else:
                 if call.b.ttft_s and not call.failed:
                     await asyncio.sleep(call.b.ttft_s)
+                if paced and not call.failed:
+                    await asyncio.sleep(call.b.chunk_delay * (call.tokens - 1))
                 self._answer(call)
         except asyncio.CancelledError:
             self.rt.cancelled += 1      # the caller went away: stop generating
@@ -173,11 +198,14 @@ class Answers:
         """Each event its own chunk, `chunk_delay` apart; False if the stream was broken."""
         rt, b = self.rt, call.b
         odd_done = b.split_done or b.done_unterminated
+        # `chunk_delay` after each token; what follows the finish event comes at once.
+        paced = (call.tokens if call.path in (CHAT, COMPLETIONS) and not rt.answer
+                 else formats.MAX_TOKENS * 2)
         for i, event in enumerate(call.api.events(rt, call)):
             if b.close_after is not None and i >= b.close_after:
                 self._close()               # the runtime dies mid-stream
                 return False
-            if i and b.chunk_delay:
+            if 0 < i <= paced and b.chunk_delay:
                 await asyncio.sleep(b.chunk_delay)
             if odd_done and event is formats.DONE:
                 await self._odd_done(b)

@@ -120,3 +120,22 @@ def models(ids: tuple[str, ...]) -> dict[str, Any]:
 
 def ollama_tags(ids: tuple[str, ...]) -> dict[str, Any]:
     return {"models": [{"name": m, "model": m} for m in ids]}
+
+
+def vllm_load(model: str, running: int, waiting: int, kv: float, served: int) -> str:
+    """A vLLM's /metrics, its load gauges and request counter only (vllm/v1/metrics)."""
+    labels = f'{{engine="0",model_name="{model}"}}'
+    return (
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+        "# TYPE vllm:num_requests_running gauge\n"
+        f"vllm:num_requests_running{labels} {float(running)}\n"
+        "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+        "# TYPE vllm:num_requests_waiting gauge\n"
+        f"vllm:num_requests_waiting{labels} {float(waiting)}\n"
+        "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n"
+        "# TYPE vllm:kv_cache_usage_perc gauge\n"
+        f"vllm:kv_cache_usage_perc{labels} {kv}\n"
+        "# HELP vllm:request_success_total Count of successfully processed requests.\n"
+        "# TYPE vllm:request_success_total counter\n"
+        f'vllm:request_success_total{{engine="0",finished_reason="length",'
+        f'model_name="{model}"}} {float(served)}\n')

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import orjson
 from multidict import CIMultiDictProxy
 
+from . import formats
 from .formats_messages import Answer
 from .protocol import Connection
 
@@ -77,6 +78,10 @@ class FakeRuntime(Behaviour):
     # 501, as llama-server's /metrics without --metrics.
     pages: dict[str, str | Callable[[], str]] = field(default_factory=dict)
     pages_fault: str = "ok"           # ok | hang (never answers) | 500 | 404 | garbage
+    # A batch of `slots` requests at once (vLLM's max_num_seqs, llama-server's -np), the
+    # rest queued in order; /metrics then says so in vLLM's format (KV usage: half the
+    # batch's occupancy), and a whole answer takes its tokens' time, as a stream does.
+    slots: int = 0                    # 0: no batch limit
     unsupported: tuple[str, ...] = ()
     record: bool = True               # keep each POST's path, body, headers and peer address
     keep_sent: bool = False           # keep every stream byte written, in `sent`
@@ -97,6 +102,9 @@ class FakeRuntime(Behaviour):
     events: int = 0                   # SSE events sent, usage events excluded
     usage_events: int = 0
     cancelled: int = 0                # answers whose caller went away before the end
+    running: int = 0                  # in the batch (with `slots`)
+    waiting: int = 0                  # queued for it
+    served: int = 0                   # answers the batch finished
 
     def __post_init__(self) -> None:
         # Switches may come as JSON (the command line): lists and plain objects.
@@ -104,10 +112,20 @@ class FakeRuntime(Behaviour):
         self.missing = tuple(self.missing)
         self.by_model = {m: b if isinstance(b, Behaviour) else Behaviour(**b)
                          for m, b in self.by_model.items()}
+        self.batch: asyncio.Semaphore | None = None   # made in the loop that serves
+        if self.slots and "/metrics" not in self.pages:
+            self.pages["/metrics"] = self.batch_load
+
+    def batch_load(self) -> str:
+        """/metrics of a runtime with `slots`: what its batch holds now."""
+        return formats.vllm_load(self.models[0], self.running, self.waiting,
+                                 0.5 * self.running / self.slots, self.served)
 
     async def start(self, host: str = HOST, port: int = 0) -> FakeServer:
         """Listen in the running loop; port 0 takes a free one."""
         conns: set[Connection] = set()
+        if self.slots:
+            self.batch = asyncio.Semaphore(self.slots)
         server = await asyncio.get_running_loop().create_server(
             lambda: Connection(self, conns), host, port, backlog=4096, reuse_address=True)
         return FakeServer(server, conns)
