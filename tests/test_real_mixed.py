@@ -53,10 +53,13 @@ class Mixed:
         return openai.OpenAI(base_url=self.gateway.base_url, api_key="unused",
                              timeout=timeout, max_retries=0)
 
-    def wait_backends(self, healthy: dict[str, bool], timeout: float = 20) -> None:
+    def wait_backends(self, healthy: dict[str, bool], timeout: float = 20,
+                      field: str = "healthy") -> None:
+        """Until each backend's /admin/backends `field` is as wanted: `healthy` (its
+        health checks), or `available` (also out of any passive ejection)."""
         def check():
             rows = self.gateway.admin_backends()
-            return all(rows[name]["healthy"] is want for name, want in healthy.items())
+            return all(rows[name][field] is want for name, want in healthy.items())
         wait_until(check, timeout, f"gateway sees backends {healthy}", self.gateway)
 
     def on_both(self, call: Callable[[], tuple[str | None, object]]) -> dict[str, object]:
@@ -363,7 +366,8 @@ def test_killed_runtime_leaves_the_other_answering(mixed, victim):
     """SIGKILL one runtime: every following request (chat, stream, completions) is answered,
     by the other one."""
     survivor = CPP if victim == PY else PY
-    mixed.wait_backends({CPP: True, PY: True})
+    # Available, not only healthy: the previous victim's ejection outlasts its restart.
+    mixed.wait_backends({CPP: True, PY: True}, field="available")
     client = mixed.client()
     mixed.servers[victim].kill()
     mixed.taps[victim].refuse()

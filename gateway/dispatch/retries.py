@@ -114,7 +114,7 @@ class Dispatcher:
             tries = stage.tries
             last_stage = index == len(stages) - 1
             while tries > 0:
-                desperate = last_stage and not tried
+                desperate = last_stage   # nothing left after this stage: try the ejected
                 backend = self._choose(cfg, stage, capable, tried, route, desperate)
                 if backend is AT_CAPACITY:
                     backend = await self._queue_for(cfg, stage, capable, tried, route,
