@@ -266,8 +266,11 @@ class Stack:
         return openai.OpenAI(base_url=self.gateway.base_url, api_key="unused",
                              timeout=timeout, max_retries=0)
 
-    def wait_backends(self, healthy: dict[str, bool], timeout: float = 20) -> None:
+    def wait_backends(self, healthy: dict[str, bool], timeout: float = 20,
+                      field: str = "healthy") -> None:
+        """Until each backend's /admin/backends `field` is as wanted: `healthy` (its
+        health checks), or `available` (also out of any passive ejection)."""
         def check():
             rows = self.gateway.admin_backends()
-            return all(rows[name]["healthy"] is want for name, want in healthy.items())
+            return all(rows[name][field] is want for name, want in healthy.items())
         wait_until(check, timeout, f"gateway sees backends {healthy}", self.gateway)

@@ -175,6 +175,27 @@ async def test_all_ejected_without_fallback_tries_soonest(start_runtime, gateway
     assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
 
 
+async def test_a_failed_try_goes_on_to_an_ejected_backend_before_giving_up(start_runtime,
+                                                                          gateway_client):
+    """One backend just died, the other is still in an ejection from earlier failures:
+    the retry tries the ejected one (a trial) rather than answer 502."""
+    _, s1 = await start_runtime()
+    recovered, s2 = await start_runtime(status=500, fail_times=1)
+    cfg = make_config(runtime_backend("dies", s1, models=["llama"]),
+                      runtime_backend("recovered", s2, models=["llama"]),
+                      health=HealthConfig(interval_s=60, unhealthy_after=1, cooldown_s=30))
+    client = await gateway_client(cfg)
+    gateway = client.server.app[GATEWAY]
+    for _ in range(4):   # until `recovered` failed once and is ejected for 30 s
+        await client.post("/v1/chat/completions", json=CHAT)
+        if gateway.states["recovered"].ejected_until:
+            break
+    assert gateway.states["recovered"].ejected_until > time.monotonic() + 20
+    await s1.close()   # `dies` refuses connections from now on
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 200 and resp.headers["X-Gateway-Backend"] == "recovered"
+
+
 def test_active_health_thresholds_are_exact():
     health = HealthConfig(unhealthy_after=3, healthy_after=2)
     state = new_state(backend("x", "vllm", "http://127.0.0.1:1"))

@@ -93,6 +93,16 @@ def test_ttft_average_moves_a_fifth_of_the_way():
     assert b.ewma_ttft == pytest.approx(1.2)
 
 
+def test_ttft_is_averaged_per_unit_of_the_load_it_was_sent_into():
+    """A first token that waited behind three others says the queue was long, which
+    least_latency counts through the load already: the average takes a quarter of it."""
+    b = state()
+    b.observe_ttft(2.0, busy=4)
+    assert b.ewma_ttft == pytest.approx(0.5)
+    b.observe_ttft(0.5, busy=1)
+    assert b.ewma_ttft == pytest.approx(0.5)
+
+
 # -- least_latency -------------------------------------------------------------------
 
 @dataclass(eq=False)

@@ -339,7 +339,8 @@ def test_killed_runtime_leaves_the_other_answering(mixed, victim):
     """SIGKILL one runtime: every following request (chat, stream, completions) is answered,
     by the other one."""
     survivor = CPP if victim == PY else PY
-    mixed.wait_backends({CPP: True, PY: True})
+    # Available, not only healthy: the previous victim's ejection outlasts its restart.
+    mixed.wait_backends({CPP: True, PY: True}, field="available")
     client = mixed.client()
     mixed.servers[victim].kill()
     mixed.taps[victim].refuse()

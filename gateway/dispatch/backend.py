@@ -77,8 +77,15 @@ class BackendState:
         return (now < eng.expires_at and eng.reading is not None
                 and saturated(eng.reading, engine.max_queue, engine.max_kv_usage))
 
-    def observe_ttft(self, seconds: float) -> None:
-        """One answer's time to first token (a whole answer's time when not streamed)."""
+    def observe_ttft(self, seconds: float, busy: float = 1) -> None:
+        """One answer's time to first token (a whole answer's time when not streamed),
+        sent while the backend was busy with `busy` requests, this one included.
+
+        The average is of the time per unit of that load: a first token that waited in
+        the runtime's queue says the queue was long, not that the runtime is slow, and
+        least_latency multiplies by the load it sees now; averaging the raw time would
+        count the queue twice (bench.unequal's shared-runtime run showed it)."""
+        seconds /= busy
         ewma = self.ewma_ttft
         self.ewma_ttft = seconds if ewma is None else ewma + TTFT_EWMA_ALPHA * (seconds - ewma)
 

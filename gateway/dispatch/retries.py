@@ -114,7 +114,7 @@ class Dispatcher:
             tries = stage.tries
             last_stage = index == len(stages) - 1
             while tries > 0:
-                desperate = last_stage and not tried
+                desperate = last_stage   # nothing left after this stage: try the ejected
                 backend = self._choose(cfg, stage, capable, tried, route, desperate)
                 if backend is AT_CAPACITY:
                     backend = await self._queue_for(cfg, stage, capable, tried, route,
@@ -214,6 +214,9 @@ class Dispatcher:
             drop_usage = not asked
             body["stream_options"] = {**(options if isinstance(options, dict) else {}),
                                       "include_usage": True}
+        # What the backend was busy with when this try was placed: least_latency's
+        # estimate is the time to first token per unit of that load (backend.py).
+        busy = backend.load + 1 if endpoint.prompt_field is not None else 1
         backend.in_flight += 1
         started = time.perf_counter()
         # first_byte_s runs from the request's sending to the first data event of a
@@ -245,7 +248,7 @@ class Dispatcher:
             if endpoint.prompt_field is not None:
                 # least_latency's time to first token: the first data event of a stream,
                 # a whole answer's headers (which come with the whole answer).
-                backend.observe_ttft(time.perf_counter() - started)
+                backend.observe_ttft(time.perf_counter() - started, busy)
         except UpstreamStatus as err:
             self.release(backend, None, cfg.health)
             if span is not None:

@@ -5,8 +5,10 @@ takes the request:
 
     cost = ewma_ttft * (load + 1) / weight
 
-`ewma_ttft` is the moving average of the backend's recent times to first token (fed by
-the dispatcher as answers start), `load` the blended load of `Candidate.load` (the
+`ewma_ttft` is the moving average of the backend's recent times to first token per unit
+of the load it had when each was sent (fed by the dispatcher as answers start: a queued
+first token says the queue was long, and the load below already counts the queue),
+`load` the blended load of `Candidate.load` (the
 gateway's in-flight count with the runtime's own running + waiting while fresh), +1 for
 the request being placed. A fast server takes more traffic until its queue makes it as
 slow as the others; a slow one still gets a share once the fast one is busy, so its
