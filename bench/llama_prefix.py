@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import sys
@@ -42,6 +41,7 @@ from tests.llama_support import (
 )
 
 from .loadgen import percentile
+from .report import publish
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "llama_prefix.json"
@@ -263,11 +263,7 @@ def main(argv: list[str] | None = None) -> int:
            "machine": {"cpus": os.cpu_count(), "load_avg_before": load_before,
                        "load_avg_after": os.getloadavg()},
            "total_s": round(time.monotonic() - started, 1)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    sys.stdout.write(render(doc) + f"\n\nwrote {out} ({doc['total_s']} s)\n")
-    return 0
+    return publish(doc, args.out, render(doc))
 
 
 if __name__ == "__main__":

@@ -172,10 +172,12 @@ def render(doc: dict) -> str:
 
 
 def publish(doc: dict, out: str | Path, table: str) -> int:
-    """Write a benchmark's results as JSON to `out` and show its table; the exit status."""
+    """Write a benchmark's results as JSON to `out` and show its table (and its run time,
+    when the results have one); the exit status."""
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
+    took = f" ({doc['total_s']} s)" if "total_s" in doc else ""
     print(table)
-    print(f"\nwrote {path}")
+    print(f"\nwrote {path}{took}")
     return 0

@@ -46,6 +46,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from .loadgen import percentile
+from .report import publish
 from .procs import Proc, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -295,11 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["machine"] = {"cpus": os.cpu_count(), "load_avg_before": load_before,
                       "load_avg_after": os.getloadavg()}
     doc["total_s"] = round(time.monotonic() - started, 1)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    sys.stdout.write(render(doc) + f"\n\nwrote {out} ({doc['total_s']} s)\n")
-    return 0
+    return publish(doc, args.out, render(doc))
 
 
 if __name__ == "__main__":
