@@ -39,11 +39,11 @@ OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-# Gauges labelled by backend: a removed backend's files cannot be edited, so a scrape
-# leaves out the backends the scraping worker's config no longer has.
 # The engine gauges: a value the runtime did not give (or no longer fresh) has no series.
 ENGINE_GAUGES = ("gateway_backend_queue_depth", "gateway_backend_running_requests",
                  "gateway_backend_kv_cache_usage")
+# Gauges labelled by backend: a removed backend's files cannot be edited, so a scrape
+# leaves out the backends the scraping worker's config no longer has.
 PER_BACKEND_GAUGES = ("gateway_in_flight_requests", "gateway_backend_up", *ENGINE_GAUGES)
 
 

@@ -15,7 +15,15 @@ import time
 
 import pytest
 
-from tests.conftest import RUNTIME_ID
+from gateway.config import backend
+from gateway.engine import EngineLoad
+from gateway.engine.share import EngineShare
+from gateway.leader import Leader
+from gateway.metrics import Metrics
+from gateway.rundir import RunDir
+from gateway.runtimes.http import Transport, make_session
+from gateway.state import Gateway
+from tests.conftest import RUNTIME_ID, make_config
 from tests.fake_engines import FakeEngine
 from tests.server_procs import alive, wait_until
 from tests.test_workers import fresh_post, gateway, scrape  # noqa: F401 - the fixture
@@ -159,3 +167,47 @@ async def test_a_saturated_backend_gets_nothing_from_either_worker(gateway, star
     assert busy.answered == 12
     shares = served.per_worker("gateway_requests_total", backend="busy")
     assert len([n for n in shares.values() if n > 0]) == 2, shares
+
+
+# -- the file between the leader and a follower, in one process -------------------------
+
+def two_backends(b_url: str):
+    return make_config(backend("a", "vllm", "http://127.0.0.1:9/v1", models={"m": RUNTIME_ID}),
+                       backend("b", "vllm", b_url, models={"m": RUNTIME_ID}))
+
+
+async def test_a_follower_takes_the_readings_of_the_backends_it_knows_as_they_are(tmp_path):
+    run = RunDir(str(tmp_path))
+    first, second = Leader(run), Leader(run)
+    assert first.lead() and not second.lead()   # one lock, whatever asks
+    lead = Gateway(two_backends("http://127.0.0.1:10/v1"), Transport(make_session()), Metrics())
+    # b is another server in the follower's config (a reload not yet everywhere).
+    follow = Gateway(two_backends("http://127.0.0.1:11/v1"), Transport(make_session()),
+                     Metrics())
+    try:
+        at = time.monotonic()
+        lead.states["a"].engine.record(EngineLoad(2, 30, 0.5), at, 3, 0)
+        lead.states["a"].engine.fail("status")
+        lead.states["b"].engine.record(EngineLoad(1, 0, None), at, 3, 0)
+        EngineShare(run, first).publish(lead)
+        share = EngineShare(run, second)
+        follow.states["a"].in_flight = 4
+        assert share.follow(follow)
+        view = follow.states["a"].engine
+        assert view.fresh(at) == EngineLoad(2, 30, 0.5) and view.at == at
+        assert view.in_flight_then == 4 and view.failure == "status"
+        assert follow.states["a"].saturated(at, follow.config.engine)
+        assert follow.states["b"].engine.reading is None
+        assert not share.follow(follow)             # unchanged: not read again
+        assert view.fresh(at + 3) is None           # stale when the leader's would be
+        for text in ("{not json", '{"backends": {"a": {"identity": ["vllm"]}}}',
+                     '{"backends": [1]}'):
+            (tmp_path / "engine.json").write_text(text)
+            share.follow(follow)                    # no error, nothing taken
+        assert view.at == at
+        first.release()
+        assert second.lead()                        # the next to ask leads
+    finally:
+        second.release()
+        for gw in (lead, follow):
+            await gw.transport.session.close()
