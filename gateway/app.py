@@ -17,6 +17,7 @@ from .config import Config
 from .endpoints import ENDPOINTS
 from .engine.scraper import engine_scrapes
 from .health import health_checks
+from .leader import Leader
 from .limits import make_limiter
 from .metrics import Metrics
 from .reload import config_watch
@@ -24,7 +25,7 @@ from .rundir import RunDir
 from .runtimes.http import Transport, make_session
 from .state import Gateway
 from .tracing import tracing
-from .typedefs import ACCESS_LOG, CONFIG_PATH, GATEWAY, RUN_DIR
+from .typedefs import ACCESS_LOG, CONFIG_PATH, GATEWAY, LEADER, RUN_DIR
 
 # The gateway reads bodies itself and answers 413 with an OpenAI-shaped error as soon
 # as max_body_mb is passed; aiohttp's own cap must not cut in first.
@@ -59,6 +60,7 @@ def create_app(config: Config, config_path: str | None = None, *,
     app.cleanup_ctx.append(tracing)   # stopped last: the final spans are flushed
     if run_dir is not None:
         app[RUN_DIR] = run_dir
+        app[LEADER] = Leader(run_dir)   # health checks and engine scrapes: one worker
         app.cleanup_ctx.append(_in_flight_gauges)
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_limiter)

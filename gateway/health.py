@@ -26,7 +26,7 @@ from .health_share import FOLLOW_POLL_S, HealthShare
 from .log import health_logger
 from .record import new_request_id
 from .state import Gateway
-from .typedefs import GATEWAY, RUN_DIR
+from .typedefs import GATEWAY, LEADER, RUN_DIR
 
 
 async def check_round(gateway: Gateway) -> dict[str, bool]:
@@ -90,7 +90,7 @@ async def health_checks(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: one round before serving, then a round every interval."""
     gateway = app[GATEWAY]
     run = app.get(RUN_DIR)
-    share = HealthShare(run) if run is not None else None
+    share = HealthShare(run, app[LEADER]) if run is not None else None
     if share is None:
         await check_round(gateway)
     else:

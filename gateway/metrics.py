@@ -9,12 +9,15 @@ any worker sums them all (`expose`). Each gauge says how workers combine:
 in-flight requests add up (`livesum`); `backend_up` is 1 while any live worker
 may send to the backend (`livemax`: health is shared, but each worker ejects on
 its own traffic, so a backend one worker ejected still gets the others' requests);
-the state backend is up only while every worker reaches it (`livemin`). "live":
+the state backend is up only while every worker reaches it (`livemin`); the engine
+gauges are one reading per backend, written by the worker that scrapes for the server
+(engine/share.py), so the latest write counts (`livemostrecent`), never a sum. "live":
 a worker that exits takes its gauges with it (supervise.py marks it dead).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Collection, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -36,9 +39,12 @@ OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+# The engine gauges: a value the runtime did not give (or no longer fresh) has no series.
+ENGINE_GAUGES = ("gateway_backend_queue_depth", "gateway_backend_running_requests",
+                 "gateway_backend_kv_cache_usage")
 # Gauges labelled by backend: a removed backend's files cannot be edited, so a scrape
 # leaves out the backends the scraping worker's config no longer has.
-PER_BACKEND_GAUGES = ("gateway_in_flight_requests", "gateway_backend_up")
+PER_BACKEND_GAUGES = ("gateway_in_flight_requests", "gateway_backend_up", *ENGINE_GAUGES)
 
 
 class Metrics:
@@ -104,15 +110,15 @@ class Metrics:
         self.engine_queue = Gauge(
             "gateway_backend_queue_depth",
             "Requests waiting in the runtime's own queue, as it last reported.",
-            ["backend"], registry=r)
+            ["backend"], registry=r, multiprocess_mode="livemostrecent")
         self.engine_running = Gauge(
             "gateway_backend_running_requests",
             "Requests the runtime is running, as it last reported.",
-            ["backend"], registry=r)
+            ["backend"], registry=r, multiprocess_mode="livemostrecent")
         self.engine_kv = Gauge(
             "gateway_backend_kv_cache_usage",
             "The runtime's KV-cache usage (0..1), as it last reported.",
-            ["backend"], registry=r)
+            ["backend"], registry=r, multiprocess_mode="livemostrecent")
         self.engine_scrape_failures = Counter(
             "gateway_engine_scrape_failures",
             "Scrapes of a runtime's load endpoint that gave no reading, by why.",
@@ -138,6 +144,21 @@ class Metrics:
         """Written per backend at scrape time (and each second under --workers), so
         requests pay no gauge update: a multiprocess gauge cannot read a function."""
         self._child(self.in_flight, name).set(value)
+
+    def set_engine(self, gauge: Gauge, name: str, value: float | None) -> None:
+        """One engine gauge of a backend; None: no series (never a made-up 0). A series
+        cannot be removed from the multiprocess files: NaN stands for none there, and
+        expose() leaves it out."""
+        if value is not None:
+            self._child(gauge, name).set(value)
+        elif self.multiprocess_dir:
+            self._child(gauge, name).set(math.nan)
+        else:
+            self._children.pop((gauge, (name,)), None)
+            try:
+                gauge.remove(name)
+            except KeyError:
+                pass
 
     def forget_backend(self, name: str) -> None:
         """A removed backend's gauges would otherwise report stale values forever."""
@@ -196,7 +217,8 @@ class Metrics:
 
 
 class _AllWorkers:
-    """Every worker's files, less the gauges of backends no longer configured."""
+    """Every worker's files, less the gauges of backends no longer configured and the
+    engine gauges' NaN (a value no longer known)."""
 
     def __init__(self, path: str, backends: frozenset[str]) -> None:
         self.path, self.backends = path, backends
@@ -207,4 +229,6 @@ class _AllWorkers:
             if family.name in PER_BACKEND_GAUGES:
                 family.samples = [s for s in family.samples
                                   if s.labels.get("backend") in self.backends]
+            if family.name in ENGINE_GAUGES:
+                family.samples = [s for s in family.samples if not math.isnan(s.value)]
             yield family

@@ -13,17 +13,15 @@ import time
 from typing import Any
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-# A UUID's version (4) and variant (RFC 4122) bits.
-_VERSION_MASK, _VERSION_4 = ~(0xF000 << 64), 0x4000 << 64
-_VARIANT_MASK, _VARIANT_RFC = ~(0xC000 << 48), 0x8000 << 48
 
 
 def new_request_id() -> str:
     """A random UUID4 string, without a getrandom syscall per request: an id names a
-    request in logs, it guards nothing."""
-    n = (random.getrandbits(128) & _VERSION_MASK | _VERSION_4) & _VARIANT_MASK | _VARIANT_RFC
-    h = "%032x" % n
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    request in logs, it guards nothing. Version nibble 4, variant bits 10; six small
+    draws format faster than one 128-bit number cut into fields."""
+    bits = random.getrandbits
+    return "%08x-%04x-4%03x-%04x-%08x%04x" % (bits(32), bits(16), bits(12),
+                                              bits(14) | 0x8000, bits(32), bits(16))
 
 
 def client_request_id(given: str) -> str:
@@ -39,7 +37,7 @@ def upstream_request_id(request_id: str) -> str:
 
 
 class RequestRecord:
-    __slots__ = ("request_id", "upstream_id", "endpoint", "after_send", "model", "backend", "status", "started",
+    __slots__ = ("request_id", "upstream_id", "endpoint", "api", "after_send", "model", "backend", "status", "started",
                  "upstream_wait", "first_token_at", "last_token_at", "usage", "stream",
                  "retries", "fallback", "key_name", "error", "aborted", "trace")
 
@@ -47,6 +45,7 @@ class RequestRecord:
         self.request_id = request_id
         self.upstream_id: str | None = None   # made when the first try goes out
         self.endpoint = endpoint
+        self.api: Any = None          # its row of gateway.endpoints (None: not an API route)
         # Bookkeeping that waits until the answer was sent (the middleware runs it).
         self.after_send: Any = None
         self.model = ""               # a configured public name, or "" for anything else

@@ -2,7 +2,7 @@
 
 `gateway serve --workers N` makes a fresh one under $TMPDIR at start and removes it
 at exit. It holds what the workers share: prometheus-client's per-process metric
-files (`metrics/`), the health leader's lock and its published results, the
+files (`metrics/`), the leading worker's lock and what it publishes (health, engine), the
 rate-limit buckets, and gunicorn's heartbeat files. Fresh per start, so no file of
 an earlier server's workers is ever summed into this one's metrics.
 

@@ -3,6 +3,7 @@
 from aiohttp import web
 
 from .accesslog import AccessLog
+from .leader import Leader
 from .record import RequestRecord
 from .rundir import RunDir
 from .state import Gateway
@@ -11,9 +12,10 @@ GATEWAY = web.AppKey("gateway", Gateway)
 CONFIG_PATH = web.AppKey("config_path", str)
 CONFIG_SEEN = web.AppKey("config_seen", tuple)   # the file's identity when its config was read
 RUN_DIR = web.AppKey("run_dir", RunDir)     # the server's shared directory (--workers N)
+LEADER = web.AppKey("leader", Leader)      # who measures for the server (--workers N)
 SUPERVISOR = web.AppKey("supervisor", int)   # the master's pid, in a worker of --workers N
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 RECORD = web.RequestKey("record", RequestRecord)
 
-__all__ = ["ACCESS_LOG", "GATEWAY", "CONFIG_PATH", "CONFIG_SEEN", "RUN_DIR", "SUPERVISOR", "RECORD",
-           "RequestRecord"]
+__all__ = ["ACCESS_LOG", "GATEWAY", "CONFIG_PATH", "CONFIG_SEEN", "LEADER", "RUN_DIR", "SUPERVISOR",
+           "RECORD", "RequestRecord"]

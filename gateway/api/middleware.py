@@ -60,6 +60,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     endpoint = endpoint_of(request) if request.method != "OPTIONS" else None
     rec = RequestRecord(client_request_id(request.headers.get("X-Request-ID", "")),
                         endpoint.name if endpoint is not None else "")
+    rec.api = endpoint
     request[RECORD] = rec
     try:
         resp = await _answer(request, handler, rec,

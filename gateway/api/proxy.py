@@ -31,7 +31,7 @@ from ..routing import NO_AFFINITY
 from ..typedefs import GATEWAY, RECORD
 from .body import parse_payload, read_body
 from .keys import client_key
-from .middleware import endpoint_of, stamp_response
+from .middleware import stamp_response
 from .relay_bytes import relay_bytes
 from .stored import backend_patterns, follow_up, stored_call
 
@@ -45,7 +45,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     rec: RequestRecord = request[RECORD]
     if gateway.tracing is not None:
         rec.trace = gateway.tracing.start_request(request, rec)   # ended by the middleware
-    endpoint = endpoint_of(request)
+    endpoint = rec.api
     assert endpoint is not None   # only the rows of `endpoints` are routed here
     key = await client_key(request)
     table = gateway.table   # this request's one config snapshot, from here to the end

@@ -11,8 +11,9 @@ request waits on a scrape, and none fails because of one.
     scrape_backend(state, engine)   one backend's answers: a Scrape (readings, failures)
     record(state, scrape, ...)      a Scrape into the backend's view; failures counted
     scrape_round(gateway, ...)      every backend, then the gauges, then the queue's waiters
-    run_scrapes(gateway)            the loop, a round every interval_s: what a leader
-                                    process would run for all workers
+    run_scrapes(gateway, share)     the loop, a round every interval_s; under --workers
+                                    only in the leading worker, the others follow its
+                                    readings (share.py)
     engine_scrapes(app)             cleanup_ctx: run_scrapes for the app's lifetime
 """
 
@@ -34,7 +35,8 @@ from ..metrics import Metrics
 from ..record import new_request_id
 from ..runtimes import BodyTooLarge
 from ..state import Gateway
-from ..typedefs import GATEWAY
+from ..typedefs import GATEWAY, LEADER, RUN_DIR
+from .share import FOLLOW_POLL_S, EngineShare
 from .signals import EngineLoad, ParseError, ScrapeSpec, combine, parse, specs_for
 
 # A path the runtime does not serve (404/405/501) is asked again this much later.
@@ -142,6 +144,12 @@ async def scrape_round(gateway: Gateway, blocked: Iterable[str] = ()) -> frozens
                            if specs_for(s.config.kind)))
     now = time.monotonic()
     publish(gateway, now)
+    return wake_waiters(gateway, blocked, now)
+
+
+def wake_waiters(gateway: Gateway, blocked: Iterable[str], now: float) -> frozenset[str]:
+    """Wake the queue's waiters when a backend of `blocked` is no longer saturated;
+    returns the backends saturated now."""
     saturated = frozenset(s.name for s in gateway.states.values()
                           if s.saturated(now, gateway.config.engine))
     if set(blocked) - saturated:
@@ -158,29 +166,40 @@ def publish(gateway: Gateway, now: float) -> None:
                   (m.engine_kv, reading.kv_usage)) if reading is not None else (
             (m.engine_queue, None), (m.engine_running, None), (m.engine_kv, None))
         for gauge, value in values:
-            if value is not None:
-                gauge.labels(state.name).set(value)
-            else:
-                with contextlib.suppress(KeyError):
-                    gauge.remove(state.name)
+            m.set_engine(gauge, state.name, value)
 
 
-async def run_scrapes(gateway: Gateway) -> None:
-    """A round every engine.interval_s (from the start of the last one), until cancelled."""
+async def run_scrapes(gateway: Gateway, share: EngineShare | None = None) -> None:
+    """A round every engine.interval_s (from the start of the last one), until cancelled.
+
+    With a `share` (--workers N): rounds only while this worker leads; otherwise the
+    leader's readings, read a few times per interval, and a try at the lock each time,
+    so a leader that died is replaced within a poll."""
     loop = asyncio.get_running_loop()
     saturated: frozenset[str] = frozenset()
     while True:
         started = loop.time()
+        interval = gateway.config.engine.interval_s
         try:
-            saturated = await scrape_round(gateway, saturated)
+            if share is None or share.lead():
+                saturated = await scrape_round(gateway, saturated)
+                if share is not None:
+                    share.publish(gateway)
+            else:
+                share.follow(gateway)
+                saturated = wake_waiters(gateway, saturated, time.monotonic())
+                interval = min(interval, FOLLOW_POLL_S)
         except Exception:
             engine_logger.exception("engine scrape round failed")
-        await asyncio.sleep(max(0.0, started + gateway.config.engine.interval_s - loop.time()))
+        await asyncio.sleep(max(0.0, started + interval - loop.time()))
 
 
 async def engine_scrapes(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: scraping runs in the background; serving starts without waiting for it."""
-    task = asyncio.create_task(run_scrapes(app[GATEWAY]))
+    """cleanup_ctx: scraping runs in the background; serving starts without waiting for it.
+    Under --workers the lock is the health checks' (released by them, after this)."""
+    run = app.get(RUN_DIR)
+    share = EngineShare(run, app[LEADER]) if run is not None else None
+    task = asyncio.create_task(run_scrapes(app[GATEWAY], share))
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
