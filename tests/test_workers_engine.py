@@ -23,7 +23,7 @@ from gateway.metrics import Metrics
 from gateway.rundir import RunDir
 from gateway.runtimes.http import Transport, make_session
 from gateway.state import Gateway
-from tests.conftest import RUNTIME_ID, make_config
+from tests.conftest import RUNTIME_ID, ServeFake, make_config
 from tests.fake_engines import FakeEngine
 from tests.server_procs import alive, wait_until
 from tests.test_workers import fresh_post, gateway, scrape  # noqa: F401 - the fixture
@@ -33,20 +33,15 @@ ENGINE_GAUGES = ("gateway_backend_queue_depth", "gateway_backend_running_request
 
 
 @pytest.fixture
-async def start_engine(aiohttp_server):
-    started: list[FakeEngine] = []
-
+def start_engine(serve_fake: ServeFake):
     async def start(**kw):
-        fake = FakeEngine(model=RUNTIME_ID, **kw)
-        started.append(fake)
-        return fake, await aiohttp_server(fake.app())
-    yield start
-    for fake in started:
-        fake.release()
+        fake = FakeEngine(models=(RUNTIME_ID,), **kw)
+        return fake, await serve_fake(fake)
+    return start
 
 
 def engine_config(servers: dict, engine: str, extra: str = "") -> str:
-    lines = [f"  {name}: {{kind: vllm, url: '{server.make_url('/v1')}', "
+    lines = [f"  {name}: {{kind: vllm, url: '{server.url('/v1')}', "
              f"models: {{m: {RUNTIME_ID}}}}}" for name, server in servers.items()]
     return "backends:\n" + "\n".join(lines) + f"\nengine: {{{engine}}}\n" + extra
 
@@ -121,7 +116,7 @@ async def test_the_series_go_once_the_reading_is_stale(gateway, start_engine):
         gateway, engine_config({"a": server}, f"interval_s: 0.1, stale_after_s: {stale_after}"),
         workers=2)
     assert await until_series(served.base, lambda s: len(s) == 3)
-    fake.metrics = "500"
+    fake.pages_fault = "500"
     stopped = time.monotonic()
     assert await until_series(served.base, lambda s: s == {}, within=stale_after + 4)
     gone_after = time.monotonic() - stopped
@@ -132,7 +127,7 @@ async def test_the_series_go_once_the_reading_is_stale(gateway, start_engine):
     failed = sum(v for (n, lab), v in samples.items()
                  if n == "gateway_engine_scrape_failures_total" and dict(lab)["reason"] == "status")
     assert failed >= 5
-    fake.metrics = "ok"   # back: the series come back, with the runtime's values
+    fake.pages_fault = "ok"   # back: the series come back, with the runtime's values
     assert await until_series(served.base, lambda s: s.get(
         ("gateway_backend_queue_depth", "a")) == [4.0])
 
