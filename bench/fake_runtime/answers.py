@@ -16,7 +16,7 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import formats, formats_messages, stored
-from .apis import (APIS, CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES, SPEECH,
+from .apis import (APIS, CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES, SPEECH, Api,
                    first_event_error)
 from .forms import form_fields
 
@@ -39,19 +39,20 @@ class Call:
     __slots__ = ("path", "headers", "body", "model", "b", "failed", "stream", "tokens",
                  "usage", "api", "done")
 
-    def __init__(self, rt: FakeRuntime, path: str, headers: CIMultiDictProxy[str],
+    def __init__(self, rt: FakeRuntime, path: str, api: Api, headers: CIMultiDictProxy[str],
                  body: dict[str, Any]) -> None:
         self.path, self.headers, self.body = path, headers, body
         model = body.get("model")
         self.model = model if isinstance(model, str) else ""
         self.b: Behaviour = rt.by_model.get(self.model, rt) if rt.by_model else rt
         self.failed = self.b.failing()
-        self.api = APIS[path]
-        self.stream = path == SPEECH or (body.get("stream") is True
-                                         and self.api.events is not None)
-        wanted = body.get("max_output_tokens" if path == RESPONSES else "max_tokens")
-        asked = rt.tokens_from_request and type(wanted) is int and wanted > 0
-        self.tokens = min(wanted if asked else self.b.words, formats.MAX_TOKENS)
+        self.api = api
+        self.stream = (body.get("stream") is True and api.events is not None) or path == SPEECH
+        self.tokens = min(self.b.words, formats.MAX_TOKENS)
+        if rt.tokens_from_request:
+            wanted = body.get("max_output_tokens" if path == RESPONSES else "max_tokens")
+            if type(wanted) is int and wanted > 0:
+                self.tokens = min(wanted, formats.MAX_TOKENS)
         options = body.get("stream_options")
         self.usage = isinstance(options, dict) and options.get("include_usage") is True
         self.done: dict[str, Any] | None = None      # the response a Responses call makes
@@ -70,11 +71,12 @@ class Answers:
 
     def post(self, path: str, query: str, headers: CIMultiDictProxy[str], raw: bytes) -> None:
         rt = self.rt
-        if path.startswith(stored.PREFIX):
+        api = APIS.get(path)
+        if api is None and path.startswith(stored.PREFIX):
             stored.answer(self, "POST", path, query)
             return
-        api = APIS.get(path)
-        if api is None or path in rt.missing or (path == EMBEDDINGS and rt.kind == "tgi"):
+        if api is None or (rt.missing and path in rt.missing) or (path == EMBEDDINGS
+                                                                   and rt.kind == "tgi"):
             self.send(404, orjson.dumps(formats.error(f"no route {path}", 404)))
             return
         if api.form:
@@ -93,7 +95,7 @@ class Answers:
             rt.request_paths.append(path)
             rt.headers_seen.append(headers)
             rt.peers.append(self.peer)
-        call = Call(rt, path, headers, body)
+        call = Call(rt, path, api, headers, body)
         if path == RESPONSES and not stored.create(self, call):
             return
         self.start(call)

@@ -51,7 +51,7 @@ def _completion_events(rt: FakeRuntime, call: Call) -> Iterable[bytes]:
         base["usage"] = None        # on every chunk, as OpenAI's own API does
     pad = "x" * max(0, b.chunk_bytes - 200)
     return formats.chat_events(rt.dumps, base, chat, call.tokens,
-                               call.usage and b.send_usage, pad)
+                               call.usage and b.send_usage, pad, not rt.spaced_json)
 
 
 def _count_tokens(rt: FakeRuntime, call: Call) -> Any:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from . import formats, formats_responses
-from .apis import RESPONSES
+from .apis import APIS, RESPONSES
 
 if TYPE_CHECKING:
     from .answers import Answers, Call
@@ -66,7 +66,8 @@ def answer(conn: Answers, method: str, path: str, query: str) -> None:
     elif done is None:
         _not_found(conn, "Response not found")
     elif method == "GET" and "stream=true" in query.split("&"):
-        call = Call(rt, RESPONSES, NO_HEADERS, {"model": done["model"], "stream": True})
+        call = Call(rt, RESPONSES, APIS[RESPONSES], NO_HEADERS,
+                    {"model": done["model"], "stream": True})
         call.done, call.tokens = done, done["usage"]["output_tokens"]
         conn.start(call)
     else:
