@@ -18,6 +18,7 @@ from bench.fake_runtime import FakeRuntime, FakeServer
 from gateway.app import create_app
 from gateway.config import ApiKey, BackendConfig, Config, RouteConfig, backend
 from gateway.serve import prepare_process
+from tests.fake_engines import FakeEngine
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -92,6 +93,15 @@ async def serve_fake() -> AsyncIterator[ServeFake]:
     yield serve
     for server in servers:
         await server.close()
+
+
+@pytest.fixture
+def start_engine(serve_fake: ServeFake) -> Callable[..., Awaitable[tuple[FakeEngine, FakeServer]]]:
+    """Start a fake runtime that reports its scripted load (tests/fake_engines.py)."""
+    async def start(**kw: Any) -> tuple[FakeEngine, FakeServer]:
+        fake = FakeEngine(models=(RUNTIME_ID,), **kw)
+        return fake, await serve_fake(fake)
+    return start
 
 
 @pytest.fixture

@@ -14,20 +14,10 @@ import pytest
 
 from gateway.config import EngineConfig, QueueConfig, RouteConfig, ServerConfig
 from gateway.typedefs import GATEWAY
-from tests.conftest import (CHAT, RUNTIME_ID, ServeFake, make_config, runtime_backend,
-                            samples)
-from tests.fake_engines import FakeEngine
+from tests.conftest import CHAT, RUNTIME_ID, make_config, runtime_backend, samples
 
 FAST = EngineConfig(interval_s=0.05, stale_after_s=0.3, max_queue=8, max_kv_usage=0.9)
 ADMIN = "admin-key"
-
-
-@pytest.fixture
-def start_engine(serve_fake: ServeFake):
-    async def start(**kw):
-        fake = FakeEngine(models=(RUNTIME_ID,), **kw)
-        return fake, await serve_fake(fake)
-    return start
 
 
 def config(*servers, strategy: str = "weighted", engine: EngineConfig = FAST, **sections):

@@ -13,8 +13,6 @@ import os
 import signal
 import time
 
-import pytest
-
 from gateway.config import backend
 from gateway.engine import EngineLoad
 from gateway.engine.share import EngineShare
@@ -23,21 +21,12 @@ from gateway.metrics import Metrics
 from gateway.rundir import RunDir
 from gateway.runtimes.http import Transport, make_session
 from gateway.state import Gateway
-from tests.conftest import RUNTIME_ID, ServeFake, make_config
-from tests.fake_engines import FakeEngine
+from tests.conftest import RUNTIME_ID, make_config
 from tests.server_procs import alive, wait_until
 from tests.test_workers import fresh_post, gateway, scrape  # noqa: F401 - the fixture
 
 ENGINE_GAUGES = ("gateway_backend_queue_depth", "gateway_backend_running_requests",
                  "gateway_backend_kv_cache_usage")
-
-
-@pytest.fixture
-def start_engine(serve_fake: ServeFake):
-    async def start(**kw):
-        fake = FakeEngine(models=(RUNTIME_ID,), **kw)
-        return fake, await serve_fake(fake)
-    return start
 
 
 def engine_config(servers: dict, engine: str, extra: str = "") -> str:
@@ -60,12 +49,18 @@ def leader_of(served) -> int:
                 if f"worker {p} runs the health checks and engine scrapes" in served.stderr())
 
 
+async def one_engine(gateway, start_engine, engine: str, **load):
+    """One fake vLLM with this load behind a gateway of two workers: (fake, served)."""
+    fake, server = await start_engine(**load)
+    served = await asyncio.to_thread(gateway, engine_config({"a": server}, engine), workers=2)
+    return fake, served
+
+
 async def test_each_runtime_is_scraped_once_per_interval_and_shown_once(gateway, start_engine):
-    fake, server = await start_engine(running=3, waiting=2, kv=0.25)
     interval = 0.2
-    served = await asyncio.to_thread(
-        gateway, engine_config({"a": server}, f"interval_s: {interval}, stale_after_s: 1"),
-        workers=2)
+    fake, served = await one_engine(gateway, start_engine,
+                                    f"interval_s: {interval}, stale_after_s: 1",
+                                    running=3, waiting=2, kv=0.25)
     before, began = fake.scrapes["/metrics"], time.monotonic()
     await asyncio.sleep(3)
     rounds = (time.monotonic() - began) / interval
@@ -110,11 +105,10 @@ async def until_series(base: str, check, within: float = 5) -> bool:
 
 
 async def test_the_series_go_once_the_reading_is_stale(gateway, start_engine):
-    fake, server = await start_engine(running=1, waiting=4, kv=0.5)
     stale_after = 1.0
-    served = await asyncio.to_thread(
-        gateway, engine_config({"a": server}, f"interval_s: 0.1, stale_after_s: {stale_after}"),
-        workers=2)
+    fake, served = await one_engine(gateway, start_engine,
+                                    f"interval_s: 0.1, stale_after_s: {stale_after}",
+                                    running=1, waiting=4, kv=0.5)
     assert await until_series(served.base, lambda s: len(s) == 3)
     fake.pages_fault = "500"
     stopped = time.monotonic()
