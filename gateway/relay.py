@@ -22,6 +22,7 @@ from aiohttp import web
 from .clientwatch import ClientWatch
 from .errors import GatewayError, Reason, UpstreamError
 from .record import RequestRecord
+from .wire import LineCarry, loads_object
 
 # A chunk carries a token once some content/text/arguments string is non-empty
 # (`delta` is a streamed transcription's text).
@@ -78,7 +79,7 @@ class StreamRewriter:
     """
 
     __slots__ = ("patterns", "drop_usage", "usage", "saw_done", "saw_token", "finished",
-                 "complete", "end_marker", "_tail")
+                 "complete", "end_marker", "_lines")
 
     def __init__(self, patterns: tuple[tuple[bytes, bytes], ...], drop_usage: bool,
                  end_marker: bytes | None = None) -> None:
@@ -90,7 +91,7 @@ class StreamRewriter:
         self.complete = False
         self.saw_token = False
         self.end_marker = end_marker
-        self._tail = b""
+        self._lines = LineCarry()
 
     @staticmethod
     def error_event(err: GatewayError) -> bytes:
@@ -99,14 +100,7 @@ class StreamRewriter:
 
     def feed(self, data: bytes) -> bytes:
         """The complete lines received so far, rewritten; a partial line waits."""
-        if self._tail:
-            data = self._tail + data
-        cut = data.rfind(b"\n") + 1
-        if cut < len(data):
-            self._tail = data[cut:]
-            data = data[:cut]
-        else:
-            self._tail = b""
+        data = self._lines.complete(data)
         if not data:
             return b""
         if self.saw_done:
@@ -131,8 +125,8 @@ class StreamRewriter:
     def flush(self) -> bytes:
         """What is left when the runtime closed: a last line without its newline, and
         the blank line of a `[DONE]` the runtime did not terminate."""
-        tail, self._tail = self._tail, b""
-        out = self.feed(tail + b"\n") if tail.strip() else b""
+        rest = self._lines.rest()
+        out = self.feed(rest) if rest else b""
         if self.saw_done and not self.finished:
             self.finished = True
             out += b"\n"
@@ -170,7 +164,7 @@ class StreamRewriter:
                 continue
             skip_blank = False
             if line.startswith(b"data:") and b'"usage"' in line:
-                chunk = _loads(line[5:])
+                chunk = loads_object(line[5:])
                 usage = chunk.get("usage") if chunk else None
                 if isinstance(usage, dict):
                     self.usage = api_usage(usage)
@@ -232,21 +226,13 @@ def has_data_line(block: bytes) -> bool:
     return False
 
 
-def _loads(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def first_event_error(block: bytes) -> dict[str, Any] | None:
     """The error object when a stream's first event is an error instead of a chunk."""
     for line in block.split(b"\n"):
         if line.startswith(b"data:"):
             if b'"error"' not in line:
                 return None
-            chunk = _loads(line[5:])
+            chunk = loads_object(line[5:])
             if chunk and "error" in chunk and "choices" not in chunk:
                 err = chunk["error"]
                 return err if isinstance(err, dict) else {"message": str(err)}
@@ -263,7 +249,7 @@ def body_response(body: bytes, content_type: str,
 
 def body_usage(body: bytes) -> dict[str, Any] | None:
     """The `usage` object of a whole JSON answer, if it has one."""
-    parsed = _loads(body)
+    parsed = loads_object(body)
     return api_usage(parsed.get("usage")) if parsed is not None else None
 
 

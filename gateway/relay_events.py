@@ -21,6 +21,7 @@ from .endpoints import SSE_EVENTS, Endpoint
 from .errors import GatewayError
 from .relay import StreamRewriter, api_usage, first_event_error
 from .response_ids import IdRewriter
+from .wire import LineCarry, loads_object
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +88,7 @@ class EventRewriter:
     and response ids rewritten, usage and the terminal event noticed."""
 
     __slots__ = ("patterns", "ids", "fmt", "usage", "saw_done", "saw_token", "finished",
-                 "complete", "_ids_known", "_tail", "_last")
+                 "complete", "_ids_known", "_lines", "_last")
 
     def __init__(self, patterns: tuple[tuple[bytes, bytes], ...], ids: IdRewriter | None,
                  fmt: EventFormat) -> None:
@@ -100,18 +101,11 @@ class EventRewriter:
         self.finished = False    # the terminal event and its blank line are out
         self.complete = False    # only StreamRewriter's end markers set it
         self._ids_known = ids is None
-        self._tail = b""
+        self._lines = LineCarry()
         self._last = b""
 
     def feed(self, data: bytes) -> bytes:
-        if self._tail:
-            data = self._tail + data
-        cut = data.rfind(b"\n") + 1
-        if cut < len(data):
-            self._tail = data[cut:]
-            data = data[:cut]
-        else:
-            self._tail = b""
+        data = self._lines.complete(data)
         if not data:
             return b""
         if self.saw_done:
@@ -138,8 +132,8 @@ class EventRewriter:
     def flush(self) -> bytes:
         """What is left when the runtime closed, and a missing blank line after the
         terminal event."""
-        tail, self._tail = self._tail, b""
-        out = self.feed(tail + b"\n") if tail.strip() else b""
+        rest = self._lines.rest()
+        out = self.feed(rest) if rest else b""
         if self.saw_done and not self.finished:
             self.finished = True
             out += b"\n"
@@ -171,7 +165,7 @@ def _events(block: bytes, only: frozenset[bytes] | None = None):
             name = line[6:].strip()
         elif line.startswith(b"data:"):
             if only is None or name in only or not name:
-                event = _loads(line[5:])
+                event = loads_object(line[5:])
                 if event is not None:
                     own = name or str(event.get("type", "")).encode()
                     if only is None or own in only:
@@ -179,14 +173,6 @@ def _events(block: bytes, only: frozenset[bytes] | None = None):
             name = b""
         elif not line.strip():
             name = b""
-
-
-def _loads(raw: bytes) -> dict | None:
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def make_rewriter(endpoint: Endpoint, patterns: tuple[tuple[bytes, bytes], ...],
@@ -209,7 +195,7 @@ def stream_error(endpoint: Endpoint, first: bytes) -> dict | None:
 
 def rewrite_stored(body: bytes, ids: IdRewriter) -> bytes:
     """A whole answer of the Responses API with its response ids made public."""
-    parsed = _loads(body)
+    parsed = loads_object(body)
     if parsed is not None:
         ids.learn_from(parsed)
     return ids.apply(body)
