@@ -24,7 +24,7 @@ from ..anthropic_relay import (NativeEvents, TranslatedEvents, native_whole, rel
 from ..auth import check_model
 from ..dispatch import Opened
 from ..endpoints import BY_PATH
-from ..errors import BadRequest, ModelNotFound, Reason, ShuttingDown, UpstreamError
+from ..errors import BadRequest, ModelNotFound, UpstreamError
 from ..record import RequestRecord
 from ..relay import SSE_HEADERS, rewrite_model
 from ..translate.anthropic import TranslationError, validate_messages
@@ -34,7 +34,7 @@ from .keys import client_key
 from .messages_plan import (NATIVE, TOKENIZER, CountTokensPlan, MessagesPlan,
                             passed_headers)
 from .middleware import stamp_response
-from .proxy import CLIENT_GONE, _drain_runtime, _try_write
+from .stream_end import CLIENT_GONE, client_gone, drain_cut, drain_runtime, end_drain_cut
 
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
@@ -142,22 +142,16 @@ async def _relay(request: web.Request, opened: Opened, rec: RequestRecord,
         broken = err   # the client already got it as an `event: error`
     except asyncio.CancelledError:
         opened.response.close()
-        if not drain.was_cut(task):
-            rec.aborted = Reason.CLIENT_LEFT
+        if not drain_cut(drain, task, rec):
             raise
-        task.uncancel()
-        rec.aborted = Reason.SHUTDOWN
-        await _try_write(resp, stream_error_event(ShuttingDown(
-            "the gateway is shutting down and its drain time ran out")))
+        await end_drain_cut(resp, stream_error_event)
     except CLIENT_GONE as exc:
-        opened.response.close()
-        rec.aborted = Reason.CLIENT_LEFT
-        rec.status = 499
+        client_gone(opened, rec)
         return resp, exc
     finally:
         drain.untrack(task)
         rec.usage = events.usage
     await resp.write_eof()
     if broken is None:
-        await _drain_runtime(opened, task)
+        await drain_runtime(opened, task)
     return resp, broken
