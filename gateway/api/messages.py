@@ -13,7 +13,6 @@ breaks after its first byte.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import orjson
@@ -34,7 +33,8 @@ from .keys import client_key
 from .messages_plan import (NATIVE, TOKENIZER, CountTokensPlan, MessagesPlan,
                             passed_headers)
 from .middleware import stamp_response
-from .stream_end import CLIENT_GONE, client_gone, drain_cut, drain_runtime, end_drain_cut
+from .stream_end import (CLIENT_GONE, client_gone, drain_cut, drain_runtime, end_drain_cut,
+                         read_whole)
 
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
@@ -86,20 +86,15 @@ def parse_messages(raw: bytes, counting: bool) -> dict[str, Any]:
 
 async def _whole(opened: Opened, rec: RequestRecord, way: str, counting: bool
                  ) -> web.Response:
-    started = time.perf_counter()
-    try:
-        body = await opened.response.read()
+    def shaped(body: bytes) -> tuple[bytes, bytes, dict[str, Any] | None]:
+        """The runtime's body, the client's answer, and its usage when known already."""
         if way == NATIVE:
-            out, usage = rewrite_model(body, opened.patterns), None
-        elif way == TOKENIZER:
-            out, usage = tokenizer_count(body), None
-        else:
-            out, usage = translated_whole(body, opened.public)
-    except BaseException as exc:
-        opened.finish(exc)
-        raise
-    rec.first_token_at = rec.last_token_at = now = time.perf_counter()
-    rec.upstream_wait += now - started
+            return body, rewrite_model(body, opened.patterns), None
+        if way == TOKENIZER:
+            return body, tokenizer_count(body), None
+        return body, *translated_whole(body, opened.public)
+
+    body, out, usage = await read_whole(opened, rec, shaped)
 
     def after_send(error: BaseException | None) -> None:
         if counting:

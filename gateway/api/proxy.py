@@ -35,7 +35,7 @@ from .middleware import stamp_response
 from .relay_bytes import relay_bytes
 from .stored import backend_patterns, follow_up, stored_call
 from .stream_end import (CLIENT_GONE, client_gone, cut_slow_client, drain_cut, drain_runtime,
-                         end_drain_cut)
+                         end_drain_cut, read_whole)
 
 async def proxy(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
@@ -87,14 +87,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 
 async def _whole(opened: Opened, rec: RequestRecord, endpoint: Endpoint,
                  ids: IdRewriter | None) -> web.Response:
-    started = time.perf_counter()
-    try:
-        body = await opened.response.read()
-    except BaseException as exc:
-        opened.finish(exc)
-        raise
-    rec.first_token_at = rec.last_token_at = now = time.perf_counter()
-    rec.upstream_wait += now - started
+    body = await read_whole(opened, rec)
 
     def after_send(error: BaseException | None) -> None:
         # A client gone mid-send still used its tokens; {} = this API reports none.

@@ -1,4 +1,8 @@
-"""How a relayed stream ends early, alike for every API that relays one.
+"""How a relayed answer is read whole, and how a relayed stream ends early, alike for
+every API that relays one.
+
+A whole answer is read in one go, timed as upstream wait and as its first and last
+token (`read_whole`); a failure on the way gives the backend back at once.
 
 A stream is cancelled either because its client left or because the gateway's own
 drain deadline cut it (`drain_cut` tells the two apart and takes our cancel back); a
@@ -10,6 +14,7 @@ the runtime's last bytes are read (`drain_runtime`), so its connection is reused
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Callable
 
 from aiohttp import web
@@ -22,6 +27,25 @@ from ..record import RequestRecord
 CLIENT_GONE = (ConnectionResetError, ConnectionError)
 DRAIN_AFTER_DONE_S = 1.0
 SLOW_CLIENT_GRACE_S = 1.0   # for the error event to a client cut by server.client_idle_s
+
+
+async def read_whole(opened: Opened, rec: RequestRecord,
+                     shape: Callable[[bytes], Any] | None = None) -> Any:
+    """The runtime's whole answer (or what `shape` makes of it, timed with the read).
+
+    A failure while reading or shaping gives the backend back with it; after a success
+    the caller finishes `opened` once the client has the answer.
+    """
+    started = time.perf_counter()
+    try:
+        body = await opened.response.read()
+        shaped = body if shape is None else shape(body)
+    except BaseException as exc:
+        opened.finish(exc)
+        raise
+    rec.first_token_at = rec.last_token_at = now = time.perf_counter()
+    rec.upstream_wait += now - started
+    return shaped
 
 
 def drain_cut(drain: Drain, task: asyncio.Task, rec: RequestRecord) -> bool:
