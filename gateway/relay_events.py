@@ -21,7 +21,7 @@ from .endpoints import SSE_EVENTS, Endpoint
 from .errors import GatewayError
 from .relay import StreamRewriter, api_usage, first_event_error
 from .response_ids import IdRewriter
-from .wire import LineCarry, loads_object
+from .wire import LineRewriter, loads_object
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,35 +83,26 @@ END_MARKERS: Mapping[str, bytes] = MappingProxyType({
 
 # -- the relay ---------------------------------------------------------------------------
 
-class EventRewriter:
+class EventRewriter(LineRewriter):
     """Per-stream state, with StreamRewriter's interface: complete lines out, the model
     and response ids rewritten, usage and the terminal event noticed."""
 
-    __slots__ = ("patterns", "ids", "fmt", "usage", "saw_done", "saw_token", "finished",
-                 "complete", "_ids_known", "_lines", "_last")
+    __slots__ = ("patterns", "ids", "fmt", "usage", "saw_token", "complete", "_ids_known",
+                 "_last")
 
     def __init__(self, patterns: tuple[tuple[bytes, bytes], ...], ids: IdRewriter | None,
                  fmt: EventFormat) -> None:
+        super().__init__()
         self.patterns = patterns
         self.ids = ids
         self.fmt = fmt
         self.usage: dict[str, Any] | None = None
-        self.saw_done = False
         self.saw_token = False
-        self.finished = False    # the terminal event and its blank line are out
         self.complete = False    # only StreamRewriter's end markers set it
         self._ids_known = ids is None
-        self._lines = LineCarry()
         self._last = b""
 
-    def feed(self, data: bytes) -> bytes:
-        data = self._lines.complete(data)
-        if not data:
-            return b""
-        if self.saw_done:
-            # The terminal event's data line went out; its blank line is the next line.
-            self.finished = True
-            return b"\r\n" if data.startswith(b"\r\n") else b"\n"
+    def _rewrite(self, data: bytes) -> bytes:
         for old, new in self.patterns:
             if old in data:
                 data = data.replace(old, new)
@@ -128,16 +119,6 @@ class EventRewriter:
                 self.finished = True
         self._last = data
         return data
-
-    def flush(self) -> bytes:
-        """What is left when the runtime closed, and a missing blank line after the
-        terminal event."""
-        rest = self._lines.rest()
-        out = self.feed(rest) if rest else b""
-        if self.saw_done and not self.finished:
-            self.finished = True
-            out += b"\n"
-        return out
 
     def error_event(self, err: GatewayError) -> bytes:
         return self.fmt.error_event(err, self._last)

@@ -45,3 +45,44 @@ def loads_object(raw: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
+
+
+class LineRewriter:
+    """What every SSE rewriter shares: whole lines in, and the stream's end once its
+    terminal event is out with its blank line (a runtime may write the two apart).
+
+    A subclass rewrites whole lines in `_rewrite` and sets `saw_done` at the terminal
+    event's data line (and `finished` when its blank line came with it).
+    """
+
+    __slots__ = ("saw_done", "finished", "_lines")
+
+    def __init__(self) -> None:
+        self.saw_done = False
+        self.finished = False    # the terminal event and its blank line are out
+        self._lines = LineCarry()
+
+    def feed(self, data: bytes) -> bytes:
+        """The complete lines received so far, rewritten; a partial line waits."""
+        data = self._lines.complete(data)
+        if not data:
+            return b""
+        if self.saw_done:
+            # The terminal event's data line went out; its blank line is the next line,
+            # and the last.
+            self.finished = True
+            return b"\r\n" if data.startswith(b"\r\n") else b"\n"
+        return self._rewrite(data)
+
+    def flush(self) -> bytes:
+        """What is left when the runtime closed: a last line without its newline, and
+        the blank line of a terminal event the runtime did not terminate."""
+        rest = self._lines.rest()
+        out = self.feed(rest) if rest else b""
+        if self.saw_done and not self.finished:
+            self.finished = True
+            out += b"\n"
+        return out
+
+    def _rewrite(self, data: bytes) -> bytes:
+        raise NotImplementedError
