@@ -20,16 +20,15 @@ from aiohttp import web
 
 from ..anthropic_relay import (NativeEvents, TranslatedEvents, native_whole, relay_events,
                                stream_error_event, tokenizer_count, translated_whole)
-from ..auth import check_model
 from ..dispatch import Opened
 from ..endpoints import BY_PATH
-from ..errors import BadRequest, ModelNotFound, UpstreamError
+from ..errors import BadRequest, UpstreamError
 from ..record import RequestRecord
 from ..relay import SSE_HEADERS, rewrite_model
 from ..translate.anthropic import TranslationError, validate_messages
 from ..typedefs import GATEWAY, RECORD
 from .body import read_body
-from .keys import client_key
+from .keys import client_key, model_pool
 from .messages_plan import (NATIVE, TOKENIZER, CountTokensPlan, MessagesPlan,
                             passed_headers)
 from .middleware import stamp_response
@@ -50,12 +49,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     table = gateway.table   # this request's one config snapshot, from here to the end
     raw = await read_body(request, table.config.server.max_body_bytes)
     payload = parse_messages(raw, counting)
-    model = payload["model"]
-    check_model(key, model)
-    pool = table.pool(model)
-    if pool is None:
-        raise ModelNotFound(f"The model '{model}' does not exist", param="model")
-    rec.model = model
+    pool = model_pool(key, table, payload, rec)
     rec.stream = bool(payload.get("stream")) and not counting
     plan_type = CountTokensPlan if counting else MessagesPlan
     plan = plan_type(payload, passed_headers(request.headers))

@@ -17,11 +17,10 @@ from typing import Any
 
 from aiohttp import web
 
-from ..auth import check_model
 from ..dispatch import Opened
 from ..clientwatch import ClientWatch
 from ..endpoints import BYTES, MULTIPART, NO_BODY, SAME_PATH, Endpoint
-from ..errors import ModelNotFound, UpstreamError
+from ..errors import UpstreamError
 from ..forms import read_form
 from ..record import RequestRecord
 from ..relay import SSE_HEADERS, StreamRewriter, body_response, body_usage, relay_stream
@@ -30,7 +29,7 @@ from ..response_ids import IdRewriter
 from ..routing import NO_AFFINITY
 from ..typedefs import GATEWAY, RECORD
 from .body import parse_payload, read_body
-from .keys import client_key
+from .keys import client_key, model_pool
 from .middleware import stamp_response
 from .relay_bytes import relay_bytes
 from .stored import backend_patterns, follow_up, stored_call
@@ -59,12 +58,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             payload = await read_form(request, limit)
         else:
             payload = parse_payload(await read_body(request, limit), endpoint)
-        model = payload["model"]
-        check_model(key, model)
-        pool = table.pool(model)
-        if pool is None:
-            raise ModelNotFound(f"The model '{model}' does not exist", param="model")
-        rec.model = model
+        pool = model_pool(key, table, payload, rec)
         rec.stream = bool(payload.get("stream"))
         if endpoint.stored_ids:
             pinned, ids = follow_up(table, pool, payload)
