@@ -15,10 +15,10 @@
 # On success the env file is printed (and it can be sourced).
 set -euo pipefail
 
-CACHE="${LLAMA_CACHE:-$HOME/.cache/gateway-llama}"
+LOG_NAME=install-llama-cpp-python
+. "$(dirname "${BASH_SOURCE[0]}")/llama-common.sh"
+
 LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
-JOBS="${LLAMA_BUILD_JOBS:-2}"   # the machines have 2 cores
-PYTHON="${PYTHON:-python3}"
 
 # CPU only; the multimodal (mtmd) library is not needed to serve a text model, so it is not built.
 CMAKE_OPTS=(
@@ -34,20 +34,10 @@ CMAKE_OPTS=(
   -DLLAMA_OPENSSL=OFF
 )
 
-log() { printf '[install-llama-cpp-python] %s\n' "$*" >&2; }
-now() { date +%s; }
+llama_begin
 
-mkdir -p "$CACHE"
-# The same lock as install-llama.sh: one build at a time on 2 cores, and one writer of `env`.
-exec 9>"$CACHE/.lock"
-if command -v flock >/dev/null 2>&1; then flock 9; fi
-
-T0=$(now)
-
-# -march=native libraries only run on the CPU they were built for: key the cache on it.
-cpu_key="$( (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || uname -m); uname -m; echo "${CMAKE_OPTS[*]}";
-            "$PYTHON" -c 'import sys; print(sys.version)' )"
-key="$(printf '%s' "$cpu_key" | sha256sum | cut -c1-12)"
+# The key also names the Python the venv is made from.
+key="$(build_key "${CMAKE_OPTS[*]}" "$("$PYTHON" -c 'import sys; print(sys.version)')")"
 VENV="$CACHE/llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION-$key"
 VPY="$VENV/bin/python"
 STAMP="$VENV/.complete"   # written last: a venv without it is a broken or interrupted install
@@ -65,14 +55,7 @@ PY
 if venv_works; then
   log "llama-cpp-python cached: $VENV"
 else
-  if ! command -v c++ >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      log "installing the toolchain (g++) with apt-get"
-      DEBIAN_FRONTEND=noninteractive apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ >/dev/null
-    fi
-    command -v c++ >/dev/null 2>&1 || { log "missing c++ (apt-get install g++)"; exit 1; }
-  fi
+  need_tools "c++" "g++"
   rm -rf "$VENV"
   "$PYTHON" -m venv "$VENV"
   build_log="$VENV/build.log"
@@ -86,9 +69,7 @@ else
        "$VPY" -m pip install --verbose --no-cache-dir --disable-pip-version-check \
          --no-binary llama-cpp-python "llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION" \
          >>"$build_log" 2>&1; then
-    tail -n 40 "$build_log" >&2
-    log "build failed (full log: $build_log)"
-    exit 1
+    build_failed "$build_log"
   fi
   touch "$STAMP"
   venv_works || { log "the installed llama-cpp-python does not import"; rm -f "$STAMP"; exit 1; }
@@ -98,12 +79,5 @@ fi
 
 # ---------------------------------------------------------------- env file
 # install-llama.sh writes LLAMA_SERVER_BIN and LLAMA_MODEL there; keep every other key.
-ENV_FILE="$CACHE/env"
-{
-  if [ -f "$ENV_FILE" ]; then grep -v '^LLAMA_CPP_PYTHON=' "$ENV_FILE" || true; fi
-  echo "LLAMA_CPP_PYTHON=$VPY"
-} >"$ENV_FILE.tmp"
-mv "$ENV_FILE.tmp" "$ENV_FILE"
-grep -q '^LLAMA_MODEL=' "$ENV_FILE" || log "no LLAMA_MODEL in $ENV_FILE yet: run .ci/install-llama.sh too"
-log "done in $(( $(now) - T0 ))s; env file: $ENV_FILE"
-cat "$ENV_FILE"
+grep -qs '^LLAMA_MODEL=' "$CACHE/env" || log "no LLAMA_MODEL in $CACHE/env yet: run .ci/install-llama.sh too"
+llama_done "LLAMA_CPP_PYTHON=$VPY"

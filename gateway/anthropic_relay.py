@@ -27,6 +27,7 @@ from .record import RequestRecord
 from .relay import rewrite_model
 from .translate.anthropic import (ChatStreamToMessages, anthropic_usage, chat_to_message,
                                   error_event, error_type_for_status)
+from .wire import LineCarry, loads_object
 
 _STOP_LINES = (b"event: message_stop", b'data: {"type":"message_stop"',
                b'data: {"type": "message_stop"')
@@ -35,29 +36,6 @@ _ERROR_LINES = (b"event: error", b'data: {"type":"error"', b'data: {"type": "err
 
 def stream_error_event(err: GatewayError) -> bytes:
     return error_event(error_type_for_status(err.status), err.message)
-
-
-class _Lines:
-    """Carries a partial line over to the next read: events go out whole."""
-
-    __slots__ = ("_tail",)
-
-    def __init__(self) -> None:
-        self._tail = b""
-
-    def complete(self, data: bytes) -> bytes:
-        if self._tail:
-            data = self._tail + data
-        cut = data.rfind(b"\n") + 1
-        if cut == len(data):      # the usual case: whole events, no copy
-            self._tail = b""
-            return data
-        self._tail = data[cut:]
-        return data[:cut]
-
-    def rest(self) -> bytes:
-        tail, self._tail = self._tail, b""
-        return tail + b"\n" if tail.strip() else b""
 
 
 class NativeEvents:
@@ -69,7 +47,7 @@ class NativeEvents:
         self.saw_token = False
         self.done = False
         self.failed: str | None = None    # the runtime's own error event, relayed
-        self._lines = _Lines()
+        self._lines = LineCarry()
 
     def feed(self, data: bytes) -> bytes:
         data = self._lines.complete(data)
@@ -98,7 +76,7 @@ class NativeEvents:
         for line in block.split(b"\n"):
             if line.startswith(b"data:") and (b"message_start" in line
                                               or b"message_delta" in line):
-                event = _loads(line[5:])
+                event = loads_object(line[5:])
                 if event is not None:
                     self.usage = anthropic_usage(event, self.usage)
 
@@ -111,7 +89,7 @@ class TranslatedEvents:
         self.saw_token = False
         self.done = False
         self.failed: str | None = None
-        self._lines = _Lines()
+        self._lines = LineCarry()
 
     @property
     def usage(self) -> dict[str, Any] | None:
@@ -129,7 +107,7 @@ class TranslatedEvents:
                 out += translator.finish()
                 self.done = True
                 break
-            chunk = _loads(raw)
+            chunk = loads_object(raw)
             if chunk is not None:
                 out += translator.feed(chunk)
                 if translator.done:   # the runtime sent an error chunk: an error event
@@ -195,12 +173,12 @@ def _note_token(events: NativeEvents | TranslatedEvents, rec: RequestRecord,
 
 def native_whole(body: bytes) -> dict[str, Any] | None:
     """The usage of a runtime's own whole Anthropic message (read after it was sent)."""
-    return anthropic_usage(_loads(body))
+    return anthropic_usage(loads_object(body))
 
 
 def translated_whole(body: bytes, public: str) -> tuple[bytes, dict[str, Any] | None]:
     """A whole chat completion as an Anthropic message, and its usage."""
-    chat = _loads(body)
+    chat = loads_object(body)
     if chat is None:
         raise UpstreamError("the runtime's answer is not a JSON object", reason=Reason.ERROR)
     message = chat_to_message(chat, public)
@@ -210,7 +188,7 @@ def translated_whole(body: bytes, public: str) -> tuple[bytes, dict[str, Any] | 
 def tokenizer_count(body: bytes) -> bytes:
     """`{"input_tokens": N}` from a tokenizer's answer: vLLM's `count`, or the length of
     `tokens` (llama-server's answer has only that)."""
-    answer = _loads(body) or {}
+    answer = loads_object(body) or {}
     count = answer.get("count")
     if not isinstance(count, int) or isinstance(count, bool):
         tokens = answer.get("tokens")
@@ -233,7 +211,7 @@ def _has_line(block: bytes, starts: tuple[bytes, ...]) -> bool:
 def _error_message(block: bytes) -> str:
     for line in block.split(b"\n"):
         if line.startswith(b"data:") and b'"error"' in line:
-            event = _loads(line[5:]) or {}
+            event = loads_object(line[5:]) or {}
             inner = event.get("error")
             if isinstance(inner, dict) and isinstance(inner.get("message"), str):
                 return "the runtime's stream failed: " + inner["message"]
@@ -244,11 +222,3 @@ def _chunk_error(chunk: dict[str, Any]) -> str:
     error = chunk.get("error")
     message = error.get("message") if isinstance(error, dict) else error
     return f"the runtime's stream failed: {message or 'no message'}"
-
-
-def _loads(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None

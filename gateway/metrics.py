@@ -17,6 +17,7 @@ a worker that exits takes its gauges with it (supervise.py marks it dead).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Collection, Iterator
 
@@ -107,18 +108,17 @@ class Metrics:
             ["key", "limit"], registry=r)
         # What each runtime says of its own load (engine/scraper.py): a series only while
         # the backend's kind exposes the value and its last reading is fresh.
-        self.engine_queue = Gauge(
+        last_reported = functools.partial(Gauge, labelnames=["backend"], registry=r,
+                                          multiprocess_mode="livemostrecent")
+        self.engine_queue = last_reported(
             "gateway_backend_queue_depth",
-            "Requests waiting in the runtime's own queue, as it last reported.",
-            ["backend"], registry=r, multiprocess_mode="livemostrecent")
-        self.engine_running = Gauge(
+            "Requests waiting in the runtime's own queue, as it last reported.")
+        self.engine_running = last_reported(
             "gateway_backend_running_requests",
-            "Requests the runtime is running, as it last reported.",
-            ["backend"], registry=r, multiprocess_mode="livemostrecent")
-        self.engine_kv = Gauge(
+            "Requests the runtime is running, as it last reported.")
+        self.engine_kv = last_reported(
             "gateway_backend_kv_cache_usage",
-            "The runtime's KV-cache usage (0..1), as it last reported.",
-            ["backend"], registry=r, multiprocess_mode="livemostrecent")
+            "The runtime's KV-cache usage (0..1), as it last reported.")
         self.engine_scrape_failures = Counter(
             "gateway_engine_scrape_failures",
             "Scrapes of a runtime's load endpoint that gave no reading, by why.",

@@ -22,6 +22,7 @@ from aiohttp import web
 from .clientwatch import ClientWatch
 from .errors import GatewayError, Reason, UpstreamError
 from .record import RequestRecord
+from .wire import LineRewriter, loads_object
 
 # A chunk carries a token once some content/text/arguments string is non-empty
 # (`delta` is a streamed transcription's text).
@@ -67,7 +68,7 @@ def api_usage(usage: Any) -> dict[str, Any] | None:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
 
 
-class StreamRewriter:
+class StreamRewriter(LineRewriter):
     """Per-stream state: carries partial lines, rewrites the model, captures usage.
 
     `saw_done` is set at the `data: [DONE]` line, `finished` once that event's
@@ -77,42 +78,24 @@ class StreamRewriter:
     relay then goes on to [DONE] or the runtime's close, and either is a clean end.
     """
 
-    __slots__ = ("patterns", "drop_usage", "usage", "saw_done", "saw_token", "finished",
-                 "complete", "end_marker", "_tail")
+    __slots__ = ("patterns", "drop_usage", "usage", "saw_token", "complete", "end_marker")
 
     def __init__(self, patterns: tuple[tuple[bytes, bytes], ...], drop_usage: bool,
                  end_marker: bytes | None = None) -> None:
+        super().__init__()
         self.patterns = patterns
         self.drop_usage = drop_usage
         self.usage: dict[str, Any] | None = None
-        self.saw_done = False
-        self.finished = False
         self.complete = False
         self.saw_token = False
         self.end_marker = end_marker
-        self._tail = b""
 
     @staticmethod
     def error_event(err: GatewayError) -> bytes:
         """How this API's stream says it broke: a `data: {"error": ...}` event."""
         return error_event(err)
 
-    def feed(self, data: bytes) -> bytes:
-        """The complete lines received so far, rewritten; a partial line waits."""
-        if self._tail:
-            data = self._tail + data
-        cut = data.rfind(b"\n") + 1
-        if cut < len(data):
-            self._tail = data[cut:]
-            data = data[:cut]
-        else:
-            self._tail = b""
-        if not data:
-            return b""
-        if self.saw_done:
-            # [DONE]'s line went out; its blank line is the next line, and the last.
-            self.finished = True
-            return _blank_line(data) or b"\n"
+    def _rewrite(self, data: bytes) -> bytes:
         if self.patterns:
             data = rewrite_model(data, self.patterns)
         if b'"usage"' in data:
@@ -127,16 +110,6 @@ class StreamRewriter:
         if self.end_marker is not None and self.end_marker in data:
             self.complete = True
         return data
-
-    def flush(self) -> bytes:
-        """What is left when the runtime closed: a last line without its newline, and
-        the blank line of a `[DONE]` the runtime did not terminate."""
-        tail, self._tail = self._tail, b""
-        out = self.feed(tail + b"\n") if tail.strip() else b""
-        if self.saw_done and not self.finished:
-            self.finished = True
-            out += b"\n"
-        return out
 
     def _done(self, data: bytes, end: int) -> bytes:
         """`data` up to the `data: [DONE]` line ending at `end`, then that event's blank
@@ -170,7 +143,7 @@ class StreamRewriter:
                 continue
             skip_blank = False
             if line.startswith(b"data:") and b'"usage"' in line:
-                chunk = _loads(line[5:])
+                chunk = loads_object(line[5:])
                 usage = chunk.get("usage") if chunk else None
                 if isinstance(usage, dict):
                     self.usage = api_usage(usage)
@@ -232,21 +205,13 @@ def has_data_line(block: bytes) -> bool:
     return False
 
 
-def _loads(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def first_event_error(block: bytes) -> dict[str, Any] | None:
     """The error object when a stream's first event is an error instead of a chunk."""
     for line in block.split(b"\n"):
         if line.startswith(b"data:"):
             if b'"error"' not in line:
                 return None
-            chunk = _loads(line[5:])
+            chunk = loads_object(line[5:])
             if chunk and "error" in chunk and "choices" not in chunk:
                 err = chunk["error"]
                 return err if isinstance(err, dict) else {"message": str(err)}
@@ -263,7 +228,7 @@ def body_response(body: bytes, content_type: str,
 
 def body_usage(body: bytes) -> dict[str, Any] | None:
     """The `usage` object of a whole JSON answer, if it has one."""
-    parsed = _loads(body)
+    parsed = loads_object(body)
     return api_usage(parsed.get("usage")) if parsed is not None else None
 
 

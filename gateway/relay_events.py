@@ -21,6 +21,7 @@ from .endpoints import SSE_EVENTS, Endpoint
 from .errors import GatewayError
 from .relay import StreamRewriter, api_usage, first_event_error
 from .response_ids import IdRewriter
+from .wire import LineRewriter, loads_object
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,42 +83,26 @@ END_MARKERS: Mapping[str, bytes] = MappingProxyType({
 
 # -- the relay ---------------------------------------------------------------------------
 
-class EventRewriter:
+class EventRewriter(LineRewriter):
     """Per-stream state, with StreamRewriter's interface: complete lines out, the model
     and response ids rewritten, usage and the terminal event noticed."""
 
-    __slots__ = ("patterns", "ids", "fmt", "usage", "saw_done", "saw_token", "finished",
-                 "complete", "_ids_known", "_tail", "_last")
+    __slots__ = ("patterns", "ids", "fmt", "usage", "saw_token", "complete", "_ids_known",
+                 "_last")
 
     def __init__(self, patterns: tuple[tuple[bytes, bytes], ...], ids: IdRewriter | None,
                  fmt: EventFormat) -> None:
+        super().__init__()
         self.patterns = patterns
         self.ids = ids
         self.fmt = fmt
         self.usage: dict[str, Any] | None = None
-        self.saw_done = False
         self.saw_token = False
-        self.finished = False    # the terminal event and its blank line are out
         self.complete = False    # only StreamRewriter's end markers set it
         self._ids_known = ids is None
-        self._tail = b""
         self._last = b""
 
-    def feed(self, data: bytes) -> bytes:
-        if self._tail:
-            data = self._tail + data
-        cut = data.rfind(b"\n") + 1
-        if cut < len(data):
-            self._tail = data[cut:]
-            data = data[:cut]
-        else:
-            self._tail = b""
-        if not data:
-            return b""
-        if self.saw_done:
-            # The terminal event's data line went out; its blank line is the next line.
-            self.finished = True
-            return b"\r\n" if data.startswith(b"\r\n") else b"\n"
+    def _rewrite(self, data: bytes) -> bytes:
         for old, new in self.patterns:
             if old in data:
                 data = data.replace(old, new)
@@ -134,16 +119,6 @@ class EventRewriter:
                 self.finished = True
         self._last = data
         return data
-
-    def flush(self) -> bytes:
-        """What is left when the runtime closed, and a missing blank line after the
-        terminal event."""
-        tail, self._tail = self._tail, b""
-        out = self.feed(tail + b"\n") if tail.strip() else b""
-        if self.saw_done and not self.finished:
-            self.finished = True
-            out += b"\n"
-        return out
 
     def error_event(self, err: GatewayError) -> bytes:
         return self.fmt.error_event(err, self._last)
@@ -171,7 +146,7 @@ def _events(block: bytes, only: frozenset[bytes] | None = None):
             name = line[6:].strip()
         elif line.startswith(b"data:"):
             if only is None or name in only or not name:
-                event = _loads(line[5:])
+                event = loads_object(line[5:])
                 if event is not None:
                     own = name or str(event.get("type", "")).encode()
                     if only is None or own in only:
@@ -179,14 +154,6 @@ def _events(block: bytes, only: frozenset[bytes] | None = None):
             name = b""
         elif not line.strip():
             name = b""
-
-
-def _loads(raw: bytes) -> dict | None:
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def make_rewriter(endpoint: Endpoint, patterns: tuple[tuple[bytes, bytes], ...],
@@ -209,7 +176,7 @@ def stream_error(endpoint: Endpoint, first: bytes) -> dict | None:
 
 def rewrite_stored(body: bytes, ids: IdRewriter) -> bytes:
     """A whole answer of the Responses API with its response ids made public."""
-    parsed = _loads(body)
+    parsed = loads_object(body)
     if parsed is not None:
         ids.learn_from(parsed)
     return ids.apply(body)

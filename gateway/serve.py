@@ -6,7 +6,6 @@ import gc
 import os
 import signal
 import socket
-import sys
 
 from aiohttp import web
 from prometheus_client import disable_created_metrics
@@ -14,6 +13,7 @@ from prometheus_client import disable_created_metrics
 from .accesslog import StderrAccessLog
 from .app import create_app
 from .config import Config
+from .listener import listen
 from .log import quiet_client_faults, quiet_trace_exporter, server_logger
 
 
@@ -37,21 +37,8 @@ def run(config: Config, path: str, host: str, port: int) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     prepare_process()
     tune_gc()
-    _serve(config, path, _listen(host, port))
+    _serve(config, path, listen(host, port))
     return 0
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        print(f"server: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
-        raise SystemExit(1) from None
-    sock.listen(1024)
-    return sock
 
 
 # Objects allocated (net of those freed) between two young-generation collections.

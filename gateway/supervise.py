@@ -43,6 +43,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.sock import TCP6Socket, TCPSocket
 
 from .config import Config, ConfigError, load_config
+from .listener import bound, listen
 from .log import server_logger
 from .rundir import OwnedRunDir, RunDir
 
@@ -66,7 +67,7 @@ def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
         from .serve import prepare_process, tune_gc
         prepare_process()
         port = check_port(host, port)
-        slots = [listen(host, port) for _ in range(workers)]
+        slots = [listen(host, port, reuse_port=True) for _ in range(workers)]
         tune_gc()   # before the forks: the workers share the frozen startup heap's pages
         server_logger.info("serving on http://%s:%s (pid %s, %d workers)",
                            host, port, master, workers)
@@ -122,29 +123,8 @@ def check_port(host: str, port: int) -> int:
     Bound without SO_REUSEPORT: the slots' sockets must not join another server's
     SO_REUSEPORT group on the same port by mistake.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            print(f"server: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
-            raise SystemExit(1) from None
+    with bound(host, port) as probe:
         return probe.getsockname()[1]
-
-
-def listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        print(f"server: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
-        raise SystemExit(1) from None
-    sock.listen(1024)
-    return sock
 
 
 class Supervisor(Arbiter):

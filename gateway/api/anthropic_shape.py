@@ -15,6 +15,7 @@ import orjson
 
 from ..errors import GatewayError, UpstreamStatus
 from ..translate.anthropic import error_body, error_event, error_type_for_status
+from ..wire import loads_object
 
 MAX_MESSAGE = 2000   # a runtime's error text, cut: it may be an HTML page
 
@@ -32,7 +33,7 @@ def anthropic_error_event(err: GatewayError) -> bytes:
 
 
 def _runtime_error(err: UpstreamStatus) -> bytes:
-    parsed = _loads(err.body)
+    parsed = loads_object(err.body)
     inner = parsed.get("error") if parsed is not None else None
     if parsed is not None and parsed.get("type") == "error" and isinstance(inner, dict) \
             and isinstance(inner.get("type"), str):
@@ -52,11 +53,3 @@ def _message_of(parsed: dict[str, Any] | None, inner: Any, err: UpstreamStatus) 
                 return parsed[key][:MAX_MESSAGE]
     text = err.body.decode("utf-8", "replace").strip()[:MAX_MESSAGE]
     return text or f"the runtime answered {err.status}"
-
-
-def _loads(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None

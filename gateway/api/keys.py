@@ -1,11 +1,15 @@
-"""The caller's key: who is calling, and whether their rate limits admit the request."""
+"""The caller's key: who is calling, whether their rate limits admit the request, and
+whether it may use the model asked for."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from ..auth import check_model
 from ..config import ApiKey
-from ..errors import RateLimited
+from ..dispatch import Pool, RouteTable
+from ..errors import ModelNotFound, RateLimited
+from ..record import RequestRecord
 from ..typedefs import GATEWAY, RECORD
 
 
@@ -25,3 +29,15 @@ async def client_key(request: web.Request, *,
         gateway.metrics.rate_limited.labels(key.name, refusal.limit).inc()
         raise RateLimited(refusal.message, retry_after=refusal.retry_after)
     return key
+
+
+def model_pool(key: ApiKey | None, table: RouteTable, payload: dict,
+               rec: RequestRecord) -> Pool:
+    """The pool of the body's `model`, once the key may use it (a 403, else a 404)."""
+    model = payload["model"]
+    check_model(key, model)
+    pool = table.pool(model)
+    if pool is None:
+        raise ModelNotFound(f"The model '{model}' does not exist", param="model")
+    rec.model = model
+    return pool

@@ -13,7 +13,6 @@ breaks after its first byte.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import orjson
@@ -21,20 +20,20 @@ from aiohttp import web
 
 from ..anthropic_relay import (NativeEvents, TranslatedEvents, native_whole, relay_events,
                                stream_error_event, tokenizer_count, translated_whole)
-from ..auth import check_model
 from ..dispatch import Opened
 from ..endpoints import BY_PATH
-from ..errors import BadRequest, ModelNotFound, Reason, ShuttingDown, UpstreamError
+from ..errors import BadRequest, UpstreamError
 from ..record import RequestRecord
 from ..relay import SSE_HEADERS, rewrite_model
 from ..translate.anthropic import TranslationError, validate_messages
 from ..typedefs import GATEWAY, RECORD
 from .body import read_body
-from .keys import client_key
+from .keys import client_key, model_pool
 from .messages_plan import (NATIVE, TOKENIZER, CountTokensPlan, MessagesPlan,
                             passed_headers)
 from .middleware import stamp_response
-from .proxy import CLIENT_GONE, _drain_runtime, _try_write
+from .stream_end import (CLIENT_GONE, client_gone, drain_cut, drain_runtime, end_drain_cut,
+                         read_whole)
 
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
@@ -50,12 +49,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     table = gateway.table   # this request's one config snapshot, from here to the end
     raw = await read_body(request, table.config.server.max_body_bytes)
     payload = parse_messages(raw, counting)
-    model = payload["model"]
-    check_model(key, model)
-    pool = table.pool(model)
-    if pool is None:
-        raise ModelNotFound(f"The model '{model}' does not exist", param="model")
-    rec.model = model
+    pool = model_pool(key, table, payload, rec)
     rec.stream = bool(payload.get("stream")) and not counting
     plan_type = CountTokensPlan if counting else MessagesPlan
     plan = plan_type(payload, passed_headers(request.headers))
@@ -86,20 +80,15 @@ def parse_messages(raw: bytes, counting: bool) -> dict[str, Any]:
 
 async def _whole(opened: Opened, rec: RequestRecord, way: str, counting: bool
                  ) -> web.Response:
-    started = time.perf_counter()
-    try:
-        body = await opened.response.read()
+    def shaped(body: bytes) -> tuple[bytes, bytes, dict[str, Any] | None]:
+        """The runtime's body, the client's answer, and its usage when known already."""
         if way == NATIVE:
-            out, usage = rewrite_model(body, opened.patterns), None
-        elif way == TOKENIZER:
-            out, usage = tokenizer_count(body), None
-        else:
-            out, usage = translated_whole(body, opened.public)
-    except BaseException as exc:
-        opened.finish(exc)
-        raise
-    rec.first_token_at = rec.last_token_at = now = time.perf_counter()
-    rec.upstream_wait += now - started
+            return body, rewrite_model(body, opened.patterns), None
+        if way == TOKENIZER:
+            return body, tokenizer_count(body), None
+        return body, *translated_whole(body, opened.public)
+
+    body, out, usage = await read_whole(opened, rec, shaped)
 
     def after_send(error: BaseException | None) -> None:
         if counting:
@@ -142,22 +131,16 @@ async def _relay(request: web.Request, opened: Opened, rec: RequestRecord,
         broken = err   # the client already got it as an `event: error`
     except asyncio.CancelledError:
         opened.response.close()
-        if not drain.was_cut(task):
-            rec.aborted = Reason.CLIENT_LEFT
+        if not drain_cut(drain, task, rec):
             raise
-        task.uncancel()
-        rec.aborted = Reason.SHUTDOWN
-        await _try_write(resp, stream_error_event(ShuttingDown(
-            "the gateway is shutting down and its drain time ran out")))
+        await end_drain_cut(resp, stream_error_event)
     except CLIENT_GONE as exc:
-        opened.response.close()
-        rec.aborted = Reason.CLIENT_LEFT
-        rec.status = 499
+        client_gone(opened, rec)
         return resp, exc
     finally:
         drain.untrack(task)
         rec.usage = events.usage
     await resp.write_eof()
     if broken is None:
-        await _drain_runtime(opened, task)
+        await drain_runtime(opened, task)
     return resp, broken

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping
 import orjson
 
 from ..config import BackendConfig
+from ..content import content_text
 from ..dispatch.fallbacks import Stage
 from ..endpoints import BY_NAME, BY_PATH, Endpoint
 from ..errors import BadRequest, NotImplementedByRuntime
@@ -144,15 +145,6 @@ def tokenizer_body(form: str, model: str, chat: dict[str, Any]) -> dict[str, Any
         if chat.get("tools"):
             body["tools"] = chat["tools"]
         return body
-    texts = [_text(m.get("content")) for m in chat["messages"]]
+    texts = [content_text(m.get("content"), "\n") for m in chat["messages"]]
     texts += [orjson.dumps(t).decode() for t in chat.get("tools") or ()]
     return {"content": "\n".join(t for t in texts if t), "add_special": True}
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content
-                         if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""

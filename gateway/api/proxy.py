@@ -17,11 +17,10 @@ from typing import Any
 
 from aiohttp import web
 
-from ..auth import check_model
 from ..dispatch import Opened
 from ..clientwatch import ClientWatch
 from ..endpoints import BYTES, MULTIPART, NO_BODY, SAME_PATH, Endpoint
-from ..errors import ClientTooSlow, ModelNotFound, Reason, ShuttingDown, UpstreamError
+from ..errors import UpstreamError
 from ..forms import read_form
 from ..record import RequestRecord
 from ..relay import SSE_HEADERS, StreamRewriter, body_response, body_usage, relay_stream
@@ -30,15 +29,12 @@ from ..response_ids import IdRewriter
 from ..routing import NO_AFFINITY
 from ..typedefs import GATEWAY, RECORD
 from .body import parse_payload, read_body
-from .keys import client_key
+from .keys import client_key, model_pool
 from .middleware import stamp_response
 from .relay_bytes import relay_bytes
 from .stored import backend_patterns, follow_up, stored_call
-
-CLIENT_GONE = (ConnectionResetError, ConnectionError)
-DRAIN_AFTER_DONE_S = 1.0
-SLOW_CLIENT_GRACE_S = 1.0   # for the error event to a client cut by server.client_idle_s
-
+from .stream_end import (CLIENT_GONE, client_gone, cut_slow_client, drain_cut, drain_runtime,
+                         end_drain_cut, read_whole)
 
 async def proxy(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
@@ -62,12 +58,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             payload = await read_form(request, limit)
         else:
             payload = parse_payload(await read_body(request, limit), endpoint)
-        model = payload["model"]
-        check_model(key, model)
-        pool = table.pool(model)
-        if pool is None:
-            raise ModelNotFound(f"The model '{model}' does not exist", param="model")
-        rec.model = model
+        pool = model_pool(key, table, payload, rec)
         rec.stream = bool(payload.get("stream"))
         if endpoint.stored_ids:
             pinned, ids = follow_up(table, pool, payload)
@@ -90,14 +81,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 
 async def _whole(opened: Opened, rec: RequestRecord, endpoint: Endpoint,
                  ids: IdRewriter | None) -> web.Response:
-    started = time.perf_counter()
-    try:
-        body = await opened.response.read()
-    except BaseException as exc:
-        opened.finish(exc)
-        raise
-    rec.first_token_at = rec.last_token_at = now = time.perf_counter()
-    rec.upstream_wait += now - started
+    body = await read_whole(opened, rec)
 
     def after_send(error: BaseException | None) -> None:
         # A client gone mid-send still used its tokens; {} = this API reports none.
@@ -138,21 +122,14 @@ async def _stream(request: web.Request, opened: Opened, rec: RequestRecord,
             if watch.fired:
                 # Our own cut: the client read nothing for client_idle_s.
                 task.uncancel()
-                error = await _cut_slow_client(request, resp, rec, client_idle_s, rewriter)
+                error = await cut_slow_client(request, resp, rec, client_idle_s, rewriter)
                 return resp
-            if not drain.was_cut(task):
-                rec.aborted = Reason.CLIENT_LEFT
+            if not drain_cut(drain, task, rec):
                 raise
-            # Our own drain deadline cut this stream: end it with an error event, not silence.
-            task.uncancel()
-            rec.aborted = Reason.SHUTDOWN
-            await _try_write(resp, rewriter.error_event(ShuttingDown(
-                "the gateway is shutting down and its drain time ran out")))
+            await end_drain_cut(resp, rewriter.error_event)
             await resp.write_eof()
         except CLIENT_GONE as exc:
-            opened.response.close()
-            rec.aborted = Reason.CLIENT_LEFT
-            rec.status = 499
+            client_gone(opened, rec)
             error = exc
             return resp
         finally:
@@ -160,7 +137,7 @@ async def _stream(request: web.Request, opened: Opened, rec: RequestRecord,
             drain.untrack(task)
             rec.usage = rewriter.usage
         if error is None:
-            await _drain_runtime(opened, task)
+            await drain_runtime(opened, task)
         return resp
     except BaseException as exc:
         error = exc
@@ -183,60 +160,3 @@ def _open_stream(request: web.Request, opened: Opened, rec: RequestRecord,
     task = asyncio.current_task()
     assert task is not None
     return resp, rewriter, ClientWatch(task, client_idle_s), task
-
-
-async def _cut_slow_client(request: web.Request, resp: web.StreamResponse,
-                           rec: RequestRecord, client_idle_s: float,
-                           rewriter: Any) -> ClientTooSlow:
-    """End the stream of a client that stopped reading with an error event, which it
-    gets if it reads again; its connection is closed in any case."""
-    err = ClientTooSlow(f"the client read nothing for {client_idle_s:g} s "
-                        "(server.client_idle_s); the stream was cut")
-    rec.aborted = Reason.CLIENT_SLOW
-    rec.error = err.message
-    resp.force_close()
-    task = asyncio.current_task()
-    try:
-        async with asyncio.timeout(min(client_idle_s, SLOW_CLIENT_GRACE_S)):
-            await resp.write(rewriter.error_event(err))
-            await resp.write_eof()
-        return err
-    except asyncio.CancelledError:
-        if task is None or task.cancelling():
-            raise   # a real cancellation
-        # No one cancelled this task: aiohttp's drain waiter is the future the cut
-        # cancelled, and stays so until the client reads. The bytes are buffered.
-    except (TimeoutError, *CLIENT_GONE):
-        pass
-    transport = request.transport
-    if transport is not None:
-        # What is buffered, the error event included, still goes out if the client
-        # reads again soon; a client that never does is dropped.
-        transport.close()
-        asyncio.get_running_loop().call_later(client_idle_s, transport.abort)
-    return err
-
-
-async def _drain_runtime(opened: Opened, task: asyncio.Task) -> None:
-    """Read the runtime's last bytes after [DONE] (or the terminal event), so its
-    connection goes back to the pool.
-
-    The client already has the whole answer: if it leaves now, the stream still counts
-    as complete, not as a client that left.
-    """
-    try:
-        async with asyncio.timeout(DRAIN_AFTER_DONE_S):
-            async for _ in opened.chunks:
-                pass
-    except asyncio.CancelledError:
-        task.uncancel()
-        opened.response.close()
-    except (TimeoutError, UpstreamError):
-        opened.response.close()
-
-
-async def _try_write(resp: web.StreamResponse, data: bytes) -> None:
-    try:
-        await resp.write(data)
-    except (asyncio.CancelledError, *CLIENT_GONE):
-        pass

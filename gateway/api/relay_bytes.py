@@ -22,11 +22,11 @@ from ..record import RequestRecord
 from ..relay import api_usage
 from ..typedefs import GATEWAY
 from .middleware import stamp_response
+from .stream_end import CLIENT_GONE, drain_cut
 
 TAIL = 4096
 # A usage object with at most one level of nesting (`input_tokens_details`).
 _USAGE = re.compile(rb'"usage"\s*:\s*(\{(?:[^{}]|\{[^{}]*\})*\})')
-CLIENT_GONE = (ConnectionResetError, ConnectionError)
 
 
 async def relay_bytes(request: web.Request, opened: Opened, rec: RequestRecord,
@@ -60,12 +60,9 @@ async def relay_bytes(request: web.Request, opened: Opened, rec: RequestRecord,
         _cut(request)
     except asyncio.CancelledError as exc:
         error = exc
-        if not drain.was_cut(task):
-            rec.aborted = Reason.CLIENT_LEFT
+        if not drain_cut(drain, task, rec):
             raise
-        task.uncancel()   # our drain deadline: cut it off, it cannot say why
-        rec.aborted = Reason.SHUTDOWN
-        _cut(request)
+        _cut(request)   # our drain deadline: cut it off, it cannot say why
     except CLIENT_GONE as exc:
         error = exc
         rec.aborted, rec.status = Reason.CLIENT_LEFT, 499

@@ -6,7 +6,7 @@ import functools
 import math
 import re
 from typing import Any, Iterator
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import cerberus
 from cerberus import errors as cerberus_errors
@@ -222,14 +222,24 @@ def _from_env(value: Any, kind: type) -> Any:
     return value
 
 
-def _url_problem(url: str) -> str | None:
-    # Messages are logged and shown by /admin/config: a URL's password must not be.
+def _split_url(url: str) -> tuple[SplitResult | None, str]:
+    """The URL's parts and how a message shows it; (None, the problem) when it does not parse.
+
+    Messages are logged and shown by /admin/config: a URL's password must not be.
+    """
     shown = repr(url_without_password(url))
     try:
         parts = urlsplit(url.strip())
         parts.port   # noqa: B018 - raises on a port out of range
     except ValueError as exc:
-        return f"is not a valid URL ({exc}): {shown}"
+        return None, f"is not a valid URL ({exc}): {shown}"
+    return parts, shown
+
+
+def _url_problem(url: str) -> str | None:
+    parts, shown = _split_url(url)
+    if parts is None:
+        return shown
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"must be an http:// or https:// URL with a host, got {shown}"
     if parts.query or parts.fragment:
@@ -238,12 +248,9 @@ def _url_problem(url: str) -> str | None:
 
 
 def _redis_url_problem(url: str) -> str | None:
-    shown = repr(url_without_password(url))
-    try:
-        parts = urlsplit(url.strip())
-        parts.port   # noqa: B018 - raises on a port out of range
-    except ValueError as exc:
-        return f"is not a valid URL ({exc}): {shown}"
+    parts, shown = _split_url(url)
+    if parts is None:
+        return shown
     if parts.scheme == "unix":
         return None if parts.path else f"must name the socket's path, got {shown}"
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:

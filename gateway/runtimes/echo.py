@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Mapping
 import orjson
 
 from ..config import BackendConfig
+from ..content import content_text
 from ..endpoints import Endpoint
 from ..errors import BadRequest
 from .echo_apis import EchoApis, Made
@@ -106,20 +107,11 @@ def _event(base: dict[str, Any], choice: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
 
 
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content
-                        if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
-
 def _prompt_text(endpoint: str, payload: dict[str, Any]) -> str:
     if endpoint == "chat":
         for message in reversed(payload.get("messages") or []):
             if isinstance(message, dict) and message.get("role") == "user":
-                return _text_of(message.get("content"))
+                return content_text(message.get("content"))
         return ""
     prompt = payload.get("prompt", "")
     if isinstance(prompt, list):
@@ -137,7 +129,7 @@ def _answer(endpoint: str, payload: dict[str, Any]) -> tuple[list[str], str]:
 
 def _count_prompt_words(payload: dict[str, Any]) -> int:
     if "messages" in payload:
-        return sum(len(_text_of(m.get("content")).split())
+        return sum(len(content_text(m.get("content")).split())
                    for m in payload["messages"] if isinstance(m, dict))
     prompt = payload.get("prompt", "")
     return len(prompt.split()) if isinstance(prompt, str) else 0

@@ -19,6 +19,7 @@ from urllib.parse import unquote
 
 import orjson
 
+from ..content import content_text
 from ..endpoints import NO_BODY, Endpoint
 from ..errors import BadRequest, UpstreamStatus
 from . import echo_media
@@ -174,13 +175,8 @@ def _token_id(word: str) -> int:
 
 
 def _text_of(item: Any) -> str:
-    content = item.get("content") if isinstance(item, dict) else item
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content
-                        if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
+    """An input item's text (a message's content, or a bare content)."""
+    return content_text(item.get("content") if isinstance(item, dict) else item)
 
 
 def _input_items(given: Any) -> list[dict]:

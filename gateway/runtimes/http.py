@@ -256,24 +256,20 @@ class HttpRuntime:
 
     async def scrape(self, path: str, request_id: str, timeout_s: float,
                      max_bytes: int = SCRAPE_MAX_BYTES) -> tuple[int, bytes]:
-        url = self.config.url + path
-        headers = upstream_headers(self.config, request_id)
-        headers.pop("Content-Type", None)
-        with translated(Phase.GET, self.config, what=url):
-            async with asyncio.timeout(timeout_s):
-                async with self._transport.session.get(url, headers=headers,
-                                                       allow_redirects=False) as resp:
-                    return resp.status, await _read_capped(resp, max_bytes)
+        return await self._get(self.config.url + path, request_id, timeout_s, max_bytes)
 
-    async def _get(self, url: str, request_id: str, timeout_s: float) -> tuple[int, bytes]:
-        """A small GET for health checks and model discovery."""
+    async def _get(self, url: str, request_id: str, timeout_s: float,
+                   max_bytes: int | None = None) -> tuple[int, bytes]:
+        """A small GET for health checks, model discovery and scrapes (read up to max_bytes)."""
         headers = upstream_headers(self.config, request_id)
         headers.pop("Content-Type", None)
         with translated(Phase.GET, self.config, what=url):
             async with asyncio.timeout(timeout_s):
                 async with self._transport.session.get(url, headers=headers,
                                                        allow_redirects=False) as resp:
-                    return resp.status, await resp.read()
+                    body = (await resp.read() if max_bytes is None
+                            else await _read_capped(resp, max_bytes))
+                    return resp.status, body
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
