@@ -339,7 +339,7 @@ def test_capability_overrides_merge_on_kind_defaults():
         """)
     assert dict(cfg.backends["l"].capabilities) == {
         "chat": True, "completions": True, "embeddings": False, "tools": True, "stream_usage": True,
-        "responses": False, "messages": True, "rerank": False, "score": False, "tokenize": True,
+        "responses": True, "messages": True, "rerank": False, "score": False, "tokenize": True,
         "audio": False, "images": False}
     assert dict(cfg.backends["v"].capabilities) == {**KINDS["vllm"].capabilities, "tools": False}
 

