@@ -50,7 +50,7 @@ class NativeEvents:
         self._lines = LineCarry()
 
     def feed(self, data: bytes) -> bytes:
-        data = self._lines.complete(data)
+        data = self._lines.whole_lines(data)
         if not data:
             return b""
         if self.patterns:
@@ -96,7 +96,7 @@ class TranslatedEvents:
         return self.translator.usage
 
     def feed(self, data: bytes) -> bytes:
-        data = self._lines.complete(data)
+        data = self._lines.whole_lines(data)
         out = b""
         translator = self.translator
         for line in data.split(b"\n"):

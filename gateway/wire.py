@@ -21,7 +21,7 @@ class LineCarry:
     def __init__(self) -> None:
         self._tail = b""
 
-    def complete(self, data: bytes) -> bytes:
+    def whole_lines(self, data: bytes) -> bytes:
         """The whole lines received so far; a partial last line waits."""
         if self._tail:
             data = self._tail + data
@@ -47,7 +47,7 @@ def loads_object(raw: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-class LineRewriter:
+class LineRewriter(LineCarry):
     """What every SSE rewriter shares: whole lines in, and the stream's end once its
     terminal event is out with its blank line (a runtime may write the two apart).
 
@@ -55,18 +55,20 @@ class LineRewriter:
     event's data line (and `finished` when its blank line came with it).
     """
 
-    __slots__ = ("saw_done", "finished", "_lines")
+    __slots__ = ("saw_done", "finished")
 
     def __init__(self) -> None:
+        super().__init__()
         self.saw_done = False
         self.finished = False    # the terminal event and its blank line are out
-        self._lines = LineCarry()
 
     def feed(self, data: bytes) -> bytes:
         """The complete lines received so far, rewritten; a partial line waits."""
-        data = self._lines.complete(data)
-        if not data:
-            return b""
+        if self._tail or not data.endswith(b"\n"):
+            # Only a partial line costs the carry's call: the usual read is whole events.
+            data = self.whole_lines(data)
+            if not data:
+                return b""
         if self.saw_done:
             # The terminal event's data line went out; its blank line is the next line,
             # and the last.
@@ -77,7 +79,7 @@ class LineRewriter:
     def flush(self) -> bytes:
         """What is left when the runtime closed: a last line without its newline, and
         the blank line of a terminal event the runtime did not terminate."""
-        rest = self._lines.rest()
+        rest = self.rest()
         out = self.feed(rest) if rest else b""
         if self.saw_done and not self.finished:
             self.finished = True
