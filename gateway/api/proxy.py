@@ -36,6 +36,7 @@ from .stored import backend_patterns, follow_up, stored_call
 from .stream_end import (CLIENT_GONE, client_gone, cut_slow_client, drain_cut, drain_runtime,
                          end_drain_cut, read_whole)
 
+
 async def proxy(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     rec: RequestRecord = request[RECORD]
