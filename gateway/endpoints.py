@@ -2,7 +2,8 @@
 
 A row says where clients call it (method and path, path parameters in braces), where
 it goes on a runtime (under its /v1, or at its server root), what a request must
-carry and in which body (JSON, a multipart form, none), which capability a backend
+carry and in which body (JSON, or a multipart form, whose `model` field names the model
+in both; none for stored responses, named by their id), which capability a backend
 needs for it, how its answer streams, and which error shape its clients expect.
 Routes, validation, the upstream URL, the `endpoint` metric label and the affinity
 key all read the row; a new API is a new row. Several rows may share one `name`
@@ -40,7 +41,6 @@ class Endpoint:
     upstream_path: str                        # where it goes, under the backend's /v1
     capability: str                           # what a backend must be able to do
     required: tuple[str, tuple[type, ...]] | None = None   # a field and its JSON types
-    model_field: str = "model"                # the body field that names the model
     streams: str | None = None                # SSE, SSE_EVENTS, BYTES, or None
     error_shape: str = OPENAI
     prompt_field: str | None = None           # where the prompt is, for prefix affinity
@@ -58,9 +58,6 @@ class Endpoint:
             return self.tools_capability
         return self.capability
 
-    def upstream_for(self, client_path: str) -> str:
-        """The upstream path template for a call on `client_path` (one of `paths`)."""
-        return self.upstream_path or client_path
 
 
 _STORED = dict(capability="responses", body=NO_BODY, has_usage=False, stored_ids=True)
