@@ -271,7 +271,8 @@ async def test_a_hung_but_healthy_backend_backs_off(start_runtime, gateway_clien
 
 async def test_the_idle_upstream_pool_is_bounded_per_backend(start_runtime, gateway_client):
     from gateway.runtimes.http import MAX_IDLE_PER_BACKEND
-    fake, server = await start_runtime(words=3, chunk_delay=0.3)
+    # Streams long enough (3 s) that the whole burst is open at once on a busy machine.
+    fake, server = await start_runtime(words=3, chunk_delay=1.0)
     cfg = make_config(runtime_backend("gpu", server, models={"llama": RUNTIME_ID}))
     client = await gateway_client(cfg)
     burst = MAX_IDLE_PER_BACKEND + 150
