@@ -15,13 +15,13 @@ from .api.messages import messages
 from .api.proxy import proxy
 from .config import Config
 from .endpoints import ENDPOINTS
-from .engine.scraper import engine_scrapes
-from .health import health_checks
-from .leader import Leader
+from .health.scraper import engine_scrapes
+from .health.checks import health_checks
+from .workers.leader import Leader
 from .limits import make_limiter
 from .metrics import Metrics
-from .reload import config_watch
-from .rundir import RunDir
+from .server.reload import config_watch
+from .workers.rundir import RunDir
 from .runtimes.http import Transport, make_session
 from .state import Gateway
 from .tracing import tracing
@@ -47,7 +47,7 @@ def create_app(config: Config, config_path: str | None = None, *,
                header_timeout_s: float = HEADER_TIMEOUT_S,
                access_log: AccessLog | None = None,
                run_dir: RunDir | None = None) -> web.Application:
-    """`run_dir`: the directory a server's workers share (supervise.py), None alone."""
+    """`run_dir`: the directory a server's workers share (workers/supervise.py), None alone."""
     app = web.Application(middlewares=[gateway_middleware], client_max_size=AIOHTTP_BODY_CAP,
                           handler_args={"max_field_size": 16 * 1024, "max_headers": 128,
                                         "keepalive_timeout": header_timeout_s})

@@ -50,11 +50,11 @@ def serve_command(path: str, host: str | None, port: int | None, workers: int) -
     setup_logging()
     host, port = host or config.server.host, port or config.server.port
     # Imported here: aiohttp and the whole app are not needed by `check`, and
-    # supervise.py must set up prometheus-client's multiprocess mode before the app loads.
+    # workers/supervise.py must set up prometheus-client's multiprocess mode before the app loads.
     if workers > 1:
-        from .supervise import run as run_workers
+        from .workers.supervise import run as run_workers
         return run_workers(config, path, host, port, workers)
-    from .serve import run
+    from .server.serve import run
     return run(config, path, host, port)
 
 

@@ -21,7 +21,7 @@ SSE = "sse"                 # Server-Sent Events of `data:` chunks, ending with 
 SSE_EVENTS = "sse-events"   # SSE with the API's own `event:` names, no [DONE]: the API's
                             # terminal event ends it (Responses)
 ANTHROPIC_SSE = "anthropic_sse"   # Anthropic's `event:` names, ending with message_stop;
-                                  # relayed by gateway/anthropic_relay.py
+                                  # relayed by gateway/relay/anthropic.py
 BYTES = "bytes"             # any answer (audio, images), relayed as bytes as they come
 # What a request's body is.
 JSON = "json"

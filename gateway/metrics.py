@@ -3,7 +3,7 @@
 Label values are bounded: `model` is always a configured public name (callers
 pass "" for a name that is not configured) and `backend` a configured backend.
 
-Under `--workers N` (supervise.py) prometheus-client runs in multiprocess mode:
+Under `--workers N` (workers/supervise.py) prometheus-client runs in multiprocess mode:
 each worker's values live in files of the server's run directory, and a scrape of
 any worker sums them all (`expose`). Each gauge says how workers combine:
 in-flight requests add up (`livesum`); `backend_up` is 1 while any live worker
@@ -11,8 +11,8 @@ may send to the backend (`livemax`: health is shared, but each worker ejects on
 its own traffic, so a backend one worker ejected still gets the others' requests);
 the state backend is up only while every worker reaches it (`livemin`); the engine
 gauges are one reading per backend, written by the worker that scrapes for the server
-(engine/share.py), so the latest write counts (`livemostrecent`), never a sum. "live":
-a worker that exits takes its gauges with it (supervise.py marks it dead).
+(health/scraper_share.py), so the latest write counts (`livemostrecent`), never a sum. "live":
+a worker that exits takes its gauges with it (workers/supervise.py marks it dead).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class Metrics:
         self.rate_limited = Counter(
             "gateway_rate_limited", "Requests refused by a client key's rate limit.",
             ["key", "limit"], registry=r)
-        # What each runtime says of its own load (engine/scraper.py): a series only while
+        # What each runtime says of its own load (health/scraper.py): a series only while
         # the backend's kind exposes the value and its last reading is fresh.
         last_reported = functools.partial(Gauge, labelnames=["backend"], registry=r,
                                           multiprocess_mode="livemostrecent")

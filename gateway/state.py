@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .auth import KeyRing
+from .limits.auth import KeyRing
 from .config import Config
 from .dispatch import BackendState, Dispatcher, RouteTable
-from .drain import Drain
+from .server.drain import Drain
 from .metrics import Metrics
-from .ratelimit import Limiter
+from .limits.buckets import Limiter
 from .runtimes import make_runtime
 from .runtimes.http import Transport
 

@@ -17,7 +17,7 @@ from pytest_aiohttp import AiohttpClient
 from bench.fake_runtime import FakeRuntime, FakeServer
 from gateway.app import create_app
 from gateway.config import ApiKey, BackendConfig, Config, RouteConfig, backend
-from gateway.serve import prepare_process
+from gateway.server.serve import prepare_process
 from tests.fake_engines import FakeEngine
 
 

@@ -14,7 +14,7 @@ from aiohttp import FormData
 from gateway.app import create_app
 from gateway.config import ApiKey, ServerConfig, backend
 from gateway.endpoints import BY_ROUTE
-from gateway.forms import Form
+from gateway.api.forms import Form
 from tests.conftest import RUNTIME_ID, bearer, make_config, runtime_backend, samples, value
 from bench.fake_runtime import FakeRuntime
 from tests.test_hardening import read_http_response
@@ -286,7 +286,7 @@ def test_the_upload_goes_out_as_slices_of_the_one_buffer():
     raw = (b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nllama\r\n"
            b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
            b"Content-Type: audio/wav\r\n\r\n" + b"\x00" * 1000 + b"\r\n--b--\r\n")
-    from gateway.forms import _parse
+    from gateway.api.forms import _parse
     got = Form(bytearray(raw), "multipart/form-data; boundary=b")
     _parse(got, b"b")
     assert got["model"] == "llama" and got.files == ["file"]

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import backend
-from gateway.response_ids import public_id, runtime_ref
+from gateway.relay.response_ids import public_id, runtime_ref
 from tests.conftest import RUNTIME_ID, make_config, runtime_backend, samples, value
 from tests.test_apis import fake_vllm
 

@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.auth import KeyRing, bearer_token, model_allowed, same_secret, visible_models
+from gateway.limits.auth import KeyRing, bearer_token, model_allowed, same_secret, visible_models
 from gateway.config import ApiKey, ServerConfig
 from gateway.errors import Unauthorized
-from gateway.ratelimit import Limiter, format_duration, usage_tokens
+from gateway.limits.buckets import Limiter, format_duration, usage_tokens
 from gateway.typedefs import GATEWAY
 from tests.conftest import CHAT, RUNTIME_ID, bearer, make_config, runtime_backend
 

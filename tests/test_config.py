@@ -18,7 +18,7 @@ from gateway.config import (
     ApiKey, Config, ConfigError, EngineConfig, Fallback, HealthConfig, QueueConfig, RetryConfig,
     RouteConfig, ServerConfig, Timeouts, check, load_config, load_config_text, redacted,
 )
-from gateway.runtimes.kinds import KINDS
+from gateway.config.kinds import KINDS
 
 ECHO = "backends:\n  e: {kind: echo, models: [m1, m2]}\n"
 

@@ -8,7 +8,7 @@ import time
 
 from gateway.config import (HealthConfig, QueueConfig, RetryConfig, RouteConfig, Fallback,
                             Timeouts, backend)
-from gateway.health import apply_result
+from gateway.health.checks import apply_result
 from gateway.dispatch import BackendState
 from gateway.runtimes import make_runtime
 from gateway.typedefs import GATEWAY

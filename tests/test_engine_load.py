@@ -12,7 +12,7 @@ import pytest
 from gateway.config import EngineConfig, backend
 from gateway.dispatch import BackendState
 from gateway.engine import EngineLoad
-from gateway.engine.scraper import scrape_round
+from gateway.health.scraper import scrape_round
 from gateway.metrics import Metrics
 from gateway.routing.least_latency import LeastLatency
 from gateway.runtimes import BodyTooLarge, make_runtime

@@ -20,7 +20,7 @@ from gateway.engine import (
     specs_for,
 )
 from gateway.engine.promtext import select
-from gateway.runtimes.kinds import KINDS
+from gateway.config.kinds import KINDS
 from tests import engine_samples as samples
 
 

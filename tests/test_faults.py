@@ -17,7 +17,7 @@ import pytest
 from gateway.config import (HealthConfig, RetryConfig, ServerConfig, Timeouts, backend, check,
                             load_config)
 from gateway.dispatch import BackendState, ejection
-from gateway.health import apply_result
+from gateway.health.checks import apply_result
 from gateway.log import access_logger
 from gateway.runtimes import make_runtime
 from bench.fake_runtime import FakeRuntime
@@ -336,7 +336,7 @@ def test_gateway_check_names_a_bad_client_idle_s(tmp_path):
     [b"data: {}\n\ndata: [DONE]\n", b"\n", b"data: after\n\n"],
 ], ids=["blank-apart", "newlines-apart", "done-split", "more-after"])
 def test_done_is_finished_by_its_blank_line(writes):
-    from gateway.relay import StreamRewriter
+    from gateway.relay.chat import StreamRewriter
     rewriter = StreamRewriter((), drop_usage=False)
     out = b""
     for data in writes:
@@ -347,7 +347,7 @@ def test_done_is_finished_by_its_blank_line(writes):
 
 
 def test_done_keeps_crlf_and_an_unterminated_done_is_terminated_at_eof():
-    from gateway.relay import StreamRewriter
+    from gateway.relay.chat import StreamRewriter
     rewriter = StreamRewriter((), drop_usage=False)
     assert rewriter.feed(b"data: [DONE]\r\n\r\n") == b"data: [DONE]\r\n\r\n"
     assert rewriter.finished
@@ -368,13 +368,13 @@ def test_done_keeps_crlf_and_an_unterminated_done_is_terminated_at_eof():
      b'{"id":"a","choices":[{"delta":{"content":"\\"usage\\":null"}}]}'),
 ])
 def test_strip_null_usage_keeps_json_whole(chunk, stripped):
-    from gateway.relay import strip_null_usage
+    from gateway.relay.chat import strip_null_usage
     assert strip_null_usage(chunk) == stripped
     json.loads(strip_null_usage(chunk))
 
 
 def test_a_data_line_is_the_first_event_a_comment_is_not():
-    from gateway.relay import has_data_line
+    from gateway.relay.chat import has_data_line
     assert not has_data_line(b": keepalive\n\n")
     assert not has_data_line(b": keepalive\n\ndata: {\"ch")          # not whole yet
     assert not has_data_line(b": data: in a comment\n\n")

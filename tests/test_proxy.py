@@ -306,7 +306,7 @@ async def test_a_token_saying_done_does_not_end_the_stream(gateway_client):
 
 
 def test_usage_null_on_every_chunk_is_not_taken_for_usage():
-    from gateway.relay import StreamRewriter
+    from gateway.relay.chat import StreamRewriter
     rewriter = StreamRewriter((), drop_usage=True)
     chunk = b'data: {"choices":[{"delta":{"content":"x"}}],"usage":null}\n\n'
     # The client did not ask for usage: the null the gateway's include_usage caused goes.

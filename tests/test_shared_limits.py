@@ -19,9 +19,9 @@ import pytest
 
 from bench.procs import Proc, free_port
 from gateway.config import ApiKey
-from gateway.limits_shared import SharedLimiter
+from gateway.limits.shared import SharedLimiter
 from gateway.metrics import Metrics
-from gateway.ratelimit import Limiter
+from gateway.limits.buckets import Limiter
 from tests.conftest import unavailable
 from tests.server_procs import ROOT, start, wait_until
 from tests.test_workers import CHAT, echo_config, scrape
@@ -172,7 +172,7 @@ async def test_redis_killed_mid_test_fails_no_request_and_comes_back(redis_serve
 
 
 async def test_redis_limits_refuse_charge_and_tell_the_headers(redis_server):
-    from gateway.limits_redis import RedisLimiter
+    from gateway.limits.on_redis import RedisLimiter
     limiter = RedisLimiter(redis_server.url, Limiter(), Metrics())
     limiter.apply([ApiKey("k", "s", rpm=3, tpm=100)])
     await limiter.start()

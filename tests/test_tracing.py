@@ -435,7 +435,7 @@ async def test_a_saturated_backend_skipped_is_named_in_the_decision(start_runtim
 
 def test_a_tracing_change_needs_a_restart():
     from gateway.config import Config
-    from gateway.reload import restart_required
+    from gateway.server.reload import restart_required
     assert restart_required(Config(), Config(tracing=TracingConfig())) == ["tracing"]
     assert restart_required(Config(tracing=TracingConfig()), Config(tracing=TracingConfig())) == []
 

@@ -15,10 +15,10 @@ import time
 
 from gateway.config import backend
 from gateway.engine import EngineLoad
-from gateway.engine.share import EngineShare
-from gateway.leader import Leader
+from gateway.health.scraper_share import EngineShare
+from gateway.workers.leader import Leader
 from gateway.metrics import Metrics
-from gateway.rundir import RunDir
+from gateway.workers.rundir import RunDir
 from gateway.runtimes.http import Transport, make_session
 from gateway.state import Gateway
 from tests.conftest import RUNTIME_ID, make_config

@@ -6,12 +6,12 @@ import time
 
 from aiohttp import web
 
-from ..auth import bearer_token, same_secret
+from ..limits.auth import bearer_token, same_secret
 from ..config import EngineConfig, redacted, url_without_password
 from ..dispatch import BackendState
 from ..engine import specs_for
 from ..errors import BadRequest, NotFound, Unauthorized
-from ..reload import reload_everywhere
+from ..server.reload import reload_everywhere
 from ..typedefs import CONFIG_PATH, GATEWAY
 
 

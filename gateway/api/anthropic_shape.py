@@ -1,7 +1,7 @@
 """Gateway errors in Anthropic's shape, for the endpoints whose row says `error_shape: anthropic`.
 
 The middleware renders every error of those paths here; a stream that broke after its first
-byte ends with `anthropic_relay.stream_error_event`. Statuses stay the gateway's own (a 503 is
+byte ends with `relay/anthropic.stream_error_event`. Statuses stay the gateway's own (a 503 is
 still a 503); the error type is Anthropic's for that status. A runtime's own 4xx passed through
 keeps its body when it is already Anthropic-shaped (a runtime serving /v1/messages itself)
 and is re-shaped otherwise (an OpenAI-shaped error from the translated chat path).
@@ -15,7 +15,7 @@ import orjson
 
 from ..errors import GatewayError, UpstreamStatus
 from ..translate.anthropic import error_body, error_type_for_status
-from ..wire import loads_object
+from ..relay.wire import loads_object
 
 MAX_MESSAGE = 2000   # a runtime's error text, cut: it may be an HTML page
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..auth import visible_models
+from ..limits.auth import visible_models
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..typedefs import GATEWAY
 from .keys import client_key

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..auth import check_model
+from ..limits.auth import check_model
 from ..config import ApiKey
 from ..dispatch import Pool, RouteTable
 from ..errors import ModelNotFound, RateLimited

@@ -18,13 +18,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..anthropic_relay import (NativeEvents, TranslatedEvents, native_whole, relay_events,
+from ..relay.anthropic import (NativeEvents, TranslatedEvents, native_whole, relay_events,
                                stream_error_event, tokenizer_count, translated_whole)
 from ..dispatch import Opened
 from ..endpoints import BY_PATH
 from ..errors import BadRequest, UpstreamError
 from ..record import RequestRecord
-from ..relay import SSE_HEADERS, rewrite_model
+from ..relay.chat import SSE_HEADERS, rewrite_model
 from ..translate.anthropic import TranslationError, validate_messages
 from ..typedefs import GATEWAY, RECORD
 from .body import read_body
@@ -32,7 +32,7 @@ from .keys import client_key, model_pool
 from .messages_plan import (NATIVE, TOKENIZER, CountTokensPlan, MessagesPlan,
                             passed_headers)
 from .middleware import stamp_response
-from .stream_end import (CLIENT_GONE, client_gone, drain_cut, drain_runtime, end_drain_cut,
+from ..relay.stream_end import (CLIENT_GONE, client_gone, drain_cut, drain_runtime, end_drain_cut,
                          read_whole)
 
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping
 import orjson
 
 from ..config import BackendConfig
-from ..content import content_text
+from ..translate.content import content_text
 from ..dispatch.fallbacks import Stage
 from ..endpoints import BY_NAME, BY_PATH, Endpoint
 from ..errors import BadRequest, NotImplementedByRuntime

@@ -18,22 +18,22 @@ from typing import Any
 from aiohttp import web
 
 from ..dispatch import Opened
-from ..clientwatch import ClientWatch
+from ..relay.clientwatch import ClientWatch
 from ..endpoints import BYTES, MULTIPART, NO_BODY, SAME_PATH, Endpoint
 from ..errors import UpstreamError
-from ..forms import read_form
+from .forms import read_form
 from ..record import RequestRecord
-from ..relay import SSE_HEADERS, StreamRewriter, body_response, body_usage, relay_stream
-from ..relay_events import make_rewriter, rewrite_stored
-from ..response_ids import IdRewriter
+from ..relay.chat import SSE_HEADERS, StreamRewriter, body_response, body_usage, relay_stream
+from ..relay.events import make_rewriter, rewrite_stored
+from ..relay.response_ids import IdRewriter
 from ..routing import NO_AFFINITY
 from ..typedefs import GATEWAY, RECORD
 from .body import parse_payload, read_body
 from .keys import client_key, model_pool
 from .middleware import stamp_response
-from .relay_bytes import relay_bytes
+from ..relay.bytes import relay_bytes
 from .stored import backend_patterns, follow_up, stored_call
-from .stream_end import (CLIENT_GONE, client_gone, cut_slow_client, drain_cut, drain_runtime,
+from ..relay.stream_end import (CLIENT_GONE, client_gone, cut_slow_client, drain_cut, drain_runtime,
                          end_drain_cut, read_whole)
 
 

@@ -1,6 +1,6 @@
 """Stored responses: which backend a response id (or `previous_response_id`) belongs to.
 
-The id a client holds names its backend (see `gateway.response_ids`), so every
+The id a client holds names its backend (see `gateway.relay.response_ids`), so every
 replica, before or after a restart, sends a stored-response call or a follow-up to
 the backend that made the response, and to it alone: no other backend has it.
 """
@@ -12,13 +12,13 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from ..auth import model_allowed
+from ..limits.auth import model_allowed
 from ..config import ApiKey
 from ..dispatch import BackendState, Pool, RouteTable
 from ..endpoints import Endpoint
 from ..errors import BadRequest, Forbidden, NotFound
-from ..relay import model_patterns
-from ..response_ids import IdRewriter, runtime_ref
+from ..relay.chat import model_patterns
+from ..relay.response_ids import IdRewriter, runtime_ref
 from ..routing import make_strategy
 
 

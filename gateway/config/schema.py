@@ -14,7 +14,7 @@ from cerberus import errors as cerberus_errors
 from .redact import url_without_password
 from .types import STRATEGIES
 from .source import EnvStr, describe
-from ..runtimes.kinds import CAPABILITIES, KINDS
+from .kinds import CAPABILITIES, KINDS
 
 
 def _number(**rules) -> dict:

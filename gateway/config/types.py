@@ -10,7 +10,7 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Mapping
 
-from ..runtimes.kinds import KINDS, normalise_root
+from .kinds import KINDS, normalise_root
 
 USER_AGENT = "llm-edge-gateway"
 STRATEGIES = ("weighted", "least_busy", "prefix_affinity", "session_affinity", "least_latency")
@@ -149,7 +149,7 @@ class QueueConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Reading each runtime's own load (engine/scraper.py) and when a backend is saturated."""
+    """Reading each runtime's own load (health/scraper.py) and when a backend is saturated."""
     interval_s: float = 1            # scrape every backend whose kind exposes load this often
     stale_after_s: float = 3         # a reading older than this (since its scrape) is ignored
     max_queue: int = 8               # saturated past this many requests waiting in the runtime

@@ -22,9 +22,9 @@ from ..errors import (DeadlineExceeded, NoHealthyBackend, Reason, UpstreamError,
                       UpstreamStatus, UpstreamTimeout)
 from ..metrics import Metrics
 from ..record import RequestRecord
-from ..forms import body_for
-from ..relay import has_data_line, model_patterns
-from ..relay_events import stream_error
+from ..api.forms import body_for
+from ..relay.chat import has_data_line, model_patterns
+from ..relay.events import stream_error
 from ..routing import RouteRequest
 from ..runtimes.scrub import scrub_text
 from . import ejection

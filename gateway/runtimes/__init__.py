@@ -70,7 +70,7 @@ class Runtime(Protocol):
 
 def make_runtime(config: BackendConfig, transport) -> Runtime:
     """The transport for one backend: in process for `echo`, HTTP for every other kind."""
-    from .kinds import KINDS
+    from ..config.kinds import KINDS
     if KINDS[config.kind].in_process:
         from .echo import EchoRuntime
         return EchoRuntime(config)

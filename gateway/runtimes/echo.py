@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Mapping
 import orjson
 
 from ..config import BackendConfig
-from ..content import content_text
+from ..translate.content import content_text
 from ..endpoints import Endpoint
 from ..errors import BadRequest
 from .echo_apis import EchoApis, Made

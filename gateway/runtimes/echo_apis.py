@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from ..content import content_text
+from ..translate.content import content_text
 from ..endpoints import NO_BODY, Endpoint
 from ..errors import BadRequest, UpstreamStatus
 from . import echo_media

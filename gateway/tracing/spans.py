@@ -28,7 +28,7 @@ from opentelemetry.trace import (SpanContext, SpanKind, Status, StatusCode, Trac
                                  get_current_span)
 
 from ..errors import Reason, UpstreamError, UpstreamStatus
-from ..relay import StreamRewriter
+from ..relay.chat import StreamRewriter
 from .decision import explain
 
 if TYPE_CHECKING:

@@ -36,8 +36,8 @@ from ..record import new_request_id
 from ..runtimes import BodyTooLarge
 from ..state import Gateway
 from ..typedefs import GATEWAY, LEADER, RUN_DIR
-from .share import FOLLOW_POLL_S, EngineShare
-from .signals import EngineLoad, ParseError, ScrapeSpec, combine, parse, specs_for
+from .scraper_share import FOLLOW_POLL_S, EngineShare
+from ..engine.signals import EngineLoad, ParseError, ScrapeSpec, combine, parse, specs_for
 
 # A path the runtime does not serve (404/405/501) is asked again this much later.
 UNSUPPORTED_RETRY_S = 60.0

@@ -24,10 +24,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .config import ApiKey, url_without_password
-from .log import server_logger
-from .metrics import Metrics
-from .ratelimit import Limiter, Refusal, usage_tokens
+from ..config import ApiKey, url_without_password
+from ..log import server_logger
+from ..metrics import Metrics
+from .buckets import Limiter, Refusal, usage_tokens
 
 TIMEOUT_S = 0.5     # a request waits at most this long for Redis before going local
 PROBE_S = 1.0       # how often an unreachable Redis is tried again

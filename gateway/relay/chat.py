@@ -20,8 +20,8 @@ import orjson
 from aiohttp import web
 
 from .clientwatch import ClientWatch
-from .errors import GatewayError, Reason, UpstreamError
-from .record import RequestRecord
+from ..errors import GatewayError, Reason, UpstreamError
+from ..record import RequestRecord
 from .wire import LineRewriter, loads_object
 
 # A chunk carries a token once some content/text/arguments string is non-empty

@@ -12,8 +12,8 @@ import hashlib
 import hmac
 from typing import Iterable
 
-from .config import ApiKey
-from .errors import Forbidden, Unauthorized
+from ..config import ApiKey
+from ..errors import Forbidden, Unauthorized
 
 UNAUTHORIZED_MESSAGE = "Missing or invalid API key. Send it as 'Authorization: Bearer <key>'."
 # Anthropic clients send their key as x-api-key (or as a bearer token).

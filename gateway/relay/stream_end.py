@@ -20,7 +20,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from ..dispatch import Opened
-from ..drain import Drain
+from ..server.drain import Drain
 from ..errors import ClientTooSlow, GatewayError, Reason, ShuttingDown, UpstreamError
 from ..record import RequestRecord
 

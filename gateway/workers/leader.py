@@ -1,7 +1,7 @@
 """Under `--workers N`: the one worker that measures for the whole server, and its files.
 
 Some work must run once per server, not once per worker, or it is multiplied by N:
-active health checks (health_share.py) and engine scrapes (engine/share.py). The worker
+active health checks (health/checks_share.py) and engine scrapes (health/scraper_share.py). The worker
 that holds an exclusive lock on `leader.lock` in the server's run directory does all of
 it and publishes each kind of result to a JSON file of its own (`Published`: written
 aside, then renamed over, so a reader never sees half a file); the others read a file
@@ -18,7 +18,7 @@ import logging
 import os
 from typing import Any
 
-from .log import server_logger
+from ..log import server_logger
 from .rundir import RunDir
 
 

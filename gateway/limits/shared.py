@@ -1,7 +1,7 @@
 """Rate limits shared by the workers of one server: the buckets in a mapped file.
 
 With `--workers N` each worker would otherwise grant every key its whole rpm/tpm,
-N times over. `SharedLimiter` is ratelimit.py's `Limiter` with each key's bucket
+N times over. `SharedLimiter` is limits/buckets.py's `Limiter` with each key's bucket
 levels kept in one small file of the server's run directory, which every worker
 maps: before each admit, charge or header read the worker loads the key's levels
 under a lock on the key's record, runs the same bucket arithmetic, and stores them.
@@ -29,9 +29,9 @@ import struct
 import time
 from typing import Any, Callable, Iterable
 
-from .config import ApiKey
-from .log import server_logger
-from .ratelimit import KeyBuckets, Limiter, Refusal, usage_tokens
+from ..config import ApiKey
+from ..log import server_logger
+from .buckets import KeyBuckets, Limiter, Refusal, usage_tokens
 
 RECORD = struct.Struct("<16s6d")   # name digest; rpm cap, level, updated; tpm the same
 SIZE = RECORD.size                 # 64 bytes; the header (the claim lock) is one record

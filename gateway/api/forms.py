@@ -18,8 +18,8 @@ from aiohttp.helpers import parse_mimetype
 from aiohttp.multipart import parse_content_disposition
 from aiohttp.payload import Payload
 
-from .endpoints import JSON, MULTIPART, Endpoint
-from .errors import BadRequest, BodyTooLarge, RequestTimeout
+from ..endpoints import JSON, MULTIPART, Endpoint
+from ..errors import BadRequest, BodyTooLarge, RequestTimeout
 
 READ_TIMEOUT_S = 60
 MAX_FIELD = 64 * 1024       # a text field larger than this is not kept (only files are big)

@@ -8,8 +8,8 @@ only while its `tpm` bucket is above zero.
 
 Buckets belong to one app's `Limiter` and are keyed by the key's name, so a
 config reload keeps them for every key whose name stays (`Limiter.apply`).
-This Limiter's buckets live in the process; limits_shared.py keeps the same buckets
-in a file every worker maps, limits_redis.py in Redis for every replica.
+This Limiter's buckets live in the process; limits/shared.py keeps the same buckets
+in a file every worker maps, limits/on_redis.py in Redis for every replica.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from .config import ApiKey
+from ..config import ApiKey
 
 
 class Bucket:
@@ -103,7 +103,7 @@ class Limiter:
         self._keys = fresh
 
     async def acquire(self, name: str) -> Refusal | None:
-        """What callers await: `admit` here; a round trip to Redis in limits_redis.py."""
+        """What callers await: `admit` here; a round trip to Redis in limits/on_redis.py."""
         return self.admit(name)
 
     async def start(self) -> None:
@@ -143,7 +143,7 @@ class Limiter:
             buckets.tpm.level -= tokens
 
     def set_levels(self, name: str, rpm: float, tpm: float) -> None:
-        """Take the levels as another store reports them (limits_redis.py: Redis's answer)."""
+        """Take the levels as another store reports them (limits/on_redis.py: Redis's answer)."""
         buckets = self._keys.get(name)
         if buckets is None:
             return

@@ -1,6 +1,6 @@
 """Engine scrapes once per server under `--workers N`: the leader scrapes, the others read.
 
-The leading worker (leader.py: the lock the health checks follow too) runs every scrape
+The leading worker (workers/leader.py: the lock the health checks follow too) runs every scrape
 round and then publishes each backend's reading to `engine.json` in the run directory;
 the other workers read the file when it changes and record the readings in their own
 backends' `EngineView`s, so load, saturation and least_latency route on one reading
@@ -23,11 +23,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..leader import Leader, Published
+from ..workers.leader import Leader, Published
 from ..log import engine_logger
-from ..rundir import RunDir
+from ..workers.rundir import RunDir
 from ..state import Gateway
-from .signals import EngineLoad
+from ..engine.signals import EngineLoad
 
 FOLLOW_POLL_S = 0.25   # a follower's stat of the file, at most this far apart
 

@@ -17,9 +17,9 @@ from typing import Any, Callable, Mapping
 
 import orjson
 
-from .endpoints import SSE_EVENTS, Endpoint
-from .errors import GatewayError
-from .relay import StreamRewriter, api_usage, first_event_error
+from ..endpoints import SSE_EVENTS, Endpoint
+from ..errors import GatewayError
+from .chat import StreamRewriter, api_usage, first_event_error
 from .response_ids import IdRewriter
 from .wire import LineRewriter, loads_object
 

@@ -8,7 +8,7 @@ Backends with no `models` list are asked for their models on every round.
 Checks decide only `healthy`: a passing check ends what failing checks did, never
 a passive ejection (see `dispatch/ejection.py`).
 Under `--workers N` one worker runs the rounds for the server and the others take
-its results (health_share.py).
+its results (health/checks_share.py).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from .config import HealthConfig
-from .dispatch import BackendState
-from .errors import UpstreamError
-from .health_share import FOLLOW_POLL_S, HealthShare
-from .log import health_logger
-from .record import new_request_id
-from .state import Gateway
-from .typedefs import GATEWAY, LEADER, RUN_DIR
+from ..config import HealthConfig
+from ..dispatch import BackendState
+from ..errors import UpstreamError
+from .checks_share import FOLLOW_POLL_S, HealthShare
+from ..log import health_logger
+from ..record import new_request_id
+from ..state import Gateway
+from ..typedefs import GATEWAY, LEADER, RUN_DIR
 
 
 async def check_round(gateway: Gateway) -> dict[str, bool]:

@@ -1,4 +1,4 @@
-"""The gateway's listening sockets, for one process (serve.py) and the workers (supervise.py).
+"""The gateway's listening sockets, for one process (server/serve.py) and the workers (workers/supervise.py).
 
 Kept free of the app's imports: the supervisor binds before prometheus_client may be
 imported (its multiprocess directory is set first).

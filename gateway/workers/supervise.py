@@ -12,14 +12,14 @@ runs the app with aiohttp's gunicorn worker class. What the gateway changes in i
   socket then dies with it and the connections waiting in it are reset; a slot's socket
   stays open in the master, and the worker that replaces a dead one takes it over.
 - SIGHUP: gunicorn's own replaces every worker; here it is passed to every worker,
-  whose app reloads gateway.yaml in place (reload.py), dropping no request.
+  whose app reloads gateway.yaml in place (server/reload.py), dropping no request.
   `POST /admin/reload` on any worker asks the master for the same.
 - No worker outlives the master, however it dies: each worker asks the kernel for
   SIGKILL when its parent exits (PR_SET_PDEATHSIG).
-- SIGTERM reaches every worker at once; each drains (drain.py) within `server.drain_s`,
+- SIGTERM reaches every worker at once; each drains (server/drain.py) within `server.drain_s`,
   and the master waits drain_s + 5 s before it kills what is left.
 - A worker that dies is replaced; its live gauges are dropped from the metrics.
-- The per-server directory (rundir.py) is made before the first worker and removed
+- The per-server directory (workers/rundir.py) is made before the first worker and removed
   at exit; prometheus-client's multiprocess mode keeps its files there.
 """
 
@@ -42,9 +42,9 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.sock import TCP6Socket, TCPSocket
 
-from .config import Config, ConfigError, load_config
-from .listener import bound, listen
-from .log import server_logger
+from ..config import Config, ConfigError, load_config
+from ..server.listener import bound, listen
+from ..log import server_logger
 from .rundir import OwnedRunDir, RunDir
 
 PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
@@ -64,7 +64,7 @@ def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
     master = os.getpid()
     os.environ[MULTIPROC_ENV] = owned.run.metrics
     try:
-        from .serve import prepare_process, tune_gc
+        from ..server.serve import prepare_process, tune_gc
         prepare_process()
         port = check_port(host, port)
         slots = [listen(host, port, reuse_port=True) for _ in range(workers)]
@@ -169,10 +169,10 @@ class GunicornApp(BaseApplication):
 def worker_app(config: Config, path: str, run: RunDir) -> Callable[[], Awaitable[web.AppRunner]]:
     """The coroutine that builds a worker's app in its own event loop, after the fork."""
     async def make() -> web.AppRunner:
-        from .accesslog import StderrAccessLog
-        from .app import create_app
-        from .reload import file_identity
-        from .typedefs import CONFIG_SEEN, SUPERVISOR
+        from ..accesslog import StderrAccessLog
+        from ..app import create_app
+        from ..server.reload import file_identity
+        from ..typedefs import CONFIG_SEEN, SUPERVISOR
         # Before the read: a SIGHUP or an edit while this worker starts is not lost, as
         # the file watch then compares against the file this config came from.
         seen = file_identity(path)

@@ -19,9 +19,9 @@ from aiohttp import web
 from ..dispatch import Opened
 from ..errors import Reason, UpstreamError
 from ..record import RequestRecord
-from ..relay import api_usage
+from .chat import api_usage
 from ..typedefs import GATEWAY
-from .middleware import stamp_response
+from ..api.middleware import stamp_response
 from .stream_end import CLIENT_GONE, drain_cut
 
 TAIL = 4096

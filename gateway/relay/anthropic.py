@@ -22,10 +22,10 @@ from typing import Any, AsyncIterator
 import orjson
 from aiohttp import web
 
-from .errors import GatewayError, Reason, UpstreamError
-from .record import RequestRecord
-from .relay import rewrite_model
-from .translate.anthropic import (ChatStreamToMessages, anthropic_usage, chat_to_message,
+from ..errors import GatewayError, Reason, UpstreamError
+from ..record import RequestRecord
+from .chat import rewrite_model
+from ..translate.anthropic import (ChatStreamToMessages, anthropic_usage, chat_to_message,
                                   error_event, error_type_for_status)
 from .wire import LineCarry, loads_object
 

@@ -10,11 +10,11 @@ import socket
 from aiohttp import web
 from prometheus_client import disable_created_metrics
 
-from .accesslog import StderrAccessLog
-from .app import create_app
-from .config import Config
+from ..accesslog import StderrAccessLog
+from ..app import create_app
+from ..config import Config
 from .listener import listen
-from .log import quiet_client_faults, quiet_trace_exporter, server_logger
+from ..log import quiet_client_faults, quiet_trace_exporter, server_logger
 
 
 def prepare_process() -> None:
@@ -26,7 +26,7 @@ def prepare_process() -> None:
 
 
 def run(config: Config, path: str, host: str, port: int) -> int:
-    """One process serving: no supervisor (`--workers N` is supervise.py)."""
+    """One process serving: no supervisor (`--workers N` is workers/supervise.py)."""
     try:
         import uvloop
         uvloop.install()
@@ -55,7 +55,7 @@ def tune_gc() -> None:
     The startup heap (config, metrics registry, imported modules) lives as long as the
     process: frozen, later collections no longer walk it, and forked workers keep
     sharing its pages instead of copying them when the collector touches them
-    (supervise.py calls this before the workers are forked).
+    (workers/supervise.py calls this before the workers are forked).
     """
     gc.collect()
     gc.freeze()

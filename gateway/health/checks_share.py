@@ -2,7 +2,7 @@
 
 Every worker has its own backend states, but probing each backend from every
 worker would multiply the checks (and model discovery) by N. So the leading worker
-(leader.py: a file lock in the server's run directory) runs the rounds and
+(workers/leader.py: a file lock in the server's run directory) runs the rounds and
 publishes each round's results to `health.json`; the others read the file when it
 changes (a stat every FOLLOW_POLL_S) and take the results as their own. When the
 leader dies, the first follower to try the lock next (once per interval) leads.
@@ -11,15 +11,15 @@ Published per backend: what the probe said this round, the resulting health, and
 the discovered models; keyed by name and identity (kind, URL), so a worker still
 on an older config ignores a result for a backend it knows differently. Passive
 ejection stays each worker's own: it is what that worker's traffic saw. Engine
-scrapes follow the same leader, in a file of their own (engine/share.py).
+scrapes follow the same leader, in a file of their own (health/scraper_share.py).
 """
 
 from __future__ import annotations
 
-from .leader import Leader, Published
-from .log import health_logger
-from .rundir import RunDir
-from .state import Gateway
+from ..workers.leader import Leader, Published
+from ..log import health_logger
+from ..workers.rundir import RunDir
+from ..state import Gateway
 
 FOLLOW_POLL_S = 0.25
 

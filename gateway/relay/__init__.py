@@ -1,0 +1,1 @@
+"""Relaying answers: every stream format, the one relay coroutine, whole answers."""

@@ -1,0 +1,1 @@
+"""One serving process's lifetime: listening, serving, reloading the config, draining."""

@@ -1,0 +1,1 @@
+"""`--workers N`: the supervisor, the directory the workers share, the leader lock."""
