@@ -14,7 +14,7 @@ from .api.middleware import gateway_middleware
 from .api.messages import messages
 from .api.proxy import proxy
 from .config import Config
-from .endpoints import ENDPOINTS
+from .endpoints import ENDPOINTS, ErrorShape
 from .health.scraper import engine_scrapes
 from .health.checks import health_checks
 from .workers.leader import Leader
@@ -35,8 +35,9 @@ AIOHTTP_BODY_CAP = 1024 ** 4
 # do not extend it). Set short, it is the deadline for a request's headers: a client
 # trickling them byte by byte (slowloris) is cut off, and an idle connection closes.
 HEADER_TIMEOUT_S = 15.0
-# Endpoints answered by their own handler rather than `proxy`, by their rows' name.
-HANDLERS = {"messages": messages}
+# The API answered by its own handler rather than `proxy`, by its rows' error shape:
+# Anthropic's Messages (its own validation, a plan per try, its own error bodies).
+HANDLERS = {ErrorShape.ANTHROPIC: messages}
 # Under --workers, how often a worker copies its in-flight counts into the shared gauge.
 IN_FLIGHT_EVERY_S = 1.0
 RATE_LIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{unit}" for unit in ("requests", "tokens")
@@ -107,7 +108,7 @@ async def _in_flight_gauges(app: web.Application) -> AsyncIterator[None]:
 
 def _add_routes(app: web.Application, config: Config) -> None:
     proxied = [
-        *(app.router.add_route(e.method, path, HANDLERS.get(e.name, proxy))
+        *(app.router.add_route(e.method, path, HANDLERS.get(e.error_shape, proxy))
           for e in ENDPOINTS for path in e.paths),
         app.router.add_get("/v1/models", info.list_models),
     ]

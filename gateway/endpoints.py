@@ -12,24 +12,35 @@ key all read the row; a new API is a new row. Several rows may share one `name`
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
-# How an endpoint's answer may stream.
-SSE = "sse"                 # Server-Sent Events of `data:` chunks, ending with `data: [DONE]`
-SSE_EVENTS = "sse-events"   # SSE with the API's own `event:` names, no [DONE]: the API's
-                            # terminal event ends it (Responses)
-ANTHROPIC_SSE = "anthropic_sse"   # Anthropic's `event:` names, ending with message_stop;
-                                  # relayed by gateway/relay/anthropic.py
-BYTES = "bytes"             # any answer (audio, images), relayed as bytes as they come
-# What a request's body is.
-JSON = "json"
-MULTIPART = "multipart"     # a form with a file; the model is its `model` field
-NO_BODY = "none"
-# Error shapes: the body a client of that API expects.
-OPENAI = "openai"
-ANTHROPIC = "anthropic"   # {"type": "error", "error": {"type": ..., "message": ...}}
+class Streams(enum.Enum):
+    """How an endpoint's answer streams: each kind is one stream format of `gateway.relay`."""
+    CHAT = "chat"             # SSE `data:` chunks ending with `data: [DONE]` (chat, completions)
+    AUDIO = "audio"           # SSE `data:` chunks that may end at `transcript.text.done`
+    RESPONSES = "responses"   # SSE with the Responses API's `event:` names, no [DONE]: its
+                              # terminal event ends it
+    ANTHROPIC = "anthropic"   # Anthropic's `event:` names, ending with message_stop
+    ANTHROPIC_FROM_CHAT = "anthropic_from_chat"   # a chat stream translated into those
+    BYTES = "bytes"           # any answer (audio, images), relayed as bytes as they come
+
+
+class Body(enum.Enum):
+    """What a request's body is."""
+    JSON = "json"
+    MULTIPART = "multipart"   # a form with a file; the model is its `model` field
+    NONE = "none"             # stored responses, named by their id
+
+
+class ErrorShape(enum.Enum):
+    """The error body a client of that API expects."""
+    OPENAI = "openai"         # {"error": {"message", "type", "param", "code"}}
+    ANTHROPIC = "anthropic"   # {"type": "error", "error": {"type": ..., "message": ...}}
+
+
 # `upstream_path` for rows whose runtimes serve the very path the client called, at their root.
 SAME_PATH = ""
 
@@ -41,12 +52,12 @@ class Endpoint:
     upstream_path: str                        # where it goes, under the backend's /v1
     capability: str                           # what a backend must be able to do
     required: tuple[str, tuple[type, ...]] | None = None   # a field and its JSON types
-    streams: str | None = None                # SSE, SSE_EVENTS, BYTES, or None
-    error_shape: str = OPENAI
+    streams: Streams | None = None            # how its answer streams, if it may
+    error_shape: ErrorShape = ErrorShape.OPENAI
     prompt_field: str | None = None           # where the prompt is, for prefix affinity
     tools_capability: str | None = None       # needed instead when the body has `tools`
     method: str = "POST"
-    body: str = JSON
+    body: Body = Body.JSON
     upstream_root: bool = False               # upstream_path is at the server root, not /v1
     optional: tuple[tuple[str, tuple[type, ...]], ...] = ()   # fields typed when present
     has_usage: bool = True                    # its answers report token usage
@@ -59,31 +70,30 @@ class Endpoint:
         return self.capability
 
 
-
-_STORED = dict(capability="responses", body=NO_BODY, has_usage=False, stored_ids=True)
+_STORED = dict(capability="responses", body=Body.NONE, has_usage=False, stored_ids=True)
 _RESPONSE_FIELDS = (("input", (str, list)), ("previous_response_id", (str,)),
                     ("instructions", (str,)), ("tools", (list,)), ("store", (bool,)))
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("chat", ("/v1/chat/completions",), "/chat/completions", "chat",
-             required=("messages", (list,)), streams=SSE, prompt_field="messages",
+             required=("messages", (list,)), streams=Streams.CHAT, prompt_field="messages",
              tools_capability="tools", asks_stream_usage=True),
     Endpoint("completions", ("/v1/completions",), "/completions", "completions",
-             required=("prompt", (str, list)), streams=SSE, prompt_field="prompt",
+             required=("prompt", (str, list)), streams=Streams.CHAT, prompt_field="prompt",
              asks_stream_usage=True),
     Endpoint("embeddings", ("/v1/embeddings",), "/embeddings", "embeddings",
              required=("input", (str, list))),
     # Anthropic Messages (gateway/api/messages.py): kinds without the `messages` capability
     # get it translated to chat completions, so any backend that can chat can answer.
-    Endpoint("messages", ("/v1/messages",), "/messages", "chat", streams=ANTHROPIC_SSE,
-             error_shape=ANTHROPIC, prompt_field="messages", tools_capability="tools"),
+    Endpoint("messages", ("/v1/messages",), "/messages", "chat", streams=Streams.ANTHROPIC,
+             error_shape=ErrorShape.ANTHROPIC, prompt_field="messages", tools_capability="tools"),
     Endpoint("messages", ("/v1/messages/count_tokens",), "/messages/count_tokens", "chat",
-             error_shape=ANTHROPIC),
+             error_shape=ErrorShape.ANTHROPIC),
     Endpoint("responses", ("/v1/responses",), "/responses", "responses",
-             streams=SSE_EVENTS, optional=_RESPONSE_FIELDS, stored_ids=True),
+             streams=Streams.RESPONSES, optional=_RESPONSE_FIELDS, stored_ids=True),
     # GET ?stream=true replays a stored (background) response's events.
     Endpoint("responses", ("/v1/responses/{response_id}",), "/responses/{response_id}",
-             method="GET", streams=SSE_EVENTS, **_STORED),
+             method="GET", streams=Streams.RESPONSES, **_STORED),
     Endpoint("responses", ("/v1/responses/{response_id}",), "/responses/{response_id}",
              method="DELETE", **_STORED),
     Endpoint("responses", ("/v1/responses/{response_id}/cancel",),
@@ -99,13 +109,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("tokenize", ("/detokenize",), "/detokenize", "tokenize", upstream_root=True,
              required=("tokens", (list,)), has_usage=False),
     Endpoint("transcriptions", ("/v1/audio/transcriptions",), "/audio/transcriptions",
-             "audio", body=MULTIPART, streams=SSE),
+             "audio", body=Body.MULTIPART, streams=Streams.AUDIO),
     Endpoint("translations", ("/v1/audio/translations",), "/audio/translations",
-             "audio", body=MULTIPART, streams=SSE),
+             "audio", body=Body.MULTIPART, streams=Streams.AUDIO),
     Endpoint("speech", ("/v1/audio/speech",), "/audio/speech", "audio",
-             required=("input", (str,)), streams=BYTES, has_usage=False),
+             required=("input", (str,)), streams=Streams.BYTES, has_usage=False),
     Endpoint("images", ("/v1/images/generations",), "/images/generations", "images",
-             required=("prompt", (str,)), streams=BYTES),
+             required=("prompt", (str,)), streams=Streams.BYTES),
 )
 
 BY_NAME: Mapping[str, Endpoint] = MappingProxyType(

@@ -190,7 +190,7 @@ def test_sampling_stream_and_user():
     assert chat == {
         "model": "qwen", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 300,
         "stop": ["\n\nHuman:", "END"], "temperature": 0.2, "top_p": 0.9, "top_k": 40,
-        "stream": True, "stream_options": {"include_usage": True}, "user": "u-7"}
+        "stream": True, "user": "u-7"}   # usage: asked per backend (api/plans.py)
     plain = messages_to_chat(request(stream=False, temperature=0))
     assert plain["stream"] is False and plain["temperature"] == 0
     assert "stream_options" not in plain and "stop" not in plain
@@ -799,7 +799,7 @@ async def test_sdk_streams_text_and_tool_calls(sdk):
             final.usage.cache_read_input_tokens) == (56, 37, 64)
     assert "text" in seen_events and "input_json" in seen_events
     chat = runtime.seen[0]
-    assert chat["stream"] is True and chat["stream_options"] == {"include_usage": True}
+    assert chat["stream"] is True and "stream_options" not in chat   # asked per backend
     assert [m["role"] for m in chat["messages"]] == [
         "system", "user", "assistant", "tool", "user"]
     assert chat["messages"][2]["tool_calls"][0]["id"] == "call_0"

@@ -18,7 +18,7 @@ from aiohttp.helpers import parse_mimetype
 from aiohttp.multipart import parse_content_disposition
 from aiohttp.payload import Payload
 
-from ..endpoints import JSON, MULTIPART, Endpoint
+from ..endpoints import Body, Endpoint
 from ..errors import BadRequest, BodyTooLarge, RequestTimeout
 
 READ_TIMEOUT_S = 60
@@ -29,11 +29,11 @@ WRITE_SLICE = 256 * 1024    # written to the runtime in pieces of at most this
 
 def body_for(endpoint: Endpoint, payload: Any, model_id: str) -> Any:
     """What one backend gets: the body with the model as that backend knows it."""
-    if endpoint.body == JSON:
+    if endpoint.body is Body.JSON:
         body = dict(payload)
         body["model"] = model_id
         return body
-    if endpoint.body == MULTIPART:
+    if endpoint.body is Body.MULTIPART:
         return payload.for_model(model_id)
     return None
 

@@ -6,34 +6,30 @@ try goes the way its backend needs (`messages_plan`): as it is to a runtime serv
 the middleware renders them (`anthropic_shape`) from the endpoint row's error_shape.
 
 As in `proxy`, a whole answer is returned unsent and its bookkeeping waits in
-`rec.after_send`; a stream is relayed here as it comes, ending with `event: error` if it
-breaks after its first byte.
+`rec.after_send`; a stream is handed to the one relay, which ends it with Anthropic's
+`event: error` if it breaks after its first byte.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from ..relay.anthropic import (NativeEvents, TranslatedEvents, native_whole, relay_events,
-                               stream_error_event, tokenizer_count, translated_whole)
-from ..dispatch import Opened
+from ..dispatch import Call, Opened
 from ..endpoints import BY_PATH
-from ..errors import BadRequest, UpstreamError
+from ..errors import BadRequest
 from ..record import RequestRecord
-from ..relay.chat import SSE_HEADERS, rewrite_model
+from ..relay.anthropic import native_whole, tokenizer_count, translated_whole
+from ..relay.chat import rewrite_model
+from ..relay.whole import read_whole
 from ..translate.anthropic import TranslationError, validate_messages
 from ..typedefs import GATEWAY, RECORD
 from .body import read_body
 from .keys import client_key, model_pool
-from .messages_plan import (NATIVE, TOKENIZER, CountTokensPlan, MessagesPlan,
-                            passed_headers)
-from .middleware import stamp_response
-from ..relay.stream_end import (CLIENT_GONE, client_gone, drain_cut, drain_runtime, end_drain_cut,
-                         read_whole)
+from .messages_plan import CountTokensPlan, MessagesPlan, Way, passed_headers
+from .middleware import stream_answer
 
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
@@ -55,14 +51,11 @@ async def messages(request: web.Request) -> web.StreamResponse:
     plan = plan_type(payload, passed_headers(request.headers))
     plan.check(table.stages(pool))
     route = pool.strategy.route_key(endpoint, payload, request.headers)
-    opened = await gateway.dispatcher.open(table, pool, endpoint, payload, rec, route,
-                                           plan=plan)
-    way = plan.way(opened.backend.config)
-    if rec.stream:
-        events = (NativeEvents(opened.patterns) if way == NATIVE
-                  else TranslatedEvents(opened.public))
-        return await _stream(request, opened, rec, events)
-    return await _whole(opened, rec, way, counting)
+    opened = await gateway.dispatcher.open(Call(table, pool, endpoint, payload, rec, route,
+                                                plan))
+    if opened.shaped.fmt is not None:
+        return await stream_answer(request, opened, rec, table.config)
+    return await _whole(opened, rec, plan.way(opened.config), counting)
 
 
 def parse_messages(raw: bytes, counting: bool) -> dict[str, Any]:
@@ -78,13 +71,13 @@ def parse_messages(raw: bytes, counting: bool) -> dict[str, Any]:
     return payload
 
 
-async def _whole(opened: Opened, rec: RequestRecord, way: str, counting: bool
+async def _whole(opened: Opened, rec: RequestRecord, way: Way | None, counting: bool
                  ) -> web.Response:
     def shaped(body: bytes) -> tuple[bytes, bytes, dict[str, Any] | None]:
         """The runtime's body, the client's answer, and its usage when known already."""
-        if way == NATIVE:
+        if way is Way.NATIVE:
             return body, rewrite_model(body, opened.patterns), None
-        if way == TOKENIZER:
+        if way is Way.TOKENIZER:
             return body, tokenizer_count(body), None
         return body, *translated_whole(body, opened.public)
 
@@ -94,53 +87,8 @@ async def _whole(opened: Opened, rec: RequestRecord, way: str, counting: bool
         if counting:
             rec.usage = {}   # nothing generated: no tokens to charge, and none missing
         else:   # a runtime's own message is parsed only now, after the client has it
-            rec.usage = native_whole(body) if way == NATIVE else usage
+            rec.usage = native_whole(body) if way is Way.NATIVE else usage
         opened.finish(error)
 
     rec.after_send = after_send
     return web.Response(body=out, status=200, headers={"Content-Type": "application/json"})
-
-
-async def _stream(request: web.Request, opened: Opened, rec: RequestRecord,
-                  events: NativeEvents | TranslatedEvents) -> web.StreamResponse:
-    error: BaseException | None = None
-    try:
-        resp, error = await _relay(request, opened, rec, events)
-        return resp
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        opened.finish(error)
-
-
-async def _relay(request: web.Request, opened: Opened, rec: RequestRecord,
-                 events: NativeEvents | TranslatedEvents
-                 ) -> tuple[web.StreamResponse, BaseException | None]:
-    """The relayed stream, and why it ended early (as in `proxy._stream`)."""
-    drain = request.app[GATEWAY].drain
-    resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
-    stamp_response(request, resp, rec)
-    broken: UpstreamError | None = None
-    task = asyncio.current_task()
-    drain.track(task)
-    try:
-        await resp.prepare(request)
-        await relay_events(resp, opened.chunks, opened.first, events, rec)
-    except UpstreamError as err:
-        broken = err   # the client already got it as an `event: error`
-    except asyncio.CancelledError:
-        opened.response.close()
-        if not drain_cut(drain, task, rec):
-            raise
-        await end_drain_cut(resp, stream_error_event)
-    except CLIENT_GONE as exc:
-        client_gone(opened, rec)
-        return resp, exc
-    finally:
-        drain.untrack(task)
-        rec.usage = events.usage
-    await resp.write_eof()
-    if broken is None:
-        await drain_runtime(opened, task)
-    return resp, broken

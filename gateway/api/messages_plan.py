@@ -3,10 +3,10 @@
 A pool may mix kinds: each try takes the way its backend needs, so a retry from a
 runtime serving /v1/messages to one that does not is translated, and back.
 
-    NATIVE      the backend has the `messages` capability: the body as the client sent it
+    Way.NATIVE      the backend has the `messages` capability: the body as the client sent it
                 (model rewritten), with `anthropic-version` / `anthropic-beta` passed on
-    TRANSLATED  any other backend that can chat: the request translated to chat completions
-    TOKENIZER   count_tokens on a backend without /v1/messages/count_tokens but with a
+    Way.TRANSLATED  any other backend that can chat: the request translated to chat completions
+    Way.TOKENIZER   count_tokens on a backend without /v1/messages/count_tokens but with a
                 tokenizer at its server root (`POST /tokenize`), in that runtime's format
 
 The translation is made once per request, and only when some backend of the walk needs it.
@@ -16,19 +16,29 @@ the backends that serve it natively; with none of those it is a 400 naming the f
 
 from __future__ import annotations
 
+import enum
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
 import orjson
 
 from ..config import BackendConfig
-from ..translate.content import content_text
+from ..dispatch import Shaped
 from ..dispatch.fallbacks import Stage
-from ..endpoints import BY_NAME, BY_PATH, Endpoint
+from ..endpoints import BY_NAME, BY_PATH, Endpoint, Streams
 from ..errors import BadRequest, NotImplementedByRuntime
+from ..relay.chat import model_patterns
+from ..relay.formats import FORMATS
 from ..translate.anthropic import TranslationError, messages_to_chat
+from ..translate.content import content_text
+from .plans import ask_stream_usage
 
-NATIVE, TRANSLATED, TOKENIZER = "native", "translated", "tokenizer"
+
+class Way(enum.Enum):
+    NATIVE = "native"
+    TRANSLATED = "translated"
+    TOKENIZER = "tokenizer"
+
 PASSED_HEADERS = ("anthropic-version", "anthropic-beta")
 # Kinds whose /v1/messages comes with /v1/messages/count_tokens, as their docs say (Ollama
 # documents /v1/messages alone).
@@ -44,6 +54,8 @@ COUNT_TOKENS = BY_PATH["/v1/messages/count_tokens"]
 # Not a public route: the tokenizer a count_tokens request may be answered from.
 TOKENIZE = Endpoint("tokenize", ("/tokenize",), "/tokenize", "chat", upstream_root=True,
                     has_usage=False)
+NATIVE_EVENTS = FORMATS[Streams.ANTHROPIC]
+TRANSLATED_EVENTS = FORMATS[Streams.ANTHROPIC_FROM_CHAT]
 
 
 def passed_headers(headers: Mapping[str, str]) -> Mapping[str, str] | None:
@@ -62,26 +74,30 @@ class MessagesPlan:
         self._chat: dict[str, Any] | None = None
         self._error: TranslationError | None = None
 
-    def way(self, backend: BackendConfig) -> str:
-        return NATIVE if backend.capabilities.get("messages") else TRANSLATED
+    def way(self, backend: BackendConfig) -> Way | None:
+        return Way.NATIVE if backend.capabilities.get("messages") else Way.TRANSLATED
 
     def check(self, stages: Iterable[Stage]) -> None:
         """Before dispatch: a request no backend could take is the client's error."""
         backends = [b.config for stage in stages for b in stage.backends]
-        if backends and not any(self.way(b) == NATIVE for b in backends) \
+        if backends and not any(self.way(b) is Way.NATIVE for b in backends) \
                 and self._translated() is None:
             raise BadRequest(self._error.message, param=self._error.param)
 
     def accepts(self, backend: BackendConfig) -> bool:
-        return self.way(backend) == NATIVE or self._translated() is not None
+        return self.way(backend) is Way.NATIVE or self._translated() is not None
 
-    def prepare(self, backend: BackendConfig, body: dict[str, Any]
-                ) -> tuple[Endpoint, dict[str, Any], Mapping[str, str] | None]:
-        if self.way(backend) == NATIVE:
-            return MESSAGES, body, self.headers
-        chat = dict(self._translated() or {})
-        chat["model"] = body["model"]
-        return CHAT, chat, None
+    def prepare(self, backend: BackendConfig, public: str, stream: bool) -> Shaped:
+        model_id = backend.model_id(public)
+        if self.way(backend) is Way.NATIVE:
+            body = {**self.payload, "model": model_id}
+            return Shaped(MESSAGES, body, self.headers, NATIVE_EVENTS if stream else None,
+                          model_patterns(model_id, public))
+        chat = {**(self._translated() or {}), "model": model_id}
+        if stream:   # Anthropic's streams end with usage; chat's say it only when asked
+            ask_stream_usage(chat, backend)
+        # The translated answer is made with the public name: nothing to rewrite.
+        return Shaped(CHAT, chat, None, TRANSLATED_EVENTS if stream else None)
 
     def _translated(self) -> dict[str, Any] | None:
         if self._chat is None and self._error is None:
@@ -97,33 +113,35 @@ class CountTokensPlan(MessagesPlan):
 
     __slots__ = ()
 
-    def way(self, backend: BackendConfig) -> str:
+    def way(self, backend: BackendConfig) -> Way | None:
         if backend.capabilities.get("messages") and backend.kind in COUNTS_TOKENS:
-            return NATIVE
-        return TOKENIZER if backend.kind in TOKENIZERS else ""
+            return Way.NATIVE
+        return Way.TOKENIZER if backend.kind in TOKENIZERS else None
 
     def check(self, stages: Iterable[Stage]) -> None:
         backends = [b.config for stage in stages for b in stage.backends]
         ways = {self.way(b) for b in backends}
-        if backends and not ways - {""}:
+        if backends and not ways - {None}:
             kinds = ", ".join(sorted({b.kind for b in backends}))
             raise NotImplementedByRuntime(
                 f"count_tokens needs a runtime that serves /v1/messages/count_tokens "
                 f"(vLLM, llama-server) or a tokenizer; this model's backends ({kinds}) "
                 f"have neither", param="model")
-        if NATIVE not in ways and self._translated() is None:
+        if Way.NATIVE not in ways and self._translated() is None:
             raise BadRequest(self._error.message, param=self._error.param)
 
     def accepts(self, backend: BackendConfig) -> bool:
         way = self.way(backend)
-        return way == NATIVE or way == TOKENIZER and self._translated() is not None
+        return way is Way.NATIVE or way is Way.TOKENIZER and self._translated() is not None
 
-    def prepare(self, backend: BackendConfig, body: dict[str, Any]
-                ) -> tuple[Endpoint, dict[str, Any], Mapping[str, str] | None]:
-        if self.way(backend) == NATIVE:
-            return COUNT_TOKENS, body, self.headers
+    def prepare(self, backend: BackendConfig, public: str, stream: bool) -> Shaped:
+        model_id = backend.model_id(public)
+        if self.way(backend) is Way.NATIVE:
+            return Shaped(COUNT_TOKENS, {**self.payload, "model": model_id}, self.headers,
+                          None, model_patterns(model_id, public))
         chat = self._translated() or {}
-        return TOKENIZE, tokenizer_body(TOKENIZERS[backend.kind], body["model"], chat), None
+        return Shaped(TOKENIZE, tokenizer_body(TOKENIZERS[backend.kind], model_id, chat),
+                      None, None)
 
     def _translated(self) -> dict[str, Any] | None:
         if self._chat is None and self._error is None:

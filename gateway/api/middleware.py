@@ -10,10 +10,14 @@ from typing import Callable, Mapping
 
 from aiohttp import web
 
-from ..endpoints import ANTHROPIC, BY_ROUTE, OPENAI, Endpoint
+from ..config import Config
+from ..dispatch import Opened
+from ..endpoints import BY_ROUTE, Endpoint, ErrorShape
 from ..errors import BadRequest, BodyTooLarge, GatewayError, NotFound
 from ..log import server_logger
 from ..record import RequestRecord, client_request_id
+from ..relay.response_ids import IdRewriter
+from ..relay.stream import relay
 from ..typedefs import ACCESS_LOG, GATEWAY, RECORD
 from .anthropic_shape import anthropic_error_json
 
@@ -24,20 +28,20 @@ def _openai_body(err: GatewayError) -> bytes:
     return err.to_json()
 
 
-ERROR_BODIES: Mapping[str, Callable[[GatewayError], bytes]] = MappingProxyType({
-    OPENAI: _openai_body,
-    ANTHROPIC: anthropic_error_json,   # a runtime's 4xx re-shaped unless it already is
+ERROR_BODIES: Mapping[ErrorShape, Callable[[GatewayError], bytes]] = MappingProxyType({
+    ErrorShape.OPENAI: _openai_body,
+    ErrorShape.ANTHROPIC: anthropic_error_json,   # a runtime's 4xx re-shaped unless it already is
 })
 
 
-def error_body(err: GatewayError, shape: str = OPENAI) -> bytes:
+def error_body(err: GatewayError, shape: ErrorShape = ErrorShape.OPENAI) -> bytes:
     return ERROR_BODIES.get(shape, _openai_body)(err)
 
 
-def error_response(err: GatewayError, shape: str = OPENAI) -> web.Response:
+def error_response(err: GatewayError, shape: ErrorShape = ErrorShape.OPENAI) -> web.Response:
     resp = web.Response(status=err.status, body=error_body(err, shape), headers=err.headers())
     # A runtime's own body passed through keeps its type; a body made for a shape is JSON.
-    passed = shape == OPENAI and getattr(err, "content_type", None)
+    passed = shape is ErrorShape.OPENAI and getattr(err, "content_type", None)
     resp.content_type = (passed or "application/json").split(";")[0]
     return resp
 
@@ -63,12 +67,20 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     rec.api = endpoint
     request[RECORD] = rec
     try:
-        resp = await _answer(request, handler, rec,
-                             endpoint.error_shape if endpoint is not None else OPENAI)
+        resp = await _answer(request, handler, rec, endpoint.error_shape if endpoint is not None
+                             else _shape_of_path(request.path))
         await _send(request, resp, rec)
         return resp
     finally:
         _finish(request, rec)
+
+
+def _shape_of_path(path: str) -> ErrorShape:
+    """An unknown path under an API's prefix gets that API's error shape: an Anthropic
+    client calling a /v1/messages path the gateway lacks still reads Anthropic's shape."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return ErrorShape.ANTHROPIC
+    return ErrorShape.OPENAI
 
 
 def endpoint_of(request: web.Request) -> Endpoint | None:
@@ -98,7 +110,7 @@ async def _send(request: web.Request, resp: web.StreamResponse, rec: RequestReco
 
 
 async def _answer(request: web.Request, handler, rec: RequestRecord,
-                  shape: str) -> web.StreamResponse:
+                  shape: ErrorShape) -> web.StreamResponse:
     """The handler's response, or the error in the endpoint's shape for whatever it raised."""
     resp: web.StreamResponse | None = None
     try:
@@ -148,6 +160,17 @@ def _finish(request: web.Request, rec: RequestRecord) -> None:
         if not rec.endpoint:
             fields["path"] = request.path
         log.write(fields)
+
+
+async def stream_answer(request: web.Request, opened: Opened, rec: RequestRecord,
+                        config: Config, ids: IdRewriter | None = None) -> web.StreamResponse:
+    """A streamed answer, sent by the handler as it comes: its format made for the opened
+    try, its response stamped, and both handed to the one relay."""
+    fmt = opened.shaped.fmt.make(opened, ids, rec.trace)   # type: ignore[union-attr]
+    resp = web.StreamResponse(status=200, headers=fmt.headers())
+    stamp_response(request, resp, rec)
+    return await relay(request, resp, opened, fmt, rec, request.app[GATEWAY].drain,
+                       config.server.client_idle_s)
 
 
 def stamp_response(request: web.Request, resp: web.StreamResponse, rec: RequestRecord) -> None:

@@ -13,7 +13,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..limits.auth import model_allowed
-from ..config import ApiKey
+from ..config import ApiKey, BackendConfig
 from ..dispatch import BackendState, Pool, RouteTable
 from ..endpoints import Endpoint
 from ..errors import BadRequest, Forbidden, NotFound
@@ -68,10 +68,10 @@ def follow_up(table: RouteTable, pool: Pool, payload: dict
     return state, IdRewriter(state.name, (runtime_id,))
 
 
-def backend_patterns(state: BackendState) -> tuple[tuple[bytes, bytes], ...]:
+def backend_patterns(backend: BackendConfig) -> tuple[tuple[bytes, bytes], ...]:
     """A stored response names no model in its request: rewrite every model id the
     backend knows back to its public name (the first, when one id has several)."""
-    models = state.config.models or {}
+    models = backend.models or {}
     seen: dict[str, str] = {}
     for public, runtime_id in models.items():
         seen.setdefault(runtime_id, public)

@@ -69,6 +69,11 @@ class BackendConfig:
         headers.update(fixed)
         return MappingProxyType(headers)
 
+    def model_id(self, public: str) -> str:
+        """The id this runtime knows the public model by (the same without a models map)."""
+        models = self.models
+        return public if models is None else models.get(public, public)
+
     def identity(self) -> tuple[str, str]:
         """What must stay equal for a reload to keep this backend's runtime state."""
         return (self.kind, self.url)

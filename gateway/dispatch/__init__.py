@@ -1,5 +1,7 @@
 """Which backend answers a request: the route table, backend state and the dispatcher.
 
+    call.py       Call: what one request asks (a typed value read by every try); TryPlan,
+                  Shaped: each try as its backend gets it
     table.py      RouteTable: every public model's pool, one snapshot of the config
     pool.py       Pool: one model's backends, strategy and fallbacks
     fallbacks.py  Stage: the pool, then each fallback, in the order a request walks
@@ -13,8 +15,10 @@ The strategies that pick one backend of a pool are pure and live in `gateway.rou
 """
 
 from .backend import BackendState
-from .retries import Dispatcher, Opened
+from .call import Call, Shaped, TryPlan
 from .pool import Pool
+from .retries import Dispatcher, Opened
 from .table import RouteTable
 
-__all__ = ["BackendState", "Dispatcher", "Opened", "Pool", "RouteTable"]
+__all__ = ["BackendState", "Call", "Dispatcher", "Opened", "Pool", "RouteTable", "Shaped",
+           "TryPlan"]

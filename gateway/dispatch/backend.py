@@ -94,10 +94,7 @@ class BackendState:
         return self.healthy and now >= self.ejected_until and now >= self.cooling_until
 
     def model_id(self, public: str) -> str:
-        models = self.config.models
-        if models is None:
-            return public
-        return models.get(public, public)
+        return self.config.model_id(public)
 
     def serves(self) -> tuple[str, ...]:
         models = self.config.models

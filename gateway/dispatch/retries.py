@@ -14,46 +14,45 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator, Mapping, Protocol
+from typing import Any, AsyncIterator
 
 from ..config import BackendConfig, Config, HealthConfig
-from ..endpoints import BYTES, Endpoint
 from ..errors import (DeadlineExceeded, NoHealthyBackend, Reason, UpstreamError,
                       UpstreamStatus, UpstreamTimeout)
 from ..metrics import Metrics
-from ..record import RequestRecord
-from ..api.forms import body_for
-from ..relay.chat import has_data_line, model_patterns
-from ..relay.events import stream_error
 from ..routing import RouteRequest
 from ..runtimes.scrub import scrub_text
 from . import ejection
 from .backend import BackendState
+from .call import Call, FirstEvent, Shaped
+from .fallbacks import Stage
 from .outcome import give_up
 from .queue import CapacityQueue
-from .pool import Pool
-from .table import RouteTable
-from .fallbacks import Stage
 
 
 class Opened:
-    """A backend that answered 200; the caller relays it, then calls finish()."""
+    """A backend that answered 200, with the try as it was shaped for it; the caller
+    relays it, then calls finish()."""
 
-    __slots__ = ("backend", "public", "patterns", "response", "chunks", "first",
-                 "drop_usage", "span", "_dispatcher", "_health")
+    __slots__ = ("backend", "config", "public", "shaped", "response", "chunks", "first",
+                 "span", "_dispatcher", "_health")
 
-    def __init__(self, dispatcher: Dispatcher, backend: BackendState, public: str,
-                 response: Any, drop_usage: bool, health: HealthConfig) -> None:
+    def __init__(self, dispatcher: Dispatcher, backend: BackendState, config: BackendConfig,
+                 public: str, shaped: Shaped, response: Any, health: HealthConfig) -> None:
         self._dispatcher = dispatcher
         self._health = health
         self.backend = backend
+        self.config = config     # the backend's settings in the request's snapshot
         self.public = public
-        self.patterns = model_patterns(backend.model_id(public), public)
+        self.shaped = shaped
         self.response = response
-        self.drop_usage = drop_usage
         self.chunks: AsyncIterator[bytes] | None = None
         self.first = b""
         self.span: Any = None   # this try's tracing.spans.TrySpan, when tracing
+
+    @property
+    def patterns(self) -> tuple[tuple[bytes, bytes], ...]:
+        return self.shaped.patterns
 
     def finish(self, error: BaseException | None = None) -> None:
         """Give the connection back (or drop it after a failure) and count the outcome."""
@@ -64,20 +63,6 @@ class Opened:
         self._dispatcher.release(self.backend, error, self._health)
         if self.span is not None:
             self.span.end(error)
-
-
-class TryPlan(Protocol):
-    """How each try of a request is shaped, for an API that some backends serve as it is
-    and others only through a translation (Anthropic Messages: api/messages_plan.py)."""
-
-    def accepts(self, backend: BackendConfig) -> bool:
-        """Whether this backend can serve the request at all (else it is not tried)."""
-        ...
-
-    def prepare(self, backend: BackendConfig, body: dict
-                ) -> tuple[Endpoint, dict, Mapping[str, str] | None]:
-        """The endpoint, body (model already rewritten) and extra headers of one try."""
-        ...
 
 
 # What Dispatcher._choose returns when every backend it could pick is at max_concurrency.
@@ -91,25 +76,22 @@ class Dispatcher:
 
     # -- the walk ------------------------------------------------------------
 
-    async def open(self, table: RouteTable, pool: Pool, endpoint: Endpoint, payload: dict,
-                   rec: RequestRecord, route: RouteRequest, *, plan: TryPlan | None = None,
-                   pinned: BackendState | None = None, target: str | None = None) -> Opened:
-        """The first backend that answered. `plan`: how each try is shaped (an API some
-        backends serve only translated); `pinned`: the one backend that may (it holds a
-        stored response), tried once; `target`: the upstream path when it is not the row's."""
+    async def open(self, call: Call) -> Opened:
+        """The first backend that answered. `call.pinned`: the one backend that may (it
+        holds a stored response), tried once."""
+        table, pool, rec, route = call.table, call.pool, call.rec, call.route
         cfg = table.config
-        capability = endpoint.capability_for(payload)
+        capability = call.endpoint.capability_for(call.payload)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.retries.deadline_s
         tried: set[str] = set()
         failures: list[UpstreamError] = []
         capable_seen = False
-        stages = ((Stage(pool.model, pool, (pinned,), 1),) if pinned is not None
+        stages = ((Stage(pool.model, pool, (call.pinned,), 1),) if call.pinned is not None
                   else table.stages(pool))
         for index, stage in enumerate(stages):
-            capable = stage.capable(capability)
-            if plan is not None:
-                capable = tuple(b for b in capable if plan.accepts(b.config))
+            capable = tuple(b for b in stage.capable(capability)
+                            if call.plan.accepts(table.bound(b)[0]))
             capable_seen = capable_seen or bool(capable)
             tries = stage.tries
             last_stage = index == len(stages) - 1
@@ -133,8 +115,7 @@ class Dispatcher:
                     rec.fallback = stage.fallback_to
                     self.metrics.fallbacks.labels(pool.model, stage.fallback_to).inc()
                 try:
-                    return await self._try(cfg, backend, stage.public, endpoint, payload,
-                                           rec, deadline, plan, target)
+                    return await self._try(call, backend, stage.public, deadline)
                 except UpstreamError as err:
                     failures.append(err)
                     if isinstance(err, DeadlineExceeded):
@@ -199,21 +180,13 @@ class Dispatcher:
         ejected = [b for b in backends if b.cooling_until <= now]
         return min(ejected, key=lambda b: b.ejected_until)
 
-    async def _try(self, cfg: Config, backend: BackendState, public: str, endpoint: Endpoint,
-                   payload: dict, rec: RequestRecord, deadline: float,
-                   plan: TryPlan | None = None, target: str | None = None) -> Opened:
-        bcfg = backend.config
-        body = body_for(endpoint, payload, backend.model_id(public))
-        drop_usage = False
-        extra_headers = None
-        if plan is not None:
-            endpoint, body, extra_headers = plan.prepare(bcfg, body)
-        elif rec.stream and endpoint.asks_stream_usage and bcfg.capabilities.get("stream_usage"):
-            options = payload.get("stream_options")
-            asked = isinstance(options, dict) and bool(options.get("include_usage"))
-            drop_usage = not asked
-            body["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                      "include_usage": True}
+    async def _try(self, call: Call, backend: BackendState, public: str,
+                   deadline: float) -> Opened:
+        rec = call.rec
+        cfg = call.table.config
+        bcfg, runtime = call.table.bound(backend)
+        shaped = call.plan.prepare(bcfg, public, rec.stream)
+        endpoint = shaped.endpoint
         # What the backend was busy with when this try was placed: least_latency's
         # estimate is the time to first token per unit of that load (backend.py).
         busy = backend.load + 1 if endpoint.prompt_field is not None else 1
@@ -223,21 +196,22 @@ class Dispatcher:
         # stream (to the headers of a whole answer); the retry deadline may end it sooner.
         first_by = asyncio.get_running_loop().time() + bcfg.timeouts.first_byte_s
         span = None
+        extra_headers = shaped.headers
         if rec.trace is not None:
-            span = rec.trace.start_try(backend, backend.model_id(public))
+            span = rec.trace.start_try(backend, bcfg.model_id(public))
             extra_headers = ({**extra_headers, **span.headers} if extra_headers
                              else span.headers)
         try:
-            response = await backend.runtime.open(endpoint, body, rec.id_for_runtimes(),
-                                                  deadline, target=target,
-                                                  extra_headers=extra_headers)
-            opened = Opened(self, backend, public, response, drop_usage, cfg.health)
+            response = await runtime.open(endpoint, shaped.body, rec.id_for_runtimes(),
+                                          deadline, target=call.target,
+                                          extra_headers=extra_headers)
+            opened = Opened(self, backend, bcfg, public, shaped, response, cfg.health)
             opened.span = span
-            if rec.stream or endpoint.streams == BYTES:
+            if shaped.fmt is not None:
                 by_deadline = deadline < first_by
                 try:
                     async with asyncio.timeout_at(deadline if by_deadline else first_by):
-                        await self._first_chunk(opened, endpoint)
+                        await self._first_chunk(opened, shaped.fmt)
                 except TimeoutError:
                     if by_deadline:
                         raise DeadlineExceeded() from None
@@ -263,27 +237,29 @@ class Dispatcher:
             rec.upstream_wait += time.perf_counter() - started
         return opened
 
-    async def _first_chunk(self, opened: Opened, endpoint: Endpoint) -> None:
-        """Hold the stream until its first data event (a bytes answer: its first bytes):
+    async def _first_chunk(self, opened: Opened, fmt: type[FirstEvent]) -> None:
+        """Hold the stream until its first whole event (a bytes answer: its first bytes):
         an error there can still be retried. Comments (keep-alives) before it are held,
         then relayed with it."""
         chunks = opened.response.chunks()
         first = b""
         try:
-            if endpoint.streams == BYTES:
-                first = await anext(chunks, b"")
-            else:
-                first = await _first_event(chunks)
+            async for data in chunks:
+                first += data
+                if fmt.first_complete(first):
+                    break
+            else:   # the stream ended: an event without its newline still counts
+                first = first if b"data:" in first else b""
         except BaseException:
             opened.response.close()
             raise
-        error = stream_error(endpoint, first) if first and endpoint.streams != BYTES else None
+        error = fmt.first_error(first) if first else None
         if not first or error is not None:
             await chunks.aclose()
             opened.response.close()
             message = str((error or {}).get(
                 "message", "the runtime ended the stream before its first event"))
-            message = scrub_text(message, opened.backend.config)
+            message = scrub_text(message, opened.config)
             raise UpstreamError(f"backend {opened.backend.name} failed: {message}",
                                 reason=Reason.STREAM_ERROR)
         opened.chunks = chunks
@@ -298,14 +274,3 @@ class Dispatcher:
         if isinstance(error, UpstreamError):
             self.metrics.upstream_errors.labels(backend.name, error.reason).inc()
         ejection.judge(backend, error, health, time.monotonic())
-
-
-async def _first_event(chunks: AsyncIterator[bytes]) -> bytes:
-    """The bytes up to and with a stream's first whole `data:` line; b"" when the stream
-    ended before any event."""
-    first = b""
-    async for data in chunks:
-        first += data
-        if has_data_line(first):
-            return first
-    return first if b"data:" in first else b""

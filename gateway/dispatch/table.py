@@ -3,15 +3,17 @@
 A `RouteTable` is an immutable snapshot built from a Config and the live
 `BackendState`s; a reload or a model discovery builds a new one and swaps it in
 one step, so a request keeps the table it started with, and reads every setting
-(retries, queue, health) from that table's config: one snapshot from start to end.
+(retries, queue, health) from that table's config: one snapshot from start to end. `bound` gives a backend's settings and transport as of
+the snapshot, not as of the latest reload.
 """
 
 from __future__ import annotations
 
 from typing import Mapping
 
-from ..config import Config
+from ..config import BackendConfig, Config
 from ..routing import Strategy, make_strategy
+from ..runtimes import Runtime
 from .backend import BackendState
 from .fallbacks import Stage, build_stages
 from .pool import Pool
@@ -22,6 +24,11 @@ class RouteTable:
                  previous: RouteTable | None = None) -> None:
         self.config = config
         self.states = states
+        # Each backend's settings and transport as this snapshot has them: a reload
+        # gives the kept BackendStates new ones, and a request that started before it
+        # still sends every try (headers, api_key, timeouts, model names) with these.
+        self._bound: Mapping[str, tuple[BackendConfig, Runtime]] = {
+            name: (state.config, state.runtime) for name, state in states.items()}
         members: dict[str, list[BackendState]] = {}
         for name in config.backends:
             state = states[name]
@@ -49,6 +56,10 @@ class RouteTable:
             stages = self._stages[pool.model] = build_stages(
                 self.config, pool, self.pools, self.states)
         return stages
+
+    def bound(self, backend: BackendState) -> tuple[BackendConfig, Runtime]:
+        """`backend`'s config and runtime in this snapshot."""
+        return self._bound[backend.name]
 
     def strategy_for(self, model: str, name: str) -> Strategy | None:
         """Keep a strategy's state (round-robin position, hash ring) across rebuilds."""

@@ -1,7 +1,6 @@
 """Relaying Anthropic Messages answers: a runtime's own, or a chat answer translated.
 
-Two stream feeders share one shape (`feed` complete lines in, complete events out; `flush`;
-`done`, `saw_token`, `usage`, `failed`), so one loop relays either:
+Two stream formats (`formats.StreamFormat`), which the one relay drives like any other:
 
     NativeEvents      a runtime serving /v1/messages: its events as they come, the model
                       rewritten with one byte replace; only message_start and message_delta
@@ -16,18 +15,20 @@ form (prompt_tokens, completion_tokens) via `anthropic_usage`, for tpm and metri
 
 from __future__ import annotations
 
-import time
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, Mapping
 
 import orjson
-from aiohttp import web
 
 from ..errors import GatewayError, Reason, UpstreamError
-from ..record import RequestRecord
-from .chat import rewrite_model
+from .chat import SSE_HEADERS, first_event_error, has_data_line, rewrite_model
 from ..translate.anthropic import (ChatStreamToMessages, anthropic_usage, chat_to_message,
                                   error_event, error_type_for_status)
 from .wire import LineCarry, loads_object
+
+if TYPE_CHECKING:
+    from ..dispatch import Opened
+    from ..tracing.spans import RequestTrace
+    from .response_ids import IdRewriter
 
 _STOP_LINES = (b"event: message_stop", b'data: {"type":"message_stop"',
                b'data: {"type": "message_stop"')
@@ -38,14 +39,44 @@ def stream_error_event(err: GatewayError) -> bytes:
     return error_event(error_type_for_status(err.status), err.message)
 
 
-class NativeEvents:
-    __slots__ = ("patterns", "usage", "saw_token", "done", "failed", "_lines")
+class _AnthropicEvents:
+    """What the two share: Anthropic's error event, and the start of a stream."""
+
+    __slots__ = ()
+
+    def headers(self) -> Mapping[str, str]:
+        return SSE_HEADERS
+
+    @staticmethod
+    def error_event(err: GatewayError) -> bytes:
+        return stream_error_event(err)
+
+    @staticmethod
+    def first_complete(block: bytes) -> bool:
+        return has_data_line(block)
+
+    @staticmethod
+    def first_error(block: bytes) -> dict[str, Any] | None:
+        # Chat's error chunk, or Anthropic's `{"type": "error", "error": {...}}` event.
+        return first_event_error(block)
+
+    def closed_cleanly(self) -> bool:
+        return self.finished   # type: ignore[attr-defined]
+
+
+class NativeEvents(_AnthropicEvents):
+    __slots__ = ("patterns", "usage", "saw_token", "finished", "failed", "_lines")
+
+    @classmethod
+    def make(cls, opened: Opened, ids: IdRewriter | None,
+             trace: RequestTrace | None) -> NativeEvents:
+        return cls(opened.shaped.patterns)
 
     def __init__(self, patterns: tuple[tuple[bytes, bytes], ...]) -> None:
         self.patterns = patterns
         self.usage: dict[str, Any] | None = None
         self.saw_token = False
-        self.done = False
+        self.finished = False
         self.failed: str | None = None    # the runtime's own error event, relayed
         self._lines = LineCarry()
 
@@ -61,10 +92,10 @@ class NativeEvents:
             if b"message_start" in data or b"message_delta" in data:
                 self._take_usage(data)
             if b"message_stop" in data and _has_line(data, _STOP_LINES):
-                self.done = True
+                self.finished = True
                 return data
         if b"error" in data and _has_line(data, _ERROR_LINES):
-            self.done = True
+            self.finished = True
             self.failed = _error_message(data)
         return data
 
@@ -81,13 +112,18 @@ class NativeEvents:
                     self.usage = anthropic_usage(event, self.usage)
 
 
-class TranslatedEvents:
-    __slots__ = ("translator", "saw_token", "done", "failed", "_lines")
+class TranslatedEvents(_AnthropicEvents):
+    __slots__ = ("translator", "saw_token", "finished", "failed", "_lines")
+
+    @classmethod
+    def make(cls, opened: Opened, ids: IdRewriter | None,
+             trace: RequestTrace | None) -> TranslatedEvents:
+        return cls(opened.public)
 
     def __init__(self, public: str) -> None:
         self.translator = ChatStreamToMessages(public)
         self.saw_token = False
-        self.done = False
+        self.finished = False
         self.failed: str | None = None
         self._lines = LineCarry()
 
@@ -105,13 +141,13 @@ class TranslatedEvents:
             raw = line[5:].strip()
             if raw == b"[DONE]":
                 out += translator.finish()
-                self.done = True
+                self.finished = True
                 break
             chunk = loads_object(raw)
             if chunk is not None:
                 out += translator.feed(chunk)
                 if translator.done:   # the runtime sent an error chunk: an error event
-                    self.done = True
+                    self.finished = True
                     self.failed = _chunk_error(chunk)
                     break
         if not self.saw_token and b"content_block_delta" in out:
@@ -121,54 +157,6 @@ class TranslatedEvents:
     def flush(self) -> bytes:
         rest = self._lines.rest()
         return self.feed(rest) if rest else b""
-
-
-async def relay_events(resp: web.StreamResponse, chunks: AsyncIterator[bytes], first: bytes,
-                       events: NativeEvents | TranslatedEvents, rec: RequestRecord) -> None:
-    """Relay until the stream's end event; a break ends with an error event and raises."""
-    clock = time.perf_counter
-    try:
-        out = events.feed(first)
-        _note_token(events, rec, clock())
-        if out:
-            await resp.write(out)
-        if not events.done:
-            waited = clock()
-            async for data in chunks:
-                now = clock()
-                rec.upstream_wait += now - waited
-                out = events.feed(data)
-                _note_token(events, rec, now)
-                if out:
-                    await resp.write(out)
-                if events.done:
-                    break
-                waited = clock()
-            else:
-                out = events.flush()
-                if out:
-                    await resp.write(out)
-        if not events.done:
-            raise UpstreamError("the runtime closed the stream before it finished",
-                                reason=Reason.UPSTREAM_CLOSED)
-    except UpstreamError as err:
-        rec.aborted = err.reason
-        rec.error = err.message
-        await resp.write(stream_error_event(err))
-        raise
-    if events.failed is not None:
-        # The client has the runtime's own error event: the stream counts as broken off,
-        # but the runtime said what went wrong, so it is no verdict on its health.
-        rec.aborted = Reason.STREAM_ERROR
-        rec.error = events.failed
-
-
-def _note_token(events: NativeEvents | TranslatedEvents, rec: RequestRecord,
-                now: float) -> None:
-    if events.saw_token:
-        if rec.first_token_at is None:
-            rec.first_token_at = now
-        rec.last_token_at = now
 
 
 def native_whole(body: bytes) -> dict[str, Any] | None:

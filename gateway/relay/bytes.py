@@ -1,4 +1,5 @@
-"""Relaying answers of any content type (speech audio, images) as bytes as they come.
+"""The stream format of answers of any content type (speech audio, images): bytes as
+they come.
 
 Nothing is parsed on the way: the bytes reach the client as the runtime sends them.
 Such an answer has no error event to end with, so one that breaks after its first
@@ -8,86 +9,77 @@ A JSON answer's usage, when it has one (gpt-image style), is read from its last 
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import orjson
-from aiohttp import web
 
-from ..dispatch import Opened
-from ..errors import Reason, UpstreamError
-from ..record import RequestRecord
+from ..errors import GatewayError
 from .chat import api_usage
-from ..typedefs import GATEWAY
-from ..api.middleware import stamp_response
-from .stream_end import CLIENT_GONE, drain_cut
+
+if TYPE_CHECKING:
+    from ..dispatch import Opened
+    from ..tracing.spans import RequestTrace
+    from .response_ids import IdRewriter
 
 TAIL = 4096
 # A usage object with at most one level of nesting (`input_tokens_details`).
 _USAGE = re.compile(rb'"usage"\s*:\s*(\{(?:[^{}]|\{[^{}]*\})*\})')
 
 
-async def relay_bytes(request: web.Request, opened: Opened, rec: RequestRecord,
-                      has_usage: bool) -> web.StreamResponse:
-    drain = request.app[GATEWAY].drain
-    content_type = opened.response.content_type
-    resp = web.StreamResponse(status=200, headers={"Content-Type": content_type,
-                                                   "Cache-Control": "no-cache"})
-    stamp_response(request, resp, rec)
-    task = asyncio.current_task()
-    drain.track(task)
-    error: BaseException | None = None
-    tail = b""
-    clock = time.perf_counter
-    try:
-        await resp.prepare(request)
-        await resp.write(opened.first)
-        rec.first_token_at = rec.last_token_at = clock()
-        tail = opened.first[-TAIL:]
-        waited = clock()
-        async for data in opened.chunks:   # type: ignore[union-attr]
-            now = clock()
-            rec.upstream_wait += now - waited
-            await resp.write(data)
-            rec.last_token_at = now
-            tail = data[-TAIL:] if len(data) >= TAIL else (tail + data)[-TAIL:]
-            waited = clock()
-    except UpstreamError as err:
-        error = err
-        rec.aborted, rec.error = err.reason, err.message
-        _cut(request)
-    except asyncio.CancelledError as exc:
-        error = exc
-        if not drain_cut(drain, task, rec):
-            raise
-        _cut(request)   # our drain deadline: cut it off, it cannot say why
-    except CLIENT_GONE as exc:
-        error = exc
-        rec.aborted, rec.status = Reason.CLIENT_LEFT, 499
-    finally:
-        drain.untrack(task)
-        opened.finish(error)
-        rec.usage = _usage(tail, content_type) if has_usage else {}
-    if error is None:
-        await resp.write_eof()
-    return resp
+class ByteStream:
+    __slots__ = ("content_type", "has_usage", "_tail")
 
+    saw_token = True    # every byte is the answer
+    finished = False    # only the runtime's close ends it
+    failed = None
 
-def _cut(request: web.Request) -> None:
-    if request.transport is not None:
-        request.transport.close()
+    def __init__(self, content_type: str, has_usage: bool) -> None:
+        self.content_type = content_type
+        self.has_usage = has_usage and "json" in content_type
+        self._tail = b""
 
+    @classmethod
+    def make(cls, opened: Opened, ids: IdRewriter | None,
+             trace: RequestTrace | None) -> ByteStream:
+        return cls(opened.response.content_type, opened.shaped.endpoint.has_usage)
 
-def _usage(tail: bytes, content_type: str) -> dict[str, Any]:
-    """The usage at the end of a JSON answer; {} when there is none (audio, most images)."""
-    if "json" not in content_type:
-        return {}
-    found = _USAGE.findall(tail)
-    if not found:
-        return {}
-    try:
-        return api_usage(orjson.loads(found[-1])) or {}
-    except orjson.JSONDecodeError:
-        return {}
+    def headers(self) -> Mapping[str, str]:
+        return {"Content-Type": self.content_type, "Cache-Control": "no-cache"}
+
+    def feed(self, data: bytes) -> bytes:
+        if self.has_usage:
+            self._tail = data[-TAIL:] if len(data) >= TAIL else (self._tail + data)[-TAIL:]
+        return data
+
+    def flush(self) -> bytes:
+        return b""
+
+    def closed_cleanly(self) -> bool:
+        return True
+
+    @staticmethod
+    def error_event(err: GatewayError) -> None:
+        return None
+
+    @staticmethod
+    def first_complete(block: bytes) -> bool:
+        return bool(block)
+
+    @staticmethod
+    def first_error(block: bytes) -> None:
+        return None
+
+    @property
+    def usage(self) -> dict[str, Any]:
+        """The usage at the end of a JSON answer; {} when there is none (audio, most
+        images): such an answer reports none, so none is missing."""
+        if not self.has_usage:
+            return {}
+        found = _USAGE.findall(self._tail)
+        if not found:
+            return {}
+        try:
+            return api_usage(orjson.loads(found[-1])) or {}
+        except orjson.JSONDecodeError:
+            return {}

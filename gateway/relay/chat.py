@@ -1,4 +1,4 @@
-"""Relaying a runtime's answer to the client: model-name rewriting and usage capture.
+"""Chat's stream format (and the audio APIs', its cousin): model-name rewriting and usage.
 
 Non-streamed bodies are rewritten with one byte replace (the runtime's model id
 becomes the public name) and parsed once for `usage`, after the client has them.
@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import functools
 import re
-import time
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, Mapping
 
 import orjson
-from aiohttp import web
 
-from .clientwatch import ClientWatch
-from ..errors import GatewayError, Reason, UpstreamError
-from ..record import RequestRecord
+from ..errors import GatewayError
 from .wire import LineRewriter, loads_object
+
+if TYPE_CHECKING:
+    from ..dispatch import Opened
+    from ..tracing.spans import RequestTrace
+    from .response_ids import IdRewriter
 
 # A chunk carries a token once some content/text/arguments string is non-empty
 # (`delta` is a streamed transcription's text).
@@ -80,6 +81,24 @@ class StreamRewriter(LineRewriter):
 
     __slots__ = ("patterns", "drop_usage", "usage", "saw_token", "complete", "end_marker")
 
+    failed = None   # a chat stream's error chunk after its first is relayed as any chunk
+    END_MARKER: bytes | None = None
+
+    @classmethod
+    def make(cls, opened: Opened, ids: IdRewriter | None,
+             trace: RequestTrace | None) -> StreamRewriter:
+        shaped = opened.shaped
+        if trace is not None:
+            # The same rewriter, also noting each choice's finish reason for the span.
+            return trace.stream_rewriter(shaped.patterns, shaped.drop_usage, cls.END_MARKER)
+        return cls(shaped.patterns, shaped.drop_usage, cls.END_MARKER)
+
+    def headers(self) -> Mapping[str, str]:
+        return SSE_HEADERS
+
+    def closed_cleanly(self) -> bool:
+        return self.saw_done or self.complete
+
     def __init__(self, patterns: tuple[tuple[bytes, bytes], ...], drop_usage: bool,
                  end_marker: bytes | None = None) -> None:
         super().__init__()
@@ -94,6 +113,14 @@ class StreamRewriter(LineRewriter):
     def error_event(err: GatewayError) -> bytes:
         """How this API's stream says it broke: a `data: {"error": ...}` event."""
         return error_event(err)
+
+    @staticmethod
+    def first_complete(block: bytes) -> bool:
+        return has_data_line(block)
+
+    @staticmethod
+    def first_error(block: bytes) -> dict[str, Any] | None:
+        return first_event_error(block)
 
     def _rewrite(self, data: bytes) -> bytes:
         if self.patterns:
@@ -219,68 +246,9 @@ def first_event_error(block: bytes) -> dict[str, Any] | None:
     return None
 
 
-def body_response(body: bytes, content_type: str,
-                  patterns: tuple[tuple[bytes, bytes], ...]) -> web.Response:
-    """A whole JSON answer with the model rewritten."""
-    return web.Response(body=rewrite_model(body, patterns), status=200,
-                        headers={"Content-Type": content_type or "application/json"})
+class AudioStream(StreamRewriter):
+    """A streamed transcription: OpenAI's ends with `transcript.text.done` (no [DONE]),
+    vLLM's with [DONE]; either is a clean end."""
 
-
-def body_usage(body: bytes) -> dict[str, Any] | None:
-    """The `usage` object of a whole JSON answer, if it has one."""
-    parsed = loads_object(body)
-    return api_usage(parsed.get("usage")) if parsed is not None else None
-
-
-async def relay_stream(resp: web.StreamResponse, chunks: AsyncIterator[bytes], first: bytes,
-                       rewriter: Any, rec: RequestRecord, watch: ClientWatch) -> None:
-    """Pass an SSE stream through chunk by chunk until `[DONE]` and its blank line (or
-    the API's terminal event: `rewriter` is a StreamRewriter or one with its interface);
-    a break ends with the API's error event. What the runtime sends after the end is left
-    for the caller to drain. `watch` times each write to the client (server.client_idle_s)."""
-    clock = time.perf_counter
-    out = rewriter.feed(first)
-    _note_token(rewriter, rec)
-    if out:
-        watch.since = clock()
-        await resp.write(out)
-        watch.since = 0.0
-    if rewriter.finished:
-        return
-    try:
-        waited = clock()
-        async for data in chunks:
-            now = clock()
-            rec.upstream_wait += now - waited
-            out = rewriter.feed(data)
-            _note_token(rewriter, rec, now)
-            if out:
-                watch.since = now
-                await resp.write(out)
-                watch.since = 0.0
-            if rewriter.finished:
-                return
-            waited = clock()
-        out = rewriter.flush()
-        if out:
-            watch.since = clock()
-            await resp.write(out)
-            watch.since = 0.0
-        if not rewriter.saw_done and not rewriter.complete:
-            raise UpstreamError("the runtime closed the stream before it finished",
-                                reason=Reason.UPSTREAM_CLOSED)
-    except UpstreamError as err:
-        rec.aborted = err.reason
-        rec.error = err.message
-        watch.since = clock()
-        await resp.write(rewriter.error_event(err))
-        watch.since = 0.0
-        raise
-
-
-def _note_token(rewriter: StreamRewriter, rec: RequestRecord, now: float | None = None) -> None:
-    if rewriter.saw_token:
-        now = now or time.perf_counter()
-        if rec.first_token_at is None:
-            rec.first_token_at = now
-        rec.last_token_at = now
+    __slots__ = ()
+    END_MARKER = b"transcript.text.done"

@@ -2,26 +2,28 @@
 
 Such a stream has no `[DONE]`: it ends with the API's terminal event, and one that
 breaks ends with the API's own error event. What differs between APIs (which events
-end it, which carry usage or text, how an error event looks) is one `EventFormat`;
-Anthropic Messages is another entry of `EVENT_FORMATS`. Like chat chunks, events are
-relayed in whole lines as they arrive and parsed only when their name says they end
-the stream or carry usage, so the cost per event stays a few byte scans.
+end it, which carry usage or text, how an error event looks) is one `EventFormat`.
+Like chat chunks, events are relayed in whole lines as they arrive and parsed only when their name says they end
+the stream or carry usage, so the cost per event stays a few byte scans. Another API of
+named events is another `EventFormat` and a subclass naming it.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import orjson
 
-from ..endpoints import SSE_EVENTS, Endpoint
 from ..errors import GatewayError
-from .chat import StreamRewriter, api_usage, first_event_error
+from .chat import SSE_HEADERS, api_usage, has_data_line
 from .response_ids import IdRewriter
 from .wire import LineRewriter, loads_object
+
+if TYPE_CHECKING:
+    from ..dispatch import Opened
+    from ..tracing.spans import RequestTrace
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,20 +77,39 @@ RESPONSES = EventFormat(
     first_error=_responses_first_error,
     watched=re.compile(rb"response\.(?:completed|failed|incomplete)"))
 
-EVENT_FORMATS: Mapping[str, EventFormat] = MappingProxyType({"responses": RESPONSES})
-# Streams of `data:` chunks that may end without [DONE], and the chunk that says they did.
-END_MARKERS: Mapping[str, bytes] = MappingProxyType({
-    "transcriptions": b"transcript.text.done", "translations": b"transcript.text.done"})
 
 
 # -- the relay ---------------------------------------------------------------------------
 
 class EventRewriter(LineRewriter):
-    """Per-stream state, with StreamRewriter's interface: complete lines out, the model
-    and response ids rewritten, usage and the terminal event noticed."""
+    """The Responses API's stream format: complete lines out, the model and response ids
+    rewritten, usage and the terminal event noticed."""
 
-    __slots__ = ("patterns", "ids", "fmt", "usage", "saw_token", "complete", "_ids_known",
-                 "_last")
+    __slots__ = ("patterns", "ids", "fmt", "usage", "saw_token", "_ids_known", "_last")
+
+    failed = None
+    FORMAT = RESPONSES
+
+    @classmethod
+    def make(cls, opened: Opened, ids: IdRewriter | None,
+             trace: RequestTrace | None) -> EventRewriter:
+        return cls(opened.shaped.patterns, ids, cls.FORMAT)
+
+    def headers(self) -> Mapping[str, str]:
+        return SSE_HEADERS
+
+    def closed_cleanly(self) -> bool:
+        return self.saw_done
+
+    @staticmethod
+    def first_complete(block: bytes) -> bool:
+        return has_data_line(block)
+
+    @classmethod
+    def first_error(cls, block: bytes) -> dict | None:
+        for _, event in _events(block):
+            return cls.FORMAT.first_error(event)
+        return None
 
     def __init__(self, patterns: tuple[tuple[bytes, bytes], ...], ids: IdRewriter | None,
                  fmt: EventFormat) -> None:
@@ -98,7 +119,6 @@ class EventRewriter(LineRewriter):
         self.fmt = fmt
         self.usage: dict[str, Any] | None = None
         self.saw_token = False
-        self.complete = False    # only StreamRewriter's end markers set it
         self._ids_known = ids is None
         self._last = b""
 
@@ -154,24 +174,6 @@ def _events(block: bytes, only: frozenset[bytes] | None = None):
             name = b""
         elif not line.strip():
             name = b""
-
-
-def make_rewriter(endpoint: Endpoint, patterns: tuple[tuple[bytes, bytes], ...],
-                  drop_usage: bool, ids: IdRewriter | None) -> Any:
-    """The per-stream rewriter for `endpoint`'s stream format."""
-    if endpoint.streams == SSE_EVENTS:
-        return EventRewriter(patterns, ids, EVENT_FORMATS[endpoint.name])
-    return StreamRewriter(patterns, drop_usage, END_MARKERS.get(endpoint.name))
-
-
-def stream_error(endpoint: Endpoint, first: bytes) -> dict | None:
-    """The error object when a stream's first event is an error instead of an answer."""
-    if endpoint.streams != SSE_EVENTS:
-        return first_event_error(first)
-    fmt = EVENT_FORMATS[endpoint.name]
-    for _, event in _events(first):
-        return fmt.first_error(event)
-    return None
 
 
 def rewrite_stored(body: bytes, ids: IdRewriter) -> bytes:

@@ -20,7 +20,7 @@ from urllib.parse import unquote
 import orjson
 
 from ..translate.content import content_text
-from ..endpoints import NO_BODY, Endpoint
+from ..endpoints import Body, Endpoint
 from ..errors import BadRequest, UpstreamStatus
 from . import echo_media
 from .echo_rank import rerank, score
@@ -77,7 +77,7 @@ class EchoApis:
 
     def open(self, endpoint: Endpoint, payload: Any, target: str | None) -> Made:
         if endpoint.name == "responses":
-            if endpoint.body != NO_BODY:
+            if endpoint.body is not Body.NONE:
                 return self._create(payload)
             return self._stored_call(endpoint.method, target or "")
         if endpoint.name == "tokenize":

@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..config import BackendConfig
-from ..endpoints import BYTES, JSON, MULTIPART, Endpoint
+from ..endpoints import Body, Endpoint, Streams
 from . import BodyTooLarge
 from .failures import Phase, status_error, translated
 
@@ -209,15 +209,15 @@ class HttpRuntime:
         and the try span's `traceparent`."""
         backend = self.config
         headers = upstream_headers(backend, request_id)
-        if endpoint.body == JSON:
+        if endpoint.body is Body.JSON:
             body = orjson.dumps(payload)
-        elif endpoint.body == MULTIPART:
+        elif endpoint.body is Body.MULTIPART:
             body = payload.payload()
             headers["Content-Type"] = payload.content_type
         else:
             body = None
             del headers["Content-Type"]
-        if endpoint.streams == BYTES:
+        if endpoint.streams is Streams.BYTES:
             headers["Accept"] = "*/*"
         t = backend.timeouts
         base = backend.url if endpoint.upstream_root else backend.api_base

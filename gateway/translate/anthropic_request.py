@@ -162,9 +162,7 @@ def _copy_sampling(body: dict[str, Any], chat: dict[str, Any]) -> None:
         if body.get(name) is not None:
             chat[name] = body[name]
     if body.get("stream"):
-        chat["stream"] = True
-        # Anthropic streams end with usage; chat completions only sends it when asked.
-        chat["stream_options"] = {"include_usage": True}
+        chat["stream"] = True   # usage is asked for per backend (api/plans.py)
     elif body.get("stream") is False:
         chat["stream"] = False
     user_id = (body.get("metadata") or {}).get("user_id")
