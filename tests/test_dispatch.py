@@ -336,3 +336,33 @@ async def test_a_request_spanning_a_reload_keeps_its_config(start_runtime, gatew
     state = gateway.states["gpu"]
     assert state.consecutive_failures == 1
     assert state.ejected_until > time.monotonic() + 30   # ejected by unhealthy_after=1
+
+
+async def test_a_retry_after_a_reload_keeps_the_requests_own_backend_settings(start_runtime,
+                                                                              gateway_client):
+    """One config per request: the first try hangs, the config is reloaded meanwhile with
+    new headers and api_key for the other backend; the retry still carries the old ones,
+    and a request started after the reload carries the new ones."""
+    _, slow = await start_runtime(hang_s=5)
+    fast_fake, fast = await start_runtime()
+
+    def config(org: str):
+        return make_config(
+            runtime_backend("slow", slow, models={"llama": RUNTIME_ID}, weight=10,
+                            timeouts=Timeouts(first_byte_s=1.0)),
+            runtime_backend("fast", fast, models={"llama": RUNTIME_ID}, headers={"X-Org": org},
+                            api_key=f"key-{org}", timeouts=Timeouts(first_byte_s=5)))
+    client = await gateway_client(config("old"))
+    gateway = client.app[GATEWAY]
+    first = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
+    assert await eventually(lambda: gateway.states["slow"].in_flight == 1, timeout=2)
+    gateway.apply(config("new"))    # the reload lands while the first try waits
+    assert gateway.states["fast"].config.headers["X-Org"] == "new"
+    resp = await first
+    assert resp.status == 200 and resp.headers["X-Gateway-Backend"] == "fast"
+    seen = fast_fake.headers_seen[-1]
+    assert (seen["X-Org"], seen["Authorization"]) == ("old", "Bearer key-old")
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 200 and resp.headers["X-Gateway-Backend"] == "fast"
+    seen = fast_fake.headers_seen[-1]
+    assert (seen["X-Org"], seen["Authorization"]) == ("new", "Bearer key-new")

@@ -21,7 +21,8 @@ from gateway.health.checks import apply_result
 from gateway.log import access_logger
 from gateway.runtimes import make_runtime
 from bench.fake_runtime import FakeRuntime
-from tests.conftest import CHAT, RUNTIME_ID, make_config, runtime_backend, samples, value
+from tests.conftest import (CHAT, RUNTIME_ID, eventually, make_config, runtime_backend, samples,
+                            value)
 
 STREAM = {**CHAT, "stream": True}
 
@@ -381,3 +382,48 @@ def test_a_data_line_is_the_first_event_a_comment_is_not():
     assert has_data_line(b": keepalive\n\ndata: {}\n")
     assert has_data_line(b"data: {}\n")
     assert has_data_line(b"event: x\r\ndata: {}\r\n")
+
+
+# --- 4b. server.client_idle_s holds for every streamed API -----------------------------------
+
+SLOW_READS = {
+    "chat": ("/v1/chat/completions", STREAM, {}),
+    "responses": ("/v1/responses", {"model": "llama", "input": "hi", "stream": True}, {}),
+    "messages-native": ("/v1/messages", {"model": "llama", "max_tokens": 100, "stream": True,
+                                         "messages": [{"role": "user", "content": "hi"}]}, {}),
+    "messages-translated": ("/v1/messages", {
+        "model": "llama", "max_tokens": 100, "stream": True,
+        "messages": [{"role": "user", "content": "hi"}]}, {"capabilities": {"messages": False}}),
+    "speech": ("/v1/audio/speech", {"model": "llama", "input": "hi"}, {}),
+}
+
+
+@pytest.mark.parametrize("api", list(SLOW_READS))
+async def test_every_streamed_api_cuts_a_client_that_stops_reading(start_faulty, gateway_client,
+                                                                   caplog, api):
+    """A client that reads the start of a stream, then nothing: cut within client_idle_s
+    (plus the grace for the error event), logged as client_slow, the runtime let go."""
+    caplog.set_level(logging.INFO, logger=access_logger.name)
+    path, body, backend_kw = SLOW_READS[api]
+    fake, server = await start_faulty(words=4096, chunk_bytes=16384)
+    cfg = make_config(runtime_backend("gpu", server, models={"llama": RUNTIME_ID},
+                                      **backend_kw),
+                      server=ServerConfig(client_idle_s=0.5))
+    client = await gateway_client(cfg)
+    resp = await client.post(path, json=body)
+    assert resp.status == 200
+    await resp.content.readexactly(1000)
+    started = time.monotonic()
+
+    def logged():
+        return [json.loads(r.getMessage()) for r in caplog.records
+                if r.name == access_logger.name]
+    lines = await eventually(logged, timeout=10)
+    took = time.monotonic() - started
+    assert [(line["status"], line["aborted"]) for line in lines] == [(200, "client_slow")]
+    assert took < 5, took   # 0.5 s of waiting, 1 s of grace, and a busy machine
+    assert await eventually(lambda: fake.in_flight == 0, timeout=5), "the runtime still streams"
+    found = await samples(client)
+    assert value(found, "gateway_stream_aborts_total", backend="gpu", reason="client_slow") == 1
+    assert value(found, "gateway_in_flight_requests", backend="gpu") == 0
+    resp.close()

@@ -203,6 +203,10 @@ class Answers:
         # `chunk_delay` after each token; what follows the finish event comes at once.
         paced = (call.tokens if call.path in (CHAT, COMPLETIONS) and not rt.answer
                  else formats.MAX_TOKENS * 2)
+        # Chat's chunks carry `chunk_bytes` in their text; other event streams get an SSE
+        # comment of that size before each event (a client skips it; it still takes room).
+        pad = (b": " + b"x" * b.chunk_bytes + b"\n" if b.chunk_bytes and call.path not in (
+            CHAT, COMPLETIONS) and call.api.content_type == b"text/event-stream" else b"")
         for i, event in enumerate(call.api.events(rt, call)):
             if b.close_after is not None and i >= b.close_after:
                 self._close()               # the runtime dies mid-stream
@@ -212,7 +216,7 @@ class Answers:
             if odd_done and event is formats.DONE:
                 await self._odd_done(b)
             else:
-                self._chunk(event)
+                self._chunk(pad + event if pad else event)
             rt.events += 1
             if self.paused is not None:
                 await self.paused           # the reader is behind: wait, as a server does

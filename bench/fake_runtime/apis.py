@@ -80,7 +80,7 @@ def _transcription_events(rt: FakeRuntime, call: Call) -> Iterable[bytes]:
 
 
 def _speech(rt: FakeRuntime, call: Call) -> Any:
-    return formats_apis.speech(call.tokens)
+    return formats_apis.speech(call.tokens, max(1000, call.b.chunk_bytes))
 
 
 def _rerank(rt: FakeRuntime, call: Call) -> Any:

@@ -60,7 +60,7 @@ def transcription_events(model: str, text: str, tokens: int, done_event: bool
            else DONE)
 
 
-def speech(tokens: int) -> Iterator[bytes]:
-    """Audio bytes as they are made: a thousand per token."""
+def speech(tokens: int, per_token: int = 1000) -> Iterator[bytes]:
+    """Audio bytes as they are made: a thousand per token (or `per_token`)."""
     for i in range(tokens):
-        yield bytes([i % 256]) * 1000
+        yield bytes([i % 256]) * per_token

@@ -39,7 +39,8 @@ class Behaviour:
     keepalive_every_s: float = 0.05   # ...this far apart
     split_done: bool = False          # write `data: [DONE]\n` and its blank line apart
     done_unterminated: bool = False   # end with `data: [DONE]\n` and no blank line
-    chunk_bytes: int = 0              # pad each token chunk to about this many bytes
+    chunk_bytes: int = 0              # pad each token chunk (other event streams: each
+                                      # event, with an SSE comment) to about this many bytes
     null_usage: bool = False          # `"usage": null` on every chunk, as OpenAI's API does
 
     def failing(self) -> bool:
