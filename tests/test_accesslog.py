@@ -83,3 +83,32 @@ async def test_a_closed_stderr_does_not_break_the_gateway():
     finally:
         loop.set_exception_handler(None)
         os.close(write_fd)
+
+
+def test_log_records_skip_the_caller_lookup():
+    """setup_logging's `logging._srcfile = None` (the logging docs' own optimisation, with
+    no public switch) still stops the caller lookup: a record names no function or line."""
+    import logging
+
+    from gateway.cli import setup_logging
+
+    root = logging.getLogger()
+    saved = (logging._srcfile, root.handlers[:], root.level, logging.logThreads,
+             logging.logProcesses, logging.logMultiprocessing)
+    try:
+        setup_logging()
+        seen: list[logging.LogRecord] = []
+
+        class Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                seen.append(record)
+        logger = logging.getLogger("gateway.test.srcfile")
+        logger.addHandler(Keep())
+        logger.propagate = False
+        logger.warning("one line")
+        [record] = seen
+        assert (record.funcName, record.lineno) == ("(unknown function)", 0)
+    finally:
+        (logging._srcfile, root.handlers[:], level, logging.logThreads,
+         logging.logProcesses, logging.logMultiprocessing) = saved
+        root.setLevel(level)

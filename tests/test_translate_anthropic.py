@@ -351,8 +351,11 @@ def test_malformed_requests_name_the_field(body, param):
 
 
 def test_optional_nulls_count_as_absent():
-    validate_messages(request(system=None, tools=None, tool_choice=None, temperature=None,
-                              metadata={"user_id": None}, stop_sequences=None))
+    nulls = request(system=None, tools=None, tool_choice=None, temperature=None,
+                    metadata={"user_id": None}, stop_sequences=None)
+    validate_messages(nulls)   # no field is refused...
+    # ...and the translation is that of the request without them.
+    assert messages_to_chat(nulls) == messages_to_chat(request())
 
 
 # --- answers: chat completion → Anthropic message ---------------------------------------

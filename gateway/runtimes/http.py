@@ -37,6 +37,11 @@ class IdleBoundConnector(aiohttp.TCPConnector):
     and idle time (`keepalive_timeout`), not the idle count: after a burst of 1,000
     streams about 900 idle connections stayed open for the whole keep-alive. A
     connection given back to a full idle pool is closed instead.
+
+    aiohttp (3.14) has no public means to bound the idle count: `_release` (where a
+    connection comes back) and `_conns` (the idle pool per key) are the connector's own
+    hook and state. tests/test_faults.py::test_the_idle_upstream_pool_is_bounded_per_backend
+    fails if an aiohttp release changes them.
     """
 
     def __init__(self, *, max_idle: int, **kwargs) -> None:
