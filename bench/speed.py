@@ -70,7 +70,7 @@ PARAMS = {
 SUPERVISED_ONE = """import sys
 from gateway.cli import setup_logging
 from gateway.config import load_config
-from gateway.workers.supervise import run
+from gateway.server.supervise import run
 setup_logging()
 sys.exit(run(load_config(sys.argv[1]), sys.argv[1], "127.0.0.1", int(sys.argv[2]), 1))
 """

@@ -8,7 +8,7 @@ from typing import AsyncIterator
 import aiohttp_cors
 from aiohttp import hdrs, web
 
-from .accesslog import AccessLog
+from .log import AccessLog
 from .api import admin, info
 from .api.middleware import gateway_middleware
 from .api.messages import messages
@@ -20,7 +20,7 @@ from .health.checks import health_checks
 from .workers.leader import Leader
 from .limits import make_limiter
 from .metrics import Metrics
-from .server.reload import config_watch
+from .reload import config_watch
 from .workers.rundir import RunDir
 from .runtimes.http import Transport, make_session
 from .state import Gateway

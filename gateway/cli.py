@@ -52,7 +52,7 @@ def serve_command(path: str, host: str | None, port: int | None, workers: int) -
     # Imported here: aiohttp and the whole app are not needed by `check`, and
     # workers/supervise.py must set up prometheus-client's multiprocess mode before the app loads.
     if workers > 1:
-        from .workers.supervise import run as run_workers
+        from .server.supervise import run as run_workers
         return run_workers(config, path, host, port, workers)
     from .server.serve import run
     return run(config, path, host, port)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .limits.auth import KeyRing
 from .config import Config
 from .dispatch import BackendState, Dispatcher, RouteTable
-from .server.drain import Drain
+from .relay.drain import Drain
 from .metrics import Metrics
 from .limits.buckets import Limiter
 from .runtimes import make_runtime

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from .accesslog import AccessLog
+    from .log import AccessLog
     from .record import RequestRecord
     from .state import Gateway
     from .workers.leader import Leader

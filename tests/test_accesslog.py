@@ -7,7 +7,7 @@ import fcntl
 import json
 import os
 
-from gateway.accesslog import StderrAccessLog
+from gateway.log import StderrAccessLog
 
 
 async def test_buffered_lines_go_out_together_after_the_flush_delay():

@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
 
-from gateway.accesslog import AccessLog
+from gateway.log import AccessLog
 from gateway.app import create_app
 from gateway.config import (ApiKey, Fallback, RetryConfig, RouteConfig, TracingConfig, backend,
                             check)
@@ -435,7 +435,7 @@ async def test_a_saturated_backend_skipped_is_named_in_the_decision(start_runtim
 
 def test_a_tracing_change_needs_a_restart():
     from gateway.config import Config
-    from gateway.server.reload import restart_required
+    from gateway.reload import restart_required
     assert restart_required(Config(), Config(tracing=TracingConfig())) == ["tracing"]
     assert restart_required(Config(tracing=TracingConfig()), Config(tracing=TracingConfig())) == []
 

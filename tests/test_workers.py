@@ -279,7 +279,7 @@ def test_a_dead_servers_run_dir_is_swept_and_a_live_ones_kept(tmp_path, monkeypa
 async def test_an_edit_made_while_a_worker_starts_is_not_lost(tmp_path, aiohttp_client):
     from gateway.app import create_app
     from gateway.config import load_config
-    from gateway.server.reload import file_identity
+    from gateway.reload import file_identity
     from gateway.typedefs import CONFIG_SEEN
     path = tmp_path / "gateway.yaml"
     path.write_text(echo_config())

@@ -11,7 +11,7 @@ from ..config import EngineConfig, redacted, url_without_password
 from ..dispatch import BackendState
 from ..engine import specs_for
 from ..errors import BadRequest, NotFound, Unauthorized
-from ..server.reload import reload_everywhere
+from ..reload import reload_everywhere
 from ..typedefs import CONFIG_PATH, GATEWAY
 
 

@@ -25,7 +25,7 @@ from aiohttp import web
 from ..dispatch import Opened
 from ..errors import ClientTooSlow, Reason, ShuttingDown, UpstreamError
 from ..record import RequestRecord
-from ..server.drain import Drain
+from .drain import Drain
 from .clientwatch import ClientWatch
 from .formats import StreamFormat
 

@@ -10,7 +10,7 @@ import socket
 from aiohttp import web
 from prometheus_client import disable_created_metrics
 
-from ..accesslog import StderrAccessLog
+from ..log import StderrAccessLog
 from ..app import create_app
 from ..config import Config
 from .listener import listen

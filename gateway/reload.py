@@ -17,10 +17,10 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from ..config import Config, ConfigError, load_config
-from ..log import config_logger
-from ..state import Gateway
-from ..typedefs import CONFIG_PATH, CONFIG_SEEN, GATEWAY, SUPERVISOR
+from .config import Config, ConfigError, load_config
+from .log import config_logger
+from .state import Gateway
+from .typedefs import CONFIG_PATH, CONFIG_SEEN, GATEWAY, SUPERVISOR
 
 POLL_S = 0.25      # how often the file's identity is looked at
 SETTLE_S = 0.3     # an edit must stay unchanged this long: no half-written files

@@ -43,9 +43,9 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.sock import TCP6Socket, TCPSocket
 
 from ..config import Config, ConfigError, load_config
-from ..server.listener import bound, listen
+from .listener import bound, listen
 from ..log import server_logger
-from .rundir import OwnedRunDir, RunDir
+from ..workers.rundir import OwnedRunDir, RunDir
 
 PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -64,7 +64,7 @@ def run(config: Config, path: str, host: str, port: int, workers: int) -> int:
     master = os.getpid()
     os.environ[MULTIPROC_ENV] = owned.run.metrics
     try:
-        from ..server.serve import prepare_process, tune_gc
+        from .serve import prepare_process, tune_gc
         prepare_process()
         port = check_port(host, port)
         slots = [listen(host, port, reuse_port=True) for _ in range(workers)]
@@ -169,9 +169,9 @@ class GunicornApp(BaseApplication):
 def worker_app(config: Config, path: str, run: RunDir) -> Callable[[], Awaitable[web.AppRunner]]:
     """The coroutine that builds a worker's app in its own event loop, after the fork."""
     async def make() -> web.AppRunner:
-        from ..accesslog import StderrAccessLog
+        from ..log import StderrAccessLog
         from ..app import create_app
-        from ..server.reload import file_identity
+        from ..reload import file_identity
         from ..typedefs import CONFIG_SEEN, SUPERVISOR
         # Before the read: a SIGHUP or an edit while this worker starts is not lost, as
         # the file watch then compares against the file this config came from.
