@@ -1,0 +1,35 @@
+"""Who may use the admin API from a browser: the console's session, checked per request."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..errors import Forbidden
+from ..typedefs import CONSOLE
+from .session import COOKIE, Session, csrf_ok
+
+SAFE_METHODS = ("GET", "HEAD")
+
+
+class CrossSiteRefused(Forbidden):
+    code = "csrf_check_failed"
+
+
+def session_of(request: web.Request) -> Session | None:
+    console = request.app.get(CONSOLE)
+    if console is None:
+        return None
+    return console.sessions.find(request.cookies.get(COOKIE))
+
+
+def admitted_by_session(request: web.Request) -> bool:
+    """True when the console's session cookie admits this request; a state-changing one
+    must also pass the CSRF check, else it is refused here (403), not merely unadmitted."""
+    session = session_of(request)
+    if session is None:
+        return False
+    sessions = request.app[CONSOLE].sessions
+    if request.method not in SAFE_METHODS and not csrf_ok(request, sessions, session):
+        raise CrossSiteRefused("a console call that changes state needs the page's "
+                               "X-CSRF-Token header and the gateway's own origin")
+    return True
