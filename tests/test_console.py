@@ -65,6 +65,7 @@ async def test_the_page_needs_a_session_and_the_login_page_is_served_under_a_str
     assert "unsafe-inline" not in csp and "http" not in csp and "*" not in csp
     assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
     assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert page.headers["Referrer-Policy"] == "same-origin"   # no-referrer would make Origin null
     assert page.headers["Cache-Control"] == "no-store"
 
 

@@ -26,7 +26,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 SECURITY_HEADERS = MappingProxyType({
     "Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Resource-Policy": "same-origin",
 })
 TYPES = MappingProxyType({".html": "text/html", ".js": "text/javascript", ".css": "text/css",
