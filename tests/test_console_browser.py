@@ -238,13 +238,20 @@ async def test_reload_applies_an_edit_of_the_file_and_reports_a_bad_one(served, 
     assert tab.problems == []
 
 
-async def test_both_widths_by_keyboard_alone_with_screenshots(served, browser, tmp_path,
-                                                               monkeypatch):
-    monkeypatch.setattr(console_setup, "STEP_S", 0.5)   # charts with points within seconds
+@pytest.fixture
+def fast_history(monkeypatch) -> None:
+    """A history point every 0.5 s, not 5 s: charts with a shape within seconds. Asked for
+    before `served`, so the gateway's sampler starts with it."""
+    monkeypatch.setattr(console_setup, "STEP_S", 0.5)
+
+
+async def test_both_widths_by_keyboard_alone_with_screenshots(fast_history, served, browser,
+                                                               tmp_path):
     shots = Path(os.environ.get("GATEWAY_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    for i in range(6):
+    for i in range(12):   # traffic over a few history steps: charts with a shape
         assert await served.chat(f"shot-{i}", stream=True) == 200
+        await asyncio.sleep(0.15 * (i % 4))
     for width in WIDTHS:
         tab = await open_tab(browser, width)
         page = tab.page
@@ -267,7 +274,8 @@ async def test_both_widths_by_keyboard_alone_with_screenshots(served, browser, t
         assert await page.evaluate("document.documentElement.scrollWidth") <= width
         await page.wait_for_selector("#backends svg.spark polyline", timeout=5000)
         await page.screenshot(path=str(shots / f"console-{width}.png"), full_page=True)
-        if width == 1440:
+        if width == 1440:   # the README's picture: the top of the page
+            await page.evaluate("window.scrollTo(0, 0)")
             await page.screenshot(path=str(shots / "console.png"))
         assert tab.problems == []
         await page.context.close()

@@ -20,7 +20,10 @@ window.Spark = (() => {
     const flush = () => {
       if (run.length > 0) {
         const poly = document.createElementNS(NS, "polyline");
-        poly.setAttribute("points", (run.length === 1 ? [run[0], run[0]] : run).join(" "));
+        // A lone point (measured once between gaps) is drawn as a short tick.
+        const points = run.length === 1
+          ? [[run[0][0] - 1.5, run[0][1]], [run[0][0] + 1.5, run[0][1]]] : run;
+        poly.setAttribute("points", points.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" "));
         svg.appendChild(poly);
       }
       run = [];
@@ -28,7 +31,7 @@ window.Spark = (() => {
     values.forEach((v, i) => {
       if (v === null || !Number.isFinite(v)) { flush(); return; }
       const x = PAD + i * step, y = H - PAD - (v / max) * (H - 2 * PAD);
-      run.push(`${x.toFixed(1)},${y.toFixed(1)}`);
+      run.push([x, y]);
     });
     flush();
     return svg;

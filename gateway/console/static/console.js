@@ -82,7 +82,11 @@
       const series = history[b.name] || { rps: [], error_rate: [], ttft_p50_s: [] };
       const left = [b.ejected_for_s > 0 ? `ejected ${b.ejected_for_s} s` : null,
                     b.cooling_for_s > 0 ? `cooldown ${b.cooling_for_s} s` : null].filter(Boolean).join(", ");
-      const stateCell = cell(b.state, h[1], `state state-${b.state}`);
+      const stateCell = cell("", h[1]);
+      const word = document.createElement("span");
+      word.className = `state state-${b.state}`;
+      word.textContent = b.state;
+      stateCell.replaceChildren(word);
       return row([
         cell(b.name, h[0]), stateCell,
         cell(`${b.in_flight} / ${b.max_concurrency ?? "no limit"}`, h[2], "num"),
