@@ -3,8 +3,9 @@
 Nothing is done per request: every `STEP_S` the counters the metrics already keep
 (`gateway_requests_total` by status, the `gateway_time_to_first_token_seconds` buckets)
 are read, and the change since the last read becomes one point per backend. The ring
-holds `POINTS` points (15 minutes): at most POINTS × backends × 3 numbers, about 40 kB
-of floats for 20 backends (bench/console.py measures the whole structure).
+holds `POINTS` points (15 minutes): POINTS × backends × 3 numbers, about 450 KiB for
+20 backends with traffic on each (`python -m bench.console` measures it), and no more
+however long the gateway runs.
 
 An error is an answer with status 5xx; TTFT is measured on streams (as in the metrics),
 and its p50 is interpolated within the histogram's buckets as Prometheus'
@@ -19,6 +20,8 @@ import os
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
+
+import orjson
 
 from ..metrics import TTFT_BUCKETS, Metrics
 
@@ -91,7 +94,8 @@ class History:
         # Each point: (wall time, {backend: (requests/s, error rate, ttft p50)}).
         self.points: deque[tuple[float, dict[str, tuple]]] = deque(maxlen=points)
         self._last: tuple[float, dict[str, Counts]] | None = None
-        self.version = 0   # bumped at each new point: the views cache on it
+        self.version = 0   # bumped at each new point: the page asks again only then
+        self._json: tuple[tuple, bytes] | None = None
 
     def add(self, at: float, counts: dict[str, Counts]) -> None:
         last, self._last = self._last, (at, counts)
@@ -119,6 +123,13 @@ class History:
 
     def dump(self) -> list:
         return [[at, point] for at, point in self.points]
+
+    def to_json(self, backends: Iterable[str]) -> bytes:
+        """`to_dict` as JSON, made once per new point (the page asks every 2 s)."""
+        key = (self.version, tuple(backends))
+        if self._json is None or self._json[0] != key:
+            self._json = (key, orjson.dumps(self.to_dict(key[1])))
+        return self._json[1]
 
     def to_dict(self, backends: Iterable[str]) -> dict[str, Any]:
         """The series per backend, aligned on `t` (null where nothing was measured)."""

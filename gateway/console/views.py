@@ -1,5 +1,8 @@
 """The console's JSON: one answer per refresh with everything the page shows but the
-config (`GET /admin/config`) and the keys (`GET /admin/keys`, where served).
+config (`GET /admin/config`, asked again only when `config_version` changes) and the keys
+(`GET /admin/keys`, where served). The history is sent when it has a point the page has
+not seen (`?history=<version>` names the one it has), else null: a new point comes every
+5 s, a refresh every 2 s.
 
 Under --workers the worker that answers adds the other workers' figures (share.py) to
 its own: in flight and queue summed, an ejection or cooldown in any worker shown with
@@ -12,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from ..api.admin import require_admin
@@ -35,6 +39,8 @@ async def state(request: web.Request) -> web.Response:
         others = console.share.others()
     figures = [worker_figures(gateway), *others]
     names = list(gateway.states)
+    history = console.history
+    seen = request.query.get("history") == str(history.version)
     body = {
         "at": round(time.time(), 3),
         "workers": len(figures),
@@ -47,10 +53,12 @@ async def state(request: web.Request) -> web.Response:
                   "max_wait_s": gateway.config.queue.max_wait_s},
         "keys": [_key(k) for k in gateway.config.auth_keys],
         "last_reload": _last_reload(gateway),
+        "config_version": gateway.reloads,
         "tail": _tail(console, others),
-        "history": console.history.to_dict(names),
+        "history_version": history.version,
+        "history": None if seen else orjson.Fragment(history.to_json(names)),
     }
-    return secured(web.json_response(body))
+    return secured(web.Response(body=orjson.dumps(body), content_type="application/json"))
 
 
 async def session(request: web.Request) -> web.Response:
@@ -60,6 +68,7 @@ async def session(request: web.Request) -> web.Response:
         raise Unauthorized("no console session: sign in at /admin/login")
     token = request.app[CONSOLE].sessions.csrf_token(found)
     return secured(web.json_response({"csrf_token": token, "expires_at": found.expires}))
+
 
 
 def _models(gateway: Gateway) -> list[dict[str, Any]]:

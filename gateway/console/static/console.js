@@ -7,6 +7,8 @@
   const $ = (id) => document.getElementById(id);
   let csrf = null;
   let lastConfig = "";
+  let history = null, historyVersion = -1;   // sent again only when it has a new point
+  let config = null, configVersion = -1;     // asked again only after a reload
 
   function cell(text, label, cls) {
     const td = document.createElement("td");
@@ -73,13 +75,13 @@
       cell(m.backends.join(", "), modelHeads[2]), cell(m.fallbacks.join(", "), modelHeads[3]),
     ], { model: m.name })));
     const h = headers("backends");
-    const history = state.history.backends;
+    const series_of = history.backends;
     fill("backends", state.backends.map((b) => {
       const e = b.engine;
       const engine = e === null ? null : (e.fresh
         ? `${e.queue_depth ?? "—"} · ${e.running_requests ?? "—"} · ${e.kv_cache_usage === null ? "—" : pct(e.kv_cache_usage)} (${e.age_s} s ago)`
         : `no fresh reading${e.age_s === null ? "" : ` (last ${e.age_s} s ago)`}${e.last_failure ? `: ${e.last_failure}` : ""}`);
-      const series = history[b.name] || { rps: [], error_rate: [], ttft_p50_s: [] };
+      const series = series_of[b.name] || { rps: [], error_rate: [], ttft_p50_s: [] };
       const left = [b.ejected_for_s > 0 ? `ejected ${b.ejected_for_s} s` : null,
                     b.cooling_for_s > 0 ? `cooldown ${b.cooling_for_s} s` : null].filter(Boolean).join(", ");
       const stateCell = cell("", h[1]);
@@ -172,8 +174,13 @@
 
   let failing = false;
   async function refresh() {
-    const [state, config, keys] = await Promise.all([
-      getJSON("/admin/console/state"), getJSON("/admin/config"), getJSON("/admin/keys")]);
+    const [state, keys] = await Promise.all([
+      getJSON(`/admin/console/state?history=${historyVersion}`), getJSON("/admin/keys")]);
+    if (state.history !== null) [history, historyVersion] = [state.history, state.history_version];
+    if (state.config_version !== configVersion) {
+      config = await getJSON("/admin/config");
+      configVersion = state.config_version;
+    }
     renderFleet(state);
     renderKeys(state, keys);
     renderTail(state.tail);
