@@ -4,10 +4,12 @@ Content-Security-Policy, what its JSON shows (history, tail, states), and --work
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import replace
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
@@ -17,9 +19,9 @@ from gateway.config import ApiKey, ServerConfig, backend
 from gateway.console.history import BOUNDS, Counts, History, p50, read_counts
 from gateway.console.pages import CSP
 from gateway.console.session import COOKIE, Sessions
-from gateway.metrics import Metrics
+from gateway.console.share import FRESH_S, WorkerShare
 from gateway.rundir import RunDir
-from gateway.typedefs import GATEWAY
+from gateway.typedefs import CONSOLE, GATEWAY
 from tests.conftest import CHAT, bearer, eventually, make_config
 from tests.server_procs import Served, start
 
@@ -137,8 +139,8 @@ async def test_sign_out_ends_the_session_on_the_server(client):
     assert (await client.get("/admin/console/session", cookies={COOKIE: cookie})).status == 401
 
 
-async def test_reload_with_the_cookie_needs_the_csrf_token_and_the_same_origin(client, tmp_path):
-    client.app[GATEWAY]   # the app serves no file: reload's own 400 shows the call got through
+async def test_reload_with_the_cookie_needs_the_csrf_token_and_the_same_origin(client):
+    # This app serves no file: reload's own 400 shows that a call got past the checks.
     await sign_in(client)
     token = await csrf(client)
     for headers in ({}, {"X-CSRF-Token": "wrong"},
@@ -300,3 +302,32 @@ async def test_under_workers_the_console_shows_the_whole_server(served):
         assert await eventually(whole, timeout=10, interval=0.2)
     # Both workers answered some of them (else the test proves nothing about merging).
     assert len([p for p, n in gw.per_worker("gateway_requests_total").items() if n]) == 2
+
+
+async def test_another_workers_figures_are_added_to_this_ones(client, tmp_path):
+    """What `others()` reads is added up: in flight and queue summed, the longest
+    ejection and cooldown of any worker, tails merged by time; a stale file ignored."""
+    share = client.app[CONSOLE].share = WorkerShare(RunDir(str(tmp_path)))
+    await sign_in(client)
+    gateway = client.app[GATEWAY]
+    gateway.states["a"].in_flight = 2
+    now = time.time()
+    other = {"in_flight": {"a": 3, "b": 1}, "ejected_until": {"b": now + 20},
+             "cooling_until": {"a": now + 7}, "waiting": 4,
+             "tail": [{"time": now - 100, "request_id": "from-the-other-worker"}]}
+    (tmp_path / "console-workers" / "999999.json").write_bytes(orjson.dumps(other))
+    stale = tmp_path / "console-workers" / "999998.json"
+    stale.write_bytes(orjson.dumps({**other, "waiting": 1000}))
+    os.utime(stale, (now - FRESH_S - 5, now - FRESH_S - 5))
+    await client.post("/v1/chat/completions", json=ECHO_CHAT,
+                      headers={**bearer("sk-team-secret"), "X-Request-ID": "mine"})
+    state = await (await client.get("/admin/console/state")).json()
+    assert state["workers"] == 2
+    by_name = {b["name"]: b for b in state["backends"]}
+    assert by_name["a"]["in_flight"] == 5 and by_name["b"]["in_flight"] == 1
+    assert by_name["b"]["state"] == "ejected" and 15 < by_name["b"]["ejected_for_s"] <= 20
+    assert 5 < by_name["a"]["cooling_for_s"] <= 7 and by_name["a"]["state"] == "up"
+    assert state["queue"]["waiting"] == 4
+    assert [line["request_id"] for line in state["tail"]] == ["from-the-other-worker", "mine"]
+    assert share.is_open()   # the page asked: every worker publishes now
+    gateway.states["a"].in_flight = 0
