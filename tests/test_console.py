@@ -16,7 +16,7 @@ from pytest_aiohttp import AiohttpClient
 
 from gateway.app import create_app
 from gateway.config import ApiKey, ServerConfig, backend
-from gateway.console.history import BOUNDS, Counts, History, p50, read_counts
+from gateway.console.history import BOUNDS, STEP_S, Counts, History, p50, read_counts
 from gateway.console.pages import CSP
 from gateway.console.session import COOKIE, Sessions
 from gateway.console.share import FRESH_S, WorkerShare
@@ -301,8 +301,16 @@ async def test_under_workers_the_console_shows_the_whole_server(served):
             return (found["workers"] == 2 and
                     {line["request_id"] for line in found["tail"]} >= set(ids))
         assert await eventually(whole, timeout=10, interval=0.2)
-    # Both workers answered some of them (else the test proves nothing about merging).
-    assert len([p for p, n in gw.per_worker("gateway_requests_total").items() if n]) == 2
+        # Both workers answered some of them (else the test proves nothing about merging).
+        assert len([p for p, n in gw.per_worker("gateway_requests_total").items() if n]) == 2
+
+        async def counted() -> float:
+            # The history is the server's: one worker samples every worker's counters.
+            # A point every STEP_S (5 s): all 12 requests are in within a few of them.
+            rates = (await state())["history"]["backends"]["a"]["rps"]
+            total = sum(rates) * STEP_S
+            return total if total > 10.5 else 0.0
+        assert 10.5 < await eventually(counted, timeout=25, interval=1.0) < 13.5
 
 
 async def test_another_workers_figures_are_added_to_this_ones(client, tmp_path):
