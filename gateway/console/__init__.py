@@ -1,7 +1,8 @@
-"""The operator console: `/admin/` in a browser, a view of the live gateway.
+"""The operator console: `/admin/` in a browser, a live view of the whole gateway.
 
-`session` (sign-in cookie, CSRF), `pages` (the HTML, assets and their headers),
-`history` (15 minutes of rates sampled from the metrics), `tail` (the last access-log
-lines), `share` (under --workers: what each worker adds to the whole server's view),
-`views` (the console's JSON) and `setup` (the wiring `create_app` calls).
+`setup` wires it into the app; `session` and `guard` are who may use it (a signed,
+expiring cookie kept on the server, CSRF checks); `pages` serves the HTML and assets of
+`static/` under a strict CSP; `views` answers the page's refreshes; `history` samples the
+metrics' counters into 15 minutes of points; `tail` keeps the last access-log lines;
+`share` adds the other workers' figures under --workers; `parts` holds them together.
 """

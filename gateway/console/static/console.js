@@ -9,6 +9,7 @@
   let lastConfig = "";
   let history = null, historyVersion = -1;   // sent again only when it has a new point
   let config = null, configVersion = -1;     // asked again only after a reload
+  let lastTail = null;                       // redrawn at once when a filter changes
 
   function cell(text, label, cls) {
     const td = document.createElement("td");
@@ -183,6 +184,7 @@
     }
     renderFleet(state);
     renderKeys(state, keys);
+    lastTail = state.tail;
     renderTail(state.tail);
     renderConfig(state, config);
     const workers = state.workers > 1 ? ` (${state.workers} workers)` : "";
@@ -232,7 +234,7 @@
     csrf = session.csrf_token;
     $("reload").addEventListener("click", reload);
     $("signout").addEventListener("click", signOut);
-    $("filters").addEventListener("change", () => refresh().catch(() => {}));
+    $("filters").addEventListener("change", () => { if (lastTail) renderTail(lastTail); });
     $("filters").addEventListener("submit", (e) => e.preventDefault());
     tick();
   }
