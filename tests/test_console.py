@@ -174,7 +174,8 @@ async def test_sign_in_from_another_origin_or_with_a_huge_form_is_refused(client
 async def test_without_an_admin_key_there_is_no_console(aiohttp_client):
     config = replace(console_config(), server=ServerConfig())
     client = await aiohttp_client(create_app(config))
-    for path in ("/admin/", "/admin/login"):
+    for path in ("/admin/", "/admin/login", "/admin/static/console.js",
+                 "/admin/console/session", "/admin/console/state"):
         resp = await client.get(path, allow_redirects=False)
         assert resp.status == 404
         assert (await resp.json())["error"]["code"] == "not_found"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..errors import Forbidden
-from ..typedefs import CONSOLE
+from ..errors import Forbidden, NotFound
+from ..typedefs import CONSOLE, GATEWAY
 from .session import COOKIE, Session, csrf_ok
 
 SAFE_METHODS = ("GET", "HEAD")
@@ -13,6 +13,14 @@ SAFE_METHODS = ("GET", "HEAD")
 
 class CrossSiteRefused(Forbidden):
     code = "csrf_check_failed"
+
+
+def admin_key(request: web.Request) -> str:
+    """The admin key; without one there is no console (404, as for the admin API)."""
+    key = request.app[GATEWAY].config.server.admin_key
+    if not key:
+        raise NotFound("the admin console is disabled: set server.admin_key to enable it")
+    return key
 
 
 def session_of(request: web.Request) -> Session | None:

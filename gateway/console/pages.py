@@ -18,8 +18,8 @@ from aiohttp import web
 from ..auth import same_secret
 from ..errors import NotFound, Unauthorized
 from ..log import server_logger
-from ..typedefs import CONSOLE, GATEWAY
-from .guard import session_of
+from ..typedefs import CONSOLE
+from .guard import admin_key, session_of
 from .session import COOKIE, csrf_ok, same_origin, set_cookie
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -62,29 +62,22 @@ def _file(name: str, status: int = 200, error: str = "") -> web.Response:
                                 charset="utf-8"))
 
 
-def _enabled(request: web.Request) -> str:
-    key = request.app[GATEWAY].config.server.admin_key
-    if not key:
-        raise NotFound("the admin console is disabled: set server.admin_key to enable it")
-    return key
-
-
 async def console_page(request: web.Request) -> web.StreamResponse:
-    _enabled(request)
+    admin_key(request)
     if session_of(request) is None:
         return _see_other("/admin/login")
     return _file("console.html")
 
 
 async def login_page(request: web.Request) -> web.StreamResponse:
-    _enabled(request)
+    admin_key(request)
     if session_of(request) is not None:
         return _see_other("/admin/")
     return _file("login.html")
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    key = _enabled(request)
+    key = admin_key(request)
     if not same_origin(request):
         raise Unauthorized("sign in from the gateway's own login page")
     raw = await request.content.read(LOGIN_FORM_MAX + 1)
@@ -101,7 +94,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.Response:
-    _enabled(request)
+    admin_key(request)
     sessions = request.app[CONSOLE].sessions
     session = session_of(request)
     if session is not None:
@@ -114,6 +107,7 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def asset(request: web.Request) -> web.Response:
+    admin_key(request)
     name = request.match_info["name"]
     if name not in STATIC or name.endswith(".html"):
         raise NotFound("no such console file")

@@ -24,7 +24,7 @@ from ..dispatch import BackendState
 from ..errors import Unauthorized
 from ..state import Gateway
 from ..typedefs import CONSOLE, GATEWAY
-from .guard import session_of
+from .guard import admin_key, session_of
 from .pages import secured
 from .parts import Console, worker_figures
 from .tail import SIZE, entries
@@ -63,6 +63,7 @@ async def state(request: web.Request) -> web.Response:
 
 async def session(request: web.Request) -> web.Response:
     """The signed-in page's CSRF token and when its session ends."""
+    admin_key(request)
     found = session_of(request)
     if found is None:
         raise Unauthorized("no console session: sign in at /admin/login")
