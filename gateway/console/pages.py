@@ -8,6 +8,7 @@ form's body, compared in constant time, and never kept: the session cookie stand
 
 from __future__ import annotations
 
+import functools
 import time
 from importlib import resources
 from types import MappingProxyType
@@ -29,23 +30,21 @@ SECURITY_HEADERS = MappingProxyType({
     "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Resource-Policy": "same-origin",
 })
-TYPES = MappingProxyType({".html": "text/html", ".js": "text/javascript", ".css": "text/css",
-                          ".svg": "image/svg+xml", ".txt": "text/plain"})
+TYPES = MappingProxyType({".html": "text/html", ".js": "text/javascript", ".css": "text/css"})
 LOGIN_FORM_MAX = 4096   # bytes: the form has one field
 ERROR_MARK = "<!--error-->"
 WRONG_KEY = '<p class="error" role="alert">That is not the admin key.</p>'
 
 
-def _load() -> MappingProxyType:
+@functools.cache
+def static_files() -> MappingProxyType:
+    """The files of `static/`, read once (at the first page asked for), by name."""
     files = {}
     for item in resources.files(__package__).joinpath("static").iterdir():
         suffix = item.name[item.name.rfind("."):]
         if item.is_file() and suffix in TYPES:
             files[item.name] = (item.read_bytes(), TYPES[suffix])
     return MappingProxyType(files)
-
-
-STATIC = _load()
 
 
 def secured(response: web.StreamResponse, cache: str = "no-store") -> web.StreamResponse:
@@ -55,7 +54,7 @@ def secured(response: web.StreamResponse, cache: str = "no-store") -> web.Stream
 
 
 def _file(name: str, status: int = 200, error: str = "") -> web.Response:
-    body, content_type = STATIC[name]
+    body, content_type = static_files()[name]
     if error:
         body = body.replace(ERROR_MARK.encode(), error.encode())
     return secured(web.Response(body=body, status=status, content_type=content_type,
@@ -109,7 +108,7 @@ async def logout(request: web.Request) -> web.Response:
 async def asset(request: web.Request) -> web.Response:
     admin_key(request)
     name = request.match_info["name"]
-    if name not in STATIC or name.endswith(".html"):
+    if name not in static_files() or name.endswith(".html"):
         raise NotFound("no such console file")
     return secured(_file(name), cache="no-cache")
 
