@@ -100,6 +100,7 @@ async def logout(request: web.Request) -> web.Response:
         if not csrf_ok(request, sessions, session):
             raise Unauthorized("signing out needs the page's X-CSRF-Token header")
         sessions.end(session)
+        server_logger.info("console: signed out from %s", request.remote)
     response = web.json_response({"signed_out": True})
     response.del_cookie(COOKIE, path="/admin")
     return secured(response)
