@@ -10,6 +10,7 @@
   let history = null, historyVersion = -1;   // sent again only when it has a new point
   let config = null, configVersion = -1;     // asked again only after a reload
   let lastTail = null;                       // redrawn at once when a filter changes
+  let keysServed = true;                     // until GET /admin/keys answers 404
 
   function cell(text, label, cls) {
     const td = document.createElement("td");
@@ -175,8 +176,12 @@
 
   let failing = false;
   async function refresh() {
+    // GET /admin/keys comes with the tenancy feature: once it answers 404 it is not asked
+    // again (a gateway gains routes only by a restart, which reloads this page's session).
     const [state, keys] = await Promise.all([
-      getJSON(`/admin/console/state?history=${historyVersion}`), getJSON("/admin/keys")]);
+      getJSON(`/admin/console/state?history=${historyVersion}`),
+      keysServed ? getJSON("/admin/keys") : null]);
+    if (keys === null) keysServed = false;
     if (state.history !== null) [history, historyVersion] = [state.history, state.history_version];
     if (state.config_version !== configVersion) {
       config = await getJSON("/admin/config");
