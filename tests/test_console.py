@@ -134,6 +134,7 @@ async def test_sign_out_ends_the_session_on_the_server(client):
                              headers={"X-CSRF-Token": await csrf(client), **same_origin(client)})
     assert resp.status == 200
     assert resp.cookies[COOKIE].value == ""   # the browser drops it
+    assert '"cookies"' in resp.headers["Clear-Site-Data"]
     # A copy of the old cookie is worthless now.
     replay = await client.get("/admin/backends", cookies={COOKIE: cookie})
     assert replay.status == 401

@@ -103,6 +103,7 @@ async def logout(request: web.Request) -> web.Response:
         server_logger.info("console: signed out from %s", request.remote)
     response = web.json_response({"signed_out": True})
     response.del_cookie(COOKIE, path="/admin")
+    response.headers["Clear-Site-Data"] = '"cache", "cookies", "storage"'   # over TLS
     return secured(response)
 
 
