@@ -158,6 +158,11 @@ async def test_reload_with_the_cookie_needs_the_csrf_token_and_the_same_origin(c
                                                      **same_origin(client)})
     assert ok.status == 400   # past the checks: "not started from a config file"
     assert "config file" in (await ok.json())["error"]["message"]
+    # Behind a proxy that rewrites Host, the page's host comes as X-Forwarded-Host.
+    proxied = await client.post("/admin/reload", headers={
+        "X-CSRF-Token": token, "Origin": "https://gateway.example",
+        "X-Forwarded-Host": "gateway.example"})
+    assert proxied.status == 400
     # The bearer key needs no token: no browser sends it by itself.
     client.session.cookie_jar.clear()
     assert (await client.post("/admin/reload", headers=bearer(ADMIN))).status == 400

@@ -146,7 +146,10 @@ def same_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
         return True   # not sent by browsers on every same-origin request
-    return urlsplit(origin).netloc == request.host
+    # Behind a reverse proxy that rewrites Host, the page's own host arrives as
+    # X-Forwarded-Host: a cross-site page cannot set that header (no CORS on /admin).
+    netloc = urlsplit(origin).netloc
+    return netloc == request.host or netloc == request.headers.get("X-Forwarded-Host")
 
 
 def csrf_ok(request: web.Request, sessions: Sessions, session: Session) -> bool:
