@@ -14,6 +14,7 @@ from .api.middleware import gateway_middleware
 from .api.messages import messages
 from .api.proxy import proxy
 from .config import Config
+from .console.setup import setup_console
 from .endpoints import ENDPOINTS, ErrorShape
 from .health.scraper import engine_scrapes
 from .health.checks import health_checks
@@ -69,6 +70,7 @@ def create_app(config: Config, config_path: str | None = None, *,
     app.cleanup_ctx.append(engine_scrapes)
     app.cleanup_ctx.append(config_watch)
     app.on_shutdown.append(_start_draining)
+    setup_console(app)   # wraps the access log: its tail
     _add_routes(app, config)
     return app
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from .console.parts import Console
     from .log import AccessLog
     from .record import RequestRecord
     from .state import Gateway
@@ -24,7 +25,8 @@ RUN_DIR: web.AppKey[RunDir] = web.AppKey("run_dir")     # the server's shared di
 LEADER: web.AppKey[Leader] = web.AppKey("leader")      # who measures for the server (--workers N)
 SUPERVISOR: web.AppKey[int] = web.AppKey("supervisor")   # the master's pid, in a worker of --workers N
 ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
+CONSOLE: web.AppKey[Console] = web.AppKey("console")   # the operator console's sessions, tail, history
 RECORD: web.RequestKey[RequestRecord] = web.RequestKey("record")
 
 __all__ = ["ACCESS_LOG", "GATEWAY", "CONFIG_PATH", "CONFIG_SEEN", "LEADER", "RUN_DIR", "SUPERVISOR",
-           "RECORD"]
+           "CONSOLE", "RECORD"]

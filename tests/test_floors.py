@@ -28,7 +28,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("gateway.tracing",),
     ("gateway.state",),
     ("gateway.health", "gateway.reload"),
-    ("gateway.api",),
+    ("gateway.api", "gateway.console"),
     ("gateway.app",),
     ("gateway.server", "gateway.cli", "gateway.__main__"),
 )

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from ..limits.auth import bearer_token, same_secret
 from ..config import EngineConfig, redacted, url_without_password
+from ..console.guard import admitted_by_session
 from ..dispatch import BackendState
 from ..engine import specs_for
 from ..errors import BadRequest, NotFound, Unauthorized
@@ -19,7 +20,10 @@ def require_admin(request: web.Request) -> None:
     key = request.app[GATEWAY].config.server.admin_key
     if not key:
         raise NotFound("the admin API is disabled: set server.admin_key to enable it")
-    given = bearer_token(request.headers.get("Authorization")) or ""
+    header = request.headers.get("Authorization")
+    if header is None and admitted_by_session(request):
+        return   # the console's session (and, for a change, its CSRF check)
+    given = bearer_token(header) or ""
     if not same_secret(given, key):
         raise Unauthorized("a valid admin key is required")
 
