@@ -375,7 +375,7 @@ def test_strip_null_usage_keeps_json_whole(chunk, stripped):
 
 
 def test_a_data_line_is_the_first_event_a_comment_is_not():
-    from gateway.relay.chat import has_data_line
+    from gateway.relay.wire import has_data_line
     assert not has_data_line(b": keepalive\n\n")
     assert not has_data_line(b": keepalive\n\ndata: {\"ch")          # not whole yet
     assert not has_data_line(b": data: in a comment\n\n")

@@ -15,15 +15,15 @@ form (prompt_tokens, completion_tokens) via `anthropic_usage`, for tpm and metri
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..errors import GatewayError, Reason, UpstreamError
-from .chat import SSE_HEADERS, first_event_error, has_data_line, rewrite_model
+from .chat import rewrite_model
 from ..translate.anthropic import (ChatStreamToMessages, anthropic_usage, chat_to_message,
                                   error_event, error_type_for_status)
-from .wire import LineCarry, loads_object
+from .wire import LineCarry, SseStart, loads_object
 
 if TYPE_CHECKING:
     from ..dispatch import Opened
@@ -39,26 +39,15 @@ def stream_error_event(err: GatewayError) -> bytes:
     return error_event(error_type_for_status(err.status), err.message)
 
 
-class _AnthropicEvents:
-    """What the two share: Anthropic's error event, and the start of a stream."""
+class _AnthropicEvents(SseStart):
+    """What the two share: Anthropic's error event, and the start of a stream (chat's
+    error chunk, or Anthropic's `{"type": "error", "error": {...}}` event, is an error)."""
 
     __slots__ = ()
-
-    def headers(self) -> Mapping[str, str]:
-        return SSE_HEADERS
 
     @staticmethod
     def error_event(err: GatewayError) -> bytes:
         return stream_error_event(err)
-
-    @staticmethod
-    def first_complete(block: bytes) -> bool:
-        return has_data_line(block)
-
-    @staticmethod
-    def first_error(block: bytes) -> dict[str, Any] | None:
-        # Chat's error chunk, or Anthropic's `{"type": "error", "error": {...}}` event.
-        return first_event_error(block)
 
     def closed_cleanly(self) -> bool:
         return self.finished   # type: ignore[attr-defined]

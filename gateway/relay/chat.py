@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..errors import GatewayError
-from .wire import LineRewriter, loads_object
+from .wire import LineRewriter, SseStart, loads_object
 
 if TYPE_CHECKING:
     from ..dispatch import Opened
@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 # A chunk carries a token once some content/text/arguments string is non-empty
 # (`delta` is a streamed transcription's text).
 _TOKEN = re.compile(rb'"(?:content|text|arguments|reasoning_content|delta)":\s*"[^"]')
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-               "X-Accel-Buffering": "no"}
 
 
 @functools.lru_cache(maxsize=1024)
@@ -69,7 +67,7 @@ def api_usage(usage: Any) -> dict[str, Any] | None:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
 
 
-class StreamRewriter(LineRewriter):
+class StreamRewriter(SseStart, LineRewriter):
     """Per-stream state: carries partial lines, rewrites the model, captures usage.
 
     `saw_done` is set at the `data: [DONE]` line, `finished` once that event's
@@ -93,9 +91,6 @@ class StreamRewriter(LineRewriter):
             return trace.stream_rewriter(shaped.patterns, shaped.drop_usage, cls.END_MARKER)
         return cls(shaped.patterns, shaped.drop_usage, cls.END_MARKER)
 
-    def headers(self) -> Mapping[str, str]:
-        return SSE_HEADERS
-
     def closed_cleanly(self) -> bool:
         return self.saw_done or self.complete
 
@@ -113,14 +108,6 @@ class StreamRewriter(LineRewriter):
     def error_event(err: GatewayError) -> bytes:
         """How this API's stream says it broke: a `data: {"error": ...}` event."""
         return error_event(err)
-
-    @staticmethod
-    def first_complete(block: bytes) -> bool:
-        return has_data_line(block)
-
-    @staticmethod
-    def first_error(block: bytes) -> dict[str, Any] | None:
-        return first_event_error(block)
 
     def _rewrite(self, data: bytes) -> bytes:
         if self.patterns:
@@ -219,31 +206,6 @@ def _done_end(block: bytes) -> int:
             return block.find(b"\n", at) + 1
         at = block.find(b"[DONE]", at + 1)
     return -1
-
-
-def has_data_line(block: bytes) -> bool:
-    """True once `block` holds a whole `data:` line: a stream's first event has come.
-    Comments (`: keep-alive`) and other fields before it are no event."""
-    at = block.find(b"data:")
-    while at != -1:
-        if (at == 0 or block[at - 1] in b"\r\n") and block.find(b"\n", at) != -1:
-            return True
-        at = block.find(b"data:", at + 1)
-    return False
-
-
-def first_event_error(block: bytes) -> dict[str, Any] | None:
-    """The error object when a stream's first event is an error instead of a chunk."""
-    for line in block.split(b"\n"):
-        if line.startswith(b"data:"):
-            if b'"error"' not in line:
-                return None
-            chunk = loads_object(line[5:])
-            if chunk and "error" in chunk and "choices" not in chunk:
-                err = chunk["error"]
-                return err if isinstance(err, dict) else {"message": str(err)}
-            return None
-    return None
 
 
 class AudioStream(StreamRewriter):

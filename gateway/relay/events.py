@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import orjson
 
 from ..errors import GatewayError
-from .chat import SSE_HEADERS, api_usage, has_data_line
+from .chat import api_usage
 from .response_ids import IdRewriter
-from .wire import LineRewriter, loads_object
+from .wire import LineRewriter, SseStart, loads_object
 
 if TYPE_CHECKING:
     from ..dispatch import Opened
@@ -81,7 +81,7 @@ RESPONSES = EventFormat(
 
 # -- the relay ---------------------------------------------------------------------------
 
-class EventRewriter(LineRewriter):
+class EventRewriter(SseStart, LineRewriter):
     """The Responses API's stream format: complete lines out, the model and response ids
     rewritten, usage and the terminal event noticed."""
 
@@ -95,15 +95,8 @@ class EventRewriter(LineRewriter):
              trace: RequestTrace | None) -> EventRewriter:
         return cls(opened.shaped.patterns, ids, cls.FORMAT)
 
-    def headers(self) -> Mapping[str, str]:
-        return SSE_HEADERS
-
     def closed_cleanly(self) -> bool:
         return self.saw_done
-
-    @staticmethod
-    def first_complete(block: bytes) -> bool:
-        return has_data_line(block)
 
     @classmethod
     def first_error(cls, block: bytes) -> dict | None:

@@ -8,7 +8,8 @@ counts as nothing (`loads_object`), never as an error of the gateway's own.
 
 from __future__ import annotations
 
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 import orjson
 
@@ -88,3 +89,50 @@ class LineRewriter(LineCarry):
 
     def _rewrite(self, data: bytes) -> bytes:
         raise NotImplementedError
+
+
+SSE_HEADERS: Mapping[str, str] = MappingProxyType({
+    "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class SseStart:
+    """What every SSE format shares: its headers, and how its first event looks (a whole
+    `data:` line; an error chunk or error event instead of an answer)."""
+
+    __slots__ = ()
+
+    def headers(self) -> Mapping[str, str]:
+        return SSE_HEADERS
+
+    @staticmethod
+    def first_complete(block: bytes) -> bool:
+        return has_data_line(block)
+
+    @staticmethod
+    def first_error(block: bytes) -> dict[str, Any] | None:
+        return first_event_error(block)
+
+
+def has_data_line(block: bytes) -> bool:
+    """True once `block` holds a whole `data:` line: a stream's first event has come.
+    Comments (`: keep-alive`) and other fields before it are no event."""
+    at = block.find(b"data:")
+    while at != -1:
+        if (at == 0 or block[at - 1] in b"\r\n") and block.find(b"\n", at) != -1:
+            return True
+        at = block.find(b"data:", at + 1)
+    return False
+
+
+def first_event_error(block: bytes) -> dict[str, Any] | None:
+    """The error object when a stream's first event is an error instead of a chunk."""
+    for line in block.split(b"\n"):
+        if line.startswith(b"data:"):
+            if b'"error"' not in line:
+                return None
+            chunk = loads_object(line[5:])
+            if chunk and "error" in chunk and "choices" not in chunk:
+                err = chunk["error"]
+                return err if isinstance(err, dict) else {"message": str(err)}
+            return None
+    return None
