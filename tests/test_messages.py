@@ -439,12 +439,13 @@ async def test_no_backend_that_can_chat_or_call_tools_is_a_501(fakes, gateway):
     _, url = await fakes()
     client, _ = await gateway(backend("rt", "sglang", url, models={"m": RUNTIME_ID},
                                       capabilities={"chat": False}),
-                              backend("echo", "echo", models=["echo-1"]))
+                              backend("rt2", "sglang", url, models={"m2": RUNTIME_ID},
+                                      capabilities={"tools": False}))
     resp = await client.post("/v1/messages", json={"model": "m", "max_tokens": 8,
                                                    "messages": HELLO})
     assert resp.status == 501 and (await resp.json())["type"] == "error"
     # As on /v1/chat/completions: tools need a backend with the `tools` capability.
-    resp = await client.post("/v1/messages", json={"model": "echo-1", "max_tokens": 8,
+    resp = await client.post("/v1/messages", json={"model": "m2", "max_tokens": 8,
                                                    "messages": HELLO, "tools": [WEATHER_TOOL]})
     assert resp.status == 501
     assert "supports tools" in (await resp.json())["error"]["message"]

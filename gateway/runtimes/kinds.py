@@ -59,7 +59,7 @@ KINDS: Mapping[str, Kind] = MappingProxyType({
     # LM Studio and hosted OpenAI-compatible APIs have no health endpoint; listing models is the check.
     "lmstudio": Kind("lmstudio", "/v1/models", _caps(responses=True, messages=True)),
     "openai": Kind("openai", "/v1/models", _caps(responses=True, audio=True, images=True)),
-    "echo": Kind("echo", "", _caps(tools=False, responses=True, rerank=True, score=True,
+    "echo": Kind("echo", "", _caps(responses=True, rerank=True, score=True,
                                    tokenize=True, audio=True, images=True),
                  needs_url=False, in_process=True),
 })
