@@ -25,7 +25,7 @@ from ..endpoints import BY_PATH
 from ..errors import BadRequest, UpstreamError
 from ..record import RequestRecord
 from ..relay import SSE_HEADERS, rewrite_model
-from ..translate.anthropic import TranslationError, validate_messages
+from ..translate.anthropic import TranslationError, validate_route
 from ..typedefs import GATEWAY, RECORD
 from .body import read_body
 from .keys import client_key, model_pool
@@ -48,7 +48,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     key = await client_key(request, accepts_x_api_key=True)
     table = gateway.table   # this request's one config snapshot, from here to the end
     raw = await read_body(request, table.config.server.max_body_bytes)
-    payload = parse_messages(raw, counting)
+    payload = parse_messages(raw)
     pool = model_pool(key, table, payload, rec)
     rec.stream = bool(payload.get("stream")) and not counting
     plan_type = CountTokensPlan if counting else MessagesPlan
@@ -65,14 +65,16 @@ async def messages(request: web.Request) -> web.StreamResponse:
     return await _whole(opened, rec, way, counting)
 
 
-def parse_messages(raw: bytes, counting: bool) -> dict[str, Any]:
-    """The request's JSON object, checked as Anthropic's API would: a 400 naming the field."""
+def parse_messages(raw: bytes) -> dict[str, Any]:
+    """The request's JSON object with what routing needs checked (a 400 naming the field).
+    The rest is judged by the runtime serving /v1/messages, or checked whole before the
+    translation (`messages_plan`): the gateway is never stricter than the runtime."""
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
     try:
-        validate_messages(payload, count_tokens=counting)
+        validate_route(payload)
     except TranslationError as err:
         raise BadRequest(err.message, param=err.param) from None
     return payload
