@@ -18,7 +18,7 @@ from gateway.config import (ApiKey, Fallback, RetryConfig, RouteConfig, ServerCo
                             backend)
 from gateway.translate.anthropic import SIGNATURE
 from gateway.typedefs import GATEWAY
-from tests.conftest import make_config, samples, value
+from tests.conftest import bearer, make_config, samples, value
 from bench.fake_runtime.formats_messages import INPUT_TOKENS, Answer
 from bench.fake_runtime.formats_messages import ToolCall as Call
 
@@ -557,6 +557,33 @@ async def test_metrics_ttft_and_the_log_line(fakes, gateway, caplog):
     assert line["endpoint"] == "messages" and line["stream"] is True
     assert line["prompt_tokens"] == INPUT_TOKENS and line["completion_tokens"] == 4
     assert line["ttft_s"] is not None and line["status"] == 200
+
+
+async def test_a_request_refused_by_validation_is_logged_with_what_it_named(fakes, gateway,
+                                                                           caplog):
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    _, url = await fakes()
+    client, _ = await gateway(backend("rt", "sglang", url, models={"m": RUNTIME_ID}),
+                              auth_keys=(KEY,))
+    bad = {"model": "m", "stream": True, "max_tokens": 8,
+           "messages": [{"role": "robot", "content": "x"}]}
+    for path, body in [("/v1/messages", bad), ("/v1/chat/completions",
+                                               {**bad, "stream_options": 5})]:
+        resp = await client.post(path, headers={"x-api-key": KEY.key, **bearer(KEY)},
+                                 json=body)
+        assert resp.status == 400
+    resp = await client.post("/v1/messages", headers={"x-api-key": KEY.key}, json={
+        "model": "not-configured", "stream": "yes", "messages": HELLO})
+    assert resp.status == 400
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+    assert [(line["endpoint"], line["model"], line["stream"], line["key"], line["status"])
+            for line in lines] == [("messages", "m", True, "team", 400),
+                                   ("chat", "m", True, "team", 400),
+                                   # metric labels take configured names only
+                                   ("messages", "", False, "team", 400)]
+    metrics = await samples(client)
+    assert value(metrics, "gateway_requests_total", model="m", backend="",
+                 endpoint="messages", status="400") == 1
 
 
 async def test_a_stream_cut_by_the_drain_deadline_ends_with_an_error_event(gateway):

@@ -20,14 +20,14 @@ from aiohttp import web
 
 from ..anthropic_relay import (NativeEvents, TranslatedEvents, native_whole, relay_events,
                                stream_error_event, tokenizer_count, translated_whole)
-from ..dispatch import Opened
+from ..dispatch import Opened, RouteTable
 from ..endpoints import BY_PATH
 from ..errors import BadRequest, UpstreamError
 from ..record import RequestRecord
 from ..relay import SSE_HEADERS, rewrite_model
 from ..translate.anthropic import TranslationError, validate_route
 from ..typedefs import GATEWAY, RECORD
-from .body import read_body
+from .body import note_named, read_body
 from .keys import client_key, model_pool
 from .messages_plan import (NATIVE, TOKENIZER, CountTokensPlan, MessagesPlan,
                             passed_headers)
@@ -48,7 +48,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     key = await client_key(request, accepts_x_api_key=True)
     table = gateway.table   # this request's one config snapshot, from here to the end
     raw = await read_body(request, table.config.server.max_body_bytes)
-    payload = parse_messages(raw)
+    payload = parse_messages(raw, rec, table)
     pool = model_pool(key, table, payload, rec)
     rec.stream = bool(payload.get("stream")) and not counting
     plan_type = CountTokensPlan if counting else MessagesPlan
@@ -65,7 +65,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     return await _whole(opened, rec, way, counting)
 
 
-def parse_messages(raw: bytes) -> dict[str, Any]:
+def parse_messages(raw: bytes, rec: RequestRecord, table: RouteTable) -> dict[str, Any]:
     """The request's JSON object with what routing needs checked (a 400 naming the field).
     The rest is judged by the runtime serving /v1/messages, or checked whole before the
     translation (`messages_plan`): the gateway is never stricter than the runtime."""
@@ -73,6 +73,7 @@ def parse_messages(raw: bytes) -> dict[str, Any]:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    note_named(rec, payload, table)   # logged even if refused
     try:
         validate_route(payload)
     except TranslationError as err:

@@ -58,7 +58,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         if endpoint.body == MULTIPART:
             payload = await read_form(request, limit)
         else:
-            payload = parse_payload(await read_body(request, limit), endpoint)
+            payload = parse_payload(await read_body(request, limit), endpoint, rec, table)
         pool = model_pool(key, table, payload, rec)
         rec.stream = bool(payload.get("stream"))
         if endpoint.stored_ids:
