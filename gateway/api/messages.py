@@ -32,6 +32,7 @@ from .keys import client_key, model_pool
 from .messages_plan import (NATIVE, TOKENIZER, CountTokensPlan, MessagesPlan,
                             passed_headers)
 from .middleware import stamp_response
+from .output_cap import cap_output
 from .stream_end import (CLIENT_GONE, client_gone, drain_cut, drain_runtime, end_drain_cut,
                          read_whole)
 
@@ -50,6 +51,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
     raw = await read_body(request, table.config.server.max_body_bytes)
     payload = parse_messages(raw, rec, table)
     pool = model_pool(key, table, payload, rec)
+    if not counting:
+        cap_output("messages", payload, table.config.route(pool.model).max_output_tokens)
     rec.stream = bool(payload.get("stream")) and not counting
     plan_type = CountTokensPlan if counting else MessagesPlan
     plan = plan_type(payload, passed_headers(request.headers))
