@@ -10,7 +10,6 @@ error, Redis down) is a 503 naming it, logged once per outage; never a traceback
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from typing import Any
 
 import orjson
@@ -37,23 +36,14 @@ def make_store(state: StateConfig) -> Store:
     return MemoryStore()
 
 
-def _failures() -> tuple[type[BaseException], ...]:
-    found: list[type[BaseException]] = [sqlite3.Error, OSError, asyncio.TimeoutError]
-    try:
-        from redis.exceptions import RedisError
-        found.append(RedisError)
-    except ImportError:   # pragma: no cover - redis is a dependency
-        pass
-    return tuple(found)
-
-
 class Conversations:
     """The stored responses of stateless runtimes, as JSON objects."""
 
     def __init__(self, config: Config, store: Store | None = None) -> None:
         self.store = store if store is not None else make_store(config.state)
         self.kind = type(self.store).__name__
-        self._failures = _failures()
+        # How this store fails (its own errors, besides the OS's and timeouts).
+        self._failures = (OSError, asyncio.TimeoutError, *getattr(self.store, "FAILURES", ()))
         self._down = False
 
     async def get(self, rid: str) -> dict[str, Any] | None:

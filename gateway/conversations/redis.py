@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 PREFIX = "gateway:response:"
 INDEX = "gateway:responses"
@@ -17,6 +18,8 @@ TIMEOUT_S = 2.0
 
 
 class RedisStore:
+    FAILURES = (RedisError,)
+
     def __init__(self, url: str) -> None:
         self._redis = Redis.from_url(url, socket_timeout=TIMEOUT_S,
                                      socket_connect_timeout=TIMEOUT_S)

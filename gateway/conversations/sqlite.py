@@ -27,6 +27,8 @@ CREATE INDEX IF NOT EXISTS stored_responses_expires ON stored_responses (expires
 
 
 class SqliteStore:
+    FAILURES = (sqlite3.Error,)
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite")

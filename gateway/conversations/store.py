@@ -14,6 +14,8 @@ from typing import Protocol
 
 
 class Store(Protocol):
+    FAILURES: tuple[type[BaseException], ...]   # how it fails, besides OSError and timeouts
+
     async def get(self, rid: str) -> bytes | None: ...
 
     async def put(self, rid: str, entry: bytes, ttl_s: float, max_stored: int) -> None: ...
@@ -25,6 +27,8 @@ class Store(Protocol):
 
 class MemoryStore:
     """In this process only: lost on restart, not shared by workers or replicas."""
+
+    FAILURES: tuple[type[BaseException], ...] = ()
 
     def __init__(self, clock=time.monotonic) -> None:
         self._clock = clock
