@@ -17,6 +17,7 @@ lacks the `stateful_responses` capability:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -24,6 +25,8 @@ from aiohttp import web
 
 from ..auth import model_allowed
 from ..config import ApiKey, ResponsesConfig
+from ..conversations import StoreUnavailable
+from ..conversations.history import expanded, input_items
 from ..dispatch import BackendState, Opened, RouteTable
 from ..endpoints import Endpoint
 from ..errors import BadRequest, Forbidden
@@ -32,8 +35,8 @@ from ..response_ids import IdRewriter, runtime_ref
 from ..typedefs import CONVERSATIONS
 from ..wire import loads_object
 from .stored import ResponseNotFound
-from ..conversations import StoreUnavailable
-from ..conversations.history import expanded, input_items
+
+_KEPT_EVENTS = re.compile(rb"response\.(?:output_item\.done|completed|incomplete)")
 
 
 def keeps_nothing(state: BackendState | None) -> bool:
@@ -79,8 +82,8 @@ class Keeping:
 
     def see_events(self, block: bytes) -> None:
         """A relayed block of events (ids already public): keep finished items and the end."""
-        if b"response.output_item.done" not in block and b'"response.' not in block:
-            return
+        if not _KEPT_EVENTS.search(block):
+            return   # deltas and the rest: not parsed
         for line in block.split(b"\n"):
             if not line.startswith(b"data:"):
                 continue
