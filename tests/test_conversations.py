@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
 
 from gateway.app import create_app
@@ -14,6 +15,7 @@ from gateway.config import ResponsesConfig, StateConfig
 from gateway.conversations.sqlite import SqliteStore
 from gateway.conversations.store import MemoryStore
 from tests.conftest import RUNTIME_ID, eventually, make_config, runtime_backend
+from tests.server_procs import start as start_gateway
 from tests.test_shared_limits import redis_server  # noqa: F401  (a fixture)
 
 ANSWER = "w0 w1 w2 w3"   # what the fake runtime says with words=4
@@ -214,3 +216,39 @@ async def test_sqlite_store_bounds(tmp_path):
         assert await store.delete("r2") and not await store.delete("r2")
     finally:
         await store.close()
+
+
+async def fresh(method: str, url: str, **kw) -> tuple[int, dict]:
+    """One request on a connection of its own: under --workers the kernel picks the worker."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        async with s.request(method, url, **kw) as resp:
+            return resp.status, await resp.json()
+
+
+async def test_every_worker_and_a_restart_share_state_sqlite(stateless, tmp_path):
+    """(Without `state`, each worker keeps its own in memory: this fails with a 404.)"""
+    fake, server = await stateless()
+    text = (f"backends:\n  b: {{kind: llamacpp, url: '{server.url('/v1')}', models: "
+            f"{{m: '{RUNTIME_ID}'}}}}\n"
+            f"state: {{sqlite: '{tmp_path / 'state.sqlite'}'}}\n")
+    # Started on a thread: the fake runtime answers the health checks on this loop.
+    served = await asyncio.to_thread(start_gateway, tmp_path, text, workers=2, name="gw0")
+    try:
+        status, done = await fresh("POST", served.base + "/v1/responses",
+                                   json={"model": "m", "input": "turn 0"})
+        assert status == 200, done
+        ids = [done["id"]]
+        for turn in range(1, 7):   # each on a fresh connection: either worker may take it
+            status, done = await fresh("POST", served.base + "/v1/responses", json={
+                "model": "m", "input": f"turn {turn}", "previous_response_id": ids[-1]})
+            assert status == 200, done
+            ids.append(done["id"])
+        assert len(fake.posts()[-1][1]["input"]) == 13   # 7 user turns, 6 answers
+    finally:
+        await asyncio.to_thread(served.stop)
+    again = await asyncio.to_thread(start_gateway, tmp_path, text, name="gw1")
+    try:
+        status, got = await fresh("GET", f"{again.base}/v1/responses/{ids[3]}")
+        assert status == 200 and got["previous_response_id"] == ids[2]
+    finally:
+        await asyncio.to_thread(again.stop)
