@@ -12,8 +12,10 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import ResponsesConfig, StateConfig
+from gateway.conversations import Conversations
 from gateway.conversations.sqlite import SqliteStore
 from gateway.conversations.store import MemoryStore
+from gateway.typedefs import CONVERSATIONS
 from tests.conftest import RUNTIME_ID, eventually, make_config, runtime_backend
 from tests.server_procs import start as start_gateway
 from tests.test_shared_limits import redis_server  # noqa: F401  (a fixture)
@@ -191,6 +193,32 @@ async def test_a_store_that_fails_is_a_503_not_a_traceback(stateless, aiohttp_cl
     assert resp.status == 503 and resp.headers["Retry-After"] == "1"
     assert (await resp.json())["error"]["code"] == "state_store_unavailable"
     assert "Traceback" not in caplog.text
+
+
+class SlowStore(MemoryStore):
+    """Puts that take a while, as on a busy disk or a far Redis."""
+
+    async def put(self, rid, entry, ttl_s, max_stored):
+        await asyncio.sleep(0.3)
+        await super().put(rid, entry, ttl_s, max_stored)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_follow_up_right_after_the_answer_waits_for_its_put(stateless, aiohttp_client,
+                                                                  stream):
+    _, server = await stateless()
+    cfg = make_config(runtime_backend("b", server, kind="llamacpp", models={"m": RUNTIME_ID}))
+    app = create_app(cfg)
+    app[CONVERSATIONS] = Conversations(cfg, store=SlowStore())
+    client = await aiohttp_client(app)
+    resp = await client.post("/v1/responses", json={"model": "m", "input": "hi",
+                                                    "stream": stream})
+    text = await resp.text()
+    rid = text.split('"response.completed"')[1] if stream else text
+    rid = rid.split('"id":"')[1].split('"')[0]
+    follow = await client.post("/v1/responses", json={"model": "m", "input": "more",
+                                                      "previous_response_id": rid})
+    assert follow.status == 200, await follow.text()
 
 
 async def test_memory_store_bounds():

@@ -9,8 +9,11 @@ lacks the `stateful_responses` capability:
   words when the gateway has no such response, or no longer).
 - `keeper`, once a backend answered: a `Keeping` that watches the relayed answer (the
   response object of a whole answer; `response.output_item.done` and the terminal event of
-  a stream, since llama-server's terminal event lacks `output`) and stores it at the end,
-  unless the request said `store: false`.
+  a stream, since llama-server's terminal event lacks `output`) and starts storing it the
+  moment it is complete, before the client has it (a follow-up of it waits for that put),
+  unless the request said `store: false`. A whole answer is sent once stored; a stream's
+  terminal event goes out while its put runs (under `--workers`, a follow-up sent within
+  that millisecond to another worker may not find it yet).
 - `answer_kept`, for `GET`, `DELETE` and `GET …/input_items` of such a backend's response:
   answered from the store, never sent to the runtime (which would say 404).
 """
@@ -25,7 +28,7 @@ from aiohttp import web
 
 from ..auth import model_allowed
 from ..config import ApiKey, ResponsesConfig
-from ..conversations import StoreUnavailable
+from ..conversations import Conversations
 from ..conversations.history import expanded, input_items
 from ..dispatch import BackendState, Opened, RouteTable
 from ..endpoints import Endpoint
@@ -67,18 +70,26 @@ async def expand_follow_up(request: web.Request, table: RouteTable, payload: dic
 class Keeping:
     """One answer being watched, to be stored once it is complete."""
 
-    __slots__ = ("request", "entry", "previous", "items", "final")
+    __slots__ = ("conversations", "limits", "entry", "previous", "items", "rid")
 
-    def __init__(self, request: web.Request, entry: dict[str, Any],
-                 previous: str | None) -> None:
-        self.request = request
+    def __init__(self, conversations: Conversations, limits: ResponsesConfig,
+                 entry: dict[str, Any], previous: str | None) -> None:
+        self.conversations = conversations
+        self.limits = limits
         self.entry = entry
         self.previous = previous
         self.items: list[Any] = []
-        self.final: dict[str, Any] | None = None
+        self.rid: str | None = None   # the stored response's id, once its put started
+
+    async def written(self) -> None:
+        """Until the put of this answer is done (or failed: the answer stands)."""
+        if self.rid is not None:
+            await self.conversations.settled(self.rid)
 
     def see_whole(self, body: bytes) -> None:
-        self.final = loads_object(body)
+        final = loads_object(body)
+        if final is not None:
+            self._store(final)
 
     def see_events(self, block: bytes) -> None:
         """A relayed block of events (ids already public): keep finished items and the end."""
@@ -95,12 +106,11 @@ class Keeping:
                 self.items.append(event["item"])
             elif kind in ("response.completed", "response.incomplete") \
                     and isinstance(event.get("response"), dict):
-                self.final = event["response"]
+                self._store(event["response"])
 
-    async def store(self, limits: ResponsesConfig) -> None:
-        final = self.final
-        if final is None or not isinstance(final.get("id"), str):
-            return   # broken off, or the runtime named no response: nothing to follow up
+    def _store(self, final: dict[str, Any]) -> None:
+        if not isinstance(final.get("id"), str):
+            return   # the runtime named no response: there is nothing to follow up
         if not final.get("output") and self.items:
             final = {**final, "output": self.items}
         if self.previous is not None:
@@ -108,22 +118,20 @@ class Keeping:
         if "model" in final:   # a whole answer is seen before its model name is rewritten
             final = {**final, "model": self.entry["model"]}
         entry = {**self.entry, "output": final.get("output") or [], "response": final}
-        try:
-            await self.request.app[CONVERSATIONS].put(final["id"], entry, limits)
-        except StoreUnavailable:
-            pass   # the answer stands; its follow-up will say the store is unavailable
+        self.rid = final["id"]
+        self.conversations.put_soon(self.rid, entry, self.limits)
 
 
-def keeper(request: web.Request, opened: Opened, payload: dict, ids: IdRewriter | None,
-           model: str, previous: str | None) -> Keeping | None:
-    """A `Keeping` for this answer when the gateway stores it, watching through `ids`;
+def keep(request: web.Request, opened: Opened, payload: dict, ids: IdRewriter | None,
+         model: str, previous: str | None, limits: ResponsesConfig) -> Keeping | None:
+    """Have `ids` store this answer as it is relayed, when the gateway keeps it;
     `previous`: the previous_response_id the gateway expanded, if it did."""
     if ids is None or not keeps_nothing(opened.backend) or payload.get("store") is False:
         return None
-    keeping = Keeping(request, {"model": model, "backend": opened.backend.name,
-                                "input": input_items(payload.get("input"))}, previous)
-    ids.keeper = keeping
-    return keeping
+    ids.keeper = Keeping(request.app[CONVERSATIONS], limits,
+                         {"model": model, "backend": opened.backend.name,
+                          "input": input_items(payload.get("input"))}, previous)
+    return ids.keeper
 
 
 async def answer_kept(request: web.Request, endpoint: Endpoint, state: BackendState,

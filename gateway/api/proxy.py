@@ -29,7 +29,7 @@ from ..response_ids import IdRewriter
 from ..routing import NO_AFFINITY
 from ..typedefs import GATEWAY, RECORD
 from .body import parse_payload, read_body
-from .conversations import answer_kept, expand_follow_up, keeper
+from .conversations import answer_kept, expand_follow_up, keep
 from .keys import client_key, model_pool
 from .middleware import stamp_response
 from .output_cap import cap_output
@@ -83,14 +83,14 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         opened.patterns = backend_patterns(opened.backend)
     if endpoint.streams == BYTES:
         return await relay_bytes(request, opened, rec, endpoint.has_usage)
-    keeping = keeper(request, opened, payload, ids, pool.model, previous)
+    # A runtime that keeps nothing: the gateway stores the answer as it is relayed.
+    keeping = keep(request, opened, payload, ids, pool.model, previous, table.config.responses)
     if rec.stream:
-        resp = await _stream(request, opened, rec, endpoint, ids,
+        return await _stream(request, opened, rec, endpoint, ids,
                              table.config.server.client_idle_s)
-    else:
-        resp = await _whole(opened, rec, endpoint, ids)
-    if keeping is not None:   # the runtime keeps nothing: the gateway stores the answer
-        await keeping.store(table.config.responses)
+    resp = await _whole(opened, rec, endpoint, ids)
+    if keeping is not None:
+        await keeping.written()   # before the client has it: any worker can follow it up
     return resp
 
 

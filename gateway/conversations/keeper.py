@@ -45,8 +45,31 @@ class Conversations:
         # How this store fails (its own errors, besides the OS's and timeouts).
         self._failures = (OSError, asyncio.TimeoutError, *getattr(self.store, "FAILURES", ()))
         self._down = False
+        # Puts under way, by id: a follow-up may come as soon as the client has the answer,
+        # before its put is done; a get or delete of that id waits for it.
+        self._writing: dict[str, asyncio.Task] = {}
+
+    def put_soon(self, rid: str, entry: dict[str, Any], limits: ResponsesConfig) -> None:
+        """Store `entry` under `rid` in the background, starting now (before the answer
+        reaches the client); a failure is logged by `_call`, the answer stands."""
+        task = asyncio.get_running_loop().create_task(self.put(rid, entry, limits))
+        self._writing[rid] = task
+        task.add_done_callback(lambda done: self._written(rid, done))
+
+    def _written(self, rid: str, task: asyncio.Task) -> None:
+        if self._writing.get(rid) is task:
+            del self._writing[rid]
+        if not task.cancelled():
+            task.exception()   # StoreUnavailable: logged once per outage already
+
+    async def settled(self, rid: str) -> None:
+        """Until a put of `rid` under way is done (whether it worked or not)."""
+        task = self._writing.get(rid)
+        if task is not None:
+            await asyncio.wait([task])
 
     async def get(self, rid: str) -> dict[str, Any] | None:
+        await self.settled(rid)
         raw = await self._call(self.store.get(rid))
         if raw is None:
             return None
@@ -58,9 +81,12 @@ class Conversations:
                                         limits.max_stored))
 
     async def delete(self, rid: str) -> bool:
+        await self.settled(rid)
         return bool(await self._call(self.store.delete(rid)))
 
     async def close(self) -> None:
+        if self._writing:
+            await asyncio.wait(list(self._writing.values()))
         await self.store.close()
 
     async def _call(self, work: Any) -> Any:
