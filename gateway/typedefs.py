@@ -12,6 +12,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from .console.parts import Console
+    from .conversations import Conversations
     from .log import AccessLog
     from .record import RequestRecord
     from .state import Gateway
@@ -25,8 +26,10 @@ RUN_DIR: web.AppKey[RunDir] = web.AppKey("run_dir")     # the server's shared di
 LEADER: web.AppKey[Leader] = web.AppKey("leader")      # who measures for the server (--workers N)
 SUPERVISOR: web.AppKey[int] = web.AppKey("supervisor")   # the master's pid, in a worker of --workers N
 ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
+# Responses the gateway stores for runtimes that keep none (gateway/conversations).
+CONVERSATIONS: web.AppKey[Conversations] = web.AppKey("conversations")
 CONSOLE: web.AppKey[Console] = web.AppKey("console")   # the operator console's sessions, tail, history
 RECORD: web.RequestKey[RequestRecord] = web.RequestKey("record")
 
 __all__ = ["ACCESS_LOG", "GATEWAY", "CONFIG_PATH", "CONFIG_SEEN", "LEADER", "RUN_DIR", "SUPERVISOR",
-           "CONSOLE", "RECORD"]
+           "CONSOLE", "CONVERSATIONS", "RECORD"]

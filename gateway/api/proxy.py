@@ -22,9 +22,11 @@ from ..relay.whole import body_response, body_usage, read_whole
 from ..routing import NO_AFFINITY
 from ..typedefs import GATEWAY, RECORD
 from .body import parse_payload, read_body
+from .conversations import answer_kept, expand_follow_up, keep
 from .forms import read_form
 from .keys import client_key, model_pool
 from .middleware import stream_answer
+from .output_cap import cap_output
 from .plans import AsIs
 from .stored import follow_up, stored_call
 
@@ -40,21 +42,28 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     table = gateway.table   # this request's one config snapshot, from here to the end
     limit = table.config.server.max_body_bytes
     ids: IdRewriter | None = None
-    pinned = target = None
+    pinned = target = previous = None
     if endpoint.body is Body.NONE:
         payload: dict = {}
         pool, pinned, target, ids = stored_call(request, table, endpoint, key)
         rec.stream = endpoint.streams is not None and request.query.get("stream") == "true"
+        kept = await answer_kept(request, endpoint, pinned, rec)
+        if kept is not None:   # a response the gateway keeps, not its runtime
+            rec.backend = pinned.name
+            return kept
         route = NO_AFFINITY
     else:
         if endpoint.body is Body.MULTIPART:
             payload = await read_form(request, limit)
         else:
-            payload = parse_payload(await read_body(request, limit), endpoint)
+            payload = parse_payload(await read_body(request, limit), endpoint, rec, table)
         pool = model_pool(key, table, payload, rec)
+        cap_output(endpoint.name, payload, table.config.route(pool.model).max_output_tokens)
         rec.stream = bool(payload.get("stream"))
         if endpoint.stored_ids:
-            pinned, ids = follow_up(table, pool, payload)
+            previous = await expand_follow_up(request, table, payload, key)
+            if previous is None:
+                pinned, ids = follow_up(table, pool, payload)
         if endpoint.upstream_path == SAME_PATH:
             target = request.rel_url.raw_path
         route = pool.strategy.route_key(endpoint, payload, request.headers)
@@ -62,9 +71,14 @@ async def proxy(request: web.Request) -> web.StreamResponse:
                                                 AsIs(endpoint, payload), pinned, target))
     if endpoint.stored_ids and ids is None:
         ids = IdRewriter(opened.backend.name)
+    # A runtime that keeps nothing: the gateway stores the answer as it is relayed.
+    keeping = keep(request, opened, payload, ids, pool.model, previous, table.config.responses)
     if opened.shaped.fmt is not None:
         return await stream_answer(request, opened, rec, table.config, ids)
-    return await _whole(opened, rec, endpoint, ids)
+    resp = await _whole(opened, rec, endpoint, ids)
+    if keeping is not None:
+        await keeping.written()   # before the client has it: any worker can follow it up
+    return resp
 
 
 async def _whole(opened: Opened, rec: RequestRecord, endpoint: Endpoint,

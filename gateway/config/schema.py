@@ -55,6 +55,7 @@ _ROUTE = {
     "strategy": _string(allowed=list(STRATEGIES)),
     "fallbacks": _list_of({"type": "dict",
                            "schema": {"backend": _string(), "model": _string()}}),
+    "max_output_tokens": _integer(min=1, nullable=True),
 }
 
 _API_KEY = {
@@ -102,7 +103,8 @@ SCHEMA = {
         "sample_ratio": _number(min=0, max=1),
         "service_name": _string(),
     }),
-    "state": _section({"redis": _string(check_with="redis_url")}),
+    "state": _section({"redis": _string(check_with="redis_url"), "sqlite": _string()}),
+    "responses": _section({"ttl_s": _number(gt=0), "max_stored": _integer(min=1)}),
 }
 
 _BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,

@@ -1,7 +1,9 @@
 """The built-in `echo` runtime: answers in process, with no network hop.
 
 Chat and completions echo the last user message (or the prompt) word by word,
-streamed or not; embeddings are deterministic vectors. The Responses API, the
+streamed or not; with tools, chat runs an agent loop's steps (echo_tools.py: call the
+tool the user names, answer a tool's result with its text); embeddings are deterministic
+vectors. The Responses API, the
 tokenizer, rerank and score are in echo_apis.py; Anthropic Messages reach echo
 translated to chat. It serves any model it is listed for, so the shipped config
 works on a machine with no LLM runtime.
@@ -23,6 +25,7 @@ from ..translate.content import content_text
 from ..endpoints import Endpoint
 from ..errors import BadRequest
 from .echo_apis import EchoApis, Made
+from .echo_tools import Call, chat_reply
 
 WORD_DELAY_S = 0.02      # slow enough to see words arrive one by one in a terminal
 EMBEDDING_DIMS = 64
@@ -69,11 +72,12 @@ class EchoResponse:
     async def read(self) -> bytes:
         if self.endpoint == "embeddings":
             return orjson.dumps(_embeddings(self.payload, self.model))
-        words, finish = _answer(self.endpoint, self.payload)
-        return orjson.dumps(_completion(self.endpoint, self.model, self.payload, words, finish))
+        words, finish, call = _answer(self.endpoint, self.payload)
+        return orjson.dumps(_completion(self.endpoint, self.model, self.payload, words, finish,
+                                        call))
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        words, finish = _answer(self.endpoint, self.payload)
+        words, finish, call = _answer(self.endpoint, self.payload)
         chat = self.endpoint == "chat"
         cid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         base = {"id": cid, "object": "chat.completion.chunk" if chat else "text_completion",
@@ -81,6 +85,15 @@ class EchoResponse:
         if chat:
             yield _event(base, {"index": 0, "delta": {"role": "assistant", "content": ""},
                                 "finish_reason": None})
+        if call is not None:
+            # As OpenAI streams a call: its id and name first, then the arguments.
+            yield _event(base, {"index": 0, "delta": {"tool_calls": [
+                {"index": 0, "id": call.id, "type": "function",
+                 "function": {"name": call.name, "arguments": ""}}]}, "finish_reason": None})
+            await asyncio.sleep(WORD_DELAY_S)
+            yield _event(base, {"index": 0, "delta": {"tool_calls": [
+                {"index": 0, "function": {"arguments": call.arguments}}]},
+                "finish_reason": None})
         for i, word in enumerate(words):
             await asyncio.sleep(WORD_DELAY_S)
             text = word if i == 0 else " " + word
@@ -93,7 +106,7 @@ class EchoResponse:
         options = self.payload.get("stream_options") or {}
         if options.get("include_usage"):
             yield b"data: " + orjson.dumps(
-                {**base, "choices": [], "usage": _usage(self.payload, words)}) + b"\n\n"
+                {**base, "choices": [], "usage": _usage(self.payload, words, call)}) + b"\n\n"
         yield b"data: [DONE]\n\n"
 
     def close(self) -> None:
@@ -107,24 +120,26 @@ def _event(base: dict[str, Any], choice: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
 
 
-def _prompt_text(endpoint: str, payload: dict[str, Any]) -> str:
-    if endpoint == "chat":
-        for message in reversed(payload.get("messages") or []):
-            if isinstance(message, dict) and message.get("role") == "user":
-                return content_text(message.get("content"))
-        return ""
+def _prompt_text(payload: dict[str, Any]) -> str:
     prompt = payload.get("prompt", "")
     if isinstance(prompt, list):
         prompt = " ".join(p for p in prompt if isinstance(p, str))
     return prompt if isinstance(prompt, str) else ""
 
 
-def _answer(endpoint: str, payload: dict[str, Any]) -> tuple[list[str], str]:
-    words = _prompt_text(endpoint, payload).split()
+def _answer(endpoint: str, payload: dict[str, Any]) -> tuple[list[str], str, Call | None]:
+    """The words to say and why they end, or the tool call to make instead."""
+    if endpoint == "chat":
+        reply = chat_reply(payload)
+        if reply.call is not None:
+            return [], "tool_calls", reply.call
+        words = reply.words
+    else:
+        words = _prompt_text(payload).split()
     limit = payload.get("max_completion_tokens") or payload.get("max_tokens")
     if isinstance(limit, int) and limit >= 0 and len(words) > limit:
-        return words[:limit], "length"
-    return words, "stop"
+        return words[:limit], "length", None
+    return words, "stop", None
 
 
 def _count_prompt_words(payload: dict[str, Any]) -> int:
@@ -135,24 +150,30 @@ def _count_prompt_words(payload: dict[str, Any]) -> int:
     return len(prompt.split()) if isinstance(prompt, str) else 0
 
 
-def _usage(payload: dict[str, Any], words: list[str]) -> dict[str, int]:
+def _usage(payload: dict[str, Any], words: list[str], call: Call | None = None
+           ) -> dict[str, int]:
     prompt = _count_prompt_words(payload)
-    return {"prompt_tokens": prompt, "completion_tokens": len(words),
-            "total_tokens": prompt + len(words)}
+    # A call's tokens: its name and the words of its arguments.
+    made = len(words) if call is None else 1 + len(call.arguments.split())
+    return {"prompt_tokens": prompt, "completion_tokens": made, "total_tokens": prompt + made}
 
 
 def _completion(endpoint: str, model: str, payload: dict[str, Any], words: list[str],
-                finish: str) -> dict[str, Any]:
+                finish: str, call: Call | None = None) -> dict[str, Any]:
     text = " ".join(words)
     if endpoint == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                  "logprobs": None, "finish_reason": finish}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if call is not None:
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": call.id, "type": "function",
+                 "function": {"name": call.name, "arguments": call.arguments}}]}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
         obj, prefix = "chat.completion", "chatcmpl-"
     else:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
         obj, prefix = "text_completion", "cmpl-"
     return {"id": prefix + uuid.uuid4().hex[:24], "object": obj, "created": int(time.time()),
-            "model": model, "choices": [choice], "usage": _usage(payload, words)}
+            "model": model, "choices": [choice], "usage": _usage(payload, words, call)}
 
 
 def _embeddings(payload: dict[str, Any], model: str) -> dict[str, Any]:

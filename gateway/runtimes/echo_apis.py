@@ -24,6 +24,7 @@ from ..endpoints import Body, Endpoint
 from ..errors import BadRequest, UpstreamStatus
 from . import echo_media
 from .echo_rank import rerank, score
+from .echo_tools import Call, responses_reply
 
 WORD_DELAY_S = 0.02
 MAX_STORED = 1000
@@ -106,11 +107,13 @@ class EchoApis:
             raise _not_found(f"Previous response with id '{previous}' not found.",
                              "previous_response_id")
         items = _input_items(payload.get("input"))
-        words = _last_user_text(items).split()
+        reply = responses_reply(items, payload)
+        words = reply.words
         limit = payload.get("max_output_tokens")
         if isinstance(limit, int) and 0 <= limit < len(words):
             words = words[:limit]
-        response = _response(payload, words, len(" ".join(_text_of(i) for i in items).split()))
+        response = _response(payload, words, len(" ".join(_text_of(i) for i in items).split()),
+                             reply.call)
         if payload.get("store", True) is not False:
             self._store(response, items)
         if payload.get("stream"):
@@ -186,18 +189,19 @@ def _input_items(given: Any) -> list[dict]:
     return [i for i in given if isinstance(i, dict)] if isinstance(given, list) else []
 
 
-def _last_user_text(items: list[dict]) -> str:
-    for item in reversed(items):
-        if item.get("role", "user") == "user":
-            return _text_of(item)
-    return ""
-
-
-def _response(payload: dict, words: list[str], input_words: int) -> dict:
+def _response(payload: dict, words: list[str], input_words: int, call: Call | None) -> dict:
     text = " ".join(words)
-    message = {"id": "msg_" + uuid.uuid4().hex[:24], "type": "message", "status": "completed",
-               "role": "assistant",
-               "content": [{"type": "output_text", "text": text, "annotations": []}]}
+    message: dict[str, Any] = {
+        "id": "msg_" + uuid.uuid4().hex[:24], "type": "message", "status": "completed",
+        "role": "assistant", "content": [{"type": "output_text", "text": text,
+                                          "annotations": []}]}
+    made = len(words)
+    if call is not None:
+        message = {"id": "fc_" + uuid.uuid4().hex[:24], "type": "function_call",
+                   "status": "completed", "call_id": call.id, "name": call.name,
+                   "arguments": call.arguments}
+        made = 1 + len(call.arguments.split())
+    tools = payload.get("tools")
     return {"id": "resp_" + uuid.uuid4().hex, "object": "response",
             "created_at": int(time.time()), "status": "completed", "error": None,
             "incomplete_details": None, "instructions": payload.get("instructions"),
@@ -206,10 +210,11 @@ def _response(payload: dict, words: list[str], input_words: int) -> dict:
             "previous_response_id": payload.get("previous_response_id"),
             "store": payload.get("store", True) is not False,
             "temperature": payload.get("temperature", 1.0), "text": {"format": {"type": "text"}},
-            "tool_choice": "auto", "tools": [], "top_p": payload.get("top_p", 1.0),
+            "tool_choice": payload.get("tool_choice") or "auto",
+            "tools": tools if isinstance(tools, list) else [], "top_p": payload.get("top_p", 1.0),
             "truncation": "disabled", "metadata": payload.get("metadata") or {},
-            "usage": {"input_tokens": input_words, "output_tokens": len(words),
-                      "total_tokens": input_words + len(words),
+            "usage": {"input_tokens": input_words, "output_tokens": made,
+                      "total_tokens": input_words + made,
                       "input_tokens_details": {"cached_tokens": 0},
                       "output_tokens_details": {"reasoning_tokens": 0}}}
 
@@ -229,6 +234,17 @@ async def _response_events(done: dict, words: list[str]) -> AsyncIterator[bytes]
 
     yield event("response.created", response=going)
     yield event("response.in_progress", response=going)
+    if message["type"] == "function_call":
+        yield event("response.output_item.added", output_index=0,
+                    item={**message, "status": "in_progress", "arguments": ""})
+        await asyncio.sleep(WORD_DELAY_S)
+        yield event("response.function_call_arguments.delta", item_id=item_id, output_index=0,
+                    delta=message["arguments"])
+        yield event("response.function_call_arguments.done", item_id=item_id, output_index=0,
+                    name=message["name"], arguments=message["arguments"])
+        yield event("response.output_item.done", output_index=0, item=message)
+        yield event("response.completed", response=done)
+        return
     yield event("response.output_item.added", output_index=0,
                 item={**message, "status": "in_progress", "content": []})
     yield event("response.content_part.added", **at, part=part)
