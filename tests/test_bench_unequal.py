@@ -12,7 +12,7 @@ import asyncio
 import aiohttp
 
 from gateway.engine.signals import parse
-from tests.conftest import StartRuntime
+from tests.conftest import StartRuntime, eventually
 
 
 async def test_the_fake_reports_its_batch_and_its_queue(start_runtime: StartRuntime):
@@ -32,12 +32,12 @@ async def test_the_fake_reports_its_batch_and_its_queue(start_runtime: StartRunt
         return await resp.read()
 
     streams = [asyncio.create_task(stream()) for _ in range(5)]
-    load = None
-    for _ in range(100):                     # bounded: at most 1 s for all 5 to arrive
-        await asyncio.sleep(0.01)
+
+    async def all_arrived():
         load = await reading()
-        if load.running + load.waiting == 5:
-            break
+        return load if load.running + load.waiting == 5 else None
+    load = await eventually(all_arrived, timeout=5, interval=0.01)
+    assert load is not None, f"not all 5 streams arrived: {await reading()}"
     assert (load.running, load.waiting) == (2, 3)
     assert load.kv_usage == 0.5              # a full batch is half the KV cache
 

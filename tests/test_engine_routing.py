@@ -14,7 +14,7 @@ import pytest
 
 from gateway.config import EngineConfig, QueueConfig, RouteConfig, ServerConfig
 from gateway.typedefs import GATEWAY
-from tests.conftest import CHAT, RUNTIME_ID, make_config, runtime_backend, samples
+from tests.conftest import CHAT, RUNTIME_ID, eventually, make_config, runtime_backend, samples
 
 FAST = EngineConfig(interval_s=0.05, stale_after_s=0.3, max_queue=8, max_kv_usage=0.9)
 ADMIN = "admin-key"
@@ -29,10 +29,7 @@ def config(*servers, strategy: str = "weighted", engine: EngineConfig = FAST, **
 
 
 async def until(condition, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not met within {timeout} s"
-        await asyncio.sleep(0.02)
+    assert await eventually(condition, timeout), f"{what} not met within {timeout} s"
 
 
 def reading(client, name: str):
@@ -124,7 +121,7 @@ async def test_a_queued_request_goes_out_as_soon_as_a_scrape_shows_room(start_en
                                         max_wait_s=20)
     started = time.monotonic()
     request = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)   # a fixed wait: the absence is the check, nothing goes out
     assert not request.done()                      # waiting: nothing was sent anywhere
     assert client.app[GATEWAY].dispatcher.queue.waiting == 1
     late.waiting = 0                               # no request finished: only a scrape wakes it
@@ -160,7 +157,7 @@ async def test_metrics_that_vanish_or_break_fail_no_request(start_engine, gatewa
         flaky.pages_fault = mode
         for _ in range(6):
             seen += await hits(client, 1)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)   # a fixed pace: the requests span scrape rounds
     assert sum(seen.values()) == 30 and seen["flaky"] > 0
     reasons = failures(await samples(client), "flaky")
     assert reasons.get("status", 0) >= 1 and reasons.get("format", 0) >= 1
@@ -290,17 +287,19 @@ async def test_gauges_and_admin_show_only_what_each_kind_exposes(start_engine,
 
     fakes["vllm"].pages_fault = "hang"             # stale: its series go, never a made-up 0
     await until(lambda: reading(client, "vllm") is None, what="stale")
-    await asyncio.sleep(3 * FAST.interval_s)   # a round publishes the gauges after that
+
+    async def vllm_series_gone() -> bool:   # a round publishes the gauges after that
+        return not [key for key in await samples(client) if key[1] == (("backend", "vllm"),)
+                    and key[0] in ENGINE_GAUGES.values()]
+    assert await eventually(vllm_series_gone, timeout=5), "vllm's stale series still shown"
     found = await samples(client)
-    assert not [key for key in found if key[1] == (("backend", "vllm"),)
-                and key[0] in ENGINE_GAUGES.values()]
     assert found[("gateway_backend_queue_depth", (("backend", "tgi"),))] == 7
 
 
 async def test_kinds_that_expose_nothing_are_never_scraped(start_engine, gateway_client):
     local, server = await start_engine(kind="localai")   # its /metrics has no load in it
     client = await gateway_client(config(("local", "localai", server)))
-    await asyncio.sleep(5 * FAST.interval_s)
+    await asyncio.sleep(5 * FAST.interval_s)   # a fixed wait: the absence is the check
     assert await hits(client, 2) == {"local": 2}
     assert local.scrapes == {}
     found = await samples(client)

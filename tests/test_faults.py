@@ -151,9 +151,9 @@ async def slow_reader(start_faulty, gateway_client, *, idle_s: float, client_idl
     client = await gateway_client(cfg)
     resp = await client.post("/v1/chat/completions", json=STREAM)
     first = await resp.content.readuntil(b"\n\n")
-    await asyncio.sleep(pause_s - 1)
+    await asyncio.sleep(pause_s - 1)   # fixed waits: the client pausing is the behaviour
     before = fake.events
-    await asyncio.sleep(1)
+    await asyncio.sleep(1)             # the absence is the check: no runtime write for 1 s
     held = fake.events == before   # the runtime's writes wait too: nothing piles up
     rest = await asyncio.wait_for(resp.read(), 20)
     return fake, client, first + rest, held
@@ -185,11 +185,8 @@ async def test_a_reader_stalled_past_client_idle_s_is_cut_with_an_error_event(st
     found = await samples(client)
     assert value(found, "gateway_stream_aborts_total", backend="gpu", reason="client_slow") == 1
     assert value(found, "gateway_stream_aborts_total", backend="gpu", reason="client_left") == 0
-    for _ in range(100):    # the runtime's stream was dropped, not left to run on
-        if not fake.in_flight:
-            break
-        await asyncio.sleep(0.02)
-    assert fake.in_flight == 0
+    # The runtime's stream was dropped, not left to run on.
+    assert await eventually(lambda: fake.in_flight == 0, timeout=5), fake.in_flight
 
 
 async def test_a_client_that_never_reads_again_is_dropped(start_faulty, gateway_client):
@@ -199,14 +196,11 @@ async def test_a_client_that_never_reads_again_is_dropped(start_faulty, gateway_
     client = await gateway_client(cfg)
     resp = await client.post("/v1/chat/completions", json=STREAM)
     await resp.content.readuntil(b"\n\n")
-    connections = client.server.runner.server.connections
-    assert len(connections) == 1
-    for _ in range(150):    # cut after 0.5 s of waiting, dropped 0.5 s after that
-        if not connections:
-            break
-        await asyncio.sleep(0.02)
-        connections = client.server.runner.server.connections
-    assert not connections and fake.in_flight == 0
+    server = client.server.runner.server
+    assert len(server.connections) == 1
+    # Cut after 0.5 s of waiting, dropped 0.5 s after that.
+    assert await eventually(lambda: not server.connections, timeout=10), server.connections
+    assert fake.in_flight == 0
     resp.close()
 
 
@@ -263,7 +257,7 @@ async def test_a_hung_but_healthy_backend_backs_off(start_runtime, gateway_clien
             break
         resp = await client.post("/v1/chat/completions", json=CHAT)
         assert resp.status == 200
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)   # a fixed pace for 3 s of sequential requests
     assert hung.health_checks >= 10
     assert 2 <= len(hung.requests) <= 4
 
@@ -289,11 +283,8 @@ async def test_the_idle_upstream_pool_is_bounded_per_backend(start_runtime, gate
             asyncio.gather(*(one(session) for _ in range(burst))), 30)
     assert all(b.endswith(b"data: [DONE]\n\n") for b in bodies)
     assert len(set(fake.peers)) > MAX_IDLE_PER_BACKEND + 50   # many streams at once
-    for _ in range(100):
-        if server.connections <= MAX_IDLE_PER_BACKEND:
-            break
-        await asyncio.sleep(0.02)
-    assert server.connections <= MAX_IDLE_PER_BACKEND
+    assert await eventually(lambda: server.connections <= MAX_IDLE_PER_BACKEND, timeout=5), \
+        server.connections
     # The kept ones are reused.
     assert (await (await client.post("/v1/chat/completions", json=STREAM)).read()).endswith(
         b"data: [DONE]\n\n")

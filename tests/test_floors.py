@@ -22,7 +22,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("gateway.engine", "gateway.routing", "gateway.translate"),
     ("gateway.runtimes",),
     ("gateway.workers",),
-    ("gateway.limits",),
+    ("gateway.limits", "gateway.conversations"),
     ("gateway.dispatch",),
     ("gateway.relay",),
     ("gateway.tracing",),

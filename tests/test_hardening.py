@@ -18,7 +18,8 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from gateway.app import RATE_LIMIT_HEADERS, create_app
 from gateway.config import ApiKey, RetryConfig, ServerConfig, Timeouts, load_config
-from tests.conftest import CHAT, RUNTIME_ID, StartRuntime, bearer, make_config, runtime_backend
+from tests.conftest import (CHAT, RUNTIME_ID, StartRuntime, bearer, eventually, make_config,
+                            runtime_backend)
 
 CANARY = "sk-canary-7f3c9a1e5b2d4f60"          # a backend's api_key
 HEADER_CANARY = "hk-canary-0e9d8c7b6a5f4e3d"   # a backend's secret extra header
@@ -338,10 +339,12 @@ async def test_slowloris_is_cut_off_without_slowing_others(start_runtime: StartR
     runtime, cfg = await plain_gateway(start_runtime)
     # The runner gets run_app's keep-alive default: handler_args must win over it.
     gateway = await aiohttp_server(create_app(cfg, header_timeout_s=1.0), keepalive_timeout=75)
+    opened: list[int] = []   # one entry per slow connection made
 
     async def trickle() -> float:
         started = time.monotonic()
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        opened.append(1)
         try:
             writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
             for _ in range(50):                       # at most 5 s
@@ -349,7 +352,7 @@ async def test_slowloris_is_cut_off_without_slowing_others(start_runtime: StartR
                     break
                 writer.write(b"a")
                 await writer.drain()
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)             # a fixed pace: one byte each 0.1 s
             assert await reader.read() == b""            # closed, no answer
         except ConnectionResetError:
             pass
@@ -360,13 +363,14 @@ async def test_slowloris_is_cut_off_without_slowing_others(start_runtime: StartR
     async def silent() -> float:
         started = time.monotonic()
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        opened.append(1)
         async with asyncio.timeout(5):
             assert await reader.read() == b""
         writer.close()
         return time.monotonic() - started
 
     slow = [asyncio.create_task(trickle()) for _ in range(20)] + [asyncio.create_task(silent())]
-    await asyncio.sleep(0.3)
+    assert await eventually(lambda: len(opened) == 21, timeout=5), f"{len(opened)} of 21 open"
     body = json.dumps(CHAT).encode()
     for _ in range(3):                                    # others are served at full speed
         started = time.monotonic()
@@ -520,7 +524,7 @@ async def test_a_body_that_fails_to_decode_midway_is_a_400_without_a_traceback(
         start = zlib.compress(b'{"model": "llama", "messages": [')[:-4]
         writer.write(b"%x\r\n%s\r\n" % (len(start), start))
         await writer.drain()
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)   # a fixed wait: nothing public shows the handler reading
         writer.write(b"6\r\n\xff\xfe\xfd\xfc\xfb\xfa\r\n0\r\n\r\n")
         await writer.drain()
         status, _, body = await read_http_response(reader)
@@ -528,7 +532,9 @@ async def test_a_body_that_fails_to_decode_midway_is_a_400_without_a_traceback(
         writer.close()
     assert status == 400
     assert json.loads(body)["error"]["code"] == "invalid_request"
-    await asyncio.sleep(0.1)   # aiohttp would log after the answer, as it reads on
+    # A fixed wait, the absence is the check: aiohttp would log after the answer, as it
+    # reads on.
+    await asyncio.sleep(0.1)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert runtime.requests == []
 
@@ -544,5 +550,5 @@ async def test_header_deadline_never_cuts_a_long_answer_or_a_kept_alive_client(
         body = await resp.read()
         assert resp.status == 200 and body.endswith(b"data: [DONE]\n\n")
         assert time.monotonic() - started > 1.5
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)   # a fixed wait: the kept-alive client idles between requests
     assert len(fake.requests) == 2

@@ -22,7 +22,7 @@ from gateway.config import ApiKey
 from gateway.limits.shared import SharedLimiter
 from gateway.metrics import Metrics
 from gateway.limits.buckets import Limiter
-from tests.conftest import unavailable
+from tests.conftest import eventually, unavailable
 from tests.server_procs import ROOT, start, wait_until
 from tests.test_workers import CHAT, echo_config, scrape
 
@@ -142,7 +142,6 @@ async def test_two_gateways_on_one_redis_hold_one_keys_rpm(redis_server, gateway
 async def test_redis_killed_mid_test_fails_no_request_and_comes_back(redis_server, gateway):
     served = gateway(keyed(redis_server.url, 1_000_000))
     statuses: list[int] = []
-    up_seen: list[float] = []
 
     async def load(until: float) -> None:
         async with aiohttp.ClientSession() as session:
@@ -153,20 +152,18 @@ async def test_redis_killed_mid_test_fails_no_request_and_comes_back(redis_serve
                     statuses.append(resp.status)
     began = time.monotonic()
     traffic = asyncio.gather(*(load(began + 5) for _ in range(4)))
-    await asyncio.sleep(1)
+
+    async def state_up_is(wanted: float) -> bool:
+        return (await scrape(served.base))[("gateway_state_backend_up", ())] == wanted
+    await asyncio.sleep(1)   # a fixed wait: traffic on a working Redis first
     redis_server.kill()
-    await asyncio.sleep(1)
-    up_seen.append((await scrape(served.base))[("gateway_state_backend_up", ())])
+    assert await eventually(lambda: state_up_is(0), timeout=5, interval=0.1), "Redis not down"
+    during = len(statuses)   # requests go on while Redis is down
+    assert await eventually(lambda: len(statuses) >= during + 20, timeout=5), statuses[during:]
     await asyncio.to_thread(redis_server.start)   # same port: the gateway finds it again
-    for _ in range(60):
-        up = (await scrape(served.base))[("gateway_state_backend_up", ())]
-        if up == 1:
-            break
-        await asyncio.sleep(0.1)
-    up_seen.append(up)
+    assert await eventually(lambda: state_up_is(1), timeout=10, interval=0.1), "Redis not back"
     await traffic
     assert len(statuses) > 100 and statuses == [200] * len(statuses)
-    assert up_seen == [0, 1]
     log = served.stderr()
     assert log.count("unreachable (") == 1 and log.count("is back: rate limits") == 1
 
@@ -182,8 +179,10 @@ async def test_redis_limits_refuse_charge_and_tell_the_headers(redis_server):
         assert refusal.limit == "rpm" and 19 < refusal.retry_after <= 20
         assert limiter.headers("k")["x-ratelimit-remaining-requests"] == "0"
         limiter.charge("k", {"total_tokens": 250})
-        await asyncio.sleep(0.2)   # the charge is sent after the answer, not awaited by it
-        assert limiter.headers("k")["x-ratelimit-remaining-tokens"] == "0"
+        # The charge is sent after the answer, not awaited by it.
+        assert await eventually(
+            lambda: limiter.headers("k")["x-ratelimit-remaining-tokens"] == "0", timeout=5), \
+            limiter.headers("k")
         assert await limiter.acquire("unlimited") is None
     finally:
         await limiter.close()

@@ -28,7 +28,8 @@ from gateway.log import AccessLog
 from gateway.app import create_app
 from gateway.config import (ApiKey, Fallback, RetryConfig, RouteConfig, TracingConfig, backend,
                             check)
-from tests.conftest import CHAT, RUNTIME_ID, bearer, make_config, runtime_backend, samples, value
+from tests.conftest import (CHAT, RUNTIME_ID, bearer, eventually, make_config, runtime_backend,
+                            samples, value)
 
 SERVER, CLIENT = PbSpan.SPAN_KIND_SERVER, PbSpan.SPAN_KIND_CLIENT
 ERROR = PbStatus.STATUS_CODE_ERROR
@@ -75,7 +76,7 @@ class Collector:
         assert request.content_type == "application/x-protobuf"
         body = await request.read()
         if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+            await asyncio.sleep(self.delay_s)   # a fixed wait: the slowness is the behaviour
         self.bodies.append(body)
         export = ExportTraceServiceRequest.FromString(body)
         for rs in export.resource_spans:
@@ -89,10 +90,7 @@ class Collector:
                             content_type="application/x-protobuf")
 
     async def wait_for(self, count: int, timeout: float = 5.0) -> list[Span]:
-        deadline = time.monotonic() + timeout
-        while len(self.spans) < count and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert len(self.spans) >= count, self.spans
+        assert await eventually(lambda: len(self.spans) >= count, timeout), self.spans
         return self.spans
 
     def of_trace(self, trace_id: str) -> list[Span]:
@@ -274,7 +272,8 @@ async def test_incoming_traceparent_is_continued_and_its_flag_respected(
         "traceparent": f"00-{sampled_trace}-{parent}-01"})
     assert resp.status == 200
     spans = await collector.wait_for(2)
-    await asyncio.sleep(0.1)   # anything else exported would be there by now
+    # A fixed wait, the absence is the check: anything else exported would be there by now.
+    await asyncio.sleep(0.1)
     assert {sp.trace_id for sp in collector.spans} == {sampled_trace}
     server, try_ = one(spans, SERVER), one(spans, CLIENT)
     assert server.parent_id == parent and try_.parent_id == server.span_id
@@ -337,12 +336,12 @@ async def test_collector_down_costs_nothing_and_is_logged_once(start_runtime, tr
             slowest = max(slowest, time.perf_counter() - started)
         await asyncio.sleep(0.3)   # several batches, each meeting the outage
     assert slowest < 0.5
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+
+    async def dropped_while_down() -> bool:
         found = await samples(client)
-        if value(found, "gateway_trace_spans_dropped_total", reason="collector_down") > 0:
-            break
-        await asyncio.sleep(0.05)
+        return value(found, "gateway_trace_spans_dropped_total", reason="collector_down") > 0
+    await eventually(dropped_while_down, timeout=5, interval=0.05)   # asserted below
+    found = await samples(client)
     failed = value(found, "gateway_trace_spans_dropped_total", reason="export_failed")
     down = value(found, "gateway_trace_spans_dropped_total", reason="collector_down")
     assert failed > 0 and down > 0 and failed + down <= 60
@@ -415,9 +414,7 @@ async def test_a_saturated_backend_skipped_is_named_in_the_decision(start_runtim
         routes={"llama": RouteConfig(strategy="least_busy")}, tracing=traced(collector.url))
     client = await traced_client(cfg)
     first = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
-    deadline = time.monotonic() + 5
-    while not busy.requests and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    assert await eventually(lambda: busy.requests, timeout=5)   # the first is at `a`
     resp = await client.post("/v1/chat/completions", json=CHAT)
     assert resp.headers["X-Gateway-Backend"] == "b"
     assert (await first).headers["X-Gateway-Backend"] == "a"
@@ -483,5 +480,5 @@ async def test_sample_ratio_decides_new_traces_by_their_trace_id(collector, trac
                 if int(line["trace_id"], 16) & (2**64 - 1) < 2**63}
     assert 0 < len(expected) < 40
     await collector.wait_for(2 * len(expected))
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)   # a fixed wait, the absence is the check: no other trace comes
     assert {s.trace_id for s in collector.spans} == expected

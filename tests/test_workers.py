@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.workers.rundir import PREFIX, OwnedRunDir, sweep_stale
-from tests.conftest import RUNTIME_ID
+from tests.conftest import RUNTIME_ID, eventually
 from tests.server_procs import Served, alive, start, wait_until
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "one two three"}]}
@@ -94,9 +94,13 @@ async def test_in_flight_adds_up_across_workers(gateway):
     slow = {"model": "m", "stream": True,
             "messages": [{"role": "user", "content": " ".join(["w"] * 100)}]}   # 2 s
     streams = [asyncio.create_task(fresh_post(served.base, slow)) for _ in range(12)]
-    await asyncio.sleep(1.3)   # each worker copies its count into the gauge every second
-    samples = await scrape(served.base)
-    assert samples[("gateway_in_flight_requests", (("backend", "a"),))] == 12
+
+    async def in_flight() -> float:
+        return (await scrape(served.base))[("gateway_in_flight_requests", (("backend", "a"),))]
+
+    async def all_counted() -> bool:   # each worker copies its count into the gauge every second
+        return await in_flight() == 12
+    assert await eventually(all_counted, timeout=5, interval=0.1), await in_flight()
     assert await asyncio.gather(*streams) == [200] * 12
 
 
@@ -108,8 +112,16 @@ async def test_sigkill_of_the_master_leaves_no_process_within_3_s(gateway):
             "messages": [{"role": "user", "content": " ".join(["w"] * 1000)}]}   # 20 s
     # Streams running: a worker that only noticed its parent's death would drain them
     # for up to drain_s (30 s); the kernel's SIGKILL ends it at once.
-    streams = [asyncio.create_task(fresh_post(served.base, long)) for _ in range(6)]
-    await asyncio.sleep(0.5)
+    opened: list[int] = []
+
+    async def stream() -> None:
+        async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True)) as s:
+            async with s.post(served.base + "/v1/chat/completions", json=long) as resp:
+                opened.append(resp.status)
+                await resp.read()
+    streams = [asyncio.create_task(stream()) for _ in range(6)]
+    assert await eventually(lambda: len(opened) == 6, timeout=10), f"{len(opened)} of 6 open"
     served.proc.send_signal(signal.SIGKILL)   # the master alone, as the OOM killer would
     await asyncio.to_thread(served.proc.wait, 5)
     assert await asyncio.to_thread(
@@ -150,11 +162,9 @@ async def test_sighup_and_admin_reload_reach_every_worker(gateway):
     assert reloads_ok() == [0, 0]
     load = asyncio.gather(*(fresh_post(served.base) for _ in range(40)))
     served.proc.send_signal(signal.SIGHUP)
-    for _ in range(200):   # 10 s: the machine may be busy
-        if reloads_ok() == [1, 1]:
-            break
-        await asyncio.sleep(0.05)
-    assert reloads_ok() == [1, 1]   # each worker reloaded once, none was replaced
+    # Each worker reloaded once, none was replaced.
+    assert await eventually(lambda: reloads_ok() == [1, 1], timeout=10, interval=0.05), \
+        reloads_ok()
     async with aiohttp.ClientSession() as s:
         resp = await s.post(served.base + "/admin/reload",
                             headers={"Authorization": "Bearer adm"})
@@ -175,10 +185,10 @@ async def test_an_edit_reaches_every_worker(gateway):
                 connector=aiohttp.TCPConnector(force_close=True)) as s:
             body = await (await s.get(served.base + "/v1/models")).json()
         return {m["id"] for m in body["data"]}
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and sorted(
-            served.per_worker("gateway_config_reloads_total", result="ok").values())[0] < 1:
-        await asyncio.sleep(0.05)
+
+    def reloaded() -> list[float]:
+        return sorted(served.per_worker("gateway_config_reloads_total", result="ok").values())
+    assert await eventually(lambda: reloaded()[0] >= 1, timeout=10, interval=0.05), reloaded()
     seen = [await models() for _ in range(20)]   # new connections: both workers answer
     assert seen == [{"m", "n"}] * 20
 
@@ -188,13 +198,16 @@ async def test_sigterm_drains_every_worker_at_once(gateway):
     long = {"model": "m", "stream": True,
             "messages": [{"role": "user", "content": " ".join(["w"] * 400)}]}   # 8 s
 
+    opened: list[int] = []
+
     async def stream() -> str:
         async with aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(force_close=True)) as s:
             async with s.post(served.base + "/v1/chat/completions", json=long) as resp:
+                opened.append(resp.status)
                 return (await resp.read()).decode()
     tasks = [asyncio.create_task(stream()) for _ in range(12)]   # on both workers
-    await asyncio.sleep(0.5)
+    assert await eventually(lambda: len(opened) == 12, timeout=10), f"{len(opened)} of 12 open"
     began = time.monotonic()
     served.proc.send_signal(signal.SIGTERM)
     bodies = await asyncio.wait_for(asyncio.gather(*tasks), 10)
@@ -226,7 +239,7 @@ async def test_health_checks_run_once_per_server(gateway, start_runtime):
             f"health: {{interval_s: {interval}, timeout_s: 1}}\n")
     served = await asyncio.to_thread(gateway, text, workers=3)
     before, began = fake.health_checks, time.monotonic()
-    await asyncio.sleep(4)
+    await asyncio.sleep(4)   # a fixed window: the checks' rate over it is the check
     rounds = (time.monotonic() - began) / interval
     checks = fake.health_checks - before
     assert 2 <= checks <= 1.4 * rounds + 1, (checks, rounds)   # one checker, not three
@@ -290,9 +303,11 @@ async def test_an_edit_made_while_a_worker_starts_is_not_lost(tmp_path, aiohttp_
     app = create_app(config, str(path))
     app[CONFIG_SEEN] = seen
     client = await aiohttp_client(app)
-    for _ in range(60):
-        body = await (await client.get("/v1/models")).json()
-        if len(body["data"]) == 2:
-            break
-        await asyncio.sleep(0.05)
-    assert [m["id"] for m in body["data"]] == ["m", "n"]
+
+    async def models() -> list[str]:
+        async with client.get("/v1/models") as resp:
+            return [m["id"] for m in (await resp.json())["data"]]
+
+    async def both_listed() -> bool:
+        return await models() == ["m", "n"]
+    assert await eventually(both_listed, timeout=10, interval=0.05), await models()

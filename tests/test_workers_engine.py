@@ -62,7 +62,7 @@ async def test_each_runtime_is_scraped_once_per_interval_and_shown_once(gateway,
                                     f"interval_s: {interval}, stale_after_s: 1",
                                     running=3, waiting=2, kv=0.25)
     before, began = fake.scrapes["/metrics"], time.monotonic()
-    await asyncio.sleep(3)
+    await asyncio.sleep(3)   # a fixed window: the scrapes' rate over it is the check
     rounds = (time.monotonic() - began) / interval
     scrapes = fake.scrapes["/metrics"] - before
     # One scraper for the server: two would ask twice per interval.
@@ -86,7 +86,7 @@ async def test_each_runtime_is_scraped_once_per_interval_and_shown_once(gateway,
     assert await until_series(served.base, lambda s: s.get(
         ("gateway_backend_queue_depth", "a")) == [7.0], within=10)
     before, began = fake.scrapes["/metrics"], time.monotonic()
-    await asyncio.sleep(2)
+    await asyncio.sleep(2)   # a fixed window, as above
     rounds = (time.monotonic() - began) / interval
     scrapes = fake.scrapes["/metrics"] - before
     assert 0.6 * rounds <= scrapes <= 1.25 * rounds + 1, (scrapes, rounds)
@@ -149,7 +149,7 @@ async def test_a_saturated_backend_gets_nothing_from_either_worker(gateway, star
     assert await until_series(served.base, lambda s: s.get(
         ("gateway_backend_queue_depth", "idle")) == [20.0])
     waiting = [asyncio.create_task(fresh_post(served.base)) for _ in range(12)]
-    await asyncio.sleep(1)
+    await asyncio.sleep(1)   # a fixed wait, the absence is the check: none is answered
     assert not any(t.done() for t in waiting)
     busy.waiting = 0
     assert await asyncio.wait_for(asyncio.gather(*waiting), 5) == [200] * 12
