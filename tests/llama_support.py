@@ -115,6 +115,10 @@ class LlamaServer(Runtime):
                 "--alias", PUBLIC_MODEL, "--no-jinja", "--chat-template", "gemma",
                 "-c", str(ctx), "-np", str(parallel),
                 "-t", str(threads), "-tb", str(threads), "--metrics", "--slots",
+                # The native build's AMX kernels (CPUs with AMX, e.g. Sapphire Rapids)
+                # crash as the model loads (SIGSEGV in ggml_backend_amx_mul_mat); without
+                # weight repacking they are not used. The other CPU kernels serve as well.
+                "--no-repack",
                 "--no-warmup", *extra]
         super().__init__(name, argv, log_dir / f"{name}.log")
 
