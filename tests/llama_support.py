@@ -141,6 +141,22 @@ class LlamaServer(Runtime):
         return any(s.get("is_processing") for s in self.slots())
 
 
+# `python -m llama_cpp.server`, with llama.cpp's weight repacking off: as in llama-server
+# (--no-repack above), its AMX kernels crash as the model loads on CPUs with AMX, and the
+# server has no setting for it, so the model parameters' default is changed before it starts.
+NO_REPACK_SERVER = """
+import llama_cpp.llama_cpp as lc
+defaults = lc.llama_model_default_params
+def no_repack():
+    params = defaults()
+    params.use_extra_bufts = False
+    return params
+lc.llama_model_default_params = no_repack
+from llama_cpp.server.__main__ import main
+main()
+"""
+
+
 class LlamaCppPythonServer(Runtime):
     """llama-cpp-python's OpenAI-compatible server (FastAPI + uvicorn), from its own venv.
 
@@ -152,7 +168,7 @@ class LlamaCppPythonServer(Runtime):
     def __init__(self, name: str, python: Path, model: Path, log_dir: Path,
                  ctx: int = 1024, threads: int = 1):
         self.port = free_port()
-        argv = [str(python), "-m", "llama_cpp.server", "--model", str(model),
+        argv = [str(python), "-c", NO_REPACK_SERVER, "--model", str(model),
                 "--model_alias", PUBLIC_MODEL, "--chat_format", "gemma",
                 "--host", HOST, "--port", str(self.port), "--n_ctx", str(ctx),
                 "--n_threads", str(threads), "--n_threads_batch", str(threads),

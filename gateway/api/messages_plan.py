@@ -68,6 +68,8 @@ class MessagesPlan:
 
     __slots__ = ("payload", "headers", "_chat", "_error")
 
+    selective = True   # a backend that cannot take the translation is not tried
+
     def __init__(self, payload: dict[str, Any], headers: Mapping[str, str] | None) -> None:
         self.payload = payload
         self.headers = headers

@@ -37,6 +37,8 @@ class AsIs:
 
     __slots__ = ("endpoint", "payload")
 
+    selective = False   # every backend of the walk can take the request as it is
+
     def __init__(self, endpoint: Endpoint, payload: Any) -> None:
         self.endpoint = endpoint
         self.payload = payload

@@ -13,7 +13,7 @@ it is an error; it never parses a body or an answer itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Protocol
 
 from ..config import BackendConfig
 from ..endpoints import Endpoint
@@ -42,9 +42,8 @@ class FirstEvent(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class Shaped:
-    """One try, as one backend gets it."""
+class Shaped(NamedTuple):
+    """One try, as one backend gets it (a tuple: made on every try, cheaply)."""
     endpoint: Endpoint                        # the row whose upstream path it goes to
     body: Any                                 # JSON object, multipart body, or None
     headers: Mapping[str, str] | None         # extra upstream headers
@@ -55,6 +54,8 @@ class Shaped:
 
 class TryPlan(Protocol):
     """How each try of a request is shaped for its backend (api/plans.py)."""
+
+    selective: bool   # whether `accepts` can say no: else it is not asked
 
     def accepts(self, backend: BackendConfig) -> bool:
         """Whether this backend can serve the request at all (else it is not tried)."""

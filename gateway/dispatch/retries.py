@@ -90,8 +90,9 @@ class Dispatcher:
         stages = ((Stage(pool.model, pool, (call.pinned,), 1),) if call.pinned is not None
                   else table.stages(pool))
         for index, stage in enumerate(stages):
-            capable = tuple(b for b in stage.capable(capability)
-                            if call.plan.accepts(table.bound(b)[0]))
+            capable = stage.capable(capability)
+            if call.plan.selective:
+                capable = tuple(b for b in capable if call.plan.accepts(table.bound(b)[0]))
             capable_seen = capable_seen or bool(capable)
             tries = stage.tries
             last_stage = index == len(stages) - 1
