@@ -29,8 +29,9 @@ class BackendState:
         self.runtime = runtime
         self.in_flight = 0
         # A backend is assumed healthy until its first active check says otherwise;
-        # the health checker flips this to False for a backend still loading.
-        self.healthy = True
+        # the health checker flips this to False for a backend still loading. A member
+        # found by discovery gets traffic only once it passed a check.
+        self.healthy = config.member_of is None
         self.checked = False
         self.discovered_models: tuple[str, ...] = ()
         self.consecutive_failures = 0

@@ -42,9 +42,10 @@ def build_stages(config: Config, pool: Pool, pools: Mapping[str, Pool],
     stages = [Stage(pool.model, pool, pool.backends, 1 + attempts)]
     for fb in pool.fallbacks:
         if fb.backend is not None:
-            state = states.get(fb.backend)
-            if state is not None:
-                stages.append(Stage(pool.model, pool, (state,), 1, fb.backend))
+            # A discover backend as the fallback: its members, one try among them.
+            members = tuple(s for s in states.values() if s.config.label == fb.backend)
+            if members:
+                stages.append(Stage(pool.model, pool, members, 1, fb.backend))
         elif fb.model is not None:
             target = pools.get(fb.model)
             if target is not None:

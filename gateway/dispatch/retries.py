@@ -16,7 +16,7 @@ import asyncio
 import time
 from typing import Any, AsyncIterator, Mapping, Protocol
 
-from ..config import BackendConfig, Config, HealthConfig
+from ..config import BackendConfig, Config, HealthConfig, backend_label
 from ..endpoints import BYTES, Endpoint
 from ..errors import (DeadlineExceeded, NoHealthyBackend, Reason, UpstreamError,
                       UpstreamStatus, UpstreamTimeout)
@@ -29,6 +29,7 @@ from ..routing import RouteRequest
 from ..runtimes.scrub import scrub_text
 from . import ejection
 from .backend import BackendState
+from .cold import ColdPools, prefer_loaded
 from .outcome import give_up
 from .queue import CapacityQueue
 from .pool import Pool
@@ -88,6 +89,7 @@ class Dispatcher:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self.queue = CapacityQueue()
+        self.cold = ColdPools(self.queue)   # cold.py: waits for a pool none of which is up
 
     # -- the walk ------------------------------------------------------------
 
@@ -106,6 +108,9 @@ class Dispatcher:
         capable_seen = False
         stages = ((Stage(pool.model, pool, (pinned,), 1),) if pinned is not None
                   else table.stages(pool))
+        if pinned is None and self.cold.is_cold(stages, capability, plan):
+            table, pool = await self.cold.wait(cfg, table, pool, capability, plan, deadline)
+            stages = table.stages(pool)
         for index, stage in enumerate(stages):
             capable = stage.capable(capability)
             if plan is not None:
@@ -126,7 +131,8 @@ class Dispatcher:
                 tries -= 1
                 if tried:
                     rec.retries += 1
-                    self.metrics.retries.labels(rec.backend, failures[-1].reason).inc()
+                    self.metrics.retries.labels(backend_label(rec.backend),
+                                                failures[-1].reason).inc()
                 tried.add(backend.name)
                 rec.backend = backend.name
                 if stage.fallback_to and rec.fallback != stage.fallback_to:
@@ -168,6 +174,8 @@ class Dispatcher:
             return None
         if not free:
             return AT_CAPACITY
+        if len(free) > 1:
+            free = prefer_loaded(free, stage.public, now)   # Ollama: the model in memory
         backend = stage.pool.strategy.pick(free, route) if len(free) > 1 else free[0]
         ejection.start_trial(backend, cfg.health, now)   # type: ignore[arg-type]
         return backend  # type: ignore[return-value]
@@ -296,7 +304,7 @@ class Dispatcher:
         backend.in_flight -= 1
         self.queue.notify()
         if isinstance(error, UpstreamError):
-            self.metrics.upstream_errors.labels(backend.name, error.reason).inc()
+            self.metrics.upstream_errors.labels(backend.config.label, error.reason).inc()
         ejection.judge(backend, error, health, time.monotonic())
 
 

@@ -1,0 +1,168 @@
+"""Discovery in the background: each discover backend's host resolved every interval.
+
+No request waits on a lookup. A round that finds other addresses than the last
+records them in `Gateway.members` and rebuilds the states and route table
+(`Gateway.apply` with the config in force): a new member is probed at once and gets
+traffic once it passes (health/checks.py), a member that left is in no route table
+from then on and drains (its running streams hold its state and finish). A failed
+lookup keeps the last members, logged once per outage.
+
+Under `--workers N` each worker resolves for itself. A lookup is one small UDP
+exchange per interval, which the resolver (a cluster's CoreDNS, a node cache)
+answers from its cache, and each worker must hold its own member states anyway;
+members are named by address, so the leader's health results (health.json) and
+engine readings reach every worker's same member, and workers that disagree for an
+interval after a change only send to a member one round early or late.
+
+Every SWEEP_S the loop also ends draining for members whose last request ended,
+publishes gateway_backend_members, and tells the cold pools' wake marks which
+backends are warm again (discovery/wake.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from ..config import BackendConfig
+from ..dispatch.members import MEMBER_STATES, host_of
+from ..health.checks import check_backend
+from ..log import discovery_logger
+from ..state import Gateway
+from ..typedefs import GATEWAY, RUN_DIR
+from .dns import HostResolver, LookupFailed
+from .wake import Waker
+
+SWEEP_S = 0.5             # draining ends and gauges are this fresh
+LOOKUP_TIMEOUT_S = 5.0    # at most; never longer than the backend's interval
+
+
+class Discovery:
+    """The lookups of every discover backend of the gateway's config in force."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._resolvers: dict[str, tuple[BackendConfig, HostResolver]] = {}
+        self._next: dict[str, float] = {}
+        self._failing: set[str] = set()
+
+    def _backends(self) -> list[BackendConfig]:
+        """The discover backends of the config in force (a reload may change them)."""
+        found = [b for b in self.gateway.config.backends.values() if b.discovers]
+        names = {b.name for b in found}
+        self.gateway.members.forget(names)
+        for name in [n for n in self._resolvers if n not in names]:
+            del self._resolvers[name]
+            self._next.pop(name, None)
+            self._failing.discard(name)
+        return found
+
+    def _resolver(self, backend: BackendConfig) -> HostResolver:
+        known = self._resolvers.get(backend.name)
+        if known is None or known[0] != backend:
+            discover = backend.discover
+            assert discover is not None
+            timeout = min(LOOKUP_TIMEOUT_S, discover.interval_s)
+            known = self._resolvers[backend.name] = (
+                backend, HostResolver(discover.nameservers, timeout))
+        return known[1]
+
+    async def round(self, now: float, *, every: bool = False) -> None:
+        """Look up every backend due by `now` (all of them with `every`)."""
+        due = [b for b in self._backends() if every or self._next.get(b.name, 0.0) <= now]
+        if not due:
+            return
+        for backend in due:
+            assert backend.discover is not None
+            self._next[backend.name] = now + backend.discover.interval_s
+        answers = await asyncio.gather(*(self._lookup(b) for b in due))
+        changed = False
+        for backend, addresses in zip(due, answers):
+            if addresses is not None and self.gateway.members.set(backend.name, addresses):
+                changed = True
+                discovery_logger.info("backend %s has %d member(s): %s", backend.name,
+                                      len(addresses), ", ".join(sorted(addresses)) or "none")
+        if changed:
+            await self.rebuild()
+
+    async def _lookup(self, backend: BackendConfig) -> tuple[str, ...] | None:
+        """The host's addresses; None after a failed lookup (logged once per outage)."""
+        host = host_of(backend)
+        try:
+            addresses = await self._resolver(backend).addresses(host)
+        except LookupFailed as exc:
+            if backend.name not in self._failing:
+                self._failing.add(backend.name)
+                discovery_logger.warning("backend %s: looking up %s failed (%s); keeping "
+                                         "its %d member(s) until a lookup answers",
+                                         backend.name, host, exc, len(
+                                             self.gateway.members.addresses.get(
+                                                 backend.name, ())))
+            return None
+        if backend.name in self._failing:
+            self._failing.discard(backend.name)
+            discovery_logger.info("backend %s: %s resolves again", backend.name, host)
+        return addresses
+
+    async def rebuild(self) -> None:
+        """Swap in states and a route table with the members now known; probe the new."""
+        gateway = self.gateway
+        old = gateway.states
+        gateway.apply(gateway.config)
+        gateway.members.retire(s for name, s in old.items() if name not in gateway.states)
+        new = [s for name, s in gateway.states.items() if name not in old]
+        if new:
+            results = await asyncio.gather(*(check_backend(gateway, s) for s in new))
+            if any(models_changed for _, models_changed in results):
+                gateway.rebuild()
+        gateway.publish_backend_up()
+        gateway.dispatcher.queue.notify()   # a cold pool's waiters look again
+
+    def sweep(self, waker: Waker | None) -> None:
+        """Draining ends; the members gauge; wake marks of backends warm again."""
+        gateway = self.gateway
+        members = gateway.members
+        for name in members.sweep():
+            discovery_logger.info("member %s drained", name)
+        now = time.monotonic()
+        gauge = gateway.metrics.backend_members
+        for backend, counts in members.counts(gateway.states.values(), now).items():
+            for state in MEMBER_STATES:
+                gauge.labels(backend, state).set(counts[state])
+        if waker is not None:
+            waker.sweep(gateway, now)
+
+
+async def run(discovery: Discovery, waker: Waker | None) -> None:
+    """Lookups when due, a sweep every SWEEP_S; until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        try:
+            await discovery.round(time.monotonic())
+            discovery.sweep(waker)
+        except Exception:
+            discovery_logger.exception("discovery round failed")
+        await asyncio.sleep(max(0.0, started + SWEEP_S - loop.time()))
+
+
+async def elastic_pools(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the first lookups before serving (bounded by their timeouts), then
+    the loop; the wake hooks of cold pools (discovery/wake.py) for the app's lifetime."""
+    gateway = app[GATEWAY]
+    waker = Waker(gateway.transport.session, gateway.metrics, app.get(RUN_DIR))
+    gateway.dispatcher.cold.waker = waker
+    gateway.dispatcher.cold.current = lambda: gateway.table
+    discovery = Discovery(gateway)
+    await discovery.round(time.monotonic(), every=True)
+    discovery.sweep(waker)
+    task = asyncio.create_task(run(discovery, waker))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await waker.close()
