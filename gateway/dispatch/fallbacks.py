@@ -13,6 +13,7 @@ from typing import Mapping
 from ..config import Config
 from .backend import BackendState
 from .pool import Pool
+from .sample import Sampler
 
 
 @dataclass(slots=True)
@@ -25,6 +26,7 @@ class Stage:
     tries: int                          # backends of this stage a request may try
     fallback_to: str | None = None      # label for gateway_fallbacks_total{to}
     _capable: dict[str, tuple[BackendState, ...]] = field(default_factory=dict)
+    _samplers: list[Sampler] = field(default_factory=list)
 
     def capable(self, capability: str) -> tuple[BackendState, ...]:
         """The backends that can serve `capability` (computed once per table)."""
@@ -33,6 +35,18 @@ class Stage:
             found = self._capable[capability] = tuple(
                 b for b in self.backends if b.config.capabilities.get(capability))
         return found
+
+    def sampler(self, capable: tuple[BackendState, ...]) -> Sampler:
+        """Large pools' picks look at a few backends (sample.py): one sampler per
+        capable set of this stage, built once per table; a narrower set (a plan's)
+        gets one of its own each time."""
+        for sampler in self._samplers:
+            if sampler.backends is capable:
+                return sampler
+        sampler = Sampler(capable)
+        if any(c is capable for c in self._capable.values()):
+            self._samplers.append(sampler)
+        return sampler
 
 
 def build_stages(config: Config, pool: Pool, pools: Mapping[str, Pool],

@@ -32,6 +32,7 @@ from .backend import BackendState
 from .cold import ColdPools, prefer_loaded
 from .outcome import give_up
 from .queue import CapacityQueue
+from .sample import SAMPLE_ABOVE, sampled_pick
 from .pool import Pool
 from .table import RouteTable
 from .fallbacks import Stage
@@ -155,6 +156,14 @@ class Dispatcher:
         but all of those are at their max_concurrency or saturated (engine.max_queue,
         engine.max_kv_usage): those wait in the queue."""
         now = time.monotonic()
+        if len(capable) > SAMPLE_ABOVE:   # a large pool: look at a few (sample.py)
+            sampler = stage.sampler(capable)
+            if not sampler.exact:
+                picked = sampled_pick(sampler, stage.pool.strategy, tried, route,
+                                      cfg.engine, now)
+                if picked is not None:
+                    ejection.start_trial(picked, cfg.health, now)
+                    return picked
         fresh: list[BackendState] = []   # not tried yet, not failed its health checks
         free: list[BackendState] = []    # of those, not ejected, cooling, at their cap
         any_ready = False                # or saturated by their runtime's own reading

@@ -1,0 +1,133 @@
+"""Picks in large pools (a discover backend's many members) at the cost of small ones.
+
+A full pick looks at every backend of the stage: which are free, then the strategy
+over all of them. With 50 members that is 25 times the work of 2 backends, on every
+request. Past SAMPLE_ABOVE backends a pick looks at CHOICES of them only:
+
+    weighted, least_busy, least_latency   two drawn at random in proportion to weight
+        (weighted: the first of them free; least_busy: the less loaded per weight, the
+        power of two choices; least_latency: its own two-choice rule on the pair)
+    prefix_affinity, session_affinity     the key's first owners clockwise on a hash ring
+        over the whole stage (the same ring construction as routing/ring.py), skipping
+        those not free; the first unless it holds more than its bounded share of the
+        pair's load (the second takes the spill, as the full ring's walk would)
+
+When none of the looked-at backends is free (at capacity, ejected, tried), or the
+stage has backends that report which models they hold (Ollama: its preference needs
+them all), the full pick runs as before. The sampler of a stage is built once per
+route table and capability.
+"""
+
+from __future__ import annotations
+
+import random
+from bisect import bisect_right
+from fractions import Fraction
+
+from ..config import EngineConfig
+from ..routing import RouteRequest, Strategy
+from ..routing.ring import HashRing, hash_point, vnode_points
+from ..routing.weighted import int_weight
+from .backend import BackendState
+
+SAMPLE_ABOVE = 4
+CHOICES = 2
+RING_WALK = 8          # owners looked at for a key before the full pick takes over
+LOAD_FACTOR = Fraction(5, 4)   # the affinity strategies' bound (routing/ring.py)
+# Kinds whose runtime says which models it holds in memory (dispatch/cold.prefer_loaded).
+KINDS_WITH_LOADED_MODELS = frozenset({"ollama"})
+
+
+class Sampler:
+    __slots__ = ("backends", "_cumulative", "_total", "_uniform", "_ring", "_by_name", "_rng",
+                 "exact")
+
+    def __init__(self, backends: tuple[BackendState, ...]) -> None:
+        self.backends = backends
+        total, cumulative = 0, []
+        for b in backends:
+            total += int_weight(b.weight)
+            cumulative.append(total)
+        self._cumulative, self._total = cumulative, total
+        self._uniform = len({b.weight for b in backends}) == 1
+        self._ring: HashRing | None = None
+        self._by_name = {b.name: b for b in backends}
+        self._rng = random.Random()
+        self.exact = any(b.config.kind in KINDS_WITH_LOADED_MODELS for b in backends)
+
+    def draw(self) -> tuple[BackendState, BackendState]:
+        """Two backends at random, each in proportion to weight: one draw, and the point
+        half the total weight on (distinct unless one backend holds half the weight).
+        A discover backend's members all have its weight: then an index does."""
+        backends = self.backends
+        if self._uniform:
+            n = len(backends)
+            i = int(self._rng.random() * n)
+            return backends[i], backends[(i + n // 2) % n]
+        cum, total = self._cumulative, self._total
+        point = self._rng.random() * total
+        half = point + total / 2
+        return (backends[bisect_right(cum, point)],
+                backends[bisect_right(cum, half - total if half >= total else half)])
+
+    def owners(self, key: bytes):
+        """The key's owners clockwise on the stage's ring."""
+        ring = self._ring
+        if ring is None:
+            ring = self._ring = HashRing({b.name: vnode_points(b.name, b.weight)
+                                          for b in self.backends})
+        by_name = self._by_name
+        for name in ring.walk(hash_point(key)):
+            yield by_name[name]
+
+
+def sampled_pick(sampler: Sampler, strategy: Strategy, tried: set[str],
+                 route: RouteRequest, engine: EngineConfig, now: float
+                 ) -> BackendState | None:
+    """A backend by looking at CHOICES of the stage's; None: run the full pick."""
+    name = getattr(strategy, "name", "")
+    if name in ("prefix_affinity", "session_affinity"):
+        key = route.prefix if name == "prefix_affinity" else (
+            route.session.encode("utf-8", "surrogatepass") if route.session else None)
+        if key is not None:
+            return _by_key(sampler, key, tried, engine, now)
+    a, b = sampler.draw()
+    a_free = (a.healthy and a.name not in tried and a.available(now)
+              and not a.at_capacity and not a.saturated(now, engine))
+    b_free = (b is not a and b.healthy and b.name not in tried and b.available(now)
+              and not b.at_capacity and not b.saturated(now, engine))
+    if not (a_free and b_free):
+        return a if a_free else b if b_free else None
+    if name == "weighted":
+        return a
+    if name == "least_latency":
+        return strategy.pick((a, b), route)   # type: ignore[return-value]
+    # least_busy, and any strategy without a keyed rule: the less loaded per weight.
+    return a if a.load * int_weight(b.weight) <= b.load * int_weight(a.weight) else b
+
+
+def _by_key(sampler: Sampler, key: bytes, tried: set[str], engine: EngineConfig,
+            now: float) -> BackendState | None:
+    found: list[BackendState] = []
+    for looked, backend in enumerate(sampler.owners(key)):
+        if looked >= RING_WALK:
+            break
+        if _free(backend, tried, engine, now):
+            found.append(backend)
+            if len(found) == CHOICES:
+                break
+    if len(found) < CHOICES:
+        return found[0] if found else None
+    first, second = found
+    w1, w2 = int_weight(first.weight), int_weight(second.weight)
+    load = first.load
+    # Bounded loads over the pair: the first's share of (both loads + this request).
+    cap = -(-LOAD_FACTOR.numerator * (load + second.load + 1) * w1
+            // (LOAD_FACTOR.denominator * (w1 + w2)))
+    return first if load < cap else second
+
+
+def _free(backend: BackendState, tried: set[str], engine: EngineConfig, now: float) -> bool:
+    """What the full pick asks of a backend it may hand to the strategy."""
+    return (backend.healthy and backend.name not in tried and backend.available(now)
+            and not backend.at_capacity and not backend.saturated(now, engine))
