@@ -146,6 +146,34 @@ async def test_a_dns_server_that_stops_keeps_the_members_and_an_empty_answer_dro
     assert "cold" in (await refused.json())["error"]["message"]
 
 
+async def test_a_members_stored_response_id_reaches_that_member(dns, runtimes,
+                                                                gateway_client):
+    port, fakes = runtimes
+    dns.set(HOST, "127.0.0.2", "127.0.0.3", "127.0.0.4")
+    client = await gateway_client(pool_config(dns, port))
+    assert await eventually(members_are(client, "available", 3), timeout=10)
+    made = {}
+    for _ in range(6):
+        resp = await client.post("/v1/responses", json={"model": "llama", "input": "x"})
+        made[(await resp.json())["id"]] = resp.headers["X-Gateway-Backend"]
+    assert len(set(made.values())) == 3
+    for public, member in made.items():
+        address = member.split("/")[1].split(":")[0]
+        before = len(fakes[address].stored_calls)
+        got = await client.get(f"/v1/responses/{public}")
+        assert got.status == 200 and got.headers["X-Gateway-Backend"] == member
+        assert len(fakes[address].stored_calls) == before + 1
+        follow = await client.post("/v1/responses", json={
+            "model": "llama", "input": "y", "previous_response_id": public})
+        assert follow.status == 200 and follow.headers["X-Gateway-Backend"] == member
+    # A member gone from DNS holds its responses no more: a clean 404, not another member.
+    dns.set(HOST, "127.0.0.2", "127.0.0.3")
+    assert await eventually(members_are(client, "available", 2), timeout=10)
+    gone = next(p for p, m in made.items() if m.startswith("pool/127.0.0.4"))
+    resp = await client.get(f"/v1/responses/{gone}")
+    assert resp.status == 404 and (await resp.json())["error"]["code"] == "response_not_found"
+
+
 @pytest.fixture
 async def hook() -> AsyncIterator[tuple[str, list[str], list]]:
     """A wake hook on 127.0.0.1 that records its calls and runs `on_call[0]`, if set."""

@@ -158,3 +158,11 @@ def test_ollama_prefers_a_backend_with_the_model_loaded():
     assert prefer_loaded([a, b, c], "llama", now) == [b, c]   # c says nothing: not left out
     assert prefer_loaded([a], "llama", now) == [a]             # none better: it loads
     assert prefer_loaded([a, b], "llama", now + 10) == [a, b]  # stale readings count for nothing
+
+
+def test_a_members_traces_name_its_own_address():
+    from gateway.tracing.spans import host_port
+    member = member_config(pool_backend(), "10.0.0.5")
+    assert host_port(member.url) == ("10.0.0.5", 8000)
+    v6 = member_config(pool_backend(), "fd00::5")
+    assert host_port(v6.url) == ("fd00::5", 8000)

@@ -59,6 +59,10 @@ class Discovery:
             del self._resolvers[name]
             self._next.pop(name, None)
             self._failing.discard(name)
+        for backend in found:   # a reload changed its URL or discover: look up now
+            known = self._resolvers.get(backend.name)
+            if known is not None and known[0] != backend:
+                self._next.pop(backend.name, None)
         return found
 
     def _resolver(self, backend: BackendConfig) -> HostResolver:
