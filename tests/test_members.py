@@ -94,13 +94,44 @@ def sampled(strategy: str, members: int = 50, **kw):
     return stage, capable, stage.sampler(capable)
 
 
-def test_weighted_sampling_spreads_over_every_member():
-    stage, _, sampler = sampled("weighted")
+def test_weighted_goes_round_the_members_in_turn():
+    stage, capable, sampler = sampled("weighted")
+    now = time.monotonic()
+
+    def pick():
+        return sampled_pick(sampler, stage.pool.strategy, set(), RouteRequest(), ENGINE, now)
+
+    assert [pick() for _ in range(100)] == [*capable, *capable]
+    capable[3].healthy = False   # skipped: the next one takes its turn, once
+    assert [pick() for _ in range(6)] == [capable[0], capable[1], capable[2], capable[4],
+                                          capable[5], capable[6]]
+
+
+def test_weighted_draws_in_proportion_to_weight_when_members_weigh_differently():
+    gateway = gateway_of(20, "weighted")
+    heavy = backend("heavy", "vllm", "http://127.0.0.9:8000", models=["llama"], weight=20)
+    config = Config(backends=MappingProxyType({**gateway.config.backends, "heavy": heavy}),
+                    routes=gateway.config.routes)
+    gateway.apply(config)
+    for state in gateway.states.values():
+        state.healthy = True
+    stage = gateway.table.stages(gateway.table.pool("llama"))[0]
+    sampler = stage.sampler(stage.capable("chat"))
+    assert not sampler.uniform
     now = time.monotonic()
     counts = Counter(sampled_pick(sampler, stage.pool.strategy, set(), RouteRequest(),
                                   ENGINE, now).name for _ in range(20_000))
-    assert len(counts) == 50
-    assert max(counts.values()) < 1.5 * min(counts.values())
+    assert len(counts) == 21
+    assert 0.4 < counts["heavy"] / 20_000 < 0.6   # weight 20 of 40
+
+
+def test_a_pool_of_configured_backends_alone_is_never_sampled():
+    config = Config(backends=MappingProxyType({
+        n: backend(n, "vllm", f"http://127.0.0.{i + 2}:8000", models=["llama"])
+        for i, n in enumerate("abcdefgh")}))
+    gateway = Gateway(config, None, Metrics())
+    stage = gateway.table.stages(gateway.table.pool("llama"))[0]
+    assert not stage.sampler(stage.capable("chat")).applies
 
 
 def test_least_busy_sampling_takes_the_less_loaded_of_two():
@@ -166,3 +197,13 @@ def test_a_members_traces_name_its_own_address():
     assert host_port(member.url) == ("10.0.0.5", 8000)
     v6 = member_config(pool_backend(), "fd00::5")
     assert host_port(v6.url) == ("fd00::5", 8000)
+
+
+def test_the_pick_benchmark_runs_every_strategy(capsys):
+    """bench/pick.py's figures are read off its output (not asserted here: speed is the
+    benchmark's, not a unit test's); this keeps it working."""
+    from bench.pick import main
+    assert main(["--picks", "300", "--repeat", "1"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [r.split()[0] for r in rows] == ["weighted", "least_busy", "prefix_affinity",
+                                            "session_affinity", "least_latency"]

@@ -156,9 +156,9 @@ class Dispatcher:
         but all of those are at their max_concurrency or saturated (engine.max_queue,
         engine.max_kv_usage): those wait in the queue."""
         now = time.monotonic()
-        if len(capable) > SAMPLE_ABOVE:   # a large pool: look at a few (sample.py)
+        if len(capable) > SAMPLE_ABOVE:   # a large pool of members: look at a few (sample.py)
             sampler = stage.sampler(capable)
-            if not sampler.exact:
+            if sampler.applies:
                 picked = sampled_pick(sampler, stage.pool.strategy, tried, route,
                                       cfg.engine, now)
                 if picked is not None:

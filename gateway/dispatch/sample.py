@@ -2,19 +2,24 @@
 
 A full pick looks at every backend of the stage: which are free, then the strategy
 over all of them. With 50 members that is 25 times the work of 2 backends, on every
-request. Past SAMPLE_ABOVE backends a pick looks at CHOICES of them only:
+request. In a stage of more than SAMPLE_ABOVE backends of which some are discovered
+members, a pick looks at CHOICES of them only (a pool of configured backends alone keeps
+the full pick, and `weighted` its exact smooth round-robin):
 
-    weighted, least_busy, least_latency   two drawn at random in proportion to weight
-        (weighted: the first of them free; least_busy: the less loaded per weight, the
-        power of two choices; least_latency: its own two-choice rule on the pair)
+    weighted       members of equal weight (one discover backend): round-robin, the
+                   next free of the next two; else the first free of two drawn at random
+                   in proportion to weight
+    least_busy, least_latency   two drawn at random in proportion to weight; least_busy
+                   takes the less loaded per weight (the power of two choices),
+                   least_latency its own two-choice rule on the pair
     prefix_affinity, session_affinity     the key's first owners clockwise on a hash ring
         over the whole stage (the same ring construction as routing/ring.py), skipping
         those not free; the first unless it holds more than its bounded share of the
         pair's load (the second takes the spill, as the full ring's walk would)
 
-When none of the looked-at backends is free (at capacity, ejected, tried), or the
-stage has backends that report which models they hold (Ollama: its preference needs
-them all), the full pick runs as before. The sampler of a stage is built once per
+When none of the looked-at backends is free (at capacity, ejected, tried), the full
+pick runs as before; so it does always in a stage with backends that report which
+models they hold (Ollama: its preference needs them all). The sampler of a stage is built once per
 route table and capability.
 """
 
@@ -39,8 +44,8 @@ KINDS_WITH_LOADED_MODELS = frozenset({"ollama"})
 
 
 class Sampler:
-    __slots__ = ("backends", "_cumulative", "_total", "_uniform", "_ring", "_by_name", "_rng",
-                 "exact")
+    __slots__ = ("backends", "_cumulative", "_total", "uniform", "_ring", "_by_name", "_rng",
+                 "applies", "cursor")
 
     def __init__(self, backends: tuple[BackendState, ...]) -> None:
         self.backends = backends
@@ -49,18 +54,21 @@ class Sampler:
             total += int_weight(b.weight)
             cumulative.append(total)
         self._cumulative, self._total = cumulative, total
-        self._uniform = len({b.weight for b in backends}) == 1
+        self.uniform = len({b.weight for b in backends}) == 1
+        self.cursor = 0   # weighted's round-robin over members of equal weight
         self._ring: HashRing | None = None
         self._by_name = {b.name: b for b in backends}
         self._rng = random.Random()
-        self.exact = any(b.config.kind in KINDS_WITH_LOADED_MODELS for b in backends)
+        self.applies = (any(b.config.member_of is not None for b in backends)
+                        and not any(b.config.kind in KINDS_WITH_LOADED_MODELS
+                                    for b in backends))
 
     def draw(self) -> tuple[BackendState, BackendState]:
         """Two backends at random, each in proportion to weight: one draw, and the point
         half the total weight on (distinct unless one backend holds half the weight).
         A discover backend's members all have its weight: then an index does."""
         backends = self.backends
-        if self._uniform:
+        if self.uniform:
             n = len(backends)
             i = int(self._rng.random() * n)
             return backends[i], backends[(i + n // 2) % n]
@@ -91,6 +99,8 @@ def sampled_pick(sampler: Sampler, strategy: Strategy, tried: set[str],
             route.session.encode("utf-8", "surrogatepass") if route.session else None)
         if key is not None:
             return _by_key(sampler, key, tried, engine, now)
+    if name == "weighted" and sampler.uniform:
+        return _round_robin(sampler, tried, engine, now)
     a, b = sampler.draw()
     a_free = (a.healthy and a.name not in tried and a.available(now)
               and not a.at_capacity and not a.saturated(now, engine))
@@ -104,6 +114,19 @@ def sampled_pick(sampler: Sampler, strategy: Strategy, tried: set[str],
         return strategy.pick((a, b), route)   # type: ignore[return-value]
     # least_busy, and any strategy without a keyed rule: the less loaded per weight.
     return a if a.load * int_weight(b.weight) <= b.load * int_weight(a.weight) else b
+
+
+def _round_robin(sampler: Sampler, tried: set[str], engine: EngineConfig,
+                 now: float) -> BackendState | None:
+    backends, start = sampler.backends, sampler.cursor
+    n = len(backends)
+    for step in range(CHOICES):
+        backend = backends[(start + step) % n]
+        if _free(backend, tried, engine, now):
+            sampler.cursor = (start + step + 1) % n
+            return backend
+    sampler.cursor = (start + CHOICES) % n
+    return None
 
 
 def _by_key(sampler: Sampler, key: bytes, tried: set[str], engine: EngineConfig,
