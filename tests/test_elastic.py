@@ -252,6 +252,33 @@ async def _only(picks, *names: str) -> bool:
     return await picks() == set(names)
 
 
+async def test_vllm_put_to_sleep_is_avoided_and_a_pool_all_asleep_is_woken(
+        serve_fake, hook, gateway_client):
+    url, calls, on_call = hook
+    fakes = [FakeEngine(kind="vllm", models=(RUNTIME_ID,), asleep=True) for _ in range(2)]
+    backends = []
+    for name, fake in zip(("a", "b"), fakes):
+        server = await serve_fake(fake)
+        backends.append(backend(name, "vllm", server.url(), models={"llama": RUNTIME_ID},
+                                wake=WakeConfig(url=url)))
+
+    def wake_up() -> None:
+        fakes[1].asleep = False   # the hook wakes b (a scaler's choice)
+
+    on_call.append(wake_up)
+    client = await gateway_client(make_config(
+        *backends, engine=EngineConfig(interval_s=0.1, stale_after_s=5),
+        queue=QueueConfig(max_wait_s=10)))
+    # Two scrape rounds done: both read asleep (the first may still have been running).
+    assert await eventually(lambda: all(f.scrapes["/metrics"] >= 2 for f in fakes), timeout=5)
+    answers = await asyncio.gather(*(chat(client) for _ in range(10)))
+    assert [a.status for a in answers] == [200] * 10
+    assert {a.headers["X-Gateway-Backend"] for a in answers} == {"b"}
+    # Both backends have the hook: one call each for the cold period, not one per request.
+    assert sorted(calls) == ["POST /up?model=llama"] * 2
+    assert fakes[0].answered == 0
+
+
 def test_many_requests_on_a_cold_pool_make_one_wake_call_with_two_workers(tmp_path):
     asyncio.run(_two_workers(tmp_path))
 

@@ -1,9 +1,10 @@
 """Cold pools: a request waits for a server to come up instead of an immediate 503.
 
 A request's walk (its pool, then its fallbacks) is cold when no backend or member of
-it that can serve the request is healthy, and some could become so: a backend down
-by its health checks, a discover backend with no member yet or only members not
-checked yet, a runtime asleep or scaled to zero. The request then waits in the
+it that can serve the request is healthy and awake, and some could become so: a
+backend down by its health checks, a discover backend with no member yet or only
+members not checked yet, a runtime scaled to zero, or one put to sleep (vLLM's sleep
+mode: its /health answers, its /metrics says `sleep_state="awake"` 0). The request then waits in the
 queue's waiting room (queue.py: counted against `queue.max_size`, woken by its
 notifies, and looking again every POLL_S) for up to `queue.max_wait_s` within its
 retry deadline, then gets 503 with Retry-After. The first wait of a cold period
@@ -20,6 +21,7 @@ it reads stays its own.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence
 
 from ..config import BackendConfig, Config
@@ -50,13 +52,14 @@ class ColdPools:
 
     @staticmethod
     def is_cold(stages: Sequence[Stage], capability: str, plan: TryPlan | None) -> bool:
-        """No capable backend of the walk is healthy, and one could become so. Costs
-        one look at the first backend when the pool is warm."""
+        """No capable backend of the walk is healthy and awake, and one could become so.
+        Costs one look at the first backend when the pool is warm."""
         could = False
+        now = time.monotonic()
         for stage in stages:
             for backend in stage.capable(capability):
                 if plan is None or plan.accepts(backend.config):
-                    if backend.healthy:
+                    if backend.healthy and not asleep(backend, now):
                         return False
                     could = True
             if not could:
@@ -100,19 +103,29 @@ def _wake_targets(cfg: Config, stages: Sequence[Stage]) -> list[BackendConfig]:
     return [cfg.backends[n] for n in names if n in cfg.backends]
 
 
+def asleep(backend: BackendState, now: float) -> bool:
+    """The runtime's fresh reading says it is asleep as a whole (vLLM's sleep mode); an
+    Ollama without the model loaded is not: it loads models on demand."""
+    view = backend.engine
+    reading = view.reading
+    return (reading is not None and reading.loaded is False
+            and reading.loaded_models is None and now < view.expires_at)
+
+
 def prefer_loaded(free: list[BackendState], public: str, now: float) -> list[BackendState]:
-    """Of the backends free to take a request, leave out those whose runtime says (Ollama's
-    `/api/ps`, a fresh reading) it does not have the model in memory, unless that is
-    all of them: one that would first have to load it is picked only when no other
-    can take the request. A backend that reports nothing of the kind (vLLM, a stale
-    reading) keeps its models loaded as far as the gateway knows."""
+    """Of the backends free to take a request, leave out those whose runtime says (a
+    fresh reading) it would first have to load the model: an Ollama whose `/api/ps` does
+    not list it, a vLLM put to sleep; unless that is all of them. A backend that reports
+    nothing of the kind keeps its models loaded as far as the gateway knows."""
     cold = None
     for backend in free:
         view = backend.engine
         reading = view.reading
-        if reading is None or reading.loaded_models is None or now >= view.expires_at:
+        if reading is None or reading.loaded is None or now >= view.expires_at:
             continue
-        if backend.model_id(public) not in reading.loaded_models:
+        models = reading.loaded_models
+        if (reading.loaded is False if models is None
+                else backend.model_id(public) not in models):
             if cold is None:
                 cold = []
             cold.append(backend)
