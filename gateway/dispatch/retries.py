@@ -184,7 +184,7 @@ class Dispatcher:
         if not free:
             return AT_CAPACITY
         if len(free) > 1:
-            free = prefer_loaded(free, stage.public, now)   # Ollama: the model in memory
+            free = prefer_loaded(free, stage.public, now)   # the model loaded, awake (cold.py)
         backend = stage.pool.strategy.pick(free, route) if len(free) > 1 else free[0]
         ejection.start_trial(backend, cfg.health, now)   # type: ignore[arg-type]
         return backend  # type: ignore[return-value]
