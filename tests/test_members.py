@@ -156,6 +156,20 @@ def test_sampling_skips_what_is_not_free_and_gives_up_when_nothing_looked_at_is(
     assert results == {capable[5], None}   # None: the full pick then finds it
 
 
+def test_discovery_builds_the_affinity_rings_and_tables_share_them():
+    from gateway.dispatch.sample import warm_rings
+    gateway = gateway_of(50, "prefix_affinity")
+    for state in gateway.states.values():
+        state.healthy = True
+    warm_rings(gateway.table)
+    stage = gateway.table.stages(gateway.table.pool("llama"))[0]
+    ring = stage.sampler(stage.capable("chat"))._ring
+    assert ring is not None and ring.size == 50
+    gateway.rebuild()   # a new table (models changed elsewhere): the same members' ring
+    stage = gateway.table.stages(gateway.table.pool("llama"))[0]
+    assert stage.sampler(stage.capable("chat")).prepare() is ring
+
+
 @pytest.mark.parametrize("strategy", ["prefix_affinity", "session_affinity"])
 def test_affinity_sampling_sticks_to_a_key_and_spills_to_one_other(strategy):
     stage, capable, sampler = sampled(strategy)

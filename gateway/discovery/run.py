@@ -30,6 +30,7 @@ from aiohttp import web
 
 from ..config import BackendConfig
 from ..dispatch.members import MEMBER_STATES, host_of
+from ..dispatch.sample import warm_rings
 from ..health.checks import check_backend
 from ..log import discovery_logger
 from ..state import Gateway
@@ -123,6 +124,7 @@ class Discovery:
             results = await asyncio.gather(*(check_backend(gateway, s) for s in new))
             if any(models_changed for _, models_changed in results):
                 gateway.rebuild()
+        warm_rings(gateway.table)   # affinity's rings for the new members, off requests
         gateway.publish_backend_up()
         gateway.dispatcher.queue.notify()   # a cold pool's waiters look again
 

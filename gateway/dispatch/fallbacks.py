@@ -13,7 +13,7 @@ from typing import Mapping
 from ..config import Config
 from .backend import BackendState
 from .pool import Pool
-from .sample import Sampler
+from .sample import RingStore, Sampler
 
 
 @dataclass(slots=True)
@@ -27,6 +27,7 @@ class Stage:
     fallback_to: str | None = None      # label for gateway_fallbacks_total{to}
     _capable: dict[str, tuple[BackendState, ...]] = field(default_factory=dict)
     _samplers: list[Sampler] = field(default_factory=list)
+    rings: RingStore | None = None      # the table's, shared by its stages
 
     def capable(self, capability: str) -> tuple[BackendState, ...]:
         """The backends that can serve `capability` (computed once per table)."""
@@ -43,14 +44,15 @@ class Stage:
         for sampler in self._samplers:
             if sampler.backends is capable:
                 return sampler
-        sampler = Sampler(capable)
+        sampler = Sampler(capable, getattr(self.pool.strategy, "name", ""), self.rings)
         if any(c is capable for c in self._capable.values()):
             self._samplers.append(sampler)
         return sampler
 
 
 def build_stages(config: Config, pool: Pool, pools: Mapping[str, Pool],
-                 states: Mapping[str, BackendState]) -> tuple[Stage, ...]:
+                 states: Mapping[str, BackendState],
+                 rings: RingStore | None = None) -> tuple[Stage, ...]:
     """The pool with 1 + retries.attempts tries, then each fallback that exists."""
     attempts = config.retries.attempts
     stages = [Stage(pool.model, pool, pool.backends, 1 + attempts)]
@@ -65,4 +67,6 @@ def build_stages(config: Config, pool: Pool, pools: Mapping[str, Pool],
             if target is not None:
                 stages.append(Stage(fb.model, target, target.backends, 1 + attempts,
                                     fb.model))
+    for stage in stages:
+        stage.rings = rings
     return tuple(stages)

@@ -35,6 +35,15 @@ from ..routing.ring import HashRing, hash_point, vnode_points
 from ..routing.weighted import int_weight
 from .backend import BackendState
 
+AFFINITY = ("prefix_affinity", "session_affinity")
+# How a sampler picks, from its route's strategy (Sampler.rule; compared by identity).
+ROUND_ROBIN = "round robin"     # weighted, members of equal weight
+FIRST = "first free of two"     # weighted, weights that differ: drawn by weight
+LESS_LOADED = "less loaded"     # least_busy (and any strategy without a rule of its own)
+STRATEGY = "the strategy's"     # least_latency: its own rule on the pair
+PREFIX, SESSION = "prefix key", "session key"
+_RULES = {"least_busy": LESS_LOADED, "least_latency": STRATEGY,
+          "prefix_affinity": PREFIX, "session_affinity": SESSION}
 SAMPLE_ABOVE = 4
 CHOICES = 2
 RING_WALK = 8          # owners looked at for a key before the full pick takes over
@@ -43,22 +52,59 @@ LOAD_FACTOR = Fraction(5, 4)   # the affinity strategies' bound (routing/ring.py
 KINDS_WITH_LOADED_MODELS = frozenset({"ollama"})
 
 
-class Sampler:
-    __slots__ = ("backends", "_cumulative", "_total", "uniform", "_ring", "_by_name", "_rng",
-                 "applies", "cursor")
+RING_STORE_SIZE = 16    # member sets whose rings are kept (a few pools, a few changes)
 
-    def __init__(self, backends: tuple[BackendState, ...]) -> None:
+
+class RingStore:
+    """Hash rings by member set, built once (off the request path when discovery warms
+    them: `Sampler.prepare`) and shared by every table and stage that has that set."""
+
+    __slots__ = ("_rings", "_points")
+
+    def __init__(self) -> None:
+        self._rings: dict[tuple[tuple[str, float], ...], HashRing] = {}
+        self._points: dict[tuple[str, float], tuple[int, ...]] = {}
+
+    def ring(self, backends: tuple[BackendState, ...]) -> HashRing:
+        key = tuple((b.name, b.weight) for b in backends)
+        ring = self._rings.get(key)
+        if ring is None:
+            points = self._points
+            members = {}
+            for name, weight in key:
+                found = points.get((name, weight))
+                if found is None:
+                    found = points[(name, weight)] = vnode_points(name, weight)
+                members[name] = found
+            if len(self._rings) >= RING_STORE_SIZE:
+                del self._rings[next(iter(self._rings))]   # the oldest
+                live = {m for k in self._rings for m in k} | set(key)
+                for gone in [m for m in points if m not in live]:
+                    del points[gone]
+            ring = self._rings[key] = HashRing(members)
+        return ring
+
+
+class Sampler:
+    __slots__ = ("backends", "rule", "_cumulative", "_total", "uniform", "_ring", "_rings",
+                 "_by_name", "_random", "applies", "cursor")
+
+    def __init__(self, backends: tuple[BackendState, ...], strategy: str = "",
+                 rings: RingStore | None = None) -> None:
         self.backends = backends
+        self._rings = rings
         total, cumulative = 0, []
         for b in backends:
             total += int_weight(b.weight)
             cumulative.append(total)
         self._cumulative, self._total = cumulative, total
         self.uniform = len({b.weight for b in backends}) == 1
+        self.rule = ((ROUND_ROBIN if self.uniform else FIRST) if strategy == "weighted"
+                     else _RULES.get(strategy, LESS_LOADED))
         self.cursor = 0   # weighted's round-robin over members of equal weight
         self._ring: HashRing | None = None
         self._by_name = {b.name: b for b in backends}
-        self._rng = random.Random()
+        self._random = random.Random().random
         self.applies = (any(b.config.member_of is not None for b in backends)
                         and not any(b.config.kind in KINDS_WITH_LOADED_MODELS
                                     for b in backends))
@@ -70,20 +116,24 @@ class Sampler:
         backends = self.backends
         if self.uniform:
             n = len(backends)
-            i = int(self._rng.random() * n)
+            i = int(self._random() * n)
             return backends[i], backends[(i + n // 2) % n]
         cum, total = self._cumulative, self._total
-        point = self._rng.random() * total
+        point = self._random() * total
         half = point + total / 2
         return (backends[bisect_right(cum, point)],
                 backends[bisect_right(cum, half - total if half >= total else half)])
 
-    def owners(self, key: bytes):
-        """The key's owners clockwise on the stage's ring."""
+    def prepare(self) -> HashRing:
+        """The ring over the stage's backends (built now if not yet)."""
         ring = self._ring
         if ring is None:
-            ring = self._ring = HashRing({b.name: vnode_points(b.name, b.weight)
-                                          for b in self.backends})
+            ring = self._ring = (self._rings or RingStore()).ring(self.backends)
+        return ring
+
+    def owners(self, key: bytes):
+        """The key's owners clockwise on the stage's ring."""
+        ring = self._ring or self.prepare()
         by_name = self._by_name
         for name in ring.walk(hash_point(key)):
             yield by_name[name]
@@ -93,13 +143,13 @@ def sampled_pick(sampler: Sampler, strategy: Strategy, tried: set[str],
                  route: RouteRequest, engine: EngineConfig, now: float
                  ) -> BackendState | None:
     """A backend by looking at CHOICES of the stage's; None: run the full pick."""
-    name = getattr(strategy, "name", "")
-    if name in ("prefix_affinity", "session_affinity"):
-        key = route.prefix if name == "prefix_affinity" else (
+    rule = sampler.rule
+    if rule is PREFIX or rule is SESSION:
+        key = route.prefix if rule is PREFIX else (
             route.session.encode("utf-8", "surrogatepass") if route.session else None)
         if key is not None:
             return _by_key(sampler, key, tried, engine, now)
-    if name == "weighted" and sampler.uniform:
+    elif rule is ROUND_ROBIN:
         return _round_robin(sampler, tried, engine, now)
     a, b = sampler.draw()
     a_free = (a.healthy and a.name not in tried and a.available(now)
@@ -108,9 +158,9 @@ def sampled_pick(sampler: Sampler, strategy: Strategy, tried: set[str],
               and not b.at_capacity and not b.saturated(now, engine))
     if not (a_free and b_free):
         return a if a_free else b if b_free else None
-    if name == "weighted":
+    if rule is FIRST:
         return a
-    if name == "least_latency":
+    if rule is STRATEGY:
         return strategy.pick((a, b), route)   # type: ignore[return-value]
     # least_busy, and any strategy without a keyed rule: the less loaded per weight.
     return a if a.load * int_weight(b.weight) <= b.load * int_weight(a.weight) else b
@@ -154,3 +204,22 @@ def _free(backend: BackendState, tried: set[str], engine: EngineConfig, now: flo
     """What the full pick asks of a backend it may hand to the strategy."""
     return (backend.healthy and backend.name not in tried and backend.available(now)
             and not backend.at_capacity and not backend.saturated(now, engine))
+
+
+# The capabilities whose stages' rings discovery builds ahead of the first request.
+WARM_CAPABILITIES = ("chat", "completions")
+
+
+def warm_rings(table) -> None:
+    """Build the hash rings of every large affinity pool with members now, so that the
+    first keyed request after a membership change does not (50 members: ~25 ms)."""
+    for pool in table.pools.values():
+        if getattr(pool.strategy, "name", "") not in AFFINITY:
+            continue
+        for stage in table.stages(pool):
+            for capability in WARM_CAPABILITIES:
+                capable = stage.capable(capability)
+                if len(capable) > SAMPLE_ABOVE:
+                    sampler = stage.sampler(capable)
+                    if sampler.applies:
+                        sampler.prepare()

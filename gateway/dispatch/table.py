@@ -15,6 +15,7 @@ from ..routing import Strategy, make_strategy
 from .backend import BackendState
 from .fallbacks import Stage, build_stages
 from .pool import Pool
+from .sample import RingStore
 
 
 class RouteTable:
@@ -48,6 +49,9 @@ class RouteTable:
                                        if name not in reserved))
         self.model_names = tuple(sorted(self.pools))
         self._stages: dict[str, tuple[Stage, ...]] = {}
+        # Large pools' hash rings (sample.py), by their members: kept across tables, so a
+        # rebuild for an unrelated change builds none again.
+        self.rings: RingStore = previous.rings if previous is not None else RingStore()
 
     def pool(self, model: str) -> Pool | None:
         return self.pools.get(model)
@@ -57,7 +61,7 @@ class RouteTable:
         stages = self._stages.get(pool.model)
         if stages is None:
             stages = self._stages[pool.model] = build_stages(
-                self.config, pool, self.pools, self.states)
+                self.config, pool, self.pools, self.states, self.rings)
         return stages
 
     def strategy_for(self, model: str, name: str) -> Strategy | None:
