@@ -333,6 +333,9 @@ queue: {{max_wait_s: 20}}
         assert calls == ["POST"]
         answered = served.per_worker("gateway_requests_total", status="200")
         assert len([n for n in answered.values() if n]) == 2   # both workers waited
+        # One worker looked up for the server, the other followed its addresses.
+        assert served.stderr().count("backend pool has 2 member(s)") == 1
+        assert (served.run_dir() / "members.json").exists()
         assert sum(f.answered for f in fakes) == 40
     finally:
         if served is not None:

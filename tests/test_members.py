@@ -221,3 +221,32 @@ def test_the_pick_benchmark_runs_every_strategy(capsys):
     rows = capsys.readouterr().out.splitlines()[1:]
     assert [r.split()[0] for r in rows] == ["weighted", "least_busy", "prefix_affinity",
                                             "session_affinity", "least_latency"]
+
+
+def test_followers_take_the_leaders_addresses_only_for_the_backend_they_know(tmp_path):
+    import dataclasses
+    from gateway.discovery.share import MembersShare
+    from gateway.workers.leader import Leader
+    from gateway.workers.rundir import RunDir
+    run = RunDir(str(tmp_path))
+    leader, follower = MembersShare(run, Leader(run)), MembersShare(run, Leader(run))
+    pool = pool_backend()
+    leader.publish([pool], {"pool": ("10.0.0.1", "10.0.0.2")})
+    assert follower.follow([pool]) == {"pool": ["10.0.0.1", "10.0.0.2"]}
+    assert follower.follow([pool]) == {}   # nothing new since
+    moved = dataclasses.replace(pool, url="http://other.test:8000")   # an older/newer config
+    leader.publish([pool], {"pool": ("10.0.0.3",)})
+    assert follower.follow([moved]) == {}
+
+
+def test_the_wake_mark_is_taken_once_until_the_backend_is_warm(tmp_path):
+    from gateway.discovery.wake import STALE_MARK_S, FileMarks, MemoryMarks
+    from gateway.workers.rundir import RunDir
+    for one, other in ((MemoryMarks(),) * 2, (FileMarks(RunDir(str(tmp_path))),
+                                             FileMarks(RunDir(str(tmp_path))))):
+        assert one.claim("pool", 0.0)
+        assert not other.claim("pool", 1.0) and not one.claim("pool", 2.0)
+        other.clear("pool")
+        assert other.claim("pool", 3.0)
+    marks = MemoryMarks()
+    assert marks.claim("pool", 0.0) and marks.claim("pool", STALE_MARK_S + 1)

@@ -7,12 +7,13 @@ traffic once it passes (health/checks.py), a member that left is in no route tab
 from then on and drains (its running streams hold its state and finish). A failed
 lookup keeps the last members, logged once per outage.
 
-Under `--workers N` each worker resolves for itself. A lookup is one small UDP
-exchange per interval, which the resolver (a cluster's CoreDNS, a node cache)
-answers from its cache, and each worker must hold its own member states anyway;
-members are named by address, so the leader's health results (health.json) and
-engine readings reach every worker's same member, and workers that disagree for an
-interval after a change only send to a member one round early or late.
+Under `--workers N` the worker that leads (the health checks' and engine scrapes'
+leader) looks up for the server and publishes the addresses; the others follow them
+(discovery/share.py), so every worker holds the same members and DNS is asked once.
+Before serving, each worker looks up once on its own. Each worker keeps its own member
+states; members are named by address, so the leader's health results (health.json) and
+engine readings reach every worker's same member. A worker probes a member new to it
+at once, so that it gets traffic without waiting for the leader's next round.
 
 Every SWEEP_S the loop also ends draining for members whose last request ended,
 publishes gateway_backend_members, and tells the cold pools' wake marks which
@@ -24,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 from aiohttp import web
 
@@ -34,8 +35,9 @@ from ..dispatch.sample import warm_rings
 from ..health.checks import check_backend
 from ..log import discovery_logger
 from ..state import Gateway
-from ..typedefs import GATEWAY, RUN_DIR
+from ..typedefs import GATEWAY, LEADER, RUN_DIR
 from .dns import HostResolver, LookupFailed
+from .share import MembersShare
 from .wake import Waker
 
 SWEEP_S = 0.5             # draining ends and gauges are this fresh
@@ -45,8 +47,9 @@ LOOKUP_TIMEOUT_S = 5.0    # at most; never longer than the backend's interval
 class Discovery:
     """The lookups of every discover backend of the gateway's config in force."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, share: MembersShare | None = None) -> None:
         self.gateway = gateway
+        self.share = share   # under --workers: the leader looks up, the others follow
         self._resolvers: dict[str, tuple[BackendConfig, HostResolver]] = {}
         self._next: dict[str, float] = {}
         self._failing: set[str] = set()
@@ -77,20 +80,34 @@ class Discovery:
         return known[1]
 
     async def round(self, now: float, *, every: bool = False) -> None:
-        """Look up every backend due by `now` (all of them with `every`)."""
-        due = [b for b in self._backends() if every or self._next.get(b.name, 0.0) <= now]
+        """Look up every backend due by `now` (all of them with `every`, which every
+        worker does once before serving); a follower takes the leader's addresses."""
+        backends = self._backends()
+        if self.share is not None and not every and not self.share.lead():
+            self._next.clear()   # should it lead next: look up at once
+            await self._apply(self.share.follow(backends), logged=False)
+            return
+        due = [b for b in backends if every or self._next.get(b.name, 0.0) <= now]
         if not due:
             return
         for backend in due:
             assert backend.discover is not None
             self._next[backend.name] = now + backend.discover.interval_s
         answers = await asyncio.gather(*(self._lookup(b) for b in due))
+        await self._apply({b.name: a for b, a in zip(due, answers) if a is not None},
+                          logged=True)
+        if self.share is not None and self.share.leader.leading:
+            self.share.publish(backends, self.gateway.members.addresses)
+
+    async def _apply(self, found: dict[str, Sequence[str]], *, logged: bool) -> None:
+        """Record the addresses found; rebuild when some backend's members changed."""
         changed = False
-        for backend, addresses in zip(due, answers):
-            if addresses is not None and self.gateway.members.set(backend.name, addresses):
+        for name, addresses in found.items():
+            if self.gateway.members.set(name, addresses):
                 changed = True
-                discovery_logger.info("backend %s has %d member(s): %s", backend.name,
-                                      len(addresses), ", ".join(sorted(addresses)) or "none")
+                (discovery_logger.info if logged else discovery_logger.debug)(
+                    "backend %s has %d member(s): %s", name, len(addresses),
+                    ", ".join(sorted(addresses)) or "none")
         if changed:
             await self.rebuild()
 
@@ -160,10 +177,12 @@ async def elastic_pools(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the first lookups before serving (bounded by their timeouts), then
     the loop; the wake hooks of cold pools (discovery/wake.py) for the app's lifetime."""
     gateway = app[GATEWAY]
-    waker = Waker(gateway.transport.session, gateway.metrics, app.get(RUN_DIR))
+    run_dir = app.get(RUN_DIR)
+    waker = Waker(gateway.transport.session, gateway.metrics, run_dir)
     gateway.dispatcher.cold.waker = waker
     gateway.dispatcher.cold.current = lambda: gateway.table
-    discovery = Discovery(gateway)
+    share = MembersShare(run_dir, app[LEADER]) if run_dir is not None else None
+    discovery = Discovery(gateway, share)
     await discovery.round(time.monotonic(), every=True)
     discovery.sweep(waker)
     task = asyncio.create_task(run(discovery, waker))
