@@ -85,6 +85,7 @@ async def test_members_appear_and_leave_and_a_leaving_members_stream_finishes(
     first = await chat(client)
     assert first.status == 200
     assert first.headers["X-Gateway-Backend"] == f"pool/127.0.0.2:{port}"
+    assert fakes["127.0.0.2"].headers_seen[-1]["Host"] == f"{HOST}:{port}"
 
     dns.set(HOST, "127.0.0.2", "127.0.0.3")
     assert await eventually(members_are(client, "available", 2), timeout=10)

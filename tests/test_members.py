@@ -30,6 +30,7 @@ def test_a_member_is_the_backend_at_one_address():
     assert (v4.name, v4.url, v4.label, v4.member_of) == (
         "pool/10.0.0.5:8000", "http://user:pw@10.0.0.5:8000", "pool", "pool")
     assert (v4.weight, v4.max_concurrency, v4.discover) == (3, 4, None)
+    assert v4.request_headers["Host"] == "pool.test:8000"   # as before the name was resolved
     v6 = member_config(backend("p", "vllm", "https://h.test/v1",
                                discover=DiscoverConfig(dns=True)), "fd00::5")
     assert (v6.name, v6.url) == ("p/[fd00::5]:443", "https://[fd00::5]:443")

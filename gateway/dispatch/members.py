@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from types import MappingProxyType
 from typing import Iterable, Iterator, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
@@ -40,12 +41,16 @@ def member_config(config: BackendConfig, address: str) -> BackendConfig:
     parts = urlsplit(config.url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
-    userinfo = parts.netloc.rpartition("@")[0]
+    userinfo, _, authority = parts.netloc.rpartition("@")
     netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"
+    headers = dict(config.headers)
+    if not any(k.lower() == "host" for k in headers):
+        # What the runtime was asked for before the name was resolved: its Host.
+        headers["Host"] = authority
     return dataclasses.replace(
         config, name=f"{config.name}{MEMBER_SEP}{host}:{port}",
         url=urlunsplit((parts.scheme, netloc, parts.path, "", "")),
-        member_of=config.name, discover=None)
+        headers=MappingProxyType(headers), member_of=config.name, discover=None)
 
 
 class Members:
