@@ -20,6 +20,7 @@ from bench.fake_runtime import FakeRuntime, FakeServer
 from bench.procs import free_port
 from gateway.config import (Config, DiscoverConfig, EngineConfig, HealthConfig, QueueConfig,
                             ServerConfig, WakeConfig, backend)
+from gateway.typedefs import GATEWAY
 from tests import server_procs
 from tests.conftest import (CHAT, RUNTIME_ID, eventually, make_config, samples, value)
 from tests.dns_server import DnsServer
@@ -344,3 +345,25 @@ queue: {{max_wait_s: 20}}
         for server in servers:
             await server.close(grace_s=1)
         await runner.cleanup()
+
+
+async def test_a_reload_keeps_the_members_and_turning_discovery_off_drops_their_gauge(
+        dns, runtimes, gateway_client):
+    port, fakes = runtimes
+    dns.set(HOST, "127.0.0.2", "127.0.0.3")
+    config = pool_config(dns, port)
+    client = await gateway_client(config)
+    assert await eventually(members_are(client, "available", 2), timeout=10)
+    gateway = client.app[GATEWAY]
+    before = dict(gateway.states)
+    gateway.apply(config)   # what a reload of an unchanged file does
+    assert gateway.states == before   # the same member states: counts, ejection kept
+    static = backend("pool", "vllm", f"http://127.0.0.2:{port}/v1",
+                     models={"llama": RUNTIME_ID})
+    gateway.apply(make_config(static, health=FAST_HEALTH))
+    assert list(gateway.states) == ["pool"]
+
+    async def gone() -> bool:
+        return not any(name == "gateway_backend_members" for name, _ in await samples(client))
+    assert await eventually(gone, timeout=5)
+    assert (await chat(client)).headers["X-Gateway-Backend"] == "pool"

@@ -53,6 +53,7 @@ class Discovery:
         self._resolvers: dict[str, tuple[BackendConfig, HostResolver]] = {}
         self._next: dict[str, float] = {}
         self._failing: set[str] = set()
+        self._published: set[str] = set()   # backends with gateway_backend_members series
 
     def _backends(self) -> list[BackendConfig]:
         """The discover backends of the config in force (a reload may change them)."""
@@ -153,9 +154,18 @@ class Discovery:
             discovery_logger.info("member %s drained", name)
         now = time.monotonic()
         gauge = gateway.metrics.backend_members
-        for backend, counts in members.counts(gateway.states.values(), now).items():
+        names = [b.name for b in gateway.config.backends.values() if b.discovers]
+        for backend, counts in members.counts(names, gateway.states.values(), now).items():
             for state in MEMBER_STATES:
                 gauge.labels(backend, state).set(counts[state])
+        for gone in self._published - set(names):   # no longer discovers (a reload)
+            for state in MEMBER_STATES:
+                if gateway.metrics.multiprocess_dir:
+                    gauge.labels(gone, state).set(0)   # the workers' files keep a series
+                    continue
+                with contextlib.suppress(KeyError):
+                    gauge.remove(gone, state)
+        self._published = set(names)
         if waker is not None:
             waker.sweep(gateway, now)
 

@@ -97,11 +97,12 @@ class Members:
             del self.draining[name]
         return done
 
-    def counts(self, states: Iterable[BackendState], now: float
+    def counts(self, backends: Iterable[str], states: Iterable[BackendState], now: float
                ) -> dict[str, dict[str, int]]:
-        """Per discover backend: its members by state, for gateway_backend_members."""
+        """Per discover backend of `backends`: its members by state, for
+        gateway_backend_members (zeros before its first answer)."""
         counts: dict[str, dict[str, int]] = {
-            name: dict.fromkeys(MEMBER_STATES, 0) for name in self.addresses}
+            name: dict.fromkeys(MEMBER_STATES, 0) for name in backends}
         for state in states:
             label = state.config.member_of
             if label is not None and label in counts:
