@@ -367,3 +367,20 @@ async def test_a_reload_keeps_the_members_and_turning_discovery_off_drops_their_
         return not any(name == "gateway_backend_members" for name, _ in await samples(client))
     assert await eventually(gone, timeout=5)
     assert (await chat(client)).headers["X-Gateway-Backend"] == "pool"
+
+
+async def test_a_new_member_gets_traffic_only_once_it_passes_a_health_check(
+        dns, runtimes, gateway_client):
+    port, fakes = runtimes
+    fakes["127.0.0.4"].health_status = 503   # still loading its model
+    dns.set(HOST, "127.0.0.2")
+    client = await gateway_client(pool_config(dns, port))
+    dns.set(HOST, "127.0.0.2", "127.0.0.4")
+    assert await eventually(members_are(client, "unavailable", 1), timeout=10)
+    assert {(await chat(client)).headers["X-Gateway-Backend"] for _ in range(6)} == {
+        f"pool/127.0.0.2:{port}"}
+    assert fakes["127.0.0.4"].answered == 0
+    fakes["127.0.0.4"].health_status = 200
+    assert await eventually(members_are(client, "available", 2), timeout=10)
+    seen = {(await chat(client)).headers["X-Gateway-Backend"] for _ in range(6)}
+    assert f"pool/127.0.0.4:{port}" in seen
