@@ -199,8 +199,10 @@ def test_ollama_prefers_a_backend_with_the_model_loaded():
     gateway = Gateway(config, None, Metrics())
     a, b, c = gateway.states.values()
     now = time.monotonic()
-    a.engine.record(EngineLoad(None, None, None, loaded=False, loaded_models=frozenset()), now, 5, 0)
-    b.engine.record(EngineLoad(None, None, None, loaded=True, loaded_models=frozenset({"llama3:8b"})), now, 5, 0)
+    a.engine.record(EngineLoad(None, None, None, loaded=False, loaded_models=frozenset()),
+                    now, 5, 0)
+    b.engine.record(EngineLoad(None, None, None, loaded=True,
+                               loaded_models=frozenset({"llama3:8b"})), now, 5, 0)
     assert prefer_loaded([a, b, c], "llama", now) == [b, c]   # c says nothing: not left out
     assert prefer_loaded([a], "llama", now) == [a]             # none better: it loads
     assert prefer_loaded([a, b], "llama", now + 10) == [a, b]  # stale readings count for nothing

@@ -5,8 +5,9 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from .types import (
-    ApiKey, BackendConfig, Config, DiscoverConfig, EngineConfig, Fallback, HealthConfig, QueueConfig, RetryConfig,
-    RouteConfig, ServerConfig, StateConfig, Timeouts, TracingConfig, WakeConfig, backend,
+    ApiKey, BackendConfig, Config, DiscoverConfig, EngineConfig, Fallback, HealthConfig,
+    QueueConfig, RetryConfig, RouteConfig, ServerConfig, StateConfig, Timeouts, TracingConfig,
+    WakeConfig, backend,
 )
 
 
