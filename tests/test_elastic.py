@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -293,6 +295,14 @@ async def _two_workers(tmp_path: Path) -> None:
         dns.stop()
 
 
+async def fresh_backend(base: str) -> str | None:
+    """The backend of one chat request on a new connection (any worker may take it)."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        async with s.post(base + "/v1/chat/completions", json=CHAT) as resp:
+            await resp.read()
+            return resp.headers.get("X-Gateway-Backend")
+
+
 async def _two_workers_with(tmp_path: Path, dns: DnsServer) -> None:
     port = free_port()
     fakes = [FakeRuntime(models=(RUNTIME_ID,)) for _ in range(2)]
@@ -335,10 +345,25 @@ queue: {{max_wait_s: 20}}
         assert calls == ["POST"]
         answered = served.per_worker("gateway_requests_total", status="200")
         assert len([n for n in answered.values() if n]) == 2   # both workers waited
+        assert sum(f.answered for f in fakes) == 40
         # One worker looked up for the server, the other followed its addresses.
         assert served.stderr().count("backend pool has 2 member(s)") == 1
         assert (served.run_dir() / "members.json").exists()
-        assert sum(f.answered for f in fakes) == 40
+
+        # The leading worker dies: the other leads and looks up; the DNS change reaches
+        # every worker (the new one too) without it.
+        leader = next(p for p in served.workers()
+                      if f"worker {p} runs the health" in served.stderr())
+        os.kill(leader, signal.SIGKILL)
+        assert await asyncio.to_thread(server_procs.wait_until,
+                                       lambda: not server_procs.alive(leader), 3)
+        dns.set(HOST, "127.0.0.3")
+
+        async def only_the_new_address() -> bool:
+            picked = await asyncio.gather(*(fresh_backend(served.base) for _ in range(12)))
+            return set(picked) == {f"pool/127.0.0.3:{port}"}
+
+        assert await eventually(only_the_new_address, timeout=20, interval=0.2)
     finally:
         if served is not None:
             await asyncio.to_thread(served.stop)
