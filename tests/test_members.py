@@ -253,3 +253,13 @@ def test_the_wake_mark_is_taken_once_until_the_backend_is_warm(tmp_path):
         assert other.claim("pool", 3.0)
     marks = MemoryMarks()
     assert marks.claim("pool", 0.0) and marks.claim("pool", STALE_MARK_S + 1)
+
+
+def test_sampling_never_picks_a_member_put_to_sleep():
+    stage, capable, sampler = sampled("least_busy", members=8)
+    now = time.monotonic()
+    for state in capable[:4]:
+        state.engine.record(EngineLoad(0, 0, 0.1, loaded=False), now, 5, 0)   # asleep
+    picks = {sampled_pick(sampler, stage.pool.strategy, set(), RouteRequest(), ENGINE, now)
+             for _ in range(500)}
+    assert picks - {None} == set(capable[4:])

@@ -78,6 +78,14 @@ class BackendState:
         return (now < eng.expires_at and eng.reading is not None
                 and saturated(eng.reading, engine.max_queue, engine.max_kv_usage))
 
+    def asleep(self, now: float) -> bool:
+        """Its runtime's fresh reading says it is asleep as a whole (vLLM's sleep mode):
+        no requests until woken. An Ollama without the model is not: it loads on demand."""
+        eng = self.engine
+        reading = eng.reading
+        return (reading is not None and reading.loaded is False
+                and reading.loaded_models is None and now < eng.expires_at)
+
     def observe_ttft(self, seconds: float, busy: float = 1) -> None:
         """One answer's time to first token (a whole answer's time when not streamed),
         sent while the backend was busy with `busy` requests, this one included.

@@ -59,7 +59,7 @@ class ColdPools:
         for stage in stages:
             for backend in stage.capable(capability):
                 if plan is None or plan.accepts(backend.config):
-                    if backend.healthy and not asleep(backend, now):
+                    if backend.healthy and not backend.asleep(now):
                         return False
                     could = True
             if not could:
@@ -101,15 +101,6 @@ def _wake_targets(cfg: Config, stages: Sequence[Stage]) -> list[BackendConfig]:
         for source in stage.pool.sources:
             names[source.name] = None
     return [cfg.backends[n] for n in names if n in cfg.backends]
-
-
-def asleep(backend: BackendState, now: float) -> bool:
-    """The runtime's fresh reading says it is asleep as a whole (vLLM's sleep mode); an
-    Ollama without the model loaded is not: it loads models on demand."""
-    view = backend.engine
-    reading = view.reading
-    return (reading is not None and reading.loaded is False
-            and reading.loaded_models is None and now < view.expires_at)
 
 
 def prefer_loaded(free: list[BackendState], public: str, now: float) -> list[BackendState]:

@@ -17,16 +17,18 @@ the full pick, and `weighted` its exact smooth round-robin):
         those not free; the first unless it holds more than its bounded share of the
         pair's load (the second takes the spill, as the full ring's walk would)
 
-When none of the looked-at backends is free (at capacity, ejected, tried), the full
-pick runs as before; so it does always in a stage with backends that report which
-models they hold (Ollama: its preference needs them all). The sampler of a stage is built once per
-route table and capability.
+A backend put to sleep (`BackendState.asleep`: vLLM's sleep mode) is not free here. When none
+of the looked-at backends is free (at capacity, ejected, tried, asleep), the full pick
+runs as before; so it does always in a stage with backends that report which models
+they hold (Ollama: its preference needs them all). The sampler of a stage is built
+once per route table and capability.
 """
 
 from __future__ import annotations
 
 import random
 from bisect import bisect_right
+from enum import Enum
 from fractions import Fraction
 
 from ..config import EngineConfig
@@ -36,12 +38,21 @@ from ..routing.weighted import int_weight
 from .backend import BackendState
 
 AFFINITY = ("prefix_affinity", "session_affinity")
-# How a sampler picks, from its route's strategy (Sampler.rule; compared by identity).
-ROUND_ROBIN = "round robin"     # weighted, members of equal weight
-FIRST = "first free of two"     # weighted, weights that differ: drawn by weight
-LESS_LOADED = "less loaded"     # least_busy (and any strategy without a rule of its own)
-STRATEGY = "the strategy's"     # least_latency: its own rule on the pair
-PREFIX, SESSION = "prefix key", "session key"
+
+
+class Rule(Enum):
+    """How a sampler picks, from its route's strategy (`Sampler.rule`)."""
+
+    ROUND_ROBIN = "round robin"     # weighted, members of equal weight
+    FIRST = "first free of two"     # weighted, weights that differ: drawn by weight
+    LESS_LOADED = "less loaded"     # least_busy (and any strategy without a rule of its own)
+    STRATEGY = "the strategy's"     # least_latency: its own rule on the pair
+    PREFIX = "prefix key"
+    SESSION = "session key"
+
+
+# Module names for the members: a pick compares them without a class attribute lookup.
+ROUND_ROBIN, FIRST, LESS_LOADED, STRATEGY, PREFIX, SESSION = Rule
 _RULES = {"least_busy": LESS_LOADED, "least_latency": STRATEGY,
           "prefix_affinity": PREFIX, "session_affinity": SESSION}
 SAMPLE_ABOVE = 4
@@ -152,10 +163,8 @@ def sampled_pick(sampler: Sampler, strategy: Strategy, tried: set[str],
     elif rule is ROUND_ROBIN:
         return _round_robin(sampler, tried, engine, now)
     a, b = sampler.draw()
-    a_free = (a.healthy and a.name not in tried and a.available(now)
-              and not a.at_capacity and not a.saturated(now, engine))
-    b_free = (b is not a and b.healthy and b.name not in tried and b.available(now)
-              and not b.at_capacity and not b.saturated(now, engine))
+    a_free = _free(a, tried, engine, now)
+    b_free = b is not a and _free(b, tried, engine, now)
     if not (a_free and b_free):
         return a if a_free else b if b_free else None
     if rule is FIRST:
@@ -201,9 +210,19 @@ def _by_key(sampler: Sampler, key: bytes, tried: set[str], engine: EngineConfig,
 
 
 def _free(backend: BackendState, tried: set[str], engine: EngineConfig, now: float) -> bool:
-    """What the full pick asks of a backend it may hand to the strategy."""
-    return (backend.healthy and backend.name not in tried and backend.available(now)
-            and not backend.at_capacity and not backend.saturated(now, engine))
+    """What the full pick asks of a backend it may hand to the strategy (healthy, not
+    tried, not ejected or cooling, below its cap, not saturated), and awake; written
+    out, as this runs twice per pick."""
+    if (not backend.healthy or now < backend.ejected_until or now < backend.cooling_until
+            or backend.name in tried):
+        return False
+    cap = backend.config.max_concurrency
+    if cap is not None and backend.in_flight >= cap:
+        return False
+    view = backend.engine
+    if view.reading is None or now >= view.expires_at:
+        return True   # no fresh reading: neither saturated nor asleep by it
+    return not backend.saturated(now, engine) and not backend.asleep(now)
 
 
 # The capabilities whose stages' rings discovery builds ahead of the first request.
