@@ -16,6 +16,7 @@ from .api.proxy import proxy
 from .config import Config
 from .console.setup import setup_console
 from .conversations import Conversations
+from .discovery.run import elastic_pools
 from .endpoints import ENDPOINTS, ErrorShape
 from .health.scraper import engine_scrapes
 from .health.checks import health_checks
@@ -70,6 +71,7 @@ def create_app(config: Config, config_path: str | None = None, *,
     app.cleanup_ctx.append(_limiter)
     app.cleanup_ctx.append(_conversations)
     app.cleanup_ctx.append(health_checks)
+    app.cleanup_ctx.append(elastic_pools)   # after the first health round: probes its members
     app.cleanup_ctx.append(engine_scrapes)
     app.cleanup_ctx.append(config_watch)
     app.on_shutdown.append(_start_draining)

@@ -24,6 +24,7 @@ health_logger = logging.getLogger("gateway.health")
 config_logger = logging.getLogger("gateway.config")
 engine_logger = logging.getLogger("gateway.engine")
 trace_logger = logging.getLogger("gateway.tracing")
+discovery_logger = logging.getLogger("gateway.discovery")
 # Where the OTLP/HTTP span exporter logs every failed batch and every retry.
 TRACE_EXPORTER_LOGGER = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
 

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 
+from .config import backend_label
 from .record import RequestRecord
 
 # Time to first token: from a cached 10 ms answer to a 60 s queue on a busy GPU.
@@ -45,7 +46,8 @@ ENGINE_GAUGES = ("gateway_backend_queue_depth", "gateway_backend_running_request
                  "gateway_backend_kv_cache_usage")
 # Gauges labelled by backend: a removed backend's files cannot be edited, so a scrape
 # leaves out the backends the scraping worker's config no longer has.
-PER_BACKEND_GAUGES = ("gateway_in_flight_requests", "gateway_backend_up", *ENGINE_GAUGES)
+PER_BACKEND_GAUGES = ("gateway_in_flight_requests", "gateway_backend_up",
+                      "gateway_backend_members", *ENGINE_GAUGES)
 
 
 class Metrics:
@@ -123,6 +125,14 @@ class Metrics:
             "gateway_engine_scrape_failures",
             "Scrapes of a runtime's load endpoint that gave no reading, by why.",
             ["backend", "reason"], registry=r)
+        # Discover backends (gateway/discovery): members by state, and the wake hook's calls.
+        self.backend_members = Gauge(
+            "gateway_backend_members",
+            "Members of a discover backend, by state (available, unavailable, draining).",
+            ["backend", "state"], registry=r, multiprocess_mode="livemax")
+        self.wake_calls = Counter(
+            "gateway_wake_calls", "Calls of a backend's wake hook, by result.",
+            ["backend", "result"], registry=r)
         for result in ("ok", "error"):
             # Present from the start, so increase() sees the first reload of either kind.
             self.config_reloads.labels(result)
@@ -171,6 +181,11 @@ class Metrics:
                 gauge.remove(name)
             except KeyError:
                 pass
+        for state in ("available", "unavailable", "draining"):
+            try:
+                self.backend_members.remove(name, state)
+            except KeyError:
+                pass
 
     def _child(self, metric: Any, *labels: str) -> Any:
         child = self._children.get((metric, labels))
@@ -179,7 +194,8 @@ class Metrics:
         return child
 
     def record_request(self, rec: RequestRecord, duration: float) -> None:
-        model, backend, child = rec.model, rec.backend, self._child
+        # A discovered member counts under its configured backend's name.
+        model, backend, child = rec.model, backend_label(rec.backend), self._child
         child(self.requests, model, backend, rec.endpoint, str(rec.status)).inc()
         if rec.key_name:
             child(self.key_requests, rec.key_name, str(rec.status)).inc()

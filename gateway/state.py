@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from .limits.auth import KeyRing
 from .config import Config
 from .dispatch import BackendState, Dispatcher, RouteTable
+from .dispatch.members import Members
 from .relay.drain import Drain
 from .metrics import Metrics
 from .limits.buckets import Limiter
@@ -35,6 +36,7 @@ class Gateway:
         self.tracing: Tracing | None = None   # set while tracing runs (gateway/tracing)
         self.last_reload = None         # the last successful reload.ReloadResult
         self.reloads = 0                # reloads tried: what POST /admin/reload waits on
+        self.members = Members()        # discover backends' addresses (gateway/discovery)
         self.apply(config)
 
     @property
@@ -44,7 +46,8 @@ class Gateway:
     def apply(self, config: Config) -> None:
         """Switch to a new config; backends whose kind and URL stay keep their state."""
         states: dict[str, BackendState] = {}
-        for name, backend in config.backends.items():
+        for backend in self.members.expand(config.backends):   # members in their backend's place
+            name = backend.name
             old = self.states.get(name)
             runtime = make_runtime(backend, self.transport)
             if old is not None and old.config.identity() == backend.identity():
@@ -52,7 +55,7 @@ class Gateway:
                 states[name] = old
             else:
                 states[name] = BackendState(backend, runtime)
-        for name in self.states.keys() - states.keys():
+        for name in {s.config.label for s in self.states.values()} - config.backends.keys():
             self.metrics.forget_backend(name)
         table = RouteTable(config, states, getattr(self, "table", None))
         self.keys = KeyRing(config.auth_keys)
@@ -61,17 +64,33 @@ class Gateway:
         self.publish_backend_up()
 
     def publish_in_flight(self) -> None:
-        """Copied into the gauge when scraped: no gauge update on every request."""
+        """Copied into the gauge when scraped: no gauge update on every request.
+        A discover backend's members add up under its configured name."""
+        totals = dict.fromkeys(self.config.backends, 0)
         for state in self.states.values():
-            self.metrics.set_in_flight(state.name, state.in_flight)
+            totals[state.config.label] = totals.get(state.config.label, 0) + state.in_flight
+        for state in self.members.draining.values():
+            totals[state.config.label] = totals.get(state.config.label, 0) + state.in_flight
+        for name, value in totals.items():
+            self.metrics.set_in_flight(name, value)
 
     def publish_backend_up(self) -> None:
+        """1 while the backend (for a discover backend: any of its members) is available."""
+        up = dict.fromkeys(self.config.backends, 0)
         for state in self.states.values():
-            self.metrics.backend_up.labels(state.name).set(1 if state.available() else 0)
+            if state.available():
+                up[state.config.label] = 1
+        for name, value in up.items():
+            self.metrics.backend_up.labels(name).set(value)
 
     def rebuild(self) -> None:
         """Rebuild the route table after model discovery changed some pool."""
         self.table = RouteTable(self.config, self.states, self.table)
 
     def ready(self) -> bool:
-        return not self.draining and any(s.available() for s in self.states.values())
+        """Not draining, and some backend available, or one that can come up by itself
+        (a discover backend, a wake hook): a cold pool holds requests, so a gateway
+        whose pools are all cold must still get them."""
+        return not self.draining and (
+            any(s.available() for s in self.states.values())
+            or any(b.discovers or b.wake is not None for b in self.config.backends.values()))

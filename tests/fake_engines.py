@@ -40,6 +40,7 @@ class FakeEngine(FakeRuntime):
     waiting: float = 0
     kv: float = 0.1                    # vLLM's and SGLang's KV usage (others have none)
     loaded: tuple[str, ...] = ()       # Ollama's /api/ps
+    asleep: bool = False               # vLLM's sleep mode (engine_sleep_state awake 0)
     pages: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -49,7 +50,8 @@ class FakeEngine(FakeRuntime):
     def render(self, path: str) -> str:
         model = self.models[0]
         if self.kind == "vllm":
-            return samples.vllm_metrics(self.running, self.waiting, self.kv, model=model)
+            return samples.vllm_metrics(self.running, self.waiting, self.kv, model=model,
+                                        asleep=self.asleep)
         if self.kind == "sglang":
             return samples.sglang_metrics(self.running, self.waiting, self.kv, model=model)
         if self.kind == "tgi":

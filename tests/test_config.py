@@ -416,8 +416,11 @@ def test_schema_covers_every_dataclass_field():
                       "queue": QueueConfig, "engine": EngineConfig}.items():
         assert set(schema[name]["schema"]) == fields(cls)
     backend_schema = schema["backends"]["valuesrules"]["schema"]
-    assert set(backend_schema) == fields(config_module.BackendConfig) - {"name"}
+    # member_of: set by discovery on the members it makes, never by the file
+    assert set(backend_schema) == fields(config_module.BackendConfig) - {"name", "member_of"}
     assert set(backend_schema["timeouts"]["schema"]) == fields(Timeouts)
+    assert set(backend_schema["discover"]["schema"]) == fields(config_module.DiscoverConfig)
+    assert set(backend_schema["wake"]["schema"]) == fields(config_module.WakeConfig)
     assert set(schema["routes"]["valuesrules"]["schema"]) == fields(RouteConfig)
     assert set(schema["auth"]["schema"]["keys"]["schema"]["schema"]) == fields(ApiKey)
 
@@ -526,3 +529,21 @@ def test_problems_never_echo_secrets(text):
         load_config_text(text, env={"W": "s3cret"})
     assert info.value.problems
     assert "s3cret" not in "\n".join(info.value.problems)
+
+
+def test_discover_and_wake_build_their_objects_with_defaults():
+    cfg = config_module.load_config_text(textwrap.dedent("""\
+        backends:
+          pool:
+            kind: vllm
+            url: http://vllm-headless.llm.svc.cluster.local:8000/v1
+            discover: {dns: true, nameservers: ["10.96.0.10:53", "[fd00::a]:5353"]}
+            wake: {url: "http://scaler.local/up?model=llama"}
+          fixed: {kind: vllm, url: "http://10.0.0.1:8000", discover: {dns: false}}
+        """), env={})
+    pool = cfg.backends["pool"]
+    assert pool.discover == config_module.DiscoverConfig(
+        dns=True, interval_s=5, nameservers=("10.96.0.10:53", "[fd00::a]:5353"))
+    assert pool.wake == config_module.WakeConfig("http://scaler.local/up?model=llama", "POST")
+    assert pool.discovers and not cfg.backends["fixed"].discovers
+    assert (pool.label, pool.member_of) == ("pool", None)

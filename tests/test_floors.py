@@ -27,7 +27,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("gateway.relay",),
     ("gateway.tracing",),
     ("gateway.state",),
-    ("gateway.health", "gateway.reload"),
+    ("gateway.health", "gateway.reload", "gateway.discovery"),
     ("gateway.api", "gateway.console"),
     ("gateway.app",),
     ("gateway.server", "gateway.cli", "gateway.__main__"),

@@ -108,6 +108,8 @@ def with_components(tmp: Path, *names: str) -> Path:
               ["components:", *(f"  - components/{name}" for name in names)])
     if "redis" in names:
         uncomment(tree / "gateway.yaml", ["state:"])
+    if "vllm-pool" in names:
+        uncomment(tree / "gateway.yaml", ["  vllm-pool:"])
     return tree
 
 
@@ -119,6 +121,11 @@ def base(kubectl) -> list[dict]:
 @pytest.fixture(scope="module")
 def with_redis(kubectl, tmp_path_factory) -> list[dict]:
     return render(kubectl, with_components(tmp_path_factory.mktemp("redis"), "redis"))
+
+
+@pytest.fixture(scope="module")
+def with_pool(kubectl, tmp_path_factory) -> list[dict]:
+    return render(kubectl, with_components(tmp_path_factory.mktemp("pool"), "vllm-pool"))
 
 
 @pytest.fixture(scope="module")
@@ -510,3 +517,46 @@ def test_the_workers_shared_directory_is_on_a_writable_volume(base):
     volume = next(v for v in deploy["spec"]["template"]["spec"]["volumes"]
                   if v["name"] == mount["name"])
     assert "emptyDir" in volume and not mount.get("readOnly")
+
+
+# --- the vLLM pool component -----------------------------------------------------------------
+
+def test_vllm_pool_component_passes_the_schemas(with_pool, validate):
+    assert schema_problems(validate, with_pool) == []
+
+
+def test_vllm_pool_is_a_headless_service_of_ready_vllm_pods(with_pool, base):
+    vllm = one(with_pool, "Deployment", "vllm-pool")
+    service = one(with_pool, "Service", "vllm-pool")
+    # Headless: DNS answers with each ready pod's address, which the gateway resolves.
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is False
+    assert selects(service["spec"]["selector"], pod_labels(vllm))
+    assert selects(vllm["spec"]["selector"]["matchLabels"], pod_labels(vllm))
+    # Neither Service sends to the other's pods.
+    gateway = one(with_pool, "Deployment", "gateway")
+    assert not selects(service["spec"]["selector"], pod_labels(gateway))
+    assert not selects(one(with_pool, "Service", "gateway")["spec"]["selector"],
+                       pod_labels(vllm))
+    cont = container(vllm, "vllm")
+    [port] = service["spec"]["ports"]
+    assert port_number(cont, port["targetPort"]) == port["port"] == 8000
+    assert cont["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert [o for o in base if o["metadata"]["name"] == "vllm-pool"] == []
+
+
+def test_the_gateway_discovers_the_pool_by_the_services_name(with_pool, base, tmp_path):
+    from urllib.parse import urlsplit
+    text, config = gateway_config(with_pool)
+    service = one(with_pool, "Service", "vllm-pool")
+    pool = config["backends"]["vllm-pool"]
+    assert pool["discover"]["dns"] is True and pool["discover"]["interval_s"] > 0
+    url = urlsplit(pool["url"])
+    assert (url.hostname, url.port) == (service["metadata"]["name"],
+                                        service["spec"]["ports"][0]["port"])
+    vllm = container(one(with_pool, "Deployment", "vllm-pool"), "vllm")
+    served = vllm["args"][vllm["args"].index("--served-model-name") + 1]
+    assert served in pool["models"].values()
+    run = _check(text, secret_env(with_pool), None, tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "vllm-pool" not in gateway_config(base)[1]["backends"]

@@ -236,7 +236,9 @@ async def test_health_checks_run_once_per_server(gateway, start_runtime):
     interval = 0.5
     text = ("backends:\n"
             f"  a: {{kind: vllm, url: '{url}', models: {{m: {RUNTIME_ID}}}}}\n"
-            f"health: {{interval_s: {interval}, timeout_s: 1}}\n")
+            f"health: {{interval_s: {interval}, timeout_s: 1}}\n"
+            # A pool with no healthy backend is cold: answered at once, not held.
+            "queue: {max_wait_s: 0}\n")
     served = await asyncio.to_thread(gateway, text, workers=3)
     before, began = fake.health_checks, time.monotonic()
     await asyncio.sleep(4)   # a fixed window: the checks' rate over it is the check

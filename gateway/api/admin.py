@@ -33,9 +33,14 @@ async def backends(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     now = time.monotonic()
     rows = []
-    for state in gateway.states.values():
+    # A discover backend's members (`pool/10.0.0.5:8000`), and those draining after
+    # they left DNS, under `backend`, the configured name.
+    states = [*((s, False) for s in gateway.states.values()),
+              *((s, True) for s in gateway.members.draining.values())]
+    for state, draining in states:
         rows.append({
-            "name": state.name, "kind": state.config.kind, "url": url_without_password(state.config.url),
+            "name": state.name, "backend": state.config.label, "draining": draining,
+            "kind": state.config.kind, "url": url_without_password(state.config.url),
             "healthy": state.healthy, "available": state.available(now),
             "in_flight": state.in_flight, "weight": state.weight,
             "max_concurrency": state.config.max_concurrency,

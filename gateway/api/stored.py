@@ -13,7 +13,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..limits.auth import model_allowed
-from ..config import ApiKey, BackendConfig
+from ..config import ApiKey, BackendConfig, backend_label
 from ..dispatch import BackendState, Pool, RouteTable
 from ..endpoints import Endpoint
 from ..errors import BadRequest, Forbidden, NotFound
@@ -31,7 +31,7 @@ def _holder(table: RouteTable, public: Any, what: str, param: str
     """The configured backend that holds the response `public`, and its own id for it."""
     ref = runtime_ref(public)
     state = table.states.get(ref[0]) if ref is not None else None
-    if state is None or ref is None or ref[0] not in table.config.backends:
+    if state is None or ref is None or backend_label(ref[0]) not in table.config.backends:
         raise ResponseNotFound(f"{what} with id '{str(public)[:200]}' not found", param=param)
     return state, ref[1]
 

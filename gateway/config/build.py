@@ -5,9 +5,9 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from .types import (
-    ApiKey, BackendConfig, Config, EngineConfig, Fallback, HealthConfig, QueueConfig,
-    ResponsesConfig, RetryConfig, RouteConfig, ServerConfig, StateConfig, Timeouts,
-    TracingConfig, backend,
+    ApiKey, BackendConfig, Config, DiscoverConfig, EngineConfig, Fallback, HealthConfig,
+    QueueConfig, ResponsesConfig, RetryConfig, RouteConfig, ServerConfig, StateConfig, Timeouts,
+    TracingConfig, WakeConfig, backend,
 )
 
 
@@ -46,6 +46,12 @@ def _backend(name: str, kw: dict) -> BackendConfig:
     kw["api_key"] = kw.get("api_key") or None   # `${KEY:-}` means no key, not an empty bearer
     if "timeouts" in kw:
         kw["timeouts"] = Timeouts(**given(kw["timeouts"]))
+    if "discover" in kw:
+        discover = given(kw["discover"])
+        discover["nameservers"] = tuple(discover.get("nameservers", ()))
+        kw["discover"] = DiscoverConfig(**discover)
+    if "wake" in kw:
+        kw["wake"] = WakeConfig(**given(kw["wake"]))
     return backend(name, kw.pop("kind"), kw.pop("url", ""), **kw)
 
 

@@ -21,6 +21,8 @@ def redacted(cfg: Config) -> dict:
     for b in data["backends"].values():
         b["api_key"] = _mask(b["api_key"])
         b["url"] = url_without_password(b["url"])
+        if b["wake"] is not None:
+            b["wake"]["url"] = url_without_password(b["wake"]["url"])
         # Some runtimes take their key in a header (Azure's api-key, x-api-key).
         b["headers"] = {h: REDACTED if SECRET_HEADER.search(h) else v
                         for h, v in b["headers"].items()}

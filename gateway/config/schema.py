@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import math
 import re
 from typing import Any, Iterator
@@ -49,6 +50,15 @@ _BACKEND = {
     "headers": {"type": "dict", "nullable": True, "check_with": "headers"},
     "health_path": _string(check_with="health_path"),
     "timeouts": _section({t: _number(gt=0) for t in ("connect_s", "first_byte_s", "idle_s")}),
+    "discover": _section({
+        "dns": {"type": "boolean", "coerce": "env_boolean", "required": True},
+        "interval_s": _number(gt=0),
+        "nameservers": _list_of(_string(check_with="nameserver")),
+    }),
+    "wake": _section({
+        "url": _string(required=True, check_with="wake_url"),
+        "method": _string(allowed=["GET", "POST", "PUT"]),
+    }),
 }
 
 _ROUTE = {
@@ -170,10 +180,23 @@ class Validator(cerberus.Validator):
             self._error(field, problem)
 
     @_only(str)
+    def _check_with_wake_url(self, field, value):
+        # A scaler's hook names what to wake in its query (`/up?model=llama`).
+        problem = _url_problem(value, query=True)
+        if problem:
+            self._error(field, problem)
+
+    @_only(str)
     def _check_with_redis_url(self, field, value):
         problem = _redis_url_problem(value)
         if problem:
             self._error(field, problem)
+
+    @_only(str)
+    def _check_with_nameserver(self, field, value):
+        if nameserver_address(value) is None:
+            self._error(field, f"must be an IP address, optionally with a port "
+                               f"(10.96.0.10, 10.96.0.10:53, [fd00::a]:53), got {value!r}")
 
     @_only(str)
     def _check_with_origin(self, field, value):
@@ -202,12 +225,37 @@ class Validator(cerberus.Validator):
         if isinstance(kind, str) and kind in KINDS and KINDS[kind].needs_url \
                 and "url" not in value:
             self._error_at((field, "url"), f"is required for kind '{kind}'")
+        discover = value.get("discover")
+        if isinstance(discover, dict) and discover.get("dns") is True \
+                and isinstance(kind, str) and kind in KINDS and not KINDS[kind].needs_url:
+            self._error_at((field, "discover"), f"kind '{kind}' has no URL to resolve")
 
     def _error_at(self, crumbs: tuple, message: str) -> None:
         """A custom error below `field`, so the line names the exact item."""
         self._error([cerberus_errors.ValidationError(
             self.document_path + tuple(crumbs), self.schema_path,
             cerberus_errors.CUSTOM.code, None, None, None, (message,))])
+
+
+def nameserver_address(text: str) -> tuple[str, int] | None:
+    """(ip, port) of `discover.nameservers` item: "ip", "ip:port" or "[v6]:port"."""
+    host, port = text.strip(), 53
+    if host.startswith("["):
+        host, _, rest = host[1:].partition("]")
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                return None
+            port = int(rest[1:])
+    elif host.count(":") == 1:
+        host, _, digits = host.partition(":")
+        if not digits.isdigit():
+            return None
+        port = int(digits)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return (host, port) if 0 < port < 65536 else None
 
 
 def _is_number(value: Any) -> bool:
@@ -238,14 +286,15 @@ def _split_url(url: str) -> tuple[SplitResult | None, str]:
     return parts, shown
 
 
-def _url_problem(url: str) -> str | None:
+def _url_problem(url: str, *, query: bool = False) -> str | None:
     parts, shown = _split_url(url)
     if parts is None:
         return shown
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"must be an http:// or https:// URL with a host, got {shown}"
-    if parts.query or parts.fragment:
-        return f"must not have a query or fragment, got {shown}"
+    if parts.fragment or parts.query and not query:
+        return (f"must not have a fragment, got {shown}" if query
+                else f"must not have a query or fragment, got {shown}")
     return None
 
 

@@ -33,6 +33,31 @@ class Timeouts:
     idle_s: float = 60.0
 
 
+# A discovered member's name: its configured backend's, then the address it resolved to
+# (`vllm-pool/10.0.0.5:8000`). Configured names cannot hold the separator (schema.py).
+MEMBER_SEP = "/"
+
+
+def backend_label(name: str) -> str:
+    """The configured backend of a backend or member name: the metric label `backend`."""
+    return name.partition(MEMBER_SEP)[0]
+
+
+@dataclass(frozen=True)
+class DiscoverConfig:
+    """`discover:` every A/AAAA record of the URL's host is a member (gateway/discovery/)."""
+    dns: bool = False
+    interval_s: float = 5
+    nameservers: tuple[str, ...] = ()   # "ip" or "ip:port" ("[v6]:port"); () = the system's
+
+
+@dataclass(frozen=True)
+class WakeConfig:
+    """`wake:` called once when a request starts waiting on the backend's cold pool."""
+    url: str
+    method: str = "POST"
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     name: str
@@ -46,6 +71,18 @@ class BackendConfig:
     headers: Mapping[str, str] = field(default_factory=dict)
     health_path: str = ""
     timeouts: Timeouts = Timeouts()
+    discover: DiscoverConfig | None = None      # set: members come from DNS
+    wake: WakeConfig | None = None
+    member_of: str | None = None                # a discovered member: its configured backend
+
+    @property
+    def label(self) -> str:
+        """The configured name: the metric label, whatever member this is."""
+        return self.member_of or self.name
+
+    @property
+    def discovers(self) -> bool:
+        return self.discover is not None and self.discover.dns
 
     @property
     def api_base(self) -> str:

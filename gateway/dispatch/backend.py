@@ -29,8 +29,9 @@ class BackendState:
         self.runtime = runtime
         self.in_flight = 0
         # A backend is assumed healthy until its first active check says otherwise;
-        # the health checker flips this to False for a backend still loading.
-        self.healthy = True
+        # the health checker flips this to False for a backend still loading. A member
+        # found by discovery gets traffic only once it passed a check.
+        self.healthy = config.member_of is None
         self.checked = False
         self.discovered_models: tuple[str, ...] = ()
         self.consecutive_failures = 0
@@ -76,6 +77,14 @@ class BackendState:
         eng = self.engine
         return (now < eng.expires_at and eng.reading is not None
                 and saturated(eng.reading, engine.max_queue, engine.max_kv_usage))
+
+    def asleep(self, now: float) -> bool:
+        """Its runtime's fresh reading says it is asleep as a whole (vLLM's sleep mode):
+        no requests until woken. An Ollama without the model is not: it loads on demand."""
+        eng = self.engine
+        reading = eng.reading
+        return (reading is not None and reading.loaded is False
+                and reading.loaded_models is None and now < eng.expires_at)
 
     def observe_ttft(self, seconds: float, busy: float = 1) -> None:
         """One answer's time to first token (a whole answer's time when not streamed),

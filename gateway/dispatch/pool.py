@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import Fallback
+from ..config import BackendConfig, Fallback
 from ..routing import Strategy
 from .backend import BackendState
 
@@ -15,3 +15,6 @@ class Pool:
     backends: tuple[BackendState, ...]
     strategy: Strategy
     fallbacks: tuple[Fallback, ...] = ()
+    # The configured backends behind `backends` (a discover backend stands for its
+    # members, and is here while it has none): what a cold pool waits on and wakes.
+    sources: tuple[BackendConfig, ...] = ()

@@ -16,7 +16,7 @@ import asyncio
 import time
 from typing import Any, AsyncIterator
 
-from ..config import BackendConfig, Config, HealthConfig
+from ..config import BackendConfig, Config, HealthConfig, backend_label
 from ..errors import (DeadlineExceeded, NoHealthyBackend, Reason, UpstreamError,
                       UpstreamStatus, UpstreamTimeout)
 from ..metrics import Metrics
@@ -25,9 +25,11 @@ from ..runtimes.scrub import scrub_text
 from . import ejection
 from .backend import BackendState
 from .call import Call, FirstEvent, Shaped
+from .cold import ColdPools, prefer_loaded
 from .fallbacks import Stage
 from .outcome import give_up
 from .queue import CapacityQueue
+from .sample import SAMPLE_ABOVE, sampled_pick
 
 
 class Opened:
@@ -73,6 +75,7 @@ class Dispatcher:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self.queue = CapacityQueue()
+        self.cold = ColdPools(self.queue)   # cold.py: waits for a pool none of which is up
 
     # -- the walk ------------------------------------------------------------
 
@@ -89,6 +92,13 @@ class Dispatcher:
         capable_seen = False
         stages = ((Stage(pool.model, pool, (call.pinned,), 1),) if call.pinned is not None
                   else table.stages(pool))
+        if call.pinned is None and self.cold.is_cold(stages, capability, call.plan):
+            # Nothing was sent yet: the walk starts on the table of the moment the pool
+            # warmed, which holds the members that came up meanwhile.
+            table, pool = await self.cold.wait(cfg, table, pool, capability, call.plan,
+                                               deadline)
+            call.table, call.pool = table, pool
+            stages = table.stages(pool)
         for index, stage in enumerate(stages):
             capable = stage.capable(capability)
             if call.plan.selective:
@@ -109,7 +119,8 @@ class Dispatcher:
                 tries -= 1
                 if tried:
                     rec.retries += 1
-                    self.metrics.retries.labels(rec.backend, failures[-1].reason).inc()
+                    self.metrics.retries.labels(backend_label(rec.backend),
+                                                failures[-1].reason).inc()
                 tried.add(backend.name)
                 rec.backend = backend.name
                 if stage.fallback_to and rec.fallback != stage.fallback_to:
@@ -131,6 +142,14 @@ class Dispatcher:
         but all of those are at their max_concurrency or saturated (engine.max_queue,
         engine.max_kv_usage): those wait in the queue."""
         now = time.monotonic()
+        if len(capable) > SAMPLE_ABOVE:   # a large pool of members: look at a few (sample.py)
+            sampler = stage.sampler(capable)
+            if sampler.applies:
+                picked = sampled_pick(sampler, stage.pool.strategy, tried, route,
+                                      cfg.engine, now)
+                if picked is not None:
+                    ejection.start_trial(picked, cfg.health, now)
+                    return picked
         fresh: list[BackendState] = []   # not tried yet, not failed its health checks
         free: list[BackendState] = []    # of those, not ejected, cooling, at their cap
         any_ready = False                # or saturated by their runtime's own reading
@@ -150,6 +169,8 @@ class Dispatcher:
             return None
         if not free:
             return AT_CAPACITY
+        if len(free) > 1:
+            free = prefer_loaded(free, stage.public, now)   # the model loaded, awake (cold.py)
         backend = stage.pool.strategy.pick(free, route) if len(free) > 1 else free[0]
         ejection.start_trial(backend, cfg.health, now)   # type: ignore[arg-type]
         return backend  # type: ignore[return-value]
@@ -273,5 +294,5 @@ class Dispatcher:
         backend.in_flight -= 1
         self.queue.notify()
         if isinstance(error, UpstreamError):
-            self.metrics.upstream_errors.labels(backend.name, error.reason).inc()
+            self.metrics.upstream_errors.labels(backend.config.label, error.reason).inc()
         ejection.judge(backend, error, health, time.monotonic())

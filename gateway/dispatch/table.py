@@ -17,6 +17,7 @@ from ..runtimes import Runtime
 from .backend import BackendState
 from .fallbacks import Stage, build_stages
 from .pool import Pool
+from .sample import RingStore
 
 
 class RouteTable:
@@ -30,21 +31,34 @@ class RouteTable:
         self._bound: Mapping[str, tuple[BackendConfig, Runtime]] = {
             name: (state.config, state.runtime) for name, state in states.items()}
         members: dict[str, list[BackendState]] = {}
-        for name in config.backends:
-            state = states[name]
+        sources: dict[str, dict[str, BackendConfig]] = {}
+        for state in states.values():   # in config order, a backend's members in its place
             for model in state.serves():
                 members.setdefault(model, []).append(state)
+                sources.setdefault(model, {})[state.config.label] = \
+                    config.backends[state.config.label]
+        for backend in config.backends.values():
+            # A discover backend with no member yet still makes its models' pools (cold).
+            if backend.discovers and backend.models is not None:
+                for model in backend.models:
+                    members.setdefault(model, [])
+                    sources.setdefault(model, {}).setdefault(backend.name, backend)
         self.pools: dict[str, Pool] = {}
         for model, backends in members.items():
             route = config.route(model)
             # A backend named as a fallback serves this model only once the pool failed.
             reserved = {fb.backend for fb in route.fallbacks if fb.backend}
-            backends = [b for b in backends if b.name not in reserved]
+            backends = [b for b in backends if b.config.label not in reserved]
             strategy = previous.strategy_for(model, route.strategy) if previous else None
-            self.pools[model] = Pool(model, tuple(backends),
-                                     strategy or make_strategy(route.strategy), route.fallbacks)
+            self.pools[model] = Pool(
+                model, tuple(backends), strategy or make_strategy(route.strategy),
+                route.fallbacks, tuple(c for name, c in sources[model].items()
+                                       if name not in reserved))
         self.model_names = tuple(sorted(self.pools))
         self._stages: dict[str, tuple[Stage, ...]] = {}
+        # Large pools' hash rings (sample.py), by their members: kept across tables, so a
+        # rebuild for an unrelated change builds none again.
+        self.rings: RingStore = previous.rings if previous is not None else RingStore()
 
     def pool(self, model: str) -> Pool | None:
         return self.pools.get(model)
@@ -54,7 +68,7 @@ class RouteTable:
         stages = self._stages.get(pool.model)
         if stages is None:
             stages = self._stages[pool.model] = build_stages(
-                self.config, pool, self.pools, self.states)
+                self.config, pool, self.pools, self.states, self.rings)
         return stages
 
     def bound(self, backend: BackendState) -> tuple[BackendConfig, Runtime]:

@@ -106,7 +106,7 @@ def record(state: BackendState, scrape: Scrape, engine: EngineConfig,
         if not isinstance(answer, str):
             view.skip_until.pop(path, None)
             continue
-        metrics.engine_scrape_failures.labels(state.name, answer).inc()
+        metrics.engine_scrape_failures.labels(state.config.label, answer).inc()
         if answer == "unsupported":
             if path not in view.skip_until:
                 engine_logger.info("backend %s does not serve %s; asking again every %g s",
@@ -158,15 +158,28 @@ def wake_waiters(gateway: Gateway, blocked: Iterable[str], now: float) -> frozen
 
 
 def publish(gateway: Gateway, now: float) -> None:
-    """The engine gauges: a series only for a value the kind exposes and a fresh reading."""
+    """The engine gauges: a series only for a value the kind exposes and a fresh reading.
+    A discover backend's members make one series under its name: queue and running
+    summed, KV usage the mean of the members that report it."""
     m = gateway.metrics
+    for name, readings in _by_backend(gateway, now).items():
+        for gauge, field, mean in ((m.engine_queue, "waiting", False),
+                                   (m.engine_running, "running", False),
+                                   (m.engine_kv, "kv_usage", True)):
+            values = [v for r in readings if (v := getattr(r, field)) is not None]
+            value = (sum(values) / len(values) if mean else sum(values)) if values else None
+            m.set_engine(gauge, name, value)
+
+
+def _by_backend(gateway: Gateway, now: float) -> dict[str, list]:
+    """The fresh readings per configured backend (a member's under its backend)."""
+    readings: dict[str, list] = {name: [] for name in gateway.config.backends}
     for state in gateway.states.values():
         reading = state.engine.fresh(now)
-        values = ((m.engine_queue, reading.waiting), (m.engine_running, reading.running),
-                  (m.engine_kv, reading.kv_usage)) if reading is not None else (
-            (m.engine_queue, None), (m.engine_running, None), (m.engine_kv, None))
-        for gauge, value in values:
-            m.set_engine(gauge, state.name, value)
+        found = readings.setdefault(state.config.label, [])
+        if reading is not None:
+            found.append(reading)
+    return readings
 
 
 async def run_scrapes(gateway: Gateway, share: EngineShare | None = None) -> None:

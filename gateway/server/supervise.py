@@ -16,7 +16,7 @@ runs the app with aiohttp's gunicorn worker class. What the gateway changes in i
   `POST /admin/reload` on any worker asks the master for the same.
 - No worker outlives the master, however it dies: each worker asks the kernel for
   SIGKILL when its parent exits (PR_SET_PDEATHSIG).
-- SIGTERM reaches every worker at once; each drains (server/drain.py) within `server.drain_s`,
+- SIGTERM reaches every worker at once; each drains (relay/drain.py) within `server.drain_s`,
   and the master waits drain_s + 5 s before it kills what is left.
 - A worker that dies is replaced; its live gauges are dropped from the metrics.
 - The per-server directory (workers/rundir.py) is made before the first worker and removed
