@@ -57,6 +57,9 @@ class Gateway:
                 states[name] = BackendState(backend, runtime)
         for name in {s.config.label for s in self.states.values()} - config.backends.keys():
             self.metrics.forget_backend(name)
+        for backend in config.backends.values():
+            if backend.wake is not None:
+                self.metrics.expect_wakes(backend.name)
         table = RouteTable(config, states, getattr(self, "table", None))
         self.keys = KeyRing(config.auth_keys)
         self.limiter.apply(config.auth_keys)   # a key whose name stays keeps its buckets

@@ -2,7 +2,8 @@
 
 1. `promtool check metrics` accepts the exposition after some traffic.
 2. A gateway (two echo backends, a backend on a closed port, a fake runtime that answers 503,
-   drops usage and breaks streams) is scraped every second by a Prometheus on 127.0.0.1; after mixed
+   drops usage and breaks streams, a pool of DNS-found members and a cold one whose wake
+   hook fails; dnsmasq answers) is scraped every second by a Prometheus on 127.0.0.1; after mixed
    traffic and a SIGHUP reload, every PromQL expression of grafana/dashboards/gateway.json
    must return data through Prometheus' HTTP API.
 
@@ -31,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.procs import Proc, free_port
 from tests.conftest import dashboard_panels, unavailable
+from tests.dns_server import DnsServer
 from tests.engine_samples import vllm_metrics
 from tests.llama_support import gateway_command
 
@@ -77,7 +79,8 @@ def fake_runtime(tmp_path):
 
 # --- the gateway under test -----------------------------------------------------------------
 
-def _gateway_config(port: int, fake_port: int, dead_port: int) -> dict:
+def _gateway_config(port: int, fake_port: int, dead_port: int, nameserver: str) -> dict:
+    discover = {"dns": True, "interval_s": 1, "nameservers": [nameserver]}
     return {
         "server": {"host": "127.0.0.1", "port": port, "drain_s": 2},
         "backends": {
@@ -96,11 +99,19 @@ def _gateway_config(port: int, fake_port: int, dead_port: int) -> dict:
             "fake": {"kind": "openai", "url": f"http://127.0.0.1:{fake_port}/v1",
                      "models": ["nousage", "broken", "failing"],
                      "timeouts": {"connect_s": 2, "first_byte_s": 5, "idle_s": 5}},
+            # Members found by DNS: pool.test is the fake runtime's address.
+            "pool": {"kind": "openai", "url": f"http://pool.test:{fake_port}/v1",
+                     "models": ["nousage"], "discover": discover},
+            # A name with no address: a cold pool, whose wake hook nothing answers.
+            "cold": {"kind": "openai", "url": f"http://cold.test:{fake_port}/v1",
+                     "models": ["sleepy"], "discover": discover,
+                     "wake": {"url": f"http://127.0.0.1:{dead_port}/up", "method": "POST"}},
         },
         # "flaky" lives on the dead backend only: its requests go to the echo-model pool.
         "routes": {"flaky": {"fallbacks": [{"model": "echo-model"}]}},
         "health": {"interval_s": 1, "timeout_s": 1, "unhealthy_after": 3, "healthy_after": 1},
         "retries": {"attempts": 2, "deadline_s": 20},
+        "queue": {"max_wait_s": 1},   # the cold pool's requests wait this long, then 503
         "auth": {"keys": [
             {"name": "team-a", "key": KEY, "models": ["*"]},
             # Two requests a minute: the rest of its traffic is rate limited.
@@ -110,10 +121,10 @@ def _gateway_config(port: int, fake_port: int, dead_port: int) -> dict:
 
 
 class Gateway(Proc):
-    def __init__(self, tmp: Path, fake_port: int) -> None:
+    def __init__(self, tmp: Path, fake_port: int, nameserver: str) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.config = _gateway_config(self.port, fake_port, free_port())
+        self.config = _gateway_config(self.port, fake_port, free_port(), nameserver)
         self.config_path = tmp / "gateway.yaml"
         self.write_config()
         env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}
@@ -136,9 +147,14 @@ class Gateway(Proc):
 
 @pytest.fixture
 def gateway(tmp_path, fake_runtime):
-    with Gateway(tmp_path, fake_runtime) as gw:
-        gw.start().wait_ready(gw.base + "/health")
-        yield gw
+    dns = DnsServer(tmp_path).start()
+    dns.set("pool.test", "127.0.0.1")
+    try:
+        with Gateway(tmp_path, fake_runtime, dns.nameserver) as gw:
+            gw.start().wait_ready(gw.base + "/health")
+            yield gw
+    finally:
+        dns.stop()
 
 
 # --- traffic --------------------------------------------------------------------------------
@@ -190,6 +206,8 @@ def _one_round(base: str) -> None:
         _post(base, "/v1/chat/completions", _chat("broken" if stream else "failing",
                                                   stream=stream), stream=stream)
     _post(base, "/v1/embeddings", {"model": "echo-model", "input": ["alpha", "beta"]})
+    # A cold pool: the request waits queue.max_wait_s, the wake hook is called (and fails).
+    assert _post(base, "/v1/chat/completions", _chat("sleepy")) == 503
     # A client that leaves a long stream after its first event.
     _post(base, "/v1/chat/completions", _chat("echo-model", " ".join(["word"] * 3000),
                                               stream=True), stream=True, leave_after_first=True)
