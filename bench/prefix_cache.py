@@ -172,6 +172,9 @@ class SimBackend:
     served: int = 0
     cache: OrderedDict = field(default_factory=OrderedDict)
     ewma_ttft: float | None = None
+    service_time: float | None = None
+    batch: int = 0
+    signal: str = "not_exposed"
 
     @property
     def load(self) -> int:     # what strategies read: no engine reading here

@@ -108,18 +108,37 @@ def test_ttft_is_averaged_per_unit_of_the_load_it_was_sent_into():
 @dataclass(eq=False)
 class Stub:
     name: str
-    ewma_ttft: float | None = None
+    service_time: float | None = None
     load: int = 0
     weight: float = 1.0
+    batch: int = 0
     in_flight: int = 0
+    ewma_ttft: float | None = None
+    signal: str = "fresh"
 
 
-def test_least_latency_takes_the_lower_expected_wait():
+def test_least_latency_takes_the_lower_predicted_time_without_a_known_batch():
+    """Batch unknown (1): Peak-EWMA's cost, service * (load + 1)."""
     s = LeastLatency(random.Random(1))
     fast, slow = Stub("fast", 0.1, load=3), Stub("slow", 0.5, load=0)
     assert s.pick([fast, slow]) is fast          # 0.1 * 4 < 0.5 * 1
     fast.load = 5
     assert s.pick([fast, slow]) is slow          # 0.1 * 6 > 0.5 * 1
+
+
+def test_least_latency_counts_a_queue_in_batches():
+    """A fast runtime of 4 slots with 8 others on it finishes a new request in 9/4 of its
+    service time: still before an idle one 3x slower; with 12 others it no longer does."""
+    s = LeastLatency(random.Random(1))
+    fast, slow = Stub("fast", 0.2, load=8, batch=4), Stub("slow", 0.6, load=0, batch=4)
+    assert s.pick([fast, slow]) is fast          # 0.2 * 9/4 = 0.45 < 0.6
+    assert s.last == (("fast", pytest.approx(0.45)), ("slow", pytest.approx(0.6)))
+    fast.load = 12
+    assert s.pick([fast, slow]) is slow          # 0.2 * 13/4 = 0.65 > 0.6
+    slow.load = 3
+    assert s.pick([fast, slow]) is slow          # below its batch: no wait, 0.6
+    slow.load = 4
+    assert s.pick([fast, slow]) is fast          # 0.6 * 5/4 = 0.75 > 0.65
 
 
 def test_least_latency_weights_divide_the_cost():
@@ -147,6 +166,24 @@ def test_power_of_two_choices_never_picks_the_worst_of_three():
 def test_a_single_candidate_is_returned_without_a_draw():
     only = Stub("only")
     assert LeastLatency(random.Random(1)).pick([only]) is only
+
+
+def test_the_batch_is_the_most_the_runtime_reported_running():
+    b = state()
+    now = time.monotonic()
+    for running, waiting in ((2, 0), (4, 3), (1, 0)):
+        b.engine.record(EngineLoad(running, waiting, 0.1), now, 3.0, 0)
+    assert b.batch == 4
+
+
+def test_service_time_leaves_out_the_queue_it_was_sent_into():
+    """Sent behind 7 others on a batch of 4: two rounds, so half the time was the wait."""
+    b = state()
+    b.engine.record(EngineLoad(4, 4, 0.5), time.monotonic(), 3.0, 0)
+    b.observe_service(1.0, busy=8)
+    assert b.service_time == pytest.approx(0.5)
+    b.observe_service(1.0, busy=3)               # below the batch: no wait at all
+    assert b.service_time == pytest.approx(0.6)
 
 
 # -- one scrape round and the runtime's scrape ----------------------------------------------

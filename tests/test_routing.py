@@ -28,6 +28,9 @@ class Stub:
     weight: float = 1.0
     in_flight: int = 0
     ewma_ttft: float | None = None
+    service_time: float | None = None
+    batch: int = 0
+    signal: str = "not_exposed"
 
     @property
     def load(self) -> int:     # no engine reading: the gateway's own count

@@ -9,20 +9,24 @@ from __future__ import annotations
 import time
 
 from ..config import BackendConfig, EngineConfig
-from ..engine.signals import saturated
+from ..engine.signals import saturated, specs_for
 from ..engine.view import EngineView
+from ..routing import FRESH, NO_READING, NOT_EXPOSED, STALE
+from ..routing.least_latency import queue_factor
 from ..runtimes import Runtime
 
 # Weight of the newest time to first token in `ewma_ttft` (least_latency): about the
 # last ten answers count, so a backend that slows down or recovers shows it within seconds.
 TTFT_EWMA_ALPHA = 0.2
+# The same for `service_time`, one answer's whole time without a queue (least_latency).
+SERVICE_EWMA_ALPHA = 0.2
 
 
 class BackendState:
     __slots__ = ("config", "runtime", "in_flight", "healthy", "checked", "discovered_models",
                  "consecutive_failures", "ejections", "ejected_until",
                  "cooling_until", "health_ok_streak", "health_fail_streak", "engine",
-                 "ewma_ttft")
+                 "ewma_ttft", "service_time", "scraped")
 
     def __init__(self, config: BackendConfig, runtime: Runtime) -> None:
         self.config = config
@@ -41,6 +45,8 @@ class BackendState:
         self.health_fail_streak = 0
         self.engine = EngineView()    # what the runtime says of its own load (engine/)
         self.ewma_ttft: float | None = None   # seconds; None until a first answer came
+        self.service_time: float | None = None   # seconds; None until a first answer ended
+        self.scraped = bool(specs_for(config.kind))   # its kind exposes load
 
     @property
     def name(self) -> str:
@@ -71,6 +77,19 @@ class BackendState:
             return self.in_flight
         return max(self.in_flight, busy + self.in_flight - eng.in_flight_then)
 
+    @property
+    def batch(self) -> int:
+        return self.engine.batch
+
+    @property
+    def signal(self) -> str:
+        """Where `load` comes from now (routing.SIGNALS)."""
+        eng = self.engine
+        if eng.busy is not None:
+            return FRESH if time.monotonic() < eng.expires_at else STALE
+        # A reading without counts (Ollama's /api/ps) is a kind that exposes none.
+        return NO_READING if self.scraped and eng.reading is None else NOT_EXPOSED
+
     def saturated(self, now: float, engine: EngineConfig) -> bool:
         """Past engine.max_queue or engine.max_kv_usage by a fresh reading of its own."""
         eng = self.engine
@@ -88,6 +107,15 @@ class BackendState:
         seconds /= busy
         ewma = self.ewma_ttft
         self.ewma_ttft = seconds if ewma is None else ewma + TTFT_EWMA_ALPHA * (seconds - ewma)
+
+    def observe_service(self, seconds: float, busy: float = 1) -> None:
+        """One answer's whole time, from sending to its end, sent while the backend was
+        busy with `busy` requests, this one included: least_latency's `service_time` is
+        that time without the queue ahead of it (the queue factor of routing/least_latency)."""
+        seconds /= queue_factor(busy - 1, self.engine.batch)
+        mean = self.service_time
+        self.service_time = (seconds if mean is None
+                             else mean + SERVICE_EWMA_ALPHA * (seconds - mean))
 
     def available(self, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now

@@ -25,8 +25,9 @@ from ..record import RequestRecord
 from ..forms import body_for
 from ..relay import has_data_line, model_patterns
 from ..relay_events import stream_error
-from ..routing import RouteRequest
+from ..routing import FRESH, RouteRequest
 from ..runtimes.scrub import scrub_text
+from ..tracing.decision import as_header, explain
 from . import ejection
 from .backend import BackendState
 from .outcome import give_up
@@ -40,7 +41,7 @@ class Opened:
     """A backend that answered 200; the caller relays it, then calls finish()."""
 
     __slots__ = ("backend", "public", "patterns", "response", "chunks", "first",
-                 "drop_usage", "span", "_dispatcher", "_health")
+                 "drop_usage", "span", "timed", "_dispatcher", "_health")
 
     def __init__(self, dispatcher: Dispatcher, backend: BackendState, public: str,
                  response: Any, drop_usage: bool, health: HealthConfig) -> None:
@@ -54,10 +55,15 @@ class Opened:
         self.chunks: AsyncIterator[bytes] | None = None
         self.first = b""
         self.span: Any = None   # this try's tracing.spans.TrySpan, when tracing
+        # (perf_counter when sent, the load it was sent into): least_latency's service time
+        self.timed: tuple[float, float] | None = None
 
     def finish(self, error: BaseException | None = None) -> None:
         """Give the connection back (or drop it after a failure) and count the outcome."""
         if error is None:
+            if self.timed is not None:
+                self.backend.observe_service(time.perf_counter() - self.timed[0],
+                                             self.timed[1])
             self.response.release()
         else:
             self.response.close()
@@ -88,6 +94,7 @@ class Dispatcher:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self.queue = CapacityQueue()
+        self._explained: dict[tuple, tuple[str, ...]] = {}   # decision.explain's cache
 
     # -- the walk ------------------------------------------------------------
 
@@ -123,6 +130,9 @@ class Dispatcher:
                     break
                 if rec.trace is not None:
                     rec.trace.routed(index, stage, capable, tried, route, backend)
+                if rec.explain:
+                    rec.route = as_header(explain(index, stage, capable, tried, route,
+                                                  backend, self._explained))
                 tries -= 1
                 if tried:
                     rec.retries += 1
@@ -168,9 +178,25 @@ class Dispatcher:
             return None
         if not free:
             return AT_CAPACITY
-        backend = stage.pool.strategy.pick(free, route) if len(free) > 1 else free[0]
+        if len(free) > 1:
+            strategy = stage.pool.strategy
+            backend = strategy.pick(free, route)
+            if strategy.uses_load:
+                self._signal_fallbacks(strategy.name, free)
+        else:
+            backend = free[0]
         ejection.start_trial(backend, cfg.health, now)   # type: ignore[arg-type]
         return backend  # type: ignore[return-value]
+
+    def _signal_fallbacks(self, strategy: str, free: list[BackendState]) -> None:
+        """Count a pick that read load the runtime could not vouch for, once per reason:
+        a stale reading, none yet, or a kind that exposes none (the gateway's count)."""
+        seen: list[str] = []
+        for b in free:
+            signal = b.signal
+            if signal != FRESH and signal not in seen:
+                seen.append(signal)
+                self.metrics.count_signal_fallback(strategy, signal)
 
     async def _queue_for(self, cfg: Config, stage: Stage, capable: tuple[BackendState, ...],
                          tried: set[str], route: RouteRequest, deadline: float,
@@ -233,6 +259,8 @@ class Dispatcher:
                                                   extra_headers=extra_headers)
             opened = Opened(self, backend, public, response, drop_usage, cfg.health)
             opened.span = span
+            if endpoint.prompt_field is not None:
+                opened.timed = (started, busy)
             if rec.stream or endpoint.streams == BYTES:
                 by_deadline = deadline < first_by
                 try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Iterable
@@ -158,9 +159,13 @@ def wake_waiters(gateway: Gateway, blocked: Iterable[str], now: float) -> frozen
 
 
 def publish(gateway: Gateway, now: float) -> None:
-    """The engine gauges: a series only for a value the kind exposes and a fresh reading."""
+    """The engine gauges: a series only for a value the kind exposes and a fresh reading;
+    the reading's age for every backend that is scraped, fresh or not."""
     m = gateway.metrics
     for state in gateway.states.values():
+        if state.scraped:
+            age = state.engine.age(now)
+            m.signal_age.labels(state.name).set(math.inf if age is None else age)
         reading = state.engine.fresh(now)
         values = ((m.engine_queue, reading.waiting), (m.engine_running, reading.running),
                   (m.engine_kv, reading.kv_usage)) if reading is not None else (

@@ -14,7 +14,7 @@ from .signals import EngineLoad
 
 class EngineView:
     __slots__ = ("reading", "at", "expires_at", "busy", "in_flight_then", "failure",
-                 "skip_until")
+                 "skip_until", "batch")
 
     def __init__(self) -> None:
         self.reading: EngineLoad | None = None
@@ -28,6 +28,9 @@ class EngineView:
         # Paths the runtime does not serve (404/501: llama-server without --metrics) are
         # asked again only from this time on, not every round.
         self.skip_until: dict[str, float] = {}
+        # The most requests the runtime has reported running at once: its batch size once
+        # it has been full (requests waiting), a lower bound before (least_latency).
+        self.batch = 0
 
     def record(self, reading: EngineLoad, now: float, stale_after_s: float,
                in_flight: int) -> None:
@@ -36,6 +39,8 @@ class EngineView:
         self.at = now
         self.expires_at = now + stale_after_s
         self.busy = round(sum(counts)) if counts else None
+        if reading.running is not None and reading.running > self.batch:
+            self.batch = round(reading.running)
         self.in_flight_then = in_flight
         self.failure = None
 

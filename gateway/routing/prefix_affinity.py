@@ -26,6 +26,7 @@ KEY_BYTES = 16
 
 class PrefixAffinity:
     name = "prefix_affinity"
+    uses_load = True
     __slots__ = ("_affinity",)
 
     def __init__(self, load_factor: float = 1.25) -> None:
