@@ -69,6 +69,11 @@ class RouteRequest:
 
     prefix: bytes | None = None    # the prompt's conversation prefix (see prefix_key())
     session: str | None = None     # X-Session-ID header, else the body's `user`
+    # A chat's whole message list, and the list as its previous turn sent it (without the
+    # last assistant reply and user message), hashed: prefix_affinity follows a
+    # conversation to the backend that served its previous turn (see turn_keys()).
+    turn: bytes | None = None
+    previous: bytes | None = None
 
 
 NO_AFFINITY = RouteRequest()   # what every strategy that keys on nothing uses

@@ -68,6 +68,9 @@ def explain(stage_index: int, stage: Stage, capable: Sequence[BackendState], tri
         "gateway.route.chosen": chosen.name,
         "gateway.route.reason": _why(strategy, free, route, extra, cache),
     }
+    if out["gateway.route.reason"] == "affinity_key_hash" and getattr(
+            stage.pool.strategy, "followed", False):
+        out["gateway.route.reason"] = "previous_turn_backend"   # prefix_affinity's memory
     if len(free) > 1 and getattr(stage.pool.strategy, "uses_load", False):
         _signals(free, now, extra)
         last = getattr(stage.pool.strategy, "last", None)
