@@ -288,6 +288,8 @@ async def test_gauges_and_admin_show_only_what_each_kind_exposes(start_engine,
         assert {f: engine[f] for f in ENGINE_GAUGES if engine[f] is not None} == values, kind
     assert rows["ollama"]["engine"]["loaded"] is True
     assert rows["vllm"]["load"] == 7            # 2 running + 5 waiting, none of them ours
+    assert rows["vllm"]["load_signal"] == "fresh" and rows["vllm"]["batch"] == 2
+    assert rows["ollama"]["load_signal"] == "not_exposed"      # a reading, but no counts
 
     fakes["vllm"].pages_fault = "hang"             # stale: its series go, never a made-up 0
     await until(lambda: reading(client, "vllm") is None, what="stale")
@@ -309,3 +311,4 @@ async def test_kinds_that_expose_nothing_are_never_scraped(start_engine, gateway
     admin = await client.get("/admin/backends", headers={"Authorization": f"Bearer {ADMIN}"})
     (row,) = (await admin.json())["backends"]
     assert row["engine"] is None and row["load"] == 0
+    assert row["load_signal"] == "not_exposed" and row["batch"] is None
