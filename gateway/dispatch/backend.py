@@ -7,6 +7,7 @@ What changes the ejection and cooldown fields is in ejection.py.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from ..config import BackendConfig, EngineConfig
 from ..engine.signals import saturated, specs_for
@@ -91,10 +92,27 @@ class BackendState:
         return NO_READING if self.scraped and eng.reading is None else NOT_EXPOSED
 
     def saturated(self, now: float, engine: EngineConfig) -> bool:
-        """Past engine.max_queue or engine.max_kv_usage by a fresh reading of its own."""
+        """Past engine.max_queue or engine.max_kv_usage by a fresh reading of its own.
+
+        The queue is the reading's, moved by what the gateway itself sent or finished
+        since (as `load` moves running + waiting): a reading is up to `interval_s` old,
+        and a backend over the bound by the last reading would otherwise get nothing until
+        the next scrape even after the gateway's own requests there have ended, then all
+        at once (bench.unequal showed the swing)."""
         eng = self.engine
-        return (now < eng.expires_at and eng.reading is not None
-                and saturated(eng.reading, engine.max_queue, engine.max_kv_usage))
+        reading = eng.reading
+        if reading is None or now >= eng.expires_at:
+            return False
+        moved = self.in_flight - eng.in_flight_then
+        waiting = reading.waiting
+        if moved and waiting is not None:
+            if moved < 0:      # ended: as many waiting moved into the batch
+                waiting = max(0.0, waiting + moved)
+            elif eng.batch:    # sent: they fill the batch's room first, then wait
+                waiting += max(0.0, moved - max(0.0, eng.batch - (reading.running or 0)))
+            # (sent, batch never seen: whether they wait is unknown; the reading stands)
+            reading = replace(reading, waiting=waiting)
+        return saturated(reading, engine.max_queue, engine.max_kv_usage)
 
     def observe_ttft(self, seconds: float, busy: float = 1) -> None:
         """One answer's time to first token (a whole answer's time when not streamed),

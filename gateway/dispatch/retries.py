@@ -129,10 +129,11 @@ class Dispatcher:
                 if backend is None:
                     break
                 if rec.trace is not None:
-                    rec.trace.routed(index, stage, capable, tried, route, backend)
+                    rec.trace.routed(index, stage, capable, tried, route, backend,
+                                     cfg.engine)
                 if rec.explain:
                     rec.route = as_header(explain(index, stage, capable, tried, route,
-                                                  backend, self._explained))
+                                                  backend, self._explained, cfg.engine))
                 tries -= 1
                 if tried:
                     rec.retries += 1

@@ -22,6 +22,7 @@ from ..routing import FRESH
 from ..routing.ring import hash_point
 
 if TYPE_CHECKING:
+    from ..config import EngineConfig
     from ..dispatch.backend import BackendState
     from ..dispatch.fallbacks import Stage
     from ..routing import RouteRequest
@@ -35,9 +36,11 @@ PREFIX = "gateway.route."
 
 def explain(stage_index: int, stage: Stage, capable: Sequence[BackendState], tried: set[str],
             route: RouteRequest, chosen: BackendState,
-            cache: dict[tuple, tuple[str, ...]]) -> dict[str, Any]:
+            cache: dict[tuple, tuple[str, ...]],
+            engine: EngineConfig | None = None) -> dict[str, Any]:
     """`cache` keeps the names and weights attributes per candidate set (a reload makes
-    new sets; it is cleared when it grows)."""
+    new sets; it is cleared when it grows); `engine`: the bounds a runtime's own reading
+    saturates a backend by."""
     now = time.monotonic()
     strategy = getattr(stage.pool.strategy, "name", type(stage.pool.strategy).__name__)
     skipped: dict[str, list[str]] | None = None
@@ -53,7 +56,7 @@ def explain(stage_index: int, stage: Stage, capable: Sequence[BackendState], tri
             why = "cooling"
         elif b.ejected_until > now:
             why = "ejected"
-        elif b.at_capacity:
+        elif b.at_capacity or engine is not None and b.saturated(now, engine):
             why = "saturated"
         else:
             free.append(b)
