@@ -27,7 +27,7 @@ class BackendState:
     __slots__ = ("config", "runtime", "in_flight", "healthy", "checked", "discovered_models",
                  "consecutive_failures", "ejections", "ejected_until",
                  "cooling_until", "health_ok_streak", "health_fail_streak", "engine",
-                 "ewma_ttft", "service_time", "scraped")
+                 "ewma_ttft", "own_service", "scraped")
 
     def __init__(self, config: BackendConfig, runtime: Runtime) -> None:
         self.config = config
@@ -46,7 +46,7 @@ class BackendState:
         self.health_fail_streak = 0
         self.engine = EngineView()    # what the runtime says of its own load (engine/)
         self.ewma_ttft: float | None = None   # seconds; None until a first answer came
-        self.service_time: float | None = None   # seconds; None until a first answer ended
+        self.own_service: float | None = None    # seconds; None until a first answer ended
         self.scraped = bool(specs_for(config.kind))   # its kind exposes load
 
     @property
@@ -81,6 +81,14 @@ class BackendState:
     @property
     def batch(self) -> int:
         return self.engine.batch
+
+    @property
+    def service_time(self) -> float | None:
+        """One request's time with no queue ahead (least_latency): the runtime's own
+        measure where it gives one (vLLM's histograms: every client's requests, known from
+        the first reading), else the gateway's measure of its own answers."""
+        service = self.engine.service
+        return service if service is not None else self.own_service
 
     @property
     def signal(self) -> str:
@@ -131,9 +139,9 @@ class BackendState:
         busy with `busy` requests, this one included: least_latency's `service_time` is
         that time without the queue ahead of it (the queue factor of routing/least_latency)."""
         seconds /= queue_factor(busy - 1, self.engine.batch)
-        mean = self.service_time
-        self.service_time = (seconds if mean is None
-                             else mean + SERVICE_EWMA_ALPHA * (seconds - mean))
+        mean = self.own_service
+        self.own_service = (seconds if mean is None
+                            else mean + SERVICE_EWMA_ALPHA * (seconds - mean))
 
     def available(self, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now

@@ -65,6 +65,12 @@ class EngineLoad:
     kv_usage: float | None
     loaded: bool | None = None
     loaded_models: frozenset[str] | None = None
+    # Since the runtime started (vLLM's e2e-latency and queue-time histograms): requests
+    # finished, their seconds from arrival to the end, and of that the seconds they waited.
+    # Their differences between two readings give the time a request takes in the batch.
+    finished: float | None = None
+    latency_s: float | None = None
+    queued_s: float | None = None
 
 
 class ParseError(ValueError):
@@ -95,6 +101,9 @@ def parse_vllm(body: bytes, models: Models = None) -> EngineLoad:
         waiting=total(found.get("vllm:num_requests_waiting", ())),
         kv_usage=peak(first(found, "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")),
         loaded=any(v >= 1 for v in awake) if awake else None,
+        finished=total(found.get("vllm:e2e_request_latency_seconds_count", ())),
+        latency_s=total(found.get("vllm:e2e_request_latency_seconds_sum", ())),
+        queued_s=total(found.get("vllm:request_queue_time_seconds_sum", ())),
     )
 
 
@@ -163,7 +172,9 @@ def ollama_name(name: str) -> str:
 
 
 _VLLM = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-         "vllm:gpu_cache_usage_perc", "vllm:engine_sleep_state")
+         "vllm:gpu_cache_usage_perc", "vllm:engine_sleep_state",
+         "vllm:e2e_request_latency_seconds_count", "vllm:e2e_request_latency_seconds_sum",
+         "vllm:request_queue_time_seconds_sum")
 _SGLANG = ("sglang:num_running_reqs", "sglang:num_queue_reqs", "sglang:token_usage",
            "sglang:num_used_tokens", "sglang:max_total_num_tokens")
 _SGLANG_REPLICAS = frozenset({"tp_rank", "pp_rank", "moe_ep_rank"})
@@ -222,6 +233,9 @@ def combine(loads: Iterable[EngineLoad]) -> EngineLoad | None:
         kv_usage=_largest(x.kv_usage for x in loads),
         loaded=any(flags) if flags else None,
         loaded_models=frozenset().union(*sets) if sets else None,
+        finished=_largest(x.finished for x in loads),
+        latency_s=_largest(x.latency_s for x in loads),
+        queued_s=_largest(x.queued_s for x in loads),
     )
 
 
