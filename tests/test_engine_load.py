@@ -247,3 +247,66 @@ async def test_one_backends_odd_failure_does_not_stop_the_round(serve_fake):
                 in text)
     finally:
         await gateway.transport.session.close()
+
+
+# -- the runtime's own service time, and a queue moved by the gateway's sends ------------
+
+def test_the_runtimes_histograms_give_the_time_in_its_batch():
+    """vLLM's e2e latency less its queue time: the mean since it started on a first
+    reading, then each interval's mean, averaged."""
+    from bench.fake_runtime.formats import vllm_load
+    from gateway.engine.signals import parse
+    b, now = state(), time.monotonic()
+    first = parse("vllm", "/metrics", 200, vllm_load("m", 4, 2, 0.5, 10, 6.0, 2.0).encode())
+    assert (first.finished, first.latency_s, first.queued_s) == (10, 6.0, 2.0)
+    b.engine.record(first, now, 3.0, 0)
+    assert b.service_time == pytest.approx(0.4)          # (6 - 2) / 10
+    b.observe_service(9.0)                               # the gateway's own: not used now
+    assert b.service_time == pytest.approx(0.4)
+    later = parse("vllm", "/metrics", 200, vllm_load("m", 4, 0, 0.5, 20, 14.0, 3.0).encode())
+    b.engine.record(later, now + 1, 3.0, 0)
+    # The 10 that ended took 8 s, 1 s of it waiting: 0.7 each; averaged in at 0.3.
+    assert b.service_time == pytest.approx(0.4 + 0.3 * (0.7 - 0.4))
+    idle = parse("vllm", "/metrics", 200, vllm_load("m", 0, 0, 0.0, 20, 14.0, 3.0).encode())
+    b.engine.record(idle, now + 2, 3.0, 0)                # none ended: nothing new
+    assert b.service_time == pytest.approx(0.49)
+    restarted = parse("vllm", "/metrics", 200, vllm_load("m", 0, 0, 0.0, 2, 1.0, 0.0).encode())
+    b.engine.record(restarted, now + 3, 3.0, 0)           # counters went back: start over
+    assert b.service_time == pytest.approx(0.5)
+
+
+def test_without_the_histograms_the_gateways_own_measure_counts():
+    b = state()
+    b.engine.record(reading(4, 0, 0.1), time.monotonic(), 3.0, 0)
+    assert b.service_time is None
+    b.observe_service(0.3)
+    assert b.service_time == pytest.approx(0.3)
+
+
+def test_a_queue_over_the_bound_drains_as_the_gateways_own_requests_end():
+    """Read with 10 waiting (8 of them the gateway's): saturated until two of the
+    gateway's requests ended, without waiting for the next scrape."""
+    b, now = state(), time.monotonic()
+    b.in_flight = 12
+    b.engine.record(reading(4, 10, 0.1), now, 3.0, 12)
+    assert b.saturated(now, ENGINE)                       # 10 > max_queue 8
+    b.in_flight = 11
+    assert b.saturated(now, ENGINE)                       # 9 waiting
+    b.in_flight = 10
+    assert not b.saturated(now, ENGINE)                   # 8: room for one
+    b.in_flight = 13
+    assert b.saturated(now, ENGINE)                       # sent on a full batch: 11 wait
+
+
+def test_sends_fill_the_batch_before_they_queue():
+    b, now = state(), time.monotonic()
+    b.engine.record(reading(4, 0, 0.1), now, 3.0, 0)      # batch 4 seen once, full
+    b.engine.record(reading(0, 8, 0.1), now, 3.0, 0)      # a queue of 8 behind an empty one
+    b.in_flight = 4
+    assert not b.saturated(now, ENGINE)                   # the 4 sent took the free places
+    b.in_flight = 5
+    assert b.saturated(now, ENGINE)                       # the fifth waits: 9 > 8
+    unknown = state()
+    unknown.engine.record(reading(0, 8, 0.1), now, 3.0, 0)
+    unknown.in_flight = 20                                # batch never seen: the reading stands
+    assert not unknown.saturated(now, ENGINE)

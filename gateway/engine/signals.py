@@ -12,7 +12,10 @@ largest is taken for KV usage. Names were looked up in the runtimes' code:
   = data-parallel rank): `vllm:num_requests_running`, `vllm:num_requests_waiting`,
   `vllm:kv_cache_usage_perc` (0..1), `vllm:engine_sleep_state{sleep_state="awake"}` (1 awake,
   0 asleep: read as `loaded`). Old name `vllm:gpu_cache_usage_perc` (deprecated in 0.9, no
-  longer emitted by 0.33) is read when the new one is absent.
+  longer emitted by 0.33) is read when the new one is absent. The `_sum` and `_count` of the
+  histograms `vllm:e2e_request_latency_seconds` and `vllm:request_queue_time_seconds`
+  (arrival to end, and the wait in the queue, of every finished request): their
+  differences give the time in the batch (`finished`, `latency_s`, `queued_s`).
 - SGLang 0.5 `python/sglang/srt/observability/metrics_collector.py` (earlier
   `python/sglang/srt/metrics/collector.py`; SchedulerMetricsCollector, labels `model_name`,
   `engine_type`, `tp_rank`, `pp_rank`, `moe_ep_rank`, optional `dp_rank`, `priority`):

@@ -29,20 +29,26 @@ Where each term comes from, and how old it may be:
   estimate cautious. Without any reading it is 1, and the cost is Peak-EWMA's
   `latency * (outstanding + 1)` (Finagle, Linkerd), which counts every request ahead as a
   whole service time.
-- `service`: a moving average of the gateway's own measurements, each answer's time from
-  sending to its end (streams: to their last event), divided by the queue factor
-  `max(1, busy / batch)` of the load it was sent into, so a wait in the runtime's queue is
-  not taken for slowness (it would be counted twice: by the average and by `n`). A backend
-  not measured yet is taken to be as fast as the one it is compared with, so it is tried
-  without being flooded; two unmeasured ones compare by queue factor alone.
+- `service`: what one request takes in the batch, its time to first token plus its time
+  per output token times its tokens. Where the runtime measures it (vLLM's
+  `e2e_request_latency_seconds` less `request_queue_time_seconds`, sums and counts
+  between two readings: every client's requests, and known from the first reading after
+  a gateway restart), that (`EngineView.service`); else a moving average of the gateway's
+  own measurements, each answer's time from sending to its end (streams: their last
+  event), divided by the queue factor `max(1, busy / batch)` of the load it was sent into,
+  so a wait in the runtime's queue is not taken for slowness (it would be counted twice:
+  by the average and by `n`). A backend not measured yet is taken to be as fast as the
+  one it is compared with, so it is tried without being flooded; two unmeasured ones
+  compare by queue factor alone.
 
 Two random choices instead of the global minimum: every gateway (and every worker)
 would pick the same "best" backend between two load readings and pile onto it;
 comparing two random ones spreads that herd while still avoiding the worst
 (Mitzenmacher 2001; Finagle's and Linkerd's P2C balancers). With two candidates both are
 compared. llm-d's predicted-latency scorer goes further (a model of TTFT and TPOT trained
-on the runtime's own histograms); this one uses what every OpenAI-compatible runtime
-gives: the answers' timing, and the running and waiting counts where the kind exposes them.
+on the runtime's histograms, per prompt length); this one needs only the answers'
+timing, and uses the running and waiting counts and the time-in-batch where the kind
+exposes them.
 """
 
 from __future__ import annotations
