@@ -32,7 +32,8 @@ latency is end to end (request sent to `[DONE]` read). Three scenarios:
 Ratios are each strategy's figure over weighted's in the same scenario. Every loop is
 bounded by a count and a deadline; only 127.0.0.1 is addressed.
 
-    python -m bench.unequal [--requests N] [--scenarios alone,shared,replicas] [--out PATH]
+    python -m bench.unequal [--requests N] [--scenarios alone,shared,replicas]
+                            [--max-queue N] [--out PATH]
 
 Writes bench/results/unequal.json and prints a table (about 6 minutes).
 """
@@ -98,9 +99,12 @@ class Load:
                 "outside_done": self.outside_done}
 
 
-def gateway_config(urls: dict[str, str], strategy: str, kind: str) -> str:
+def gateway_config(urls: dict[str, str], strategy: str, kind: str,
+                   max_queue: int | None = None) -> str:
     lines = ["server: {host: 127.0.0.1, port: 8080, drain_s: 2, "
              f"admin_key: {ADMIN_KEY}}}", "backends:"]
+    if max_queue is not None:
+        lines.insert(0, f"engine: {{max_queue: {max_queue}}}")
     for name, url in urls.items():
         lines += [f"  {name}:", f"    kind: {kind}", f"    url: {url}/v1",
                   f"    models: {{{PUBLIC}: fake-model}}"]
@@ -222,7 +226,7 @@ async def runtime_idle(urls: dict[str, str], deadline_s: float = 30) -> None:
 def run_one(tmp: Path, urls: dict[str, str], label: str, strategy: str, kind: str,
             outside: str | None, replicas: int, p: dict) -> dict:
     config = tmp / "gateway.yaml"
-    config.write_text(gateway_config(urls, strategy, kind))
+    config.write_text(gateway_config(urls, strategy, kind, p.get("max_queue")))
     procs, ports = [], []
     try:
         for i in range(replicas):
@@ -291,7 +295,8 @@ def render(doc: dict) -> str:
     out = [f"{p['requests']} streamed requests, {p['concurrency']} clients in a closed loop, "
            f"{p['tokens']} tokens each; each runtime serves {p['slots']} at once",
            "fast: TTFT {:g} ms, {:g} ms/token; slow: TTFT {:g} ms, {:g} ms/token".format(
-               *RUNTIMES["fast"], *RUNTIMES["slow"])]
+               *RUNTIMES["fast"], *RUNTIMES["slow"]),
+           f"engine.max_queue: {p['max_queue'] if p.get('max_queue') is not None else 8}"]
     head = (f"{'strategy':<22}{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'TTFT p99':>9}"
             f"{'on slow':>8}{'errors':>7}{'p99/w':>7}{'rps/w':>7}")
     for name, rows in doc["scenarios"].items():
@@ -315,9 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=PARAMS["requests"])
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--max-queue", type=int, default=None,
+                        help="engine.max_queue of the gateway (default: the gateway's, 8)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
-    p = {**PARAMS, "requests": args.requests}
+    p = {**PARAMS, "requests": args.requests, "max_queue": args.max_queue}
     scenarios = [s for s in args.scenarios.split(",") if s in SCENARIOS]
     started = time.monotonic()
     load_before = os.getloadavg()

@@ -310,3 +310,16 @@ def test_sends_fill_the_batch_before_they_queue():
     unknown.engine.record(reading(0, 8, 0.1), now, 3.0, 0)
     unknown.in_flight = 20                                # batch never seen: the reading stands
     assert not unknown.saturated(now, ENGINE)
+
+
+def test_predictions_too_close_to_call_go_to_the_less_loaded():
+    """Identical runtimes below their batch: noise in the measured speed decides nothing,
+    the count does."""
+    s = LeastLatency(random.Random(1))
+    a, b = Stub("a", 0.200, load=6, batch=8), Stub("b", 0.205, load=1, batch=8)
+    assert s.pick([a, b]) is b
+    a.load, b.load = 1, 6
+    assert s.pick([a, b]) is a
+    a.service_time = 0.15                      # 25% faster: a real difference
+    a.load, b.load = 6, 1
+    assert s.pick([a, b]) is a

@@ -14,7 +14,10 @@ backend costs its own speed, so a fast server takes the traffic until its queue 
 as slow as the others; past its batch each extra request costs a batch's share of a
 service time, not a whole one, so a fast server of 4 slots with 8 requests (2 rounds of a
 30 ms-per-request batch) still wins over an idle one 3x slower. Where those two lines
-cross is where the latencies are equal: the split that gives the lowest p99.
+cross is where the latencies are equal: the split that gives the lowest p99. Two
+predictions within CLOSE (10%) of each other are a tie, which goes to the backend with
+fewer requests per weight (least_busy's rule): identical runtimes differ in measured
+speed by noise only, and a continuous batch does slow a little as it fills.
 
 Where each term comes from, and how old it may be:
 
@@ -57,6 +60,11 @@ import random
 from typing import Sequence
 
 from . import Candidate, KeysOnNothing, RouteRequest
+
+
+# Predictions closer than this (relative) are a tie, settled by load: the service times
+# of identical runtimes differ by measurement noise, not by speed.
+CLOSE = 0.1
 
 
 def queue_factor(load: float, batch: int) -> float:
@@ -102,7 +110,12 @@ class LeastLatency(KeysOnNothing):
         cost_a = predicted(a, sa if sa is not None else sb)
         cost_b = predicted(b, sb if sb is not None else sa)
         self.last = ((a.name, cost_a), (b.name, cost_b))
-        if cost_a != cost_b:
+        if abs(cost_a - cost_b) > CLOSE * max(cost_a, cost_b):
             return a if cost_a < cost_b else b
-        # A tie (two idle backends never measured): by weight, at random.
+        # Too close to call (identical runtimes, both below their batch): the one with
+        # fewer requests per weight, as least_busy; a continuous batch slows every
+        # request in it a little as it fills, which the fixed-batch model leaves out.
+        diff = a.load * b.weight - b.load * a.weight
+        if diff:
+            return a if diff < 0 else b
         return a if self._rng.random() * (a.weight + b.weight) < a.weight else b
