@@ -323,3 +323,15 @@ def test_predictions_too_close_to_call_go_to_the_less_loaded():
     a.service_time = 0.15                      # 25% faster: a real difference
     a.load, b.load = 6, 1
     assert s.pick([a, b]) is a
+
+
+def test_llama_cpps_slot_list_gives_the_batch_at_once():
+    from gateway.engine.signals import combine, parse
+    from tests import engine_samples
+    b = state("llamacpp")
+    slots = parse("llamacpp", "/slots", 200,
+                  engine_samples.llamacpp_slots(busy=1, total=6).encode())
+    metrics = parse("llamacpp", "/metrics", 200,
+                    engine_samples.llamacpp_metrics(processing=1, deferred=0).encode())
+    b.engine.record(combine([metrics, slots]), time.monotonic(), 3.0, 0)
+    assert b.batch == 6                       # -np 6, though only one is busy

@@ -89,7 +89,7 @@ def _dump(reading: EngineLoad | None) -> dict | None:
             "kv_usage": reading.kv_usage, "loaded": reading.loaded,
             "loaded_models": sorted(models) if models is not None else None,
             "finished": reading.finished, "latency_s": reading.latency_s,
-            "queued_s": reading.queued_s}
+            "queued_s": reading.queued_s, "slots": reading.slots}
 
 
 def _load(data: dict | None) -> EngineLoad | None:
@@ -101,7 +101,8 @@ def _load(data: dict | None) -> EngineLoad | None:
                       loaded_models=frozenset(models) if models is not None else None,
                       finished=_number(data.get("finished")),
                       latency_s=_number(data.get("latency_s")),
-                      queued_s=_number(data.get("queued_s")))
+                      queued_s=_number(data.get("queued_s")),
+                      slots=_number(data.get("slots")))
 
 
 def _number(value: Any) -> float | None:

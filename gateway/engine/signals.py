@@ -74,6 +74,8 @@ class EngineLoad:
     finished: float | None = None
     latency_s: float | None = None
     queued_s: float | None = None
+    # How many requests the runtime runs at once, where it says (llama.cpp's /slots).
+    slots: float | None = None
 
 
 class ParseError(ValueError):
@@ -138,7 +140,7 @@ def parse_llamacpp_slots(body: bytes, models: Models = None) -> EngineLoad:
     if not isinstance(slots, list) or not all(isinstance(s, dict) for s in slots):
         raise ParseError("format", "/slots is not a list of slot objects")
     return EngineLoad(running=float(sum(_slot_busy(s) for s in slots)), waiting=None,
-                      kv_usage=None)
+                      kv_usage=None, slots=float(len(slots)))
 
 
 def parse_tgi(body: bytes, models: Models = None) -> EngineLoad:
@@ -239,6 +241,7 @@ def combine(loads: Iterable[EngineLoad]) -> EngineLoad | None:
         finished=_largest(x.finished for x in loads),
         latency_s=_largest(x.latency_s for x in loads),
         queued_s=_largest(x.queued_s for x in loads),
+        slots=_largest(x.slots for x in loads),
     )
 
 

@@ -33,7 +33,8 @@ class EngineView:
         # asked again only from this time on, not every round.
         self.skip_until: dict[str, float] = {}
         # The most requests the runtime has reported running at once: its batch size once
-        # it has been full (requests waiting), a lower bound before (least_latency).
+        # it has been full (requests waiting), a lower bound before; or its slot count,
+        # where it lists its slots (llama.cpp's /slots) (least_latency).
         self.batch = 0
         # Seconds one request spends in the runtime's batch (its end-to-end time less its
         # wait in the queue), by the runtime's own histograms: a moving average of each
@@ -48,8 +49,9 @@ class EngineView:
         self.at = now
         self.expires_at = now + stale_after_s
         self.busy = round(sum(counts)) if counts else None
-        if reading.running is not None and reading.running > self.batch:
-            self.batch = round(reading.running)
+        most = max(reading.running or 0, reading.slots or 0)
+        if most > self.batch:
+            self.batch = round(most)
         self.in_flight_then = in_flight
         self.failure = None
 

@@ -29,7 +29,7 @@ Where each term comes from, and how old it may be:
 - `batch`: the most requests the runtime has reported running (`EngineView.batch`): while
   requests wait, the batch is full, so the largest running count seen is the batch size
   once the runtime has been busy once; a lower bound before that, which only makes the
-  estimate cautious. Without any reading it is 1, and the cost is Peak-EWMA's
+  estimate cautious. llama.cpp lists its slots (`/slots`): their number is the batch. Without any reading it is 1, and the cost is Peak-EWMA's
   `latency * (outstanding + 1)` (Finagle, Linkerd), which counts every request ahead as a
   whole service time.
 - `service`: what one request takes in the batch, its time to first token plus its time
