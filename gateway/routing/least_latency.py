@@ -15,9 +15,11 @@ as slow as the others; past its batch each extra request costs a batch's share o
 service time, not a whole one, so a fast server of 4 slots with 8 requests (2 rounds of a
 30 ms-per-request batch) still wins over an idle one 3x slower. Where those two lines
 cross is where the latencies are equal: the split that gives the lowest p99. Two
-predictions within CLOSE (10%) of each other are a tie, which goes to the backend with
-fewer requests per weight (least_busy's rule): identical runtimes differ in measured
-speed by noise only, and a continuous batch does slow a little as it fills.
+backends that both have room in their batch and predictions within CLOSE (10%) of each
+other are a tie, which goes to the one with fewer requests per weight (least_busy's
+rule): identical runtimes differ in measured speed by noise only, and a continuous batch
+does slow a little as it fills. Where a queue is predicted the prediction decides: a
+request queued on the slower runtime waits out a whole round of its batch.
 
 Where each term comes from, and how old it may be:
 
@@ -62,8 +64,8 @@ from typing import Sequence
 from . import Candidate, KeysOnNothing, RouteRequest
 
 
-# Predictions closer than this (relative) are a tie, settled by load: the service times
-# of identical runtimes differ by measurement noise, not by speed.
+# Predictions closer than this (relative) are a tie when neither backend has a queue,
+# settled by load: the service times of identical runtimes differ by noise, not speed.
 CLOSE = 0.1
 
 
@@ -110,11 +112,16 @@ class LeastLatency(KeysOnNothing):
         cost_a = predicted(a, sa if sa is not None else sb)
         cost_b = predicted(b, sb if sb is not None else sa)
         self.last = ((a.name, cost_a), (b.name, cost_b))
-        if abs(cost_a - cost_b) > CLOSE * max(cost_a, cost_b):
+        # Both below their batch (no queue on either) and as fast as each other within
+        # CLOSE: a tie. Identical runtimes differ in measured speed by noise only.
+        tie = cost_a == cost_b or (
+            abs(cost_a - cost_b) <= CLOSE * max(cost_a, cost_b)
+            and queue_factor(a.load, a.batch) == 1 == queue_factor(b.load, b.batch))
+        if not tie:
             return a if cost_a < cost_b else b
-        # Too close to call (identical runtimes, both below their batch): the one with
-        # fewer requests per weight, as least_busy; a continuous batch slows every
-        # request in it a little as it fills, which the fixed-batch model leaves out.
+        # A tie goes to the one with fewer requests per weight, as least_busy: a
+        # continuous batch slows every request in it a little as it fills, which the
+        # fixed-batch model leaves out.
         diff = a.load * b.weight - b.load * a.weight
         if diff:
             return a if diff < 0 else b
