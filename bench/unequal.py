@@ -322,8 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--max-queue", type=int, default=None,
                         help="engine.max_queue of the gateway (default: the gateway's, 8)")
+    parser.add_argument("--strategies", default=None,
+                        help="only these rows (labels, comma-separated); weighted always runs "
+                             "first, as the ratios' base")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
+    runs = [r for r in RUNS if args.strategies is None or r[0] == "weighted"
+            or r[0] in args.strategies.split(",")]
     p = {**PARAMS, "requests": args.requests, "max_queue": args.max_queue}
     scenarios = [s for s in args.scenarios.split(",") if s in SCENARIOS]
     started = time.monotonic()
@@ -348,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 shared, replicas = SCENARIOS[scenario]
                 outside = urls["fast"] + "/v1/chat/completions" if shared else None
                 rows = []
-                for label, strategy, kind in RUNS:
+                for label, strategy, kind in runs:
                     print(f"{scenario}: {label}...", file=sys.stderr, flush=True)
                     rows.append(run_one(tmp, urls, label, strategy, kind, outside, replicas,
                                         p))
