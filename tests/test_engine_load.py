@@ -335,4 +335,3 @@ def test_llama_cpps_slot_list_gives_the_batch_at_once():
                     engine_samples.llamacpp_metrics(processing=1, deferred=0).encode())
     b.engine.record(combine([metrics, slots]), time.monotonic(), 3.0, 0)
     assert b.batch == 6                       # -np 6, though only one is busy
-
