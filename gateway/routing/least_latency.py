@@ -12,9 +12,9 @@ for `n + 1 - batch` of them to leave, `batch` at a time, before it starts:
 and the backend with the lower `predicted / weight` takes the request. Below its batch a
 backend costs its own speed, so a fast server takes the traffic until its queue makes it
 as slow as the others; past its batch each extra request costs a batch's share of a
-service time, not a whole one, so a fast server of 4 slots with 8 requests (2 rounds of a
-30 ms-per-request batch) still wins over an idle one 3x slower. Where those two lines
-cross is where the latencies are equal: the split that gives the lowest p99. Two
+service time, not a whole one, so a fast server of 4 slots with 8 requests on it (a new
+one ends after 9/4 of its service time) still wins over an idle one 3x slower. Where those
+two lines cross the latencies are equal: the split that gives the lowest p99. Two
 backends that both have room in their batch and predictions within CLOSE (10%) of each
 other are a tie, which goes to the one with fewer requests per weight (least_busy's
 rule): identical runtimes differ in measured speed by noise only, and a continuous batch
@@ -26,14 +26,15 @@ Where each term comes from, and how old it may be:
 - `n`: `Candidate.load`, the runtime's own running + waiting from its last reading
   (other clients and other gateway replicas included), moved by what this gateway sent or
   finished since; the gateway's own in-flight count alone once the reading is older than
-  `engine.stale_after_s` or when the kind exposes none (the explanation, the trace and
-  `gateway_routing_fallbacks_total` say so: routing/explain.py).
+  `engine.stale_after_s` or when the kind exposes none (`Candidate.signal`; the
+  dispatcher counts it in `gateway_routing_signal_fallbacks_total`, and the trace and
+  `X-Gateway-Route` name it: tracing/decision.py).
 - `batch`: the most requests the runtime has reported running (`EngineView.batch`): while
   requests wait, the batch is full, so the largest running count seen is the batch size
   once the runtime has been busy once; a lower bound before that, which only makes the
-  estimate cautious. llama.cpp lists its slots (`/slots`): their number is the batch. Without any reading it is 1, and the cost is Peak-EWMA's
-  `latency * (outstanding + 1)` (Finagle, Linkerd), which counts every request ahead as a
-  whole service time.
+  estimate cautious. llama.cpp lists its slots (`/slots`): their number is the batch.
+  Without any reading it is 1, and the cost is Peak-EWMA's `latency * (outstanding + 1)`
+  (Finagle, Linkerd), which counts every request ahead as a whole service time.
 - `service`: what one request takes in the batch, its time to first token plus its time
   per output token times its tokens. Where the runtime measures it (vLLM's
   `e2e_request_latency_seconds` less `request_queue_time_seconds`, sums and counts
@@ -74,11 +75,10 @@ def queue_factor(load: float, batch: int) -> float:
     return max(1.0, (load + 1) / max(1, batch))
 
 
-def predicted(cand: Candidate, service: float | None) -> float:
+def predicted(service: float | None, factor: float, weight: float) -> float:
     """Seconds until an answer placed now would end, per unit of weight; `service` the
     time one request takes alone (None: unknown, the queue factor alone)."""
-    return (1.0 if service is None else service) * queue_factor(cand.load, cand.batch) \
-        / cand.weight
+    return (1.0 if service is None else service) * factor / weight
 
 
 class LeastLatency(KeysOnNothing):
@@ -109,20 +109,21 @@ class LeastLatency(KeysOnNothing):
 
     def _better(self, a: Candidate, b: Candidate) -> Candidate:
         sa, sb = a.service_time, b.service_time
-        cost_a = predicted(a, sa if sa is not None else sb)
-        cost_b = predicted(b, sb if sb is not None else sa)
+        load_a, load_b = a.load, b.load
+        fa, fb = queue_factor(load_a, a.batch), queue_factor(load_b, b.batch)
+        cost_a = predicted(sa if sa is not None else sb, fa, a.weight)
+        cost_b = predicted(sb if sb is not None else sa, fb, b.weight)
         self.last = ((a.name, cost_a), (b.name, cost_b))
         # Both below their batch (no queue on either) and as fast as each other within
         # CLOSE: a tie. Identical runtimes differ in measured speed by noise only.
-        tie = cost_a == cost_b or (
-            abs(cost_a - cost_b) <= CLOSE * max(cost_a, cost_b)
-            and queue_factor(a.load, a.batch) == 1 == queue_factor(b.load, b.batch))
+        tie = cost_a == cost_b or (fa == 1 == fb and abs(cost_a - cost_b)
+                                   <= CLOSE * max(cost_a, cost_b))
         if not tie:
             return a if cost_a < cost_b else b
         # A tie goes to the one with fewer requests per weight, as least_busy: a
         # continuous batch slows every request in it a little as it fills, which the
         # fixed-batch model leaves out.
-        diff = a.load * b.weight - b.load * a.weight
+        diff = load_a * b.weight - load_b * a.weight
         if diff:
             return a if diff < 0 else b
         return a if self._rng.random() * (a.weight + b.weight) < a.weight else b
