@@ -12,21 +12,30 @@ carries over:
                           the gateway's own in-flight count only (there is no switch that
                           turns scraping off for a kind that has metrics)
     least_busy (engine)   `kind: vllm`: in-flight blended with the runtimes' own counts
-    least_latency         `kind: vllm`: power of two choices on EWMA TTFT x load
+    least_latency         `kind: vllm`: power of two choices on the predicted time to
+                          answer (service time x queue factor of the runtime's batch)
+    prefix_affinity       `kind: vllm`: every request has one prompt, so one key: its ring
+                          owner up to the load bound (c = 1.25), the spill on the next
+    session_affinity      `kind: vllm`: no session is sent, so least_busy on the blend
 
 A closed loop of `concurrency` clients sends `requests` streamed chat requests in all;
-latency is end to end (request sent to `[DONE]` read). Two scenarios:
+latency is end to end (request sent to `[DONE]` read). Three scenarios:
 
-    alone    the gateway's clients are the runtimes' only clients
-    shared   another client, not behind the gateway, keeps `outside` streams going
-             straight to `fast` all the while: only the runtime's own counts show it
+    alone     the gateway's clients are the runtimes' only clients
+    shared    another client, not behind the gateway, keeps `outside` streams going
+              straight to `fast` all the while: only the runtime's own counts show it
+    replicas  two gateway replicas (two `gateway serve` processes, one config) in front
+              of the same runtimes, the clients split between them as a load balancer
+              would; each replica counts only its own requests in flight, the runtimes'
+              readings show both
 
 Ratios are each strategy's figure over weighted's in the same scenario. Every loop is
 bounded by a count and a deadline; only 127.0.0.1 is addressed.
 
-    python -m bench.unequal [--requests N] [--scenarios alone,shared] [--out PATH]
+    python -m bench.unequal [--requests N] [--scenarios alone,shared,replicas]
+                            [--max-queue N] [--out PATH]
 
-Writes bench/results/unequal.json and prints a table (about 2-3 minutes).
+Writes bench/results/unequal.json and prints a table (about 6 minutes).
 """
 
 from __future__ import annotations
@@ -60,7 +69,11 @@ PARAMS = {"requests": 320, "concurrency": 16, "tokens": 24, "slots": 4, "outside
 RUNS = (("weighted", "weighted", "vllm"),
         ("least_busy (gateway)", "least_busy", "openai"),
         ("least_busy (engine)", "least_busy", "vllm"),
-        ("least_latency", "least_latency", "vllm"))
+        ("least_latency", "least_latency", "vllm"),
+        ("prefix_affinity", "prefix_affinity", "vllm"),
+        ("session_affinity", "session_affinity", "vllm"))
+# scenario: (runtime straight to fast from another client, gateway replicas)
+SCENARIOS = {"alone": (False, 1), "shared": (True, 1), "replicas": (False, 2)}
 
 
 @dataclass
@@ -86,9 +99,12 @@ class Load:
                 "outside_done": self.outside_done}
 
 
-def gateway_config(urls: dict[str, str], strategy: str, kind: str) -> str:
+def gateway_config(urls: dict[str, str], strategy: str, kind: str,
+                   max_queue: int | None = None) -> str:
     lines = ["server: {host: 127.0.0.1, port: 8080, drain_s: 2, "
              f"admin_key: {ADMIN_KEY}}}", "backends:"]
+    if max_queue is not None:
+        lines.insert(0, f"engine: {{max_queue: {max_queue}}}")
     for name, url in urls.items():
         lines += [f"  {name}:", f"    kind: {kind}", f"    url: {url}/v1",
                   f"    models: {{{PUBLIC}: fake-model}}"]
@@ -133,9 +149,10 @@ async def stream_once(session: aiohttp.ClientSession, url: str, payload: bytes,
     return done
 
 
-async def drive(gateway_url: str, outside_url: str | None, p: dict) -> Load:
-    """`requests` streams through the gateway from `concurrency` clients in a closed loop;
-    with `outside_url`, `outside` more streams go straight there until they are done."""
+async def drive(gateway_urls: list[str], outside_url: str | None, p: dict) -> Load:
+    """`requests` streams through the gateways from `concurrency` clients in a closed loop
+    (client i always to gateway i mod n); with `outside_url`, `outside` more streams go
+    straight there until they are done."""
     load = Load()
     body = {"model": PUBLIC, "stream": True, "max_tokens": p["tokens"],
             "messages": [{"role": "user", "content": "Say something."}]}
@@ -146,7 +163,7 @@ async def drive(gateway_url: str, outside_url: str | None, p: dict) -> Load:
     left = p["requests"]
     finished = asyncio.Event()
 
-    async def client() -> None:
+    async def client(gateway_url: str) -> None:
         nonlocal left
         while left > 0 and loop.time() < end_by:
             left -= 1
@@ -167,7 +184,8 @@ async def drive(gateway_url: str, outside_url: str | None, p: dict) -> Load:
         if others:
             await asyncio.sleep(0.5)          # the other client's load is there first
         started = loop.time()
-        await asyncio.gather(*(client() for _ in range(p["concurrency"])))
+        await asyncio.gather(*(client(gateway_urls[i % len(gateway_urls)])
+                               for i in range(p["concurrency"])))
         load.wall_s = loop.time() - started
         finished.set()
         await asyncio.wait_for(asyncio.gather(*others), 30)
@@ -206,20 +224,27 @@ async def runtime_idle(urls: dict[str, str], deadline_s: float = 30) -> None:
 
 
 def run_one(tmp: Path, urls: dict[str, str], label: str, strategy: str, kind: str,
-            outside: str | None, p: dict) -> dict:
+            outside: str | None, replicas: int, p: dict) -> dict:
     config = tmp / "gateway.yaml"
-    config.write_text(gateway_config(urls, strategy, kind))
-    port = free_port()
-    proc = Proc("gateway", [sys.executable, "-m", "gateway", "serve", "--config", str(config),
-                            "--port", str(port)], tmp / f"gateway-{strategy}-{kind}.log",
-                cwd=str(ROOT)).start()
+    config.write_text(gateway_config(urls, strategy, kind, p.get("max_queue")))
+    procs, ports = [], []
     try:
-        proc.wait_ready(f"http://127.0.0.1:{port}/ready", 30)
-        if kind == "vllm":
-            asyncio.run(wait_engine_fresh(port))
-        load = asyncio.run(drive(f"http://127.0.0.1:{port}/v1/chat/completions", outside, p))
+        for i in range(replicas):
+            port = free_port()
+            ports.append(port)
+            procs.append(Proc(f"gateway-{i}", [sys.executable, "-m", "gateway", "serve",
+                                               "--config", str(config), "--port", str(port)],
+                              tmp / f"gateway-{strategy}-{kind}-{i}.log",
+                              cwd=str(ROOT)).start())
+        for proc, port in zip(procs, ports):
+            proc.wait_ready(f"http://127.0.0.1:{port}/ready", 30)
+            if kind == "vllm":
+                asyncio.run(wait_engine_fresh(port))
+        load = asyncio.run(drive([f"http://127.0.0.1:{port}/v1/chat/completions"
+                                  for port in ports], outside, p))
     finally:
-        proc.stop()
+        for proc in procs:
+            proc.stop()
     asyncio.run(runtime_idle(urls))
     return {"label": label, "strategy": strategy, "kind": kind, **load.summary()}
 
@@ -234,17 +259,50 @@ def ratios(rows: list[dict]) -> None:
                                   if row["rps"] and base["rps"] else None)
 
 
+def verdicts(scenarios: dict[str, list[dict]]) -> list[tuple[str, float | None, str, bool]]:
+    """The issue's targets for least_latency, per scenario: (what, value, goal, met)."""
+    out = []
+    for name, rows in scenarios.items():
+        by = {r["label"]: r for r in rows}
+        ll = by.get("least_latency")
+        if ll is None or not ll["p99_ms"]:
+            continue
+        if name == "alone":
+            value = ll["p99_vs_weighted"]
+            out.append((f"{name}: least_latency p99 / weighted's", value, "<= 0.75",
+                        value is not None and value <= 0.75))
+        best = min(r["p99_ms"] for r in rows if r["p99_ms"])
+        value = round(ll["p99_ms"] / best, 3)
+        out.append((f"{name}: least_latency p99 / the best strategy's", value, "<= 1.05",
+                    value <= 1.05))
+        busy = max(by[k]["rps"] for k in ("least_busy (gateway)", "least_busy (engine)")
+                   if k in by and by[k]["rps"])
+        value = round(ll["rps"] / busy, 3)
+        out.append((f"{name}: least_latency req/s / least_busy's (the better of the two)",
+                    value, ">= 1", value >= 1))
+        if name == "replicas" and "least_busy (gateway)" in by:
+            gateway_only = by["least_busy (gateway)"]["p99_ms"]
+            for label in ("least_busy (engine)", "least_latency"):
+                if label in by:
+                    value = round(by[label]["p99_ms"] / gateway_only, 3)
+                    out.append((f"{name}: {label} p99 / least_busy (gateway)'s", value,
+                                "< 1", value < 1))
+    return out
+
+
 def render(doc: dict) -> str:
     p = doc["params"]
     out = [f"{p['requests']} streamed requests, {p['concurrency']} clients in a closed loop, "
            f"{p['tokens']} tokens each; each runtime serves {p['slots']} at once",
            "fast: TTFT {:g} ms, {:g} ms/token; slow: TTFT {:g} ms, {:g} ms/token".format(
-               *RUNTIMES["fast"], *RUNTIMES["slow"])]
+               *RUNTIMES["fast"], *RUNTIMES["slow"]),
+           f"engine.max_queue: {p['max_queue'] if p.get('max_queue') is not None else 8}"]
     head = (f"{'strategy':<22}{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'TTFT p99':>9}"
             f"{'on slow':>8}{'errors':>7}{'p99/w':>7}{'rps/w':>7}")
     for name, rows in doc["scenarios"].items():
-        extra = (f" (+{p['outside']} streams straight to fast, not via the gateway)"
-                 if name == "shared" else "")
+        extra = {"shared": f" (+{p['outside']} streams straight to fast, not via the "
+                           "gateway)",
+                 "replicas": " (2 gateway replicas, half the clients each)"}.get(name, "")
         out += ["", f"scenario {name}{extra}", head, "-" * len(head)]
         for r in rows:
             slow = r["backends"].get("slow", 0) / r["ok"] if r["ok"] else 0
@@ -252,17 +310,27 @@ def render(doc: dict) -> str:
                        f"{r['p99_ms']:>8.0f}{r['ttft_p99_ms']:>9.0f}{slow:>8.2f}"
                        f"{r['errors']:>7}{r['p99_vs_weighted']:>7.2f}"
                        f"{r['rps_vs_weighted']:>7.2f}")
+    out += ["", "targets (ratios from this one run):"]
+    for what, value, goal, met in verdicts(doc["scenarios"]):
+        out.append(f"  {what}: {value} (goal {goal}) -> {'met' if met else 'NOT met'}")
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=PARAMS["requests"])
-    parser.add_argument("--scenarios", default="alone,shared")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--max-queue", type=int, default=None,
+                        help="engine.max_queue of the gateway (default: the gateway's, 8)")
+    parser.add_argument("--strategies", default=None,
+                        help="only these rows (labels, comma-separated); weighted always runs "
+                             "first, as the ratios' base")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
-    p = {**PARAMS, "requests": args.requests}
-    scenarios = [s for s in args.scenarios.split(",") if s in ("alone", "shared")]
+    runs = [r for r in RUNS if args.strategies is None or r[0] == "weighted"
+            or r[0] in args.strategies.split(",")]
+    p = {**PARAMS, "requests": args.requests, "max_queue": args.max_queue}
+    scenarios = [s for s in args.scenarios.split(",") if s in SCENARIOS]
     started = time.monotonic()
     load_before = os.getloadavg()
     doc: dict = {"params": p, "runtimes": RUNTIMES, "scenarios": {}}
@@ -282,12 +350,13 @@ def main(argv: list[str] | None = None) -> int:
             for proc, url in zip(procs, urls.values()):
                 proc.wait_ready(url + "/health", 20)
             for scenario in scenarios:
-                outside = (urls["fast"] + "/v1/chat/completions"
-                           if scenario == "shared" else None)
+                shared, replicas = SCENARIOS[scenario]
+                outside = urls["fast"] + "/v1/chat/completions" if shared else None
                 rows = []
-                for label, strategy, kind in RUNS:
+                for label, strategy, kind in runs:
                     print(f"{scenario}: {label}...", file=sys.stderr, flush=True)
-                    rows.append(run_one(tmp, urls, label, strategy, kind, outside, p))
+                    rows.append(run_one(tmp, urls, label, strategy, kind, outside, replicas,
+                                        p))
                 ratios(rows)
                 doc["scenarios"][scenario] = rows
         finally:

@@ -135,7 +135,8 @@ def _add_routes(app: web.Application, config: Config) -> None:
         # Browsers send no credentials to an LLM API; "*" with credentials is refused by
         # browsers and a leak risk, so credentials are never allowed.
         options = aiohttp_cors.ResourceOptions(allow_credentials=False, expose_headers=(
-            "X-Request-ID", "X-Gateway-Backend", "Retry-After", *RATE_LIMIT_HEADERS),
+            "X-Request-ID", "X-Gateway-Backend", "X-Gateway-Route", "Retry-After",
+            *RATE_LIMIT_HEADERS),
             allow_headers="*", allow_methods=["GET", "POST", "DELETE"])
         cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
         for route in proxied:

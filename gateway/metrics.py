@@ -47,7 +47,8 @@ ENGINE_GAUGES = ("gateway_backend_queue_depth", "gateway_backend_running_request
 # Gauges labelled by backend: a removed backend's files cannot be edited, so a scrape
 # leaves out the backends the scraping worker's config no longer has.
 PER_BACKEND_GAUGES = ("gateway_in_flight_requests", "gateway_backend_up",
-                      "gateway_backend_members", *ENGINE_GAUGES)
+                      "gateway_backend_members", "gateway_backend_signal_age_seconds",
+                      *ENGINE_GAUGES)
 
 
 class Metrics:
@@ -121,6 +122,16 @@ class Metrics:
         self.engine_kv = last_reported(
             "gateway_backend_kv_cache_usage",
             "The runtime's KV-cache usage (0..1), as it last reported.")
+        # Every scraped backend has a series: the age of its last reading, growing while
+        # the reading is stale (+Inf before a first one), so an alert can see it.
+        self.signal_age = last_reported(
+            "gateway_backend_signal_age_seconds",
+            "Seconds since the backend's last engine reading (+Inf: none yet).")
+        self.signal_fallbacks = Counter(
+            "gateway_routing_signal_fallbacks",
+            "Picks of a load-reading strategy where a candidate's load was the gateway's "
+            "own count, by why its runtime's reading could not be used.",
+            ["strategy", "reason"], registry=r)
         self.engine_scrape_failures = Counter(
             "gateway_engine_scrape_failures",
             "Scrapes of a runtime's load endpoint that gave no reading, by why.",
@@ -170,13 +181,16 @@ class Metrics:
             except KeyError:
                 pass
 
+    def count_signal_fallback(self, strategy: str, reason: str) -> None:
+        self._child(self.signal_fallbacks, strategy, reason).inc()
+
     def forget_backend(self, name: str) -> None:
         """A removed backend's gauges would otherwise report stale values forever."""
         self._children.clear()
         if self.multiprocess_dir:
             return   # the files keep them; expose() leaves them out
         for gauge in (self.backend_up, self.in_flight, self.engine_queue, self.engine_running,
-                      self.engine_kv):
+                      self.engine_kv, self.signal_age):
             try:
                 gauge.remove(name)
             except KeyError:

@@ -46,5 +46,11 @@ async def test_the_fake_reports_its_batch_and_its_queue(start_runtime: StartRunt
         assert all(body.endswith(b"data: [DONE]\n\n") for body in bodies)
         done = await reading()
         assert (done.running, done.waiting) == (0, 0)
+        # vLLM's e2e latency and queue time histograms: 5 ended, 3 of them after a wait
+        # for a place in the batch of 2, and each took 10 tokens of 50 ms in the batch.
+        assert done.finished == 5
+        assert done.queued_s > 0.3
+        in_batch = (done.latency_s - done.queued_s) / done.finished
+        assert 0.45 <= in_batch < 1.5
     finally:
         await client.close()

@@ -108,18 +108,37 @@ def test_ttft_is_averaged_per_unit_of_the_load_it_was_sent_into():
 @dataclass(eq=False)
 class Stub:
     name: str
-    ewma_ttft: float | None = None
+    service_time: float | None = None
     load: int = 0
     weight: float = 1.0
+    batch: int = 0
     in_flight: int = 0
+    ewma_ttft: float | None = None
+    signal: str = "fresh"
 
 
-def test_least_latency_takes_the_lower_expected_wait():
+def test_least_latency_takes_the_lower_predicted_time_without_a_known_batch():
+    """Batch unknown (1): Peak-EWMA's cost, service * (load + 1)."""
     s = LeastLatency(random.Random(1))
     fast, slow = Stub("fast", 0.1, load=3), Stub("slow", 0.5, load=0)
     assert s.pick([fast, slow]) is fast          # 0.1 * 4 < 0.5 * 1
     fast.load = 5
     assert s.pick([fast, slow]) is slow          # 0.1 * 6 > 0.5 * 1
+
+
+def test_least_latency_counts_a_queue_in_batches():
+    """A fast runtime of 4 slots with 8 others on it finishes a new request in 9/4 of its
+    service time: still before an idle one 3x slower; with 12 others it no longer does."""
+    s = LeastLatency(random.Random(1))
+    fast, slow = Stub("fast", 0.2, load=8, batch=4), Stub("slow", 0.6, load=0, batch=4)
+    assert s.pick([fast, slow]) is fast          # 0.2 * 9/4 = 0.45 < 0.6
+    assert s.last == (("fast", pytest.approx(0.45)), ("slow", pytest.approx(0.6)))
+    fast.load = 12
+    assert s.pick([fast, slow]) is slow          # 0.2 * 13/4 = 0.65 > 0.6
+    slow.load = 3
+    assert s.pick([fast, slow]) is slow          # below its batch: no wait, 0.6
+    slow.load = 4
+    assert s.pick([fast, slow]) is fast          # 0.6 * 5/4 = 0.75 > 0.65
 
 
 def test_least_latency_weights_divide_the_cost():
@@ -147,6 +166,24 @@ def test_power_of_two_choices_never_picks_the_worst_of_three():
 def test_a_single_candidate_is_returned_without_a_draw():
     only = Stub("only")
     assert LeastLatency(random.Random(1)).pick([only]) is only
+
+
+def test_the_batch_is_the_most_the_runtime_reported_running():
+    b = state()
+    now = time.monotonic()
+    for running, waiting in ((2, 0), (4, 3), (1, 0)):
+        b.engine.record(EngineLoad(running, waiting, 0.1), now, 3.0, 0)
+    assert b.batch == 4
+
+
+def test_service_time_leaves_out_the_queue_it_was_sent_into():
+    """Sent behind 7 others on a batch of 4: two rounds, so half the time was the wait."""
+    b = state()
+    b.engine.record(EngineLoad(4, 4, 0.5), time.monotonic(), 3.0, 0)
+    b.observe_service(1.0, busy=8)
+    assert b.own_service == b.service_time == pytest.approx(0.5)
+    b.observe_service(1.0, busy=3)               # below the batch: no wait at all
+    assert b.service_time == pytest.approx(0.6)
 
 
 # -- one scrape round and the runtime's scrape ----------------------------------------------
@@ -210,3 +247,91 @@ async def test_one_backends_odd_failure_does_not_stop_the_round(serve_fake):
                 in text)
     finally:
         await gateway.transport.session.close()
+
+
+# -- the runtime's own service time, and a queue moved by the gateway's sends ------------
+
+def test_the_runtimes_histograms_give_the_time_in_its_batch():
+    """vLLM's e2e latency less its queue time: the mean since it started on a first
+    reading, then each interval's mean, averaged."""
+    from bench.fake_runtime.formats import vllm_load
+    from gateway.engine.signals import parse
+    b, now = state(), time.monotonic()
+    first = parse("vllm", "/metrics", 200, vllm_load("m", 4, 2, 0.5, 10, 6.0, 2.0).encode())
+    assert (first.finished, first.latency_s, first.queued_s) == (10, 6.0, 2.0)
+    b.engine.record(first, now, 3.0, 0)
+    assert b.service_time == pytest.approx(0.4)          # (6 - 2) / 10
+    b.observe_service(9.0)                               # the gateway's own: not used now
+    assert b.service_time == pytest.approx(0.4)
+    later = parse("vllm", "/metrics", 200, vllm_load("m", 4, 0, 0.5, 20, 14.0, 3.0).encode())
+    b.engine.record(later, now + 1, 3.0, 0)
+    # The 10 that ended took 8 s, 1 s of it waiting: 0.7 each; averaged in at 0.3.
+    assert b.service_time == pytest.approx(0.4 + 0.3 * (0.7 - 0.4))
+    idle = parse("vllm", "/metrics", 200, vllm_load("m", 0, 0, 0.0, 20, 14.0, 3.0).encode())
+    b.engine.record(idle, now + 2, 3.0, 0)                # none ended: nothing new
+    assert b.service_time == pytest.approx(0.49)
+    restarted = parse("vllm", "/metrics", 200, vllm_load("m", 0, 0, 0.0, 2, 1.0, 0.0).encode())
+    b.engine.record(restarted, now + 3, 3.0, 0)           # counters went back: start over
+    assert b.service_time == pytest.approx(0.5)
+
+
+def test_without_the_histograms_the_gateways_own_measure_counts():
+    b = state()
+    b.engine.record(reading(4, 0, 0.1), time.monotonic(), 3.0, 0)
+    assert b.service_time is None
+    b.observe_service(0.3)
+    assert b.service_time == pytest.approx(0.3)
+
+
+def test_a_queue_over_the_bound_drains_as_the_gateways_own_requests_end():
+    """Read with 10 waiting (8 of them the gateway's): saturated until two of the
+    gateway's requests ended, without waiting for the next scrape."""
+    b, now = state(), time.monotonic()
+    b.in_flight = 12
+    b.engine.record(reading(4, 10, 0.1), now, 3.0, 12)
+    assert b.saturated(now, ENGINE)                       # 10 > max_queue 8
+    b.in_flight = 11
+    assert b.saturated(now, ENGINE)                       # 9 waiting
+    b.in_flight = 10
+    assert not b.saturated(now, ENGINE)                   # 8: room for one
+    b.in_flight = 13
+    assert b.saturated(now, ENGINE)                       # sent on a full batch: 11 wait
+
+
+def test_sends_fill_the_batch_before_they_queue():
+    b, now = state(), time.monotonic()
+    b.engine.record(reading(4, 0, 0.1), now, 3.0, 0)      # batch 4 seen once, full
+    b.engine.record(reading(0, 8, 0.1), now, 3.0, 0)      # a queue of 8 behind an empty one
+    b.in_flight = 4
+    assert not b.saturated(now, ENGINE)                   # the 4 sent took the free places
+    b.in_flight = 5
+    assert b.saturated(now, ENGINE)                       # the fifth waits: 9 > 8
+    unknown = state()
+    unknown.engine.record(reading(0, 8, 0.1), now, 3.0, 0)
+    unknown.in_flight = 20                                # batch never seen: the reading stands
+    assert not unknown.saturated(now, ENGINE)
+
+
+def test_predictions_too_close_to_call_go_to_the_less_loaded():
+    """Identical runtimes below their batch: noise in the measured speed decides nothing,
+    the count does."""
+    s = LeastLatency(random.Random(1))
+    a, b = Stub("a", 0.200, load=6, batch=8), Stub("b", 0.205, load=1, batch=8)
+    assert s.pick([a, b]) is b
+    a.load, b.load = 1, 6
+    assert s.pick([a, b]) is a
+    a.service_time = 0.15                      # 25% faster: a real difference
+    a.load, b.load = 6, 1
+    assert s.pick([a, b]) is a
+
+
+def test_llama_cpps_slot_list_gives_the_batch_at_once():
+    from gateway.engine.signals import combine, parse
+    from tests import engine_samples
+    b = state("llamacpp")
+    slots = parse("llamacpp", "/slots", 200,
+                  engine_samples.llamacpp_slots(busy=1, total=6).encode())
+    metrics = parse("llamacpp", "/metrics", 200,
+                    engine_samples.llamacpp_metrics(processing=1, deferred=0).encode())
+    b.engine.record(combine([metrics, slots]), time.monotonic(), 3.0, 0)
+    assert b.batch == 6                       # -np 6, though only one is busy

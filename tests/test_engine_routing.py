@@ -220,10 +220,11 @@ async def test_least_latency_prefers_the_fast_backend(start_engine, gateway_clie
     states = client.app[GATEWAY].states
     # Until a backend has answered once it counts as fast as the other: coin flips.
     for _ in range(40):
-        if states["slow"].ewma_ttft is not None and states["fast"].ewma_ttft is not None:
+        if states["slow"].service_time is not None and states["fast"].service_time is not None:
             break
         await hits(client, 1)
-    assert states["slow"].ewma_ttft >= 0.1
+    assert states["slow"].service_time >= 0.1
+    assert states["fast"].service_time < states["slow"].service_time
     assert states["fast"].ewma_ttft < states["slow"].ewma_ttft
     assert await hits(client, 20) == {"fast": 20}
     # Under concurrency the fast one's queue grows until the slow one is worth a share.
@@ -284,6 +285,8 @@ async def test_gauges_and_admin_show_only_what_each_kind_exposes(start_engine,
         assert {f: engine[f] for f in ENGINE_GAUGES if engine[f] is not None} == values, kind
     assert rows["ollama"]["engine"]["loaded"] is True
     assert rows["vllm"]["load"] == 7            # 2 running + 5 waiting, none of them ours
+    assert rows["vllm"]["load_signal"] == "fresh" and rows["vllm"]["batch"] == 2
+    assert rows["ollama"]["load_signal"] == "not_exposed"      # a reading, but no counts
 
     fakes["vllm"].pages_fault = "hang"             # stale: its series go, never a made-up 0
     await until(lambda: reading(client, "vllm") is None, what="stale")
@@ -307,3 +310,4 @@ async def test_kinds_that_expose_nothing_are_never_scraped(start_engine, gateway
     admin = await client.get("/admin/backends", headers={"Authorization": f"Bearer {ADMIN}"})
     (row,) = (await admin.json())["backends"]
     assert row["engine"] is None and row["load"] == 0
+    assert row["load_signal"] == "not_exposed" and row["batch"] is None

@@ -145,13 +145,13 @@ def test_llamacpp_old_builds_kv_ratio_is_read():
 @pytest.mark.parametrize("legacy", [False, True])
 def test_llamacpp_slots_count_the_busy_ones(legacy):
     got = load("llamacpp", "/slots", samples.llamacpp_slots(busy=3, total=4, legacy=legacy))
-    assert got == EngineLoad(3.0, None, None)
+    assert got == EngineLoad(3.0, None, None, slots=4.0)
 
 
 def test_llamacpp_metrics_and_slots_combine():
     metrics = load("llamacpp", "/metrics", samples.llamacpp_metrics(processing=1, deferred=2))
     slots = load("llamacpp", "/slots", samples.llamacpp_slots(busy=2, total=2))
-    assert combine([metrics, slots]) == EngineLoad(2.0, 2.0, None)
+    assert combine([metrics, slots]) == EngineLoad(2.0, 2.0, None, slots=2.0)
     assert combine([slots]) == slots
     assert combine([]) is None
 

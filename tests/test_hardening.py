@@ -249,7 +249,8 @@ async def test_cors_answers_configured_origins_only(start_runtime: StartRuntime,
     assert resp.status == 200
     assert resp.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
     exposed = resp.headers["Access-Control-Expose-Headers"].lower()
-    for name in ("x-request-id", "retry-after", *RATE_LIMIT_HEADERS):
+    for name in ("x-request-id", "x-gateway-backend", "x-gateway-route", "retry-after",
+                 *RATE_LIMIT_HEADERS):
         assert name in exposed
     # Errors reach the page too, so it can show them.
     resp = await client.post("/v1/chat/completions", json=CHAT, headers={"Origin": APP_ORIGIN})

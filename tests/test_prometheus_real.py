@@ -108,7 +108,10 @@ def _gateway_config(port: int, fake_port: int, dead_port: int, nameserver: str) 
                      "wake": {"url": f"http://127.0.0.1:{dead_port}/up", "method": "POST"}},
         },
         # "flaky" lives on the dead backend only: its requests go to the echo-model pool.
-        "routes": {"flaky": {"fallbacks": [{"model": "echo-model"}]}},
+        # least_busy over two backends whose kind exposes no load: routed on the gateway's
+        # own count, which gateway_routing_signal_fallbacks_total says.
+        "routes": {"flaky": {"fallbacks": [{"model": "echo-model"}]},
+                   "nousage": {"strategy": "least_busy"}},
         "health": {"interval_s": 1, "timeout_s": 1, "unhealthy_after": 3, "healthy_after": 1},
         "retries": {"attempts": 2, "deadline_s": 20},
         "queue": {"max_wait_s": 1},   # the cold pool's requests wait this long, then 503

@@ -28,6 +28,9 @@ class Stub:
     weight: float = 1.0
     in_flight: int = 0
     ewma_ttft: float | None = None
+    service_time: float | None = None
+    batch: int = 0
+    signal: str = "not_exposed"
 
     @property
     def load(self) -> int:     # no engine reading: the gateway's own count
@@ -432,3 +435,60 @@ def test_make_strategy_knows_every_configurable_name():
 def test_make_strategy_rejects_unknown_names():
     with pytest.raises(ValueError, match="'fastest'"):
         make_strategy("fastest")
+
+
+# -- prefix_affinity follows a conversation to its previous turn's backend ------------
+
+def chat_turns(*texts: str) -> list[dict]:
+    """system, then user/assistant alternating from `texts`."""
+    messages = [{"role": "system", "content": "be brief"}]
+    for i, text in enumerate(texts):
+        messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": text})
+    return messages
+
+
+def test_a_turns_previous_key_is_the_key_its_previous_turn_had():
+    from gateway.routing.prefix_affinity import turn_keys
+    first, none = turn_keys(chat_turns("q1"))
+    assert none is None                      # an opening turn has no previous turn
+    second, previous = turn_keys(chat_turns("q1", "a1", "q2"))
+    assert previous == first and second != first
+    third, previous = turn_keys(chat_turns("q1", "a1", "q2", "a2", "q3"))
+    assert previous == second
+    assert turn_keys(chat_turns("q1", "a1 edited", "q2"))[1] == first   # history as sent
+    assert turn_keys("nope") == (None, None)
+
+
+def test_a_spilled_turn_takes_its_conversation_along():
+    """Turn 1 spills off a busy home; turn 2 goes where turn 1 went (its history is
+    cached there), not back to the root's home, while that backend has room."""
+    strategy = PrefixAffinity()
+    backends = pool(1, 1, 1, 1)
+    chat = BY_NAME["chat"]
+    first = strategy.route_key(chat, {"messages": chat_turns("q1")}, {})
+    home = strategy.pick(backends, first)
+    home.in_flight = 5                       # now over its bound: turn 1 of another
+    other = strategy.route_key(chat, {"messages": chat_turns("q1")}, {})
+    assert strategy.pick(backends, other) is not home
+    # The same conversation's next turn: the root's home is full, so it went elsewhere
+    # the first time; remembered, the next turn follows.
+    spilled = strategy.pick(backends, strategy.route_key(
+        chat, {"messages": chat_turns("q1", "a1", "q2")}, {}))
+    assert spilled is not home
+    home.in_flight = 0
+    follow = strategy.route_key(chat, {"messages": chat_turns("q1", "a1", "q2", "a2", "q3")}, {})
+    assert strategy.pick(backends, follow) is spilled and strategy.followed
+    # Without the memory (another replica), the ring sends it back home.
+    assert PrefixAffinity().pick(backends, follow) is home
+
+
+def test_a_remembered_backend_over_its_bound_is_passed_over():
+    strategy = PrefixAffinity()
+    backends = pool(1, 1, 1, 1)
+    chat = BY_NAME["chat"]
+    went = strategy.pick(backends, strategy.route_key(chat, {"messages": chat_turns("q")}, {}))
+    went.in_flight = 9
+    nxt = strategy.pick(backends, strategy.route_key(
+        chat, {"messages": chat_turns("q", "a", "q2")}, {}))
+    assert nxt is not went and not strategy.followed
+    assert nxt.in_flight < cap(backends, nxt)

@@ -428,6 +428,10 @@ async def test_a_saturated_backend_skipped_is_named_in_the_decision(start_runtim
                      and s.attributes["gateway.route.chosen"] == "a"]
     assert first_span["gateway.route.reason"] == "lowest_load"
     assert first_span["gateway.route.in_flight"] == ("a=0", "b=0")
+    # These fakes serve no /metrics: the load is the gateway's own count, and it says so.
+    assert first_span["gateway.route.load"] == ("a=0", "b=0")
+    assert first_span["gateway.route.signal"] == ("a=no_reading", "b=no_reading")
+    assert first_span["gateway.route.signal_fallback"] == ("no_reading",)
 
 
 def test_a_tracing_change_needs_a_restart():

@@ -134,6 +134,8 @@ class Answers:
     async def _in_batch(self, call: Call) -> None:
         """Wait for a place in the batch, then answer; a caller that leaves frees it."""
         rt, batch = self.rt, self.rt.batch
+        clock = asyncio.get_running_loop().time
+        arrived = clock()
         rt.waiting += 1
         try:
             await batch.acquire()
@@ -143,12 +145,15 @@ class Answers:
             return
         finally:
             rt.waiting -= 1
+        queued = clock() - arrived
         rt.running += 1
         try:
             await self._answer_later(call, paced=True)
         finally:
             rt.running -= 1
             rt.served += 1
+            rt.queue_time_s += queued            # vLLM's request_queue_time_seconds
+            rt.latency_s += clock() - arrived    # and e2e_request_latency_seconds
             batch.release()
 
     async def _answer_later(self, call: Call, paced: bool = False) -> None:

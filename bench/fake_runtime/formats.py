@@ -140,10 +140,18 @@ def ollama_tags(ids: tuple[str, ...]) -> dict[str, Any]:
     return {"models": [{"name": m, "model": m} for m in ids]}
 
 
-def vllm_load(model: str, running: int, waiting: int, kv: float, served: int) -> str:
-    """A vLLM's /metrics, its load gauges and request counter only (vllm/v1/metrics)."""
+def vllm_load(model: str, running: int, waiting: int, kv: float, served: int,
+              latency_s: float = 0.0, queue_time_s: float = 0.0) -> str:
+    """A vLLM's /metrics, its load gauges, request counter and the end-to-end and queue
+    time histograms (one bucket: the gateway reads their sums and counts) only
+    (vllm/v1/metrics)."""
     labels = f'{{engine="0",model_name="{model}"}}'
-    return (
+    return _histogram("vllm:e2e_request_latency_seconds",
+                      "Histogram of e2e request latency in seconds.", model, served,
+                      latency_s) + _histogram(
+        "vllm:request_queue_time_seconds",
+        "Histogram of time spent in WAITING phase for request.", model, served,
+        queue_time_s) + (
         "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
         "# TYPE vllm:num_requests_running gauge\n"
         f"vllm:num_requests_running{labels} {float(running)}\n"
@@ -157,3 +165,11 @@ def vllm_load(model: str, running: int, waiting: int, kv: float, served: int) ->
         "# TYPE vllm:request_success_total counter\n"
         f'vllm:request_success_total{{engine="0",finished_reason="length",'
         f'model_name="{model}"}} {float(served)}\n')
+
+
+def _histogram(name: str, help_text: str, model: str, count: int, total: float) -> str:
+    labels = f'engine="0",model_name="{model}"'
+    return (f"# HELP {name} {help_text}\n# TYPE {name} histogram\n"
+            f'{name}_bucket{{{labels},le="+Inf"}} {float(count)}\n'
+            f"{name}_count{{{labels}}} {float(count)}\n"
+            f"{name}_sum{{{labels}}} {total}\n")

@@ -109,6 +109,8 @@ class FakeRuntime(Behaviour):
     running: int = 0                  # in the batch (with `slots`)
     waiting: int = 0                  # queued for it
     served: int = 0                   # answers the batch finished
+    latency_s: float = 0.0            # their seconds from arrival to the end, summed
+    queue_time_s: float = 0.0         # and of that, waiting for a place in the batch
 
     def __post_init__(self) -> None:
         # Switches may come as JSON (the command line): lists and plain objects.
@@ -123,7 +125,8 @@ class FakeRuntime(Behaviour):
     def batch_load(self) -> str:
         """/metrics of a runtime with `slots`: what its batch holds now."""
         return formats.vllm_load(self.models[0], self.running, self.waiting,
-                                 0.5 * self.running / self.slots, self.served)
+                                 0.5 * self.running / self.slots, self.served,
+                                 self.latency_s, self.queue_time_s)
 
     async def start(self, host: str = HOST, port: int = 0) -> FakeServer:
         """Listen in the running loop; port 0 takes a free one."""

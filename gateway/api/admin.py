@@ -50,6 +50,9 @@ async def backends(request: web.Request) -> web.Response:
             "models": list(state.serves()),
             "load": state.load,
             "ewma_ttft_s": _rounded(state.ewma_ttft),
+            "load_signal": state.signal,
+            "service_time_s": _rounded(state.service_time),
+            "batch": state.batch or None,
             "engine": _engine(state, gateway.config.engine, now),
         })
     return web.json_response({"backends": rows})

@@ -65,6 +65,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     rec = RequestRecord(client_request_id(request.headers.get("X-Request-ID", "")),
                         endpoint.name if endpoint is not None else "")
     rec.api = endpoint
+    rec.explain = request.headers.get("X-Gateway-Explain") == "1"
     request[RECORD] = rec
     try:
         resp = await _answer(request, handler, rec, endpoint.error_shape if endpoint is not None
@@ -180,5 +181,7 @@ def stamp_response(request: web.Request, resp: web.StreamResponse, rec: RequestR
     headers["X-Request-ID"] = rec.request_id
     if rec.backend:
         headers["X-Gateway-Backend"] = rec.backend
+    if rec.route is not None:
+        headers["X-Gateway-Route"] = rec.route   # only asked for: X-Gateway-Explain: 1
     if rec.key_name:
         headers.update(request.app[GATEWAY].limiter.headers(rec.key_name))

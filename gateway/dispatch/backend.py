@@ -7,22 +7,27 @@ What changes the ejection and cooldown fields is in ejection.py.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from ..config import BackendConfig, EngineConfig
-from ..engine.signals import saturated
+from ..engine.signals import saturated, specs_for
 from ..engine.view import EngineView
+from ..routing import FRESH, NO_READING, NOT_EXPOSED, STALE
+from ..routing.least_latency import queue_factor
 from ..runtimes import Runtime
 
 # Weight of the newest time to first token in `ewma_ttft` (least_latency): about the
 # last ten answers count, so a backend that slows down or recovers shows it within seconds.
 TTFT_EWMA_ALPHA = 0.2
+# The same for `service_time`, one answer's whole time without a queue (least_latency).
+SERVICE_EWMA_ALPHA = 0.2
 
 
 class BackendState:
     __slots__ = ("config", "runtime", "in_flight", "healthy", "checked", "discovered_models",
                  "consecutive_failures", "ejections", "ejected_until",
                  "cooling_until", "health_ok_streak", "health_fail_streak", "engine",
-                 "ewma_ttft")
+                 "ewma_ttft", "own_service", "scraped")
 
     def __init__(self, config: BackendConfig, runtime: Runtime) -> None:
         self.config = config
@@ -42,6 +47,8 @@ class BackendState:
         self.health_fail_streak = 0
         self.engine = EngineView()    # what the runtime says of its own load (engine/)
         self.ewma_ttft: float | None = None   # seconds; None until a first answer came
+        self.own_service: float | None = None    # seconds; None until a first answer ended
+        self.scraped = bool(specs_for(config.kind))   # its kind exposes load
 
     @property
     def name(self) -> str:
@@ -72,11 +79,49 @@ class BackendState:
             return self.in_flight
         return max(self.in_flight, busy + self.in_flight - eng.in_flight_then)
 
-    def saturated(self, now: float, engine: EngineConfig) -> bool:
-        """Past engine.max_queue or engine.max_kv_usage by a fresh reading of its own."""
+    @property
+    def batch(self) -> int:
+        return self.engine.batch
+
+    @property
+    def service_time(self) -> float | None:
+        """One request's time with no queue ahead (least_latency): the runtime's own
+        measure where it gives one (vLLM's histograms: every client's requests, known from
+        the first reading), else the gateway's measure of its own answers."""
+        service = self.engine.service
+        return service if service is not None else self.own_service
+
+    @property
+    def signal(self) -> str:
+        """Where `load` comes from now (routing.SIGNALS)."""
         eng = self.engine
-        return (now < eng.expires_at and eng.reading is not None
-                and saturated(eng.reading, engine.max_queue, engine.max_kv_usage))
+        if eng.busy is not None:
+            return FRESH if time.monotonic() < eng.expires_at else STALE
+        # A reading without counts (Ollama's /api/ps) is a kind that exposes none.
+        return NO_READING if self.scraped and eng.reading is None else NOT_EXPOSED
+
+    def saturated(self, now: float, engine: EngineConfig) -> bool:
+        """Past engine.max_queue or engine.max_kv_usage by a fresh reading of its own.
+
+        The queue is the reading's, moved by what the gateway itself sent or finished
+        since (as `load` moves running + waiting): a reading is up to `interval_s` old,
+        and a backend over the bound by the last reading would otherwise get nothing until
+        the next scrape even after the gateway's own requests there have ended, then all
+        at once (bench.unequal showed the swing)."""
+        eng = self.engine
+        reading = eng.reading
+        if reading is None or now >= eng.expires_at:
+            return False
+        moved = self.in_flight - eng.in_flight_then
+        waiting = reading.waiting
+        if moved and waiting is not None:
+            if moved < 0:      # ended: as many waiting moved into the batch
+                waiting = max(0.0, waiting + moved)
+            elif eng.batch:    # sent: they fill the batch's room first, then wait
+                waiting += max(0.0, moved - max(0.0, eng.batch - (reading.running or 0)))
+            # (sent, batch never seen: whether they wait is unknown; the reading stands)
+            reading = replace(reading, waiting=waiting)
+        return saturated(reading, engine.max_queue, engine.max_kv_usage)
 
     def asleep(self, now: float) -> bool:
         """Its runtime's fresh reading says it is asleep as a whole (vLLM's sleep mode):
@@ -97,6 +142,15 @@ class BackendState:
         seconds /= busy
         ewma = self.ewma_ttft
         self.ewma_ttft = seconds if ewma is None else ewma + TTFT_EWMA_ALPHA * (seconds - ewma)
+
+    def observe_service(self, seconds: float, busy: float = 1) -> None:
+        """One answer's whole time, from sending to its end, sent while the backend was
+        busy with `busy` requests, this one included: least_latency's `service_time` is
+        that time without the queue ahead of it (the queue factor of routing/least_latency)."""
+        seconds /= queue_factor(busy - 1, self.engine.batch)
+        mean = self.own_service
+        self.own_service = (seconds if mean is None
+                            else mean + SERVICE_EWMA_ALPHA * (seconds - mean))
 
     def available(self, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now

@@ -20,8 +20,9 @@ from ..config import BackendConfig, Config, HealthConfig, backend_label
 from ..errors import (DeadlineExceeded, NoHealthyBackend, Reason, UpstreamError,
                       UpstreamStatus, UpstreamTimeout)
 from ..metrics import Metrics
-from ..routing import RouteRequest
+from ..routing import FRESH, RouteRequest
 from ..runtimes.scrub import scrub_text
+from .decision import as_header, explain
 from . import ejection
 from .backend import BackendState
 from .call import Call, FirstEvent, Shaped
@@ -37,7 +38,7 @@ class Opened:
     relays it, then calls finish()."""
 
     __slots__ = ("backend", "config", "public", "shaped", "response", "chunks", "first",
-                 "span", "_dispatcher", "_health")
+                 "span", "timed", "_dispatcher", "_health")
 
     def __init__(self, dispatcher: Dispatcher, backend: BackendState, config: BackendConfig,
                  public: str, shaped: Shaped, response: Any, health: HealthConfig) -> None:
@@ -51,6 +52,8 @@ class Opened:
         self.chunks: AsyncIterator[bytes] | None = None
         self.first = b""
         self.span: Any = None   # this try's tracing.spans.TrySpan, when tracing
+        # (perf_counter when sent, the load it was sent into): least_latency's service time
+        self.timed: tuple[float, float] | None = None
 
     @property
     def patterns(self) -> tuple[tuple[bytes, bytes], ...]:
@@ -59,6 +62,9 @@ class Opened:
     def finish(self, error: BaseException | None = None) -> None:
         """Give the connection back (or drop it after a failure) and count the outcome."""
         if error is None:
+            if self.timed is not None:
+                self.backend.observe_service(time.perf_counter() - self.timed[0],
+                                             self.timed[1])
             self.response.release()
         else:
             self.response.close()
@@ -76,6 +82,7 @@ class Dispatcher:
         self.metrics = metrics
         self.queue = CapacityQueue()
         self.cold = ColdPools(self.queue)   # cold.py: waits for a pool none of which is up
+        self._explained: dict[tuple, tuple[str, ...]] = {}   # decision.explain's cache
 
     # -- the walk ------------------------------------------------------------
 
@@ -115,7 +122,11 @@ class Dispatcher:
                 if backend is None:
                     break
                 if rec.trace is not None:
-                    rec.trace.routed(index, stage, capable, tried, route, backend)
+                    rec.trace.routed(index, stage, capable, tried, route, backend,
+                                     cfg.engine)
+                if rec.explain:
+                    rec.route = as_header(explain(index, stage, capable, tried, route,
+                                                  backend, self._explained, cfg.engine))
                 tries -= 1
                 if tried:
                     rec.retries += 1
@@ -171,9 +182,24 @@ class Dispatcher:
             return AT_CAPACITY
         if len(free) > 1:
             free = prefer_loaded(free, stage.public, now)   # the model loaded, awake (cold.py)
-        backend = stage.pool.strategy.pick(free, route) if len(free) > 1 else free[0]
+            strategy = stage.pool.strategy
+            backend = strategy.pick(free, route)
+            if strategy.uses_load:
+                self._signal_fallbacks(strategy.name, free)
+        else:
+            backend = free[0]
         ejection.start_trial(backend, cfg.health, now)   # type: ignore[arg-type]
         return backend  # type: ignore[return-value]
+
+    def _signal_fallbacks(self, strategy: str, free: list[BackendState]) -> None:
+        """Count a pick that read load the runtime could not vouch for, once per reason:
+        a stale reading, none yet, or a kind that exposes none (the gateway's count)."""
+        seen: list[str] = []
+        for b in free:
+            signal = b.signal
+            if signal != FRESH and signal not in seen:
+                seen.append(signal)
+                self.metrics.count_signal_fallback(strategy, signal)
 
     async def _queue_for(self, cfg: Config, stage: Stage, capable: tuple[BackendState, ...],
                          tried: set[str], route: RouteRequest, deadline: float,
@@ -229,6 +255,8 @@ class Dispatcher:
                                           extra_headers=extra_headers)
             opened = Opened(self, backend, bcfg, public, shaped, response, cfg.health)
             opened.span = span
+            if endpoint.prompt_field is not None:
+                opened.timed = (started, busy)
             if shaped.fmt is not None:
                 by_deadline = deadline < first_by
                 try:

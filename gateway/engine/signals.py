@@ -12,7 +12,10 @@ largest is taken for KV usage. Names were looked up in the runtimes' code:
   = data-parallel rank): `vllm:num_requests_running`, `vllm:num_requests_waiting`,
   `vllm:kv_cache_usage_perc` (0..1), `vllm:engine_sleep_state{sleep_state="awake"}` (1 awake,
   0 asleep: read as `loaded`). Old name `vllm:gpu_cache_usage_perc` (deprecated in 0.9, no
-  longer emitted by 0.33) is read when the new one is absent.
+  longer emitted by 0.33) is read when the new one is absent. The `_sum` and `_count` of the
+  histograms `vllm:e2e_request_latency_seconds` and `vllm:request_queue_time_seconds`
+  (arrival to end, and the wait in the queue, of every finished request): their
+  differences give the time in the batch (`finished`, `latency_s`, `queued_s`).
 - SGLang 0.5 `python/sglang/srt/observability/metrics_collector.py` (earlier
   `python/sglang/srt/metrics/collector.py`; SchedulerMetricsCollector, labels `model_name`,
   `engine_type`, `tp_rank`, `pp_rank`, `moe_ep_rank`, optional `dp_rank`, `priority`):
@@ -65,6 +68,14 @@ class EngineLoad:
     kv_usage: float | None
     loaded: bool | None = None
     loaded_models: frozenset[str] | None = None
+    # Since the runtime started (vLLM's e2e-latency and queue-time histograms): requests
+    # finished, their seconds from arrival to the end, and of that the seconds they waited.
+    # Their differences between two readings give the time a request takes in the batch.
+    finished: float | None = None
+    latency_s: float | None = None
+    queued_s: float | None = None
+    # How many requests the runtime runs at once, where it says (llama.cpp's /slots).
+    slots: float | None = None
 
 
 class ParseError(ValueError):
@@ -95,6 +106,9 @@ def parse_vllm(body: bytes, models: Models = None) -> EngineLoad:
         waiting=total(found.get("vllm:num_requests_waiting", ())),
         kv_usage=peak(first(found, "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")),
         loaded=any(v >= 1 for v in awake) if awake else None,
+        finished=total(found.get("vllm:e2e_request_latency_seconds_count", ())),
+        latency_s=total(found.get("vllm:e2e_request_latency_seconds_sum", ())),
+        queued_s=total(found.get("vllm:request_queue_time_seconds_sum", ())),
     )
 
 
@@ -126,7 +140,7 @@ def parse_llamacpp_slots(body: bytes, models: Models = None) -> EngineLoad:
     if not isinstance(slots, list) or not all(isinstance(s, dict) for s in slots):
         raise ParseError("format", "/slots is not a list of slot objects")
     return EngineLoad(running=float(sum(_slot_busy(s) for s in slots)), waiting=None,
-                      kv_usage=None)
+                      kv_usage=None, slots=float(len(slots)))
 
 
 def parse_tgi(body: bytes, models: Models = None) -> EngineLoad:
@@ -163,7 +177,9 @@ def ollama_name(name: str) -> str:
 
 
 _VLLM = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-         "vllm:gpu_cache_usage_perc", "vllm:engine_sleep_state")
+         "vllm:gpu_cache_usage_perc", "vllm:engine_sleep_state",
+         "vllm:e2e_request_latency_seconds_count", "vllm:e2e_request_latency_seconds_sum",
+         "vllm:request_queue_time_seconds_sum")
 _SGLANG = ("sglang:num_running_reqs", "sglang:num_queue_reqs", "sglang:token_usage",
            "sglang:num_used_tokens", "sglang:max_total_num_tokens")
 _SGLANG_REPLICAS = frozenset({"tp_rank", "pp_rank", "moe_ep_rank"})
@@ -222,6 +238,10 @@ def combine(loads: Iterable[EngineLoad]) -> EngineLoad | None:
         kv_usage=_largest(x.kv_usage for x in loads),
         loaded=any(flags) if flags else None,
         loaded_models=frozenset().union(*sets) if sets else None,
+        finished=_largest(x.finished for x in loads),
+        latency_s=_largest(x.latency_s for x in loads),
+        queued_s=_largest(x.queued_s for x in loads),
+        slots=_largest(x.slots for x in loads),
     )
 
 

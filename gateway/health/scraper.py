@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Iterable
@@ -158,10 +159,19 @@ def wake_waiters(gateway: Gateway, blocked: Iterable[str], now: float) -> frozen
 
 
 def publish(gateway: Gateway, now: float) -> None:
-    """The engine gauges: a series only for a value the kind exposes and a fresh reading.
-    A discover backend's members make one series under its name: queue and running
-    summed, KV usage the mean of the members that report it."""
+    """The engine gauges: a series only for a value the kind exposes and a fresh reading;
+    the reading's age for every backend that is scraped, fresh or not. A discover
+    backend's members make one series under its name: queue and running summed, KV usage
+    the mean of the members that report it."""
     m = gateway.metrics
+    ages: dict[str, float] = {}   # a discover backend's: its oldest member's
+    for state in gateway.states.values():
+        if state.scraped:
+            age = state.engine.age(now)
+            label = state.config.label
+            ages[label] = max(ages.get(label, 0.0), math.inf if age is None else age)
+    for name, age in ages.items():
+        m.signal_age.labels(name).set(age)
     for name, readings in _by_backend(gateway, now).items():
         for gauge, field, mean in ((m.engine_queue, "waiting", False),
                                    (m.engine_running, "running", False),

@@ -87,7 +87,9 @@ def _dump(reading: EngineLoad | None) -> dict | None:
     models = reading.loaded_models
     return {"running": reading.running, "waiting": reading.waiting,
             "kv_usage": reading.kv_usage, "loaded": reading.loaded,
-            "loaded_models": sorted(models) if models is not None else None}
+            "loaded_models": sorted(models) if models is not None else None,
+            "finished": reading.finished, "latency_s": reading.latency_s,
+            "queued_s": reading.queued_s, "slots": reading.slots}
 
 
 def _load(data: dict | None) -> EngineLoad | None:
@@ -96,7 +98,11 @@ def _load(data: dict | None) -> EngineLoad | None:
     models = data["loaded_models"]
     return EngineLoad(running=_number(data["running"]), waiting=_number(data["waiting"]),
                       kv_usage=_number(data["kv_usage"]), loaded=data["loaded"],
-                      loaded_models=frozenset(models) if models is not None else None)
+                      loaded_models=frozenset(models) if models is not None else None,
+                      finished=_number(data.get("finished")),
+                      latency_s=_number(data.get("latency_s")),
+                      queued_s=_number(data.get("queued_s")),
+                      slots=_number(data.get("slots")))
 
 
 def _number(value: Any) -> float | None:

@@ -24,7 +24,10 @@ class Candidate(Protocol):
     `load` is the gateway's in-flight count blended with what the runtime last reported
     of its own running and waiting requests (`dispatch.BackendState.load`); without a
     fresh report it is `in_flight`. `ewma_ttft`: the moving average of the backend's
-    time to first token in seconds, None before its first answer.
+    time to first token in seconds, None before its first answer. `service_time`: the
+    moving average of one answer's whole time with no queue ahead of it (least_latency),
+    None before a first answer ended. `batch`: the most requests the runtime has said it
+    runs at once (0: it never said). `signal`: where `load` came from, one of SIGNALS.
     """
 
     @property
@@ -42,6 +45,23 @@ class Candidate(Protocol):
     @property
     def ewma_ttft(self) -> float | None: ...
 
+    @property
+    def service_time(self) -> float | None: ...
+
+    @property
+    def batch(self) -> int: ...
+
+    @property
+    def signal(self) -> str: ...
+
+
+# Where a candidate's `load` came from: a fresh engine reading blended with the gateway's
+# own count; or the gateway's count alone because the reading is stale, because there is
+# none yet (a kind that exposes load, never read or failing since the start), or because
+# the kind exposes none.
+FRESH, STALE, NO_READING, NOT_EXPOSED = "fresh", "stale", "no_reading", "not_exposed"
+SIGNALS = (FRESH, STALE, NO_READING, NOT_EXPOSED)
+
 
 @dataclass(frozen=True, slots=True)
 class RouteRequest:
@@ -49,12 +69,20 @@ class RouteRequest:
 
     prefix: bytes | None = None    # the prompt's conversation prefix (see prefix_key())
     session: str | None = None     # X-Session-ID header, else the body's `user`
+    # A chat's whole message list, and the list as its previous turn sent it (without the
+    # last assistant reply and user message), hashed: prefix_affinity follows a
+    # conversation to the backend that served its previous turn (see turn_keys()).
+    turn: bytes | None = None
+    previous: bytes | None = None
 
 
 NO_AFFINITY = RouteRequest()   # what every strategy that keys on nothing uses
 
 
 class Strategy(Protocol):
+    name: str
+    uses_load: bool     # whether picks read `Candidate.load` (then readings matter)
+
     def route_key(self, endpoint: Endpoint, payload: Mapping[str, Any],
                   headers: Mapping[str, str]) -> RouteRequest:
         """What of this request the strategy keys on (once per request)."""
@@ -69,6 +97,7 @@ class KeysOnNothing:
     """For strategies that pick by load or turn alone."""
 
     __slots__ = ()
+    uses_load = True
 
     def route_key(self, endpoint: Endpoint, payload: Mapping[str, Any],
                   headers: Mapping[str, str]) -> RouteRequest:

@@ -5,11 +5,23 @@ recent prompts; a later turn of a conversation extends the earlier turn's
 prompt, so sending it to the same backend skips the prefill of the whole
 history. Placement is consistent hashing with bounded loads (see ring.py), so
 affinity never piles more than c times a fair share onto one backend.
+
+A conversation goes where its previous turn went. The ring places a conversation's
+root, but a turn that spilled off its root's backend (the bound) left its whole history
+in the spill backend's cache, and many conversations on one hot root (one template, one
+shared document) would all come back to that root's backend. So each pick remembers the
+backend that served the turn (by a hash of the whole message list) and the next turn,
+whose messages without its last reply and question are that list, goes to the same
+backend while it is under the bound; else the ring decides as before. The memory is per
+gateway process and bounded (TURN_MEMORY, least recently used out, a conversation's
+older turns dropped as it moves on): a replica or worker that has not seen the previous
+turn places it by the ring, like every replica does.
 """
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from hashlib import blake2b
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -22,21 +34,60 @@ from .ring import BoundedAffinity
 PROMPT_CHARS = 256          # completions: the part of the prompt that forms the key
 PROMPT_TOKENS = PROMPT_CHARS // 4    # the same span for a pre-tokenised prompt (~4 chars/token)
 KEY_BYTES = 16
+TURN_MEMORY = 65_536        # conversations whose last backend is remembered, per pool
 
 
 class PrefixAffinity:
     name = "prefix_affinity"
-    __slots__ = ("_affinity",)
+    uses_load = True
+    __slots__ = ("_affinity", "_turns", "followed")
 
     def __init__(self, load_factor: float = 1.25) -> None:
         self._affinity = BoundedAffinity(load_factor)
+        self._turns: OrderedDict[bytes, str] = OrderedDict()   # turn -> its backend
+        self.followed = False   # the last pick went where the previous turn went
 
     def route_key(self, endpoint: Endpoint, payload: Mapping[str, Any],
                   headers: Mapping[str, str]) -> RouteRequest:
-        return RouteRequest(prefix=prefix_key(endpoint.prompt_field, payload))
+        prompt_field = endpoint.prompt_field
+        turn = previous = None
+        if prompt_field == "messages":
+            turn, previous = turn_keys(payload.get("messages"))
+        return RouteRequest(prefix=prefix_key(prompt_field, payload), turn=turn,
+                            previous=previous)
 
     def pick(self, candidates: Sequence[Candidate], request: RouteRequest) -> Candidate:
-        return self._affinity.pick_by_key(candidates, request.prefix)
+        turns = self._turns
+        before = turns.pop(request.previous, None) if request.previous is not None else None
+        chosen = self._affinity.pick_by_key(candidates, request.prefix, prefer=before)
+        self.followed = before is not None and chosen.name == before
+        if request.turn is not None:
+            turns[request.turn] = chosen.name
+            turns.move_to_end(request.turn)
+            if len(turns) > TURN_MEMORY:
+                turns.popitem(last=False)
+        return chosen
+
+
+def turn_keys(messages: Any) -> tuple[bytes | None, bytes | None]:
+    """(the hash of the whole message list, the hash of the list its previous turn sent:
+    all but a last assistant message and the message after it; None when it has none)."""
+    if not isinstance(messages, list) or not messages:
+        return None, None
+    digest = blake2b(digest_size=KEY_BYTES)
+    previous = None
+    cut = len(messages) - 2
+    for i, message in enumerate(messages):
+        if i == cut and isinstance(message, dict) and message.get("role") == "assistant" \
+                and i > 0:
+            previous = digest.copy().digest()
+        if not isinstance(message, dict):
+            return None, None
+        data = f"{message.get('role')}\0{_content_text(message.get('content'))}".encode(
+            "utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.digest(), previous
 
 
 def prefix_key(prompt_field: str | None, body: Mapping[str, Any]) -> bytes | None:

@@ -114,8 +114,11 @@ class BoundedAffinity:
         # must not turn an exact 2.0 into 2.0000001 and its ceiling into 3.
         self._factor = Fraction(load_factor).limit_denominator(1000)
 
-    def pick_by_key(self, candidates: Sequence[Candidate], key: bytes | None) -> Candidate:
-        if key is None or len(candidates) == 1:
+    def pick_by_key(self, candidates: Sequence[Candidate], key: bytes | None,
+                    prefer: str | None = None) -> Candidate:
+        """`prefer`: a backend to take before the ring's choice, if it is a candidate
+        under the bound."""
+        if len(candidates) == 1 or key is None and prefer is None:
             return self._fallback.pick(candidates)
         by_name = {}
         total_weight, total_load = 0, 1      # +1: the request being placed
@@ -125,6 +128,11 @@ class BoundedAffinity:
             total_load += cand.load
         num = self._factor.numerator * total_load
         den = self._factor.denominator * total_weight
+        cand = by_name.get(prefer) if prefer is not None else None
+        if cand is not None and cand.load < -(-num * int_weight(cand.weight) // den):
+            return cand
+        if key is None:
+            return self._fallback.pick(candidates)
         for name in self._rings.get(candidates).walk(hash_point(key)):
             cand = by_name[name]
             cap = -(-num * int_weight(cand.weight) // den)

@@ -19,6 +19,7 @@ from .ring import BoundedAffinity
 
 class SessionAffinity:
     name = "session_affinity"
+    uses_load = True
     __slots__ = ("_affinity",)
 
     def __init__(self, load_factor: float = 1.25) -> None:

@@ -33,6 +33,7 @@ class WeightedRoundRobin(KeysOnNothing):
     """
 
     name = "weighted"
+    uses_load = False
     __slots__ = ("_current",)
 
     def __init__(self) -> None:

@@ -29,7 +29,7 @@ from opentelemetry.trace import (SpanContext, SpanKind, Status, StatusCode, Trac
 
 from ..errors import Reason, UpstreamError, UpstreamStatus
 from ..relay.chat import StreamRewriter
-from .decision import explain
+from ..dispatch.decision import explain
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -113,11 +113,11 @@ class RequestTrace:
         return headers
 
     def routed(self, stage_index: int, stage: Any, capable: Any, tried: set[str],
-               route: Any, chosen: BackendState) -> None:
+               route: Any, chosen: BackendState, engine: Any = None) -> None:
         """The dispatcher picked `chosen`: why, as attributes (only for a sampled span)."""
         if self.sampled:
             self._decision = explain(stage_index, stage, capable, tried, route, chosen,
-                                     self._tracing.route_cache)
+                                     self._tracing.route_cache, engine)
 
     def start_try(self, backend: BackendState, model_id: str) -> TrySpan:
         return TrySpan(self, backend, model_id)
