@@ -26,11 +26,13 @@ from pathlib import Path
 
 import pytest
 
+from bench.procs import HOST, free_port
 from tests import server_procs
 from tests.clients_support import (
     SCRIPTS, ProxySink, installed, missing, node_dir, offline_env, run, codex_config,
 )
 from tests.conftest import unavailable
+from tests.llama_support import LlamaServer, Runtime, find_install
 
 pytestmark = pytest.mark.clients
 
@@ -191,3 +193,188 @@ def test_node_sdk_agent_loop_on_echo(clients, proxy, echo_gateway, tmp_path, flo
     result = run(["node", where / "node_clients.mjs", flow, echo_gateway.base + "/v1",
                   ECHO_MODEL], offline_env(tmp_path / "home", proxy), where, proxy, timeout=120)
     check_weather_loop(result, flow)
+
+
+# ============================================================ the real llama-server tier
+
+GEMMA_NATIVE = "gemma-native"          # Messages passed to llama-server's own /v1/messages
+GEMMA_TRANSLATED = "gemma-translated"  # Messages translated to chat by the gateway
+QWEN = "qwen-tools"                    # Qwen2.5-Coder 0.5B, --jinja: tool calls
+
+
+@pytest.fixture(scope="module")
+def llama_servers(clients, tmp_path_factory):
+    """Two llama-servers for the module: Gemma 3 270M as the llamacpp tier runs it (built-in
+    gemma template, no Jinja, no tools), and Qwen2.5-Coder 0.5B Instruct with its own Jinja
+    template (tools)."""
+    binary, gemma_model, why = find_install()
+    if binary is None:
+        unavailable(f"llama.cpp not installed: {why}", "GATEWAY_REQUIRE_LLAMACPP")
+    need(clients, "CLIENTS_TOOL_MODEL")
+    tmp = tmp_path_factory.mktemp("llama-clients")
+    gemma = LlamaServer("gemma", binary, gemma_model, tmp, ctx=4096, threads=2)
+    qwen = QwenServer("qwen", binary, Path(clients["CLIENTS_TOOL_MODEL"]), tmp)
+    try:
+        gemma.start()
+        qwen.start()
+        gemma.wait_healthy(90)
+        qwen.wait_healthy(90)
+        yield {"gemma": gemma, "qwen": qwen}
+    finally:
+        gemma.stop()
+        qwen.stop()
+
+
+class QwenServer(Runtime):
+    """llama-server with Qwen2.5-Coder 0.5B Instruct and the GGUF's own Jinja chat template,
+    which takes `tools` (llama-server parses the model's <tool_call> blocks)."""
+
+    def __init__(self, name: str, binary: Path, model: Path, log_dir: Path):
+        self.port = free_port()
+        argv = [str(binary), "-m", str(model), "--host", HOST, "--port", str(self.port),
+                "--alias", "qwen", "--jinja", "-c", "8192", "-np", "1", "-t", "2", "-tb", "2",
+                "--no-warmup"]
+        super().__init__(name, argv, log_dir / f"{name}.log")
+
+
+def llama_yaml(servers) -> str:
+    gemma, qwen = servers["gemma"].url, servers["qwen"].url
+    timeouts = "{connect_s: 2, first_byte_s: 150, idle_s: 60}"
+    return f"""\
+server: {{host: 127.0.0.1, drain_s: 1}}
+backends:
+  native:
+    kind: llamacpp
+    url: {gemma}
+    models: {{{GEMMA_NATIVE}: gemma-3-270m}}
+    timeouts: {timeouts}
+  translated:
+    kind: llamacpp
+    url: {gemma}
+    models: {{{GEMMA_TRANSLATED}: gemma-3-270m}}
+    capabilities: {{messages: false}}
+    timeouts: {timeouts}
+  qwen:
+    kind: llamacpp
+    url: {qwen}
+    models: {{{QWEN}: qwen}}
+    capabilities: {{tools: true, messages: false}}
+    timeouts: {timeouts}
+health: {{interval_s: 5, timeout_s: 2}}
+"""
+
+
+@pytest.fixture
+def llama_gateway(llama_servers, tmp_path):
+    served = server_procs.start(tmp_path, llama_yaml(llama_servers), name="gw")
+    yield served
+    served.stop()
+
+
+@pytest.mark.llamacpp
+@pytest.mark.parametrize("model,backend", [(GEMMA_NATIVE, "native"),
+                                           (GEMMA_TRANSLATED, "translated")])
+def test_claude_code_on_llama_server(clients, proxy, llama_gateway, tmp_path, model, backend):
+    """`claude -p` on a real llama-server, Messages native (llama-server's /v1/messages) and
+    translated (to chat, through the gemma template): Claude Code sends a system message
+    after the first user turn; the answer must come back as Claude Code's result."""
+    need(clients, "CLIENTS_CLAUDE")
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run([clients["CLIENTS_CLAUDE"], "-p", "Say hello.", "--output-format", "json",
+                  "--model", model, "--system-prompt", "Be brief.", "--tools", "",
+                  "--max-turns", "1"],
+                 claude_env(tmp_path / "home", proxy, llama_gateway.base, model),
+                 work, proxy, timeout=240)
+    llama_gateway.stop()
+    assert result.returncode == 0, result.describe()
+    final = claude_result(result)
+    assert final.get("is_error") is False, result.describe()
+    assert final["result"].strip(), result.describe()
+    messages = [e for e in access_lines(llama_gateway) if e["endpoint"] == "messages"]
+    assert messages and all(e["status"] == 200 and e["backend"] == backend
+                            for e in messages), messages
+    assert_loopback_only(result)
+
+
+@pytest.mark.llamacpp
+def test_codex_on_llama_server(clients, proxy, llama_gateway, tmp_path):
+    """`codex exec` on a real llama-server over Responses (streamed, with Codex's ~20 tools:
+    the Qwen server, whose template takes tools)."""
+    need(clients, "CLIENTS_CODEX")
+    work = tmp_path / "work"
+    work.mkdir()
+    home = tmp_path / "home"
+    codex_config(home / ".codex", llama_gateway.base + "/v1", QWEN)
+    last = tmp_path / "last.txt"
+    result = run([clients["CLIENTS_CODEX"], "exec", "--skip-git-repo-check",
+                  "--sandbox", "read-only", "--output-last-message", str(last),
+                  "Reply with one word: hello."],
+                 offline_env(home, proxy, CODEX_HOME=str(home / ".codex"),
+                             GATEWAY_API_KEY="unused"),
+                 work, proxy, timeout=300)
+    llama_gateway.stop()
+    assert result.returncode == 0, result.describe()
+    assert last.is_file() and last.read_text().strip(), result.describe()
+    responses = [e for e in access_lines(llama_gateway) if e["endpoint"] == "responses"]
+    assert responses and all(e["status"] == 200 and e["backend"] == "qwen"
+                             for e in responses), responses
+    assert_loopback_only(result)
+
+
+PY_LLAMA_FLOWS = [("openai-chat", GEMMA_NATIVE), ("openai-responses", GEMMA_NATIVE),
+                  ("langchain-chat", GEMMA_NATIVE), ("agents-chat", GEMMA_NATIVE),
+                  ("anthropic-system-midway", GEMMA_NATIVE),
+                  ("anthropic-system-midway", GEMMA_TRANSLATED)]
+NODE_LLAMA_FLOWS = [("openai-chat", GEMMA_NATIVE), ("ai-sdk-chat-stream", GEMMA_NATIVE)]
+
+
+def check_answered(result, flow: str) -> dict:
+    assert result.returncode == 0, result.describe()
+    answers = [o for o in result.json_lines() if o.get("flow") == flow]
+    assert answers and (answers[-1]["text"] or "").strip(), result.describe()
+    assert_loopback_only(result)
+    return answers[-1]
+
+
+@pytest.mark.llamacpp
+@pytest.mark.parametrize("flow,model", PY_LLAMA_FLOWS)
+def test_python_sdk_on_llama_server(clients, proxy, llama_gateway, tmp_path, flow, model):
+    need(clients, "CLIENTS_PYTHON")
+    result = run([clients["CLIENTS_PYTHON"], SCRIPTS / "py_clients.py", flow,
+                  llama_gateway.base + "/v1", model],
+                 offline_env(tmp_path / "home", proxy), tmp_path, proxy, timeout=180)
+    check_answered(result, flow)
+
+
+@pytest.mark.llamacpp
+@pytest.mark.parametrize("flow,model", NODE_LLAMA_FLOWS)
+def test_node_sdk_on_llama_server(clients, proxy, llama_gateway, tmp_path, flow, model):
+    need(clients, "CLIENTS_NODE_MODULES")
+    where = node_dir(tmp_path, clients["CLIENTS_NODE_MODULES"])
+    result = run(["node", where / "node_clients.mjs", flow, llama_gateway.base + "/v1", model],
+                 offline_env(tmp_path / "home", proxy), where, proxy, timeout=180)
+    check_answered(result, flow)
+
+
+@pytest.mark.llamacpp
+def test_tool_call_round_trip_through_messages_translation(clients, proxy, llama_gateway,
+                                                           tmp_path):
+    """A real model's tool call through the Messages translation: the anthropic SDK offers
+    get_weather (tool_choice any) to Qwen2.5-Coder 0.5B behind a backend without Messages;
+    the gateway translates to chat, llama-server parses the model's <tool_call>, the gateway
+    turns it into a tool_use block; the tool_result goes back the same way and the model
+    answers in text."""
+    need(clients, "CLIENTS_PYTHON")
+    result = run([clients["CLIENTS_PYTHON"], SCRIPTS / "py_clients.py", "anthropic-tools",
+                  llama_gateway.base + "/v1", QWEN],
+                 offline_env(tmp_path / "home", proxy, FORCE_TOOL="1"), tmp_path, proxy,
+                 timeout=240)
+    llama_gateway.stop()
+    answer = check_answered(result, "anthropic-tools")
+    assert [c["name"] for c in answer["calls"]][:1] == ["get_weather"], result.describe()
+    assert isinstance(answer["calls"][0]["arguments"].get("city"), str), result.describe()
+    assert answer["stop"] == "end_turn", result.describe()
+    messages = [e for e in access_lines(llama_gateway) if e["endpoint"] == "messages"]
+    assert len(messages) >= 2 and all(e["status"] == 200 and e["backend"] == "qwen"
+                                      for e in messages), messages

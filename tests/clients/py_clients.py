@@ -108,7 +108,7 @@ def anthropic_tools(base: str, model: str) -> None:
     calls = []
     for _ in range(4):
         with client.messages.stream(model=model, max_tokens=256, messages=messages,
-                                    tools=tools, **tool_choice_kw()) as stream:
+                                    tools=tools, **tool_choice_kw(calls)) as stream:
             final = stream.get_final_message()
         used = [b for b in final.content if b.type == "tool_use"]
         if not used:
@@ -125,10 +125,13 @@ def anthropic_tools(base: str, model: str) -> None:
     raise AssertionError("no final answer after 4 turns")
 
 
-def tool_choice_kw() -> dict:
-    """A real model is told to call a tool on its first turn (`any`); echo needs no telling."""
+def tool_choice_kw(calls: list) -> dict:
+    """A real model is told to call a tool on its first turn (`any`), at temperature 0;
+    echo needs no telling."""
     import os
-    return {"tool_choice": {"type": "any"}} if os.environ.get("FORCE_TOOL") == "1" else {}
+    if os.environ.get("FORCE_TOOL") != "1":
+        return {}
+    return {"temperature": 0, **({} if calls else {"tool_choice": {"type": "any"}})}
 
 
 def anthropic_system_midway(base: str, model: str) -> None:
