@@ -18,7 +18,7 @@ from gateway.config import (ApiKey, Fallback, RetryConfig, RouteConfig, ServerCo
                             backend)
 from gateway.translate.anthropic import SIGNATURE
 from gateway.typedefs import GATEWAY
-from tests.conftest import make_config, samples, value
+from tests.conftest import bearer, make_config, samples, value
 from bench.fake_runtime.formats_messages import INPUT_TOKENS, Answer
 from bench.fake_runtime.formats_messages import ToolCall as Call
 
@@ -194,6 +194,72 @@ async def test_a_runtime_serving_messages_gets_the_body_as_is(fakes, gateway, ki
                  type="prompt") == 2 * INPUT_TOKENS
     assert value(metrics, "gateway_tokens_total", model="m", backend="rt",
                  type="completion") == 2 * answer.output_tokens
+
+
+# Claude Code's mid-conversation-system beta: a system message after the first user turn.
+MID_SYSTEM = [{"role": "user", "content": "Hello there"},
+              {"role": "assistant", "content": "Hi"},
+              {"role": "system", "content": "The user's time zone is UTC."},
+              {"role": "user", "content": "What time is it?"}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_system_messages_anywhere_reach_a_native_runtime_as_they_are(fakes, gateway,
+                                                                           stream):
+    fake, client, _ = await one(fakes, gateway, kind="llamacpp", native=True)
+    headers = {"anthropic-beta": "mid-conversation-system-2026-04-07"}
+    body = {"model": "m", "max_tokens": 16, "messages": MID_SYSTEM, "stream": stream}
+    resp = await client.post("/v1/messages", json=body, headers=headers)
+    assert resp.status == 200, await resp.text()
+    path, sent = fake.posts()[-1]
+    assert path == "/v1/messages" and sent == {**body, "model": RUNTIME_ID}
+    assert fake.headers_seen[-1]["anthropic-beta"] == "mid-conversation-system-2026-04-07"
+    # Never stricter than the runtime: what only the translation needs is its to judge.
+    odd = {"model": "m", "messages": [{"role": "developer", "content": 5}], "x": 1}
+    resp = await client.post("/v1/messages", json=odd)
+    assert resp.status == 200 and fake.posts()[-1][1] == {**odd, "model": RUNTIME_ID}
+    resp = await client.post("/v1/messages/count_tokens", json=odd)
+    assert resp.status == 200 and fake.posts()[-1][0] == "/v1/messages/count_tokens"
+    # What routing needs is still the gateway's to check.
+    resp = await client.post("/v1/messages", json={**odd, "model": 7})
+    assert resp.status == 400 and (await resp.json())["error"]["message"].startswith("model:")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_system_messages_anywhere_are_translated_for_chat_templates(fakes, gateway,
+                                                                          stream):
+    fake, client, _ = await one(fakes, gateway)
+    resp = await client.post("/v1/messages", json={
+        "model": "m", "max_tokens": 16, "system": "Be brief.", "stream": stream,
+        "messages": [{"role": "system", "content": "Use UTC."}, *MID_SYSTEM]})
+    assert resp.status == 200, await resp.text()
+    await resp.read()
+    path, sent = fake.posts()[-1]
+    assert path == "/v1/chat/completions"
+    assert sent["messages"] == [
+        {"role": "system", "content": "Be brief.\nUse UTC."},
+        {"role": "user", "content": "Hello there"},
+        {"role": "assistant", "content": "Hi"},
+        {"role": "user", "content": "<system-reminder>\nThe user's time zone is UTC.\n"
+                                    "</system-reminder>\nWhat time is it?"}]
+    # The translation still checks the whole request: it must understand what it rewrites.
+    resp = await client.post("/v1/messages", json={
+        "model": "m", "max_tokens": 16, "messages": [{"role": "developer", "content": "x"}]})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["message"].startswith("messages.0.role:")
+
+
+async def test_count_tokens_counts_system_messages_anywhere(gateway):
+    client, sdk = await gateway(backend("echo", "echo", models=["echo-1"]))
+    plain = [m for m in MID_SYSTEM if m["role"] != "system"]
+    resp = await client.post("/v1/messages/count_tokens",
+                             json={"model": "echo-1", "messages": MID_SYSTEM})
+    assert resp.status == 200, await resp.text()
+    without = await sdk.messages.count_tokens(model="echo-1", messages=plain)
+    # echo counts words: the system message's six, each tag a word of its own.
+    assert (await resp.json())["input_tokens"] == without.input_tokens + 6 + 2
+    done = await sdk.messages.create(model="echo-1", max_tokens=16, messages=MID_SYSTEM)
+    assert done.usage.input_tokens == without.input_tokens + 6 + 2
 
 
 async def test_the_native_stream_is_relayed_event_by_event(fakes, gateway):
@@ -491,6 +557,33 @@ async def test_metrics_ttft_and_the_log_line(fakes, gateway, caplog):
     assert line["endpoint"] == "messages" and line["stream"] is True
     assert line["prompt_tokens"] == INPUT_TOKENS and line["completion_tokens"] == 4
     assert line["ttft_s"] is not None and line["status"] == 200
+
+
+async def test_a_request_refused_by_validation_is_logged_with_what_it_named(fakes, gateway,
+                                                                           caplog):
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    _, url = await fakes()
+    client, _ = await gateway(backend("rt", "sglang", url, models={"m": RUNTIME_ID}),
+                              auth_keys=(KEY,))
+    bad = {"model": "m", "stream": True, "max_tokens": 8,
+           "messages": [{"role": "robot", "content": "x"}]}
+    for path, body in [("/v1/messages", bad), ("/v1/chat/completions",
+                                               {**bad, "stream_options": 5})]:
+        resp = await client.post(path, headers={"x-api-key": KEY.key, **bearer(KEY)},
+                                 json=body)
+        assert resp.status == 400
+    resp = await client.post("/v1/messages", headers={"x-api-key": KEY.key}, json={
+        "model": "not-configured", "stream": "yes", "messages": HELLO})
+    assert resp.status == 400
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+    assert [(line["endpoint"], line["model"], line["stream"], line["key"], line["status"])
+            for line in lines] == [("messages", "m", True, "team", 400),
+                                   ("chat", "m", True, "team", 400),
+                                   # metric labels take configured names only
+                                   ("messages", "", False, "team", 400)]
+    metrics = await samples(client)
+    assert value(metrics, "gateway_requests_total", model="m", backend="",
+                 endpoint="messages", status="400") == 1
 
 
 async def test_a_stream_cut_by_the_drain_deadline_ends_with_an_error_event(gateway):

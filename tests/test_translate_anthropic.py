@@ -105,6 +105,69 @@ def usage_chunk(prompt: int, completion: int, cached: int | None = None) -> dict
 # --- requests: Anthropic → chat completions -------------------------------------------
 
 
+def reminder(text):
+    return f"<system-reminder>\n{text}\n</system-reminder>"
+
+
+def test_leading_system_messages_join_the_system_prompt():
+    chat = messages_to_chat(request(system="Be brief.", messages=[
+        {"role": "system", "content": "Use metric units."},
+        {"role": "system", "content": [{"type": "text", "text": "No emoji."}]},
+        {"role": "user", "content": "hi"}]))
+    assert chat["messages"] == [
+        {"role": "system", "content": "Be brief.\nUse metric units.\nNo emoji."},
+        {"role": "user", "content": "hi"}]
+    only = messages_to_chat(request(messages=[{"role": "system", "content": "S"},
+                                              {"role": "user", "content": "hi"}]))
+    assert only["messages"][0] == {"role": "system", "content": "S"}
+
+
+def test_later_system_messages_go_into_a_user_turn_where_they_were_said():
+    """Into the next user message; else the previous one; else a user turn of their own.
+    The chat keeps one system message, first, and user/assistant alternating."""
+    chat = messages_to_chat(request(system="S", messages=[
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "system", "content": "The date is now Tuesday."},
+        {"role": "user", "content": [{"type": "text", "text": "q2"}]},
+        {"role": "system", "content": "Answer in French."}]))
+    assert chat["messages"] == [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": reminder("The date is now Tuesday.") + "\nq2\n"
+                                    + reminder("Answer in French.")}]
+    between = messages_to_chat(request(messages=[
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+        {"role": "system", "content": "Be careful."},
+        {"role": "assistant", "content": "b"}, {"role": "system", "content": ""}]))
+    assert [m["role"] for m in between["messages"]] == ["user", "assistant", "user",
+                                                         "assistant"]
+    assert between["messages"][2]["content"] == reminder("Be careful.")
+
+
+def test_a_system_message_after_a_tool_result_follows_the_tool_message():
+    chat = messages_to_chat(request(tools=[WEATHER], messages=[
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1",
+                                           "name": "get_weather", "input": {"city": "x"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                                      "content": "sunny"}]},
+        {"role": "system", "content": "Summarise."}]))
+    assert chat["messages"][2:] == [
+        {"role": "tool", "tool_call_id": "t1", "content": "sunny"},
+        {"role": "user", "content": reminder("Summarise.")}]
+
+
+def test_errors_still_name_the_clients_own_index():
+    with pytest.raises(TranslationError) as err:
+        messages_to_chat(request(messages=[
+            {"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+            {"role": "system", "content": "t"},
+            {"role": "user", "content": [{"type": "document", "source": {}}]}]))
+    assert err.value.param == "messages.3.content.0.type"
+
+
 def test_system_as_string_or_text_blocks():
     assert messages_to_chat(request(system="Be brief."))["messages"][0] == {
         "role": "system", "content": "Be brief."}
@@ -283,7 +346,9 @@ def test_count_tokens_bodies_have_no_max_tokens():
     (request(messages={"role": "user"}), "messages"),
     (request(messages=[]), "messages"),
     (request(messages=["hi"]), "messages.0"),
-    (request(messages=[{"role": "system", "content": "x"}]), "messages.0.role"),
+    (request(messages=[{"role": "system", "content": [{"type": "image", "source": {}}]}]),
+     "messages.0.content.0.type"),
+    (request(messages=[{"role": "system", "content": 5}]), "messages.0.content"),
     (request(messages=[{"role": "tool", "content": "x"}]), "messages.0.role"),
     (request(messages=[{"role": "user", "content": 5}]), "messages.0.content"),
     (request(messages=[{"role": "user", "content": []}]), "messages.0.content"),

@@ -8,8 +8,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ..dispatch import RouteTable
 from ..endpoints import Endpoint
 from ..errors import BadRequest, BodyTooLarge, RequestTimeout
+from ..record import RequestRecord
 
 BODY_READ_TIMEOUT_S = 60
 
@@ -57,13 +59,29 @@ def _first_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def parse_payload(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
+def note_named(rec: RequestRecord, payload: Any, table: RouteTable) -> None:
+    """What a parsed body names, put on the record before any check may refuse it, so the
+    log line of a refused request still says it: the model (when it is a configured one:
+    the record's model is also a metric label) and the stream flag."""
+    if not isinstance(payload, dict):
+        return
+    model = payload.get("model")
+    if isinstance(model, str) and table.pool(model) is not None:
+        rec.model = model
+    rec.stream = payload.get("stream") is True
+
+
+def parse_payload(raw: bytes, endpoint: Endpoint, rec: RequestRecord | None = None,
+                  table: RouteTable | None = None) -> dict[str, Any]:
     """The JSON object of a request to `endpoint`, with the fields the gateway relies on
-    checked: the model, the endpoint's required field, and the streaming options."""
+    checked: the model, the endpoint's required field, and the streaming options. With
+    `rec` and `table`: what it names is noted first (`note_named`)."""
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    if rec is not None and table is not None:
+        note_named(rec, payload, table)
     if not isinstance(payload, dict):
         raise BadRequest("the body must be a JSON object")
     model = payload.get("model")

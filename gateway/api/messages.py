@@ -20,18 +20,19 @@ from aiohttp import web
 
 from ..anthropic_relay import (NativeEvents, TranslatedEvents, native_whole, relay_events,
                                stream_error_event, tokenizer_count, translated_whole)
-from ..dispatch import Opened
+from ..dispatch import Opened, RouteTable
 from ..endpoints import BY_PATH
 from ..errors import BadRequest, UpstreamError
 from ..record import RequestRecord
 from ..relay import SSE_HEADERS, rewrite_model
-from ..translate.anthropic import TranslationError, validate_messages
+from ..translate.anthropic import TranslationError, validate_route
 from ..typedefs import GATEWAY, RECORD
-from .body import read_body
+from .body import note_named, read_body
 from .keys import client_key, model_pool
 from .messages_plan import (NATIVE, TOKENIZER, CountTokensPlan, MessagesPlan,
                             passed_headers)
 from .middleware import stamp_response
+from .output_cap import cap_output
 from .stream_end import (CLIENT_GONE, client_gone, drain_cut, drain_runtime, end_drain_cut,
                          read_whole)
 
@@ -48,8 +49,10 @@ async def messages(request: web.Request) -> web.StreamResponse:
     key = await client_key(request, accepts_x_api_key=True)
     table = gateway.table   # this request's one config snapshot, from here to the end
     raw = await read_body(request, table.config.server.max_body_bytes)
-    payload = parse_messages(raw, counting)
+    payload = parse_messages(raw, rec, table)
     pool = model_pool(key, table, payload, rec)
+    if not counting:
+        cap_output("messages", payload, table.config.route(pool.model).max_output_tokens)
     rec.stream = bool(payload.get("stream")) and not counting
     plan_type = CountTokensPlan if counting else MessagesPlan
     plan = plan_type(payload, passed_headers(request.headers))
@@ -65,14 +68,17 @@ async def messages(request: web.Request) -> web.StreamResponse:
     return await _whole(opened, rec, way, counting)
 
 
-def parse_messages(raw: bytes, counting: bool) -> dict[str, Any]:
-    """The request's JSON object, checked as Anthropic's API would: a 400 naming the field."""
+def parse_messages(raw: bytes, rec: RequestRecord, table: RouteTable) -> dict[str, Any]:
+    """The request's JSON object with what routing needs checked (a 400 naming the field).
+    The rest is judged by the runtime serving /v1/messages, or checked whole before the
+    translation (`messages_plan`): the gateway is never stricter than the runtime."""
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    note_named(rec, payload, table)   # logged even if refused
     try:
-        validate_messages(payload, count_tokens=counting)
+        validate_route(payload)
     except TranslationError as err:
         raise BadRequest(err.message, param=err.param) from None
     return payload

@@ -105,14 +105,14 @@ class CountTokensPlan(MessagesPlan):
     def check(self, stages: Iterable[Stage]) -> None:
         backends = [b.config for stage in stages for b in stage.backends]
         ways = {self.way(b) for b in backends}
+        if backends and NATIVE not in ways and self._translated() is None:
+            raise BadRequest(self._error.message, param=self._error.param)   # the client's first
         if backends and not ways - {""}:
             kinds = ", ".join(sorted({b.kind for b in backends}))
             raise NotImplementedByRuntime(
                 f"count_tokens needs a runtime that serves /v1/messages/count_tokens "
                 f"(vLLM, llama-server) or a tokenizer; this model's backends ({kinds}) "
                 f"have neither", param="model")
-        if NATIVE not in ways and self._translated() is None:
-            raise BadRequest(self._error.message, param=self._error.param)
 
     def accepts(self, backend: BackendConfig) -> bool:
         way = self.way(backend)

@@ -31,6 +31,7 @@ from ..typedefs import GATEWAY, RECORD
 from .body import parse_payload, read_body
 from .keys import client_key, model_pool
 from .middleware import stamp_response
+from .output_cap import cap_output
 from .relay_bytes import relay_bytes
 from .stored import backend_patterns, follow_up, stored_call
 from .stream_end import (CLIENT_GONE, client_gone, cut_slow_client, drain_cut, drain_runtime,
@@ -58,8 +59,9 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         if endpoint.body == MULTIPART:
             payload = await read_form(request, limit)
         else:
-            payload = parse_payload(await read_body(request, limit), endpoint)
+            payload = parse_payload(await read_body(request, limit), endpoint, rec, table)
         pool = model_pool(key, table, payload, rec)
+        cap_output(endpoint.name, payload, table.config.route(pool.model).max_output_tokens)
         rec.stream = bool(payload.get("stream"))
         if endpoint.stored_ids:
             pinned, ids = follow_up(table, pool, payload)

@@ -55,6 +55,7 @@ _ROUTE = {
     "strategy": _string(allowed=list(STRATEGIES)),
     "fallbacks": _list_of({"type": "dict",
                            "schema": {"backend": _string(), "model": _string()}}),
+    "max_output_tokens": _integer(min=1, nullable=True),
 }
 
 _API_KEY = {

@@ -102,6 +102,7 @@ class Fallback:
 class RouteConfig:
     strategy: str = "weighted"
     fallbacks: tuple[Fallback, ...] = ()
+    max_output_tokens: int | None = None   # sent when a request asks for none; its ceiling
 
 
 @dataclass(frozen=True)

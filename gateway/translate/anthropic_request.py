@@ -3,7 +3,8 @@
 Choices where the two APIs differ (each is what a client of either API would least expect
 to lose):
 - `system` (a string or text blocks) becomes one leading system message; blocks are joined
-  with a newline. `cache_control` marks are dropped: chat completions has no such thing.
+  with a newline. System messages inside `messages` are folded in by anthropic_system (into
+  that prompt when they lead, else into a user turn), so every chat template takes them. `cache_control` marks are dropped: chat completions has no such thing.
 - A user message's `tool_result` blocks become `tool` messages, placed before the rest of the
   message, because chat completions wants them right after the assistant's tool calls. An
   error result keeps its text behind an "Error: " prefix (chat completions has no is_error
@@ -30,6 +31,7 @@ from typing import Any
 import orjson
 
 from gateway.translate.anthropic_errors import TranslationError
+from gateway.translate.anthropic_system import fold_system_messages
 from gateway.translate.anthropic_validate import validate_messages
 
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
@@ -41,11 +43,12 @@ def messages_to_chat(body: dict[str, Any], *, count_tokens: bool = False) -> dic
     `count_tokens`: a /v1/messages/count_tokens body, made into the messages and tools a
     runtime's tokenizer endpoint takes (no max_tokens, sampling or stream)."""
     validate_messages(body, count_tokens=count_tokens)
-    messages = _system_messages(body.get("system"))
-    for i, msg in enumerate(body["messages"]):
+    system, turns = fold_system_messages(body.get("system"), body["messages"])
+    messages = _system_messages(system)
+    for i, msg, skip in turns:
         where = f"messages.{i}"
         if msg["role"] == "user":
-            messages.extend(_user_messages(msg["content"], where))
+            messages.extend(_user_messages(msg["content"], where, skip))
         else:
             messages.append(_assistant_message(msg["content"], where))
     chat: dict[str, Any] = {"model": body["model"], "messages": messages}
@@ -62,18 +65,20 @@ def _system_messages(system: Any) -> list[dict[str, Any]]:
     return [{"role": "system", "content": system}] if system else []
 
 
-def _user_messages(content: Any, where: str) -> list[dict[str, Any]]:
-    """Tool results first (as `tool` messages), then one user message with the rest."""
+def _user_messages(content: Any, where: str, skip: int = 0) -> list[dict[str, Any]]:
+    """Tool results first (as `tool` messages), then one user message with the rest.
+    `skip`: blocks the gateway put first (system reminders), not counted in error paths."""
     if isinstance(content, str):
         return [{"role": "user", "content": content}]
     tools: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
     for j, block in enumerate(content):
         btype = block["type"]
+        at = f"{where}.content.{j - skip}"
         if btype == "tool_result":
-            tools.append(_tool_message(block, parts, f"{where}.content.{j}"))
+            tools.append(_tool_message(block, parts, at))
         else:
-            parts.append(_user_part(block, f"{where}.content.{j}"))
+            parts.append(_user_part(block, at))
     if parts:
         tools.append({"role": "user", "content": _collapse(parts)})
     return tools

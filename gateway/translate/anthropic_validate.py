@@ -6,6 +6,13 @@ translation. The checks follow the Messages API reference for what the gateway c
 Block, source and tool types this module does not know are let through: a runtime serving
 /v1/messages itself may know newer ones, and the translation refuses those it cannot express
 on its own (anthropic_request). JSON null in an optional field counts as absent.
+
+Two depths: `validate_route` is what the gateway needs to route any Messages request (a
+JSON object, its model, its stream flag), all that is checked before a runtime serving
+/v1/messages gets the body (the runtime judges the rest, so the gateway is never stricter
+than it); `validate_messages` is the whole check, made before a request is translated.
+A `{"role": "system"}` message anywhere in `messages` (Anthropic's
+`mid-conversation-system-2026-04-07` beta, sent by Claude Code) carries text, like `system`.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from typing import Any
 from gateway.translate.anthropic_errors import TranslationError
 
 ROLES = ("user", "assistant")
+MESSAGE_ROLES = ("user", "assistant", "system")
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 TOOL_CHOICES = ("auto", "any", "tool", "none")
 # Known block types and the roles that may carry them; unknown types are not judged here.
@@ -23,6 +31,17 @@ _BLOCK_ROLES = {
     "tool_result": ("user",), "tool_use": ("assistant",), "thinking": ("assistant",),
     "redacted_thinking": ("assistant",),
 }
+
+
+def validate_route(body: Any) -> None:
+    """Raise TranslationError unless the body can be routed: an object naming its model,
+    with a boolean (or absent) stream flag."""
+    if not isinstance(body, dict):
+        raise TranslationError("the request body must be a JSON object")
+    _need_str(body, "model", "model")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise TranslationError("must be a boolean", "stream")
 
 
 def validate_messages(body: Any, *, count_tokens: bool = False) -> None:
@@ -62,11 +81,14 @@ def _check_messages(messages: Any) -> None:
         if not isinstance(msg, dict):
             raise TranslationError("must be an object with role and content", where)
         role = msg.get("role")
-        if role not in ROLES:
-            raise TranslationError(f"role must be 'user' or 'assistant', not {role!r}",
-                                   f"{where}.role")
+        if role not in MESSAGE_ROLES:
+            raise TranslationError(
+                f"role must be 'user', 'assistant' or 'system', not {role!r}", f"{where}.role")
         content = msg.get("content")
         if isinstance(content, str):
+            continue
+        if role == "system":
+            _check_system(content, f"{where}.content")
             continue
         if not isinstance(content, list):
             raise TranslationError("must be a string or a list of content blocks",
@@ -147,15 +169,15 @@ def _check_tool_result(block: dict, where: str) -> None:
             _check_image(inner, inner_where)
 
 
-def _check_system(system: Any) -> None:
+def _check_system(system: Any, where: str = "system") -> None:
     if system is None or isinstance(system, str):
         return
     if not isinstance(system, list):
-        raise TranslationError("must be a string or a list of text blocks", "system")
+        raise TranslationError("must be a string or a list of text blocks", where)
     for i, block in enumerate(system):
-        if _block_type(block, f"system.{i}") != "text":
-            raise TranslationError("system blocks must be text blocks", f"system.{i}.type")
-        _need_str(block, "text", f"system.{i}.text", empty_ok=True)
+        if _block_type(block, f"{where}.{i}") != "text":
+            raise TranslationError("system blocks must be text blocks", f"{where}.{i}.type")
+        _need_str(block, "text", f"{where}.{i}.text", empty_ok=True)
 
 
 def _check_sampling(body: dict) -> None:
