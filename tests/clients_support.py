@@ -22,7 +22,8 @@ from bench.procs import HOST
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "clients"
-ENV_FILE = Path(os.environ.get("CLIENTS_CACHE") or Path.home() / ".cache" / "gateway-clients") / "env"
+CACHE = Path(os.environ.get("CLIENTS_CACHE") or Path.home() / ".cache" / "gateway-clients")
+ENV_FILE = CACHE / "env"
 KEYS = ("CLIENTS_CODEX", "CLIENTS_CLAUDE", "CLIENTS_NODE_MODULES", "CLIENTS_PYTHON",
         "CLIENTS_TOOL_MODEL")
 RUN_TIMEOUT_S = 180

@@ -71,6 +71,14 @@ def echo_gateway(tmp_path):
     served.stop()
 
 
+@pytest.fixture
+def node_where(clients, tmp_path) -> Path:
+    """A folder with the Node scripts and the installed node_modules (a fixture: a missing
+    install is an error or a skip, never taken for an expected failure)."""
+    need(clients, "CLIENTS_NODE_MODULES")
+    return node_dir(tmp_path, clients["CLIENTS_NODE_MODULES"])
+
+
 def access_lines(served: server_procs.Served) -> list[dict]:
     """The gateway's JSON access-log lines (read after it stopped: the log is buffered)."""
     out = []
@@ -192,9 +200,8 @@ def test_python_sdk_agent_loop_on_echo(clients, proxy, echo_gateway, tmp_path, f
 
 
 @pytest.mark.parametrize("flow", NODE_TOOL_FLOWS)
-def test_node_sdk_agent_loop_on_echo(clients, proxy, echo_gateway, tmp_path, flow):
-    need(clients, "CLIENTS_NODE_MODULES")
-    where = node_dir(tmp_path, clients["CLIENTS_NODE_MODULES"])
+def test_node_sdk_agent_loop_on_echo(node_where, proxy, echo_gateway, tmp_path, flow):
+    where = node_where
     result = run(["node", where / "node_clients.mjs", flow, echo_gateway.base + "/v1",
                   ECHO_MODEL], offline_env(tmp_path / "home", proxy), where, proxy, timeout=120)
     check_weather_loop(result, flow)
@@ -265,6 +272,10 @@ backends:
     models: {{{QWEN}: qwen}}
     capabilities: {{tools: true, messages: false}}
     timeouts: {timeouts}
+routes:   # Claude Code asks for 32,000 tokens, Codex for none: the gateway caps them
+  {GEMMA_NATIVE}: {{max_output_tokens: 48}}
+  {GEMMA_TRANSLATED}: {{max_output_tokens: 48}}
+  {QWEN}: {{max_output_tokens: 96}}
 health: {{interval_s: 5, timeout_s: 2}}
 """
 
@@ -354,9 +365,8 @@ def test_python_sdk_on_llama_server(clients, proxy, llama_gateway, tmp_path, flo
 
 @pytest.mark.llamacpp
 @pytest.mark.parametrize("flow,model", NODE_LLAMA_FLOWS)
-def test_node_sdk_on_llama_server(clients, proxy, llama_gateway, tmp_path, flow, model):
-    need(clients, "CLIENTS_NODE_MODULES")
-    where = node_dir(tmp_path, clients["CLIENTS_NODE_MODULES"])
+def test_node_sdk_on_llama_server(node_where, proxy, llama_gateway, tmp_path, flow, model):
+    where = node_where
     result = run(["node", where / "node_clients.mjs", flow, llama_gateway.base + "/v1", model],
                  offline_env(tmp_path / "home", proxy), where, proxy, timeout=180)
     check_answered(result, flow)
@@ -383,3 +393,17 @@ def test_tool_call_round_trip_through_messages_translation(clients, proxy, llama
     messages = [e for e in access_lines(llama_gateway) if e["endpoint"] == "messages"]
     assert len(messages) >= 2 and all(e["status"] == 200 and e["backend"] == "qwen"
                                       for e in messages), messages
+
+
+@pytest.mark.llamacpp
+@pytest.mark.xfail(strict=True, reason="llama-server's streamed Responses events lack "
+                   "created_at, model and output, which these clients require (README: "
+                   "Clients, Known runtime limits); strict: a runtime that sends them passes")
+@pytest.mark.parametrize("flow", ["openai-responses-stream", "ai-sdk-responses-stream"])
+def test_node_responses_stream_on_llama_server(node_where, proxy, llama_gateway, tmp_path,
+                                              flow):
+    where = node_where
+    result = run(["node", where / "node_clients.mjs", flow, llama_gateway.base + "/v1",
+                  GEMMA_NATIVE], offline_env(tmp_path / "home", proxy), where, proxy,
+                 timeout=180)
+    check_answered(result, flow)

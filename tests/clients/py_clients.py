@@ -173,7 +173,8 @@ def agents_tools(base: str, model: str, api: str) -> None:
 
 
 def agents_chat(base: str, model: str) -> None:
-    from agents import Agent, ModelSettings, OpenAIChatCompletionsModel, Runner, set_tracing_disabled
+    from agents import (Agent, ModelSettings, OpenAIChatCompletionsModel, Runner,
+                        set_tracing_disabled)
     from openai import AsyncOpenAI
 
     set_tracing_disabled(True)
