@@ -191,11 +191,13 @@ def node_dir(tmp: Path, node_modules: str) -> Path:
     return where
 
 
-def codex_config(home: Path, base_url: str, model: str) -> None:
+def codex_config(home: Path, base_url: str, model: str,
+                 features: dict[str, bool] | None = None) -> None:
     """Codex's config for a custom provider at the gateway: Responses wire API, no update
     check, no analytics, no feedback upload, and no plugins (with them on, Codex syncs its
     curated plugin catalogue from github.com and chatgpt.com at start-up)."""
     home.mkdir(parents=True, exist_ok=True)
+    more = "".join(f"{name} = {str(on).lower()}\n" for name, on in (features or {}).items())
     (home / "config.toml").write_text(f"""\
 model = "{model}"
 model_provider = "gateway"
@@ -203,7 +205,7 @@ check_for_update_on_startup = false
 
 [features]
 plugins = false
-
+{more}
 [analytics]
 enabled = false
 
@@ -218,4 +220,5 @@ wire_api = "responses"
 request_max_retries = 0
 stream_max_retries = 0
 """)
+
 

@@ -131,7 +131,8 @@ def tool_choice_kw(calls: list) -> dict:
     import os
     if os.environ.get("FORCE_TOOL") != "1":
         return {}
-    return {"temperature": 0, **({} if calls else {"tool_choice": {"type": "any"}})}
+    return {"extra_body": {"temperature": 0},
+            **({} if calls else {"tool_choice": {"type": "any"}})}
 
 
 def anthropic_system_midway(base: str, model: str) -> None:
