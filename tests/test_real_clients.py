@@ -13,15 +13,21 @@ Two tiers:
 * `echo` with tools (the shipped runtime): each client's agent loop: the model (echo) calls a
   tool the prompt names, the client runs it, and the tool's result comes back as the answer.
 * real llama-server (GATEWAY_REQUIRE_LLAMACPP, .ci/install-llama.sh): Claude Code on Messages
-  native and translated, Codex on Responses, the SDKs on chat and Responses; and a real tool
-  call through the Messages translation on a small tool-capable model (Qwen2.5-Coder 0.5B
-  Instruct, with its own Jinja chat template).
+  native and translated and Codex on Responses, both on Qwen2.5-Coder 0.5B Instruct (from
+  PyPI, with its own Jinja chat template, which takes tools: Codex always sends them); the
+  SDKs on chat, Responses and Messages (a system message mid-conversation, native and
+  translated) on Gemma 3 270M as the llamacpp tier runs it.
+
+No real tool call: the one small tool-capable GGUF on PyPI found (Qwen2.5-Coder 0.5B
+Instruct) answers a tool offer with the bare JSON call, without the <tool_call> tags its
+own template asks for, so llama-server's parser returns it as text (also with
+tool_choice "required", which this llama.cpp does not enforce with a grammar); given a
+tool result it repeats the call instead of answering.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -388,29 +394,6 @@ def test_node_sdk_on_llama_server(node_where, proxy, llama_gateway, tmp_path, fl
     result = run(["node", where / "node_clients.mjs", flow, llama_gateway.base + "/v1", model],
                  offline_env(tmp_path / "home", proxy), where, proxy, timeout=180)
     check_answered(result, flow)
-
-
-@pytest.mark.llamacpp
-def test_tool_call_round_trip_through_messages_translation(clients, proxy, llama_gateway,
-                                                           tmp_path):
-    """A real model's tool call through the Messages translation: the anthropic SDK offers
-    get_weather (tool_choice any) to Qwen2.5-Coder 0.5B behind a backend without Messages;
-    the gateway translates to chat, llama-server parses the model's <tool_call>, the gateway
-    turns it into a tool_use block; the tool_result goes back the same way and the model
-    answers in text."""
-    need(clients, "CLIENTS_PYTHON")
-    result = run([clients["CLIENTS_PYTHON"], SCRIPTS / "py_clients.py", "anthropic-tools",
-                  llama_gateway.base + "/v1", QWEN],
-                 offline_env(tmp_path / "home", proxy, FORCE_TOOL="1"), tmp_path, proxy,
-                 timeout=240)
-    llama_gateway.stop()
-    answer = check_answered(result, "anthropic-tools")
-    assert [c["name"] for c in answer["calls"]][:1] == ["get_weather"], result.describe()
-    assert isinstance(answer["calls"][0]["arguments"].get("city"), str), result.describe()
-    assert answer["stop"] == "end_turn", result.describe()
-    messages = [e for e in access_lines(llama_gateway) if e["endpoint"] == "messages"]
-    assert len(messages) >= 2 and all(e["status"] == 200 and e["backend"] == "qwen"
-                                      for e in messages), messages
 
 
 @pytest.mark.llamacpp

@@ -108,7 +108,7 @@ def anthropic_tools(base: str, model: str) -> None:
     calls = []
     for _ in range(4):
         with client.messages.stream(model=model, max_tokens=256, messages=messages,
-                                    tools=tools, **tool_choice_kw(calls)) as stream:
+                                    tools=tools) as stream:
             final = stream.get_final_message()
         used = [b for b in final.content if b.type == "tool_use"]
         if not used:
@@ -123,16 +123,6 @@ def anthropic_tools(base: str, model: str) -> None:
                             "content": weather(**block.input)})
         messages.append({"role": "user", "content": results})
     raise AssertionError("no final answer after 4 turns")
-
-
-def tool_choice_kw(calls: list) -> dict:
-    """A real model is told to call a tool on its first turn (`any`), at temperature 0;
-    echo needs no telling."""
-    import os
-    if os.environ.get("FORCE_TOOL") != "1":
-        return {}
-    return {"extra_body": {"temperature": 0},
-            **({} if calls else {"tool_choice": {"type": "any"}})}
 
 
 def anthropic_system_midway(base: str, model: str) -> None:
