@@ -14,6 +14,7 @@ from .api.middleware import gateway_middleware
 from .api.messages import messages
 from .api.proxy import proxy
 from .config import Config
+from .conversations import Conversations
 from .endpoints import ENDPOINTS
 from .engine.scraper import engine_scrapes
 from .health import health_checks
@@ -25,7 +26,7 @@ from .rundir import RunDir
 from .runtimes.http import Transport, make_session
 from .state import Gateway
 from .tracing import tracing
-from .typedefs import ACCESS_LOG, CONFIG_PATH, GATEWAY, LEADER, RUN_DIR
+from .typedefs import ACCESS_LOG, CONFIG_PATH, CONVERSATIONS, GATEWAY, LEADER, RUN_DIR
 
 # The gateway reads bodies itself and answers 413 with an OpenAI-shaped error as soon
 # as max_body_mb is passed; aiohttp's own cap must not cut in first.
@@ -55,6 +56,7 @@ def create_app(config: Config, config_path: str | None = None, *,
     app[GATEWAY] = Gateway(config, Transport(make_session()), metrics,
                            make_limiter(config, run_dir, metrics))
     app[ACCESS_LOG] = access_log or AccessLog()
+    app[CONVERSATIONS] = Conversations(config)
     if config_path:
         app[CONFIG_PATH] = config_path
     app.cleanup_ctx.append(tracing)   # stopped last: the final spans are flushed
@@ -64,6 +66,7 @@ def create_app(config: Config, config_path: str | None = None, *,
         app.cleanup_ctx.append(_in_flight_gauges)
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_limiter)
+    app.cleanup_ctx.append(_conversations)
     app.cleanup_ctx.append(health_checks)
     app.cleanup_ctx.append(engine_scrapes)
     app.cleanup_ctx.append(config_watch)
@@ -89,6 +92,11 @@ async def _limiter(app: web.Application) -> AsyncIterator[None]:
     await limiter.start()
     yield
     await limiter.close()
+
+
+async def _conversations(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[CONVERSATIONS].close()
 
 
 async def _in_flight_gauges(app: web.Application) -> AsyncIterator[None]:

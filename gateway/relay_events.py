@@ -111,6 +111,8 @@ class EventRewriter(LineRewriter):
             if not self._ids_known and b'"response"' in data:
                 self._learn_ids(data)
             data = ids.apply(data)
+            if ids.keeper is not None:
+                ids.keeper.see_events(data)
         if not self.saw_token and self.fmt.token.search(data):
             self.saw_token = True
         if self.fmt.watched.search(data):
@@ -179,4 +181,7 @@ def rewrite_stored(body: bytes, ids: IdRewriter) -> bytes:
     parsed = loads_object(body)
     if parsed is not None:
         ids.learn_from(parsed)
-    return ids.apply(body)
+    body = ids.apply(body)
+    if ids.keeper is not None:
+        ids.keeper.see_whole(body)
+    return body

@@ -63,11 +63,14 @@ class IdRewriter:
     is replaced wherever it is, so streamed events need no parsing once it is known.
     """
 
-    __slots__ = ("backend", "patterns", "_known")
+    __slots__ = ("backend", "patterns", "keeper", "_known")
 
     def __init__(self, backend: str, known: Iterable[str] = ()) -> None:
         self.backend = backend
         self.patterns: list[tuple[bytes, bytes]] = []
+        # What watches the answer with its ids made public, when the gateway stores it
+        # (api/conversations.Keeping: see_whole, see_events); None: nothing does.
+        self.keeper: Any = None
         self._known: set[str] = set()
         for runtime_id in known:
             self.learn(runtime_id)

@@ -81,7 +81,7 @@ def test_an_unset_variable_under_an_unknown_key_reports_both():
     assert problems("extra: ${X}\n" + ECHO) == [
         "extra: environment variable X is not set",
         "extra: unknown key (expected one of: server, backends, routes, health, retries, queue, "
-        "auth, engine, tracing, state)",
+        "auth, engine, tracing, state, responses)",
     ]
 
 
@@ -340,7 +340,7 @@ def test_capability_overrides_merge_on_kind_defaults():
     assert dict(cfg.backends["l"].capabilities) == {
         "chat": True, "completions": True, "embeddings": False, "tools": True, "stream_usage": True,
         "responses": True, "messages": True, "rerank": False, "score": False, "tokenize": True,
-        "audio": False, "images": False}
+        "audio": False, "images": False, "stateful_responses": False}
     assert dict(cfg.backends["v"].capabilities) == {**KINDS["vllm"].capabilities, "tools": False}
 
 

@@ -481,3 +481,114 @@ def test_killed_server_is_replaced_without_client_errors(stack):
     # Back: the health loop re-admits it and it takes traffic again.
     stack.wait_backends({"llama-a": True}, 20)
     assert "llama-a" in {chat(client)[0] for _ in range(12)}
+
+
+# ---------------------------------------------------------------- the clients people run
+
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "gemma3.jinja"
+# Claude Code's mid-conversation-system beta: a system message after the first turns.
+MID_SYSTEM = [{"role": "user", "content": "Say hello."},
+              {"role": "assistant", "content": "Hello."},
+              {"role": "system", "content": "Answer in one word."},
+              {"role": "user", "content": "Say goodbye."}]
+
+
+@pytest.fixture(scope="module")
+def strict_template(tmp_path_factory):
+    """A llama-server rendering Gemma 3's own Jinja chat template (system message only
+    first, user and assistant alternating), and a gateway that translates Messages for it
+    (the `messages` capability off) and counts tokens with its tokenizer."""
+    binary, model, why = find_install()
+    if binary is None:
+        unavailable(f"llama.cpp not installed: {why}", "GATEWAY_REQUIRE_LLAMACPP")
+    tmp = tmp_path_factory.mktemp("strict")
+    server = LlamaServer("llama-jinja", binary, model, tmp,
+                         extra=("--jinja", "--chat-template-file", str(TEMPLATE)))
+    gateway = None
+    try:
+        server.start()
+        server.wait_healthy(90)
+        config = tmp / "gateway.yaml"
+        gateway = Gateway(config, tmp)
+        config.write_text(f"""\
+server: {{host: {HOST}, port: {gateway.port}}}
+backends:
+  jinja:
+    kind: llamacpp
+    url: {server.url}
+    models: [{PUBLIC_MODEL}]
+    capabilities: {{messages: false}}
+""")
+        gateway.start()
+        gateway.wait_ready(gateway.ready_url, 30)
+        yield server, gateway
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        server.stop()
+
+
+def test_mid_conversation_system_messages_fit_a_strict_chat_template(strict_template, request):
+    server, gateway = strict_template
+    # The template itself refuses the conversation as Claude Code sends it...
+    conn = http.client.HTTPConnection(HOST, server.port, timeout=60)
+    conn.request("POST", "/v1/chat/completions", body=json.dumps({
+        "model": PUBLIC_MODEL, "max_tokens": 4, "messages": MID_SYSTEM}),
+        headers={"Content-Type": "application/json"})
+    refused = conn.getresponse()
+    text = refused.read().decode()
+    conn.close()
+    assert refused.status >= 400 and "alternate" in text, (refused.status, text)
+    # ...and takes the gateway's translation of it, whole and streamed.
+    client = anthropic.Anthropic(base_url=f"http://{HOST}:{gateway.port}", api_key="unused",
+                                 timeout=60, max_retries=0)
+    request.addfinalizer(client.close)
+    done = client.messages.create(model=PUBLIC_MODEL, max_tokens=4, system="Be brief.",
+                                  messages=MID_SYSTEM)
+    assert done.content and done.content[0].text and done.usage.input_tokens > 0
+    with client.messages.stream(model=PUBLIC_MODEL, max_tokens=4, messages=MID_SYSTEM) as stream:
+        assert "".join(stream.text_stream) == stream.get_final_message().content[0].text
+    plain = [m for m in MID_SYSTEM if m["role"] != "system"]
+    counted = client.messages.count_tokens(model=PUBLIC_MODEL, messages=MID_SYSTEM)
+    assert counted.input_tokens > client.messages.count_tokens(
+        model=PUBLIC_MODEL, messages=plain).input_tokens
+
+
+def test_mid_conversation_system_messages_reach_llama_server_natively(stack, request):
+    """llama-server serves /v1/messages itself: the body goes as it is, its template judges."""
+    client = anthropic.Anthropic(base_url=stack.gateway.base_url[:-3], api_key="unused",
+                                 timeout=60, max_retries=0)
+    request.addfinalizer(client.close)
+    done = client.messages.create(
+        model=PUBLIC_MODEL, max_tokens=4, messages=MID_SYSTEM,
+        extra_headers={"anthropic-beta": "mid-conversation-system-2026-04-07"})
+    assert done.content[0].text and done.model == PUBLIC_MODEL
+
+
+def test_follow_ups_on_llama_servers_stateless_responses(stack, request):
+    """llama-server keeps no Responses: the gateway keeps them, expands a follow-up and
+    answers retrieve and delete (streamed and not)."""
+    stack.wait_backends({"llama-a": True, "llama-b": True})
+    client = stack.client()
+    request.addfinalizer(client.close)
+    first = client.responses.create(model=PUBLIC_MODEL, input="My name is Ada. Say hi.",
+                                    max_output_tokens=8)
+    # Streamed as raw events: the SDK's stream helper trips on llama-server's thin events.
+    events = list(client.responses.create(model=PUBLIC_MODEL, input="What is my name?",
+                                          previous_response_id=first.id, max_output_tokens=8,
+                                          stream=True))
+    assert events[-1].type == "response.completed", [e.type for e in events]
+    second = events[-1].response
+    said = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert said and second.id != first.id
+    third = client.responses.create(model=PUBLIC_MODEL, input="Thanks.", max_output_tokens=4,
+                                    previous_response_id=second.id)
+    assert third.output_text
+    kept = client.responses.retrieve(second.id)
+    assert kept.id == second.id and kept.output_text == said
+    assert kept.previous_response_id == first.id
+    items = client.responses.input_items.list(third.id, order="asc")
+    assert [getattr(i, "role", None) for i in items.data][:3] == ["user", "assistant", "user"]
+    client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)

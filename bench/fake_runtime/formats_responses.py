@@ -38,9 +38,10 @@ def named(dumps: Callable[[Any], bytes], kind: str, data: dict[str, Any]) -> byt
     return b"event: %s\ndata: %s\n\n" % (kind.encode(), dumps({"type": kind, **data}))
 
 
-def events(dumps: Callable[[Any], bytes], done: dict[str, Any], tokens: int
-           ) -> Iterator[bytes]:
-    """The stream that ends in response `done`: one text message of `tokens` deltas."""
+def events(dumps: Callable[[Any], bytes], done: dict[str, Any], tokens: int,
+           thin: bool = False) -> Iterator[bytes]:
+    """The stream that ends in response `done`: one text message of `tokens` deltas.
+    `thin`: as llama-server's, the terminal event's response has no `output`."""
     going = {**done, "status": "in_progress", "output": [], "usage": None}
     item = done["output"][0]
     at = {"item_id": ITEM_ID, "output_index": 0, "content_index": 0}
@@ -61,7 +62,8 @@ def events(dumps: Callable[[Any], bytes], done: dict[str, Any], tokens: int
                                             "logprobs": []}),
              ("response.content_part.done", {**at, "part": item["content"][0]}),
              ("response.output_item.done", {"output_index": 0, "item": item}),
-             ("response.completed", {"response": done})]
+             ("response.completed", {"response": {k: v for k, v in done.items()
+                                                   if not (thin and k == "output")}})]
     for kind, data in steps:
         seq += 1
         yield named(dumps, kind, {"sequence_number": seq, **data})

@@ -72,6 +72,9 @@ class FakeRuntime(Behaviour):
     error_body: dict[str, Any] | None = None   # a failure's body, else the API's own
     tokenizer: str = "vllm"           # the /tokenize format: "vllm" or "llamacpp"
     deletes: bool = False             # serves DELETE /v1/responses/{id} (vLLM does not: 405)
+    # As llama-server's Responses: nothing stored (a follow-up is a 400, a retrieve a 404),
+    # and a stream's `response.completed` without `output`.
+    stateless_responses: bool = False
     transcript_done_event: bool = True   # OpenAI's transcript.text.done, else vLLM's [DONE]
     # GET path -> its text, or what makes it on each GET (a runtime's own load: /metrics,
     # /slots, /api/ps); `pages_fault` makes them all misbehave; `unsupported` ones answer

@@ -31,6 +31,14 @@ def create(conn: Answers, call: Call) -> bool:
     rt = conn.rt
     previous = call.body.get("previous_response_id")
     rid = formats_responses.RESPONSE_ID
+    if rt.stateless_responses:
+        if previous is not None:
+            conn.send(400, orjson.dumps(formats.error(
+                "previous_response_id is not supported", 400)))
+            return False
+        rid = "resp_" + uuid.uuid4().hex
+        call.done = formats_responses.response(call.model, call.tokens, None, rid)
+        return True
     if rt.record:
         if previous is not None:
             rt.followups.append(previous)
@@ -51,6 +59,10 @@ def answer(conn: Answers, method: str, path: str, query: str) -> None:
 
     rt = conn.rt
     rid, _, rest = path[len(PREFIX):].partition("/")
+    if rt.stateless_responses:
+        rt.stored_calls.append((method, path + (f"?{query}" if query else "")))
+        conn.send(404, orjson.dumps(formats.error(f"no route {path}", 404)))
+        return
     allowed = {"": ("GET", "DELETE") if rt.deletes else ("GET",), "cancel": ("POST",)}
     if rest not in allowed:
         conn.send(404, orjson.dumps(formats.error(f"no route {path}", 404)))

@@ -29,6 +29,7 @@ from ..response_ids import IdRewriter
 from ..routing import NO_AFFINITY
 from ..typedefs import GATEWAY, RECORD
 from .body import parse_payload, read_body
+from .conversations import answer_kept, expand_follow_up, keep
 from .keys import client_key, model_pool
 from .middleware import stamp_response
 from .output_cap import cap_output
@@ -49,11 +50,15 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     table = gateway.table   # this request's one config snapshot, from here to the end
     limit = table.config.server.max_body_bytes
     ids: IdRewriter | None = None
-    pinned = target = None
+    pinned = target = previous = None
     if endpoint.body == NO_BODY:
         payload: dict = {}
         pool, pinned, target, ids = stored_call(request, table, endpoint, key)
         rec.stream = endpoint.streams is not None and request.query.get("stream") == "true"
+        kept = await answer_kept(request, endpoint, pinned, rec)
+        if kept is not None:   # a response the gateway keeps, not its runtime
+            rec.backend = pinned.name
+            return kept
         route = NO_AFFINITY
     else:
         if endpoint.body == MULTIPART:
@@ -64,7 +69,9 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         cap_output(endpoint.name, payload, table.config.route(pool.model).max_output_tokens)
         rec.stream = bool(payload.get("stream"))
         if endpoint.stored_ids:
-            pinned, ids = follow_up(table, pool, payload)
+            previous = await expand_follow_up(request, table, payload, key)
+            if previous is None:
+                pinned, ids = follow_up(table, pool, payload)
         if endpoint.upstream_path == SAME_PATH:
             target = request.rel_url.raw_path
         route = pool.strategy.route_key(endpoint, payload, request.headers)
@@ -76,10 +83,15 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         opened.patterns = backend_patterns(opened.backend)
     if endpoint.streams == BYTES:
         return await relay_bytes(request, opened, rec, endpoint.has_usage)
+    # A runtime that keeps nothing: the gateway stores the answer as it is relayed.
+    keeping = keep(request, opened, payload, ids, pool.model, previous, table.config.responses)
     if rec.stream:
         return await _stream(request, opened, rec, endpoint, ids,
                              table.config.server.client_idle_s)
-    return await _whole(opened, rec, endpoint, ids)
+    resp = await _whole(opened, rec, endpoint, ids)
+    if keeping is not None:
+        await keeping.written()   # before the client has it: any worker can follow it up
+    return resp
 
 
 async def _whole(opened: Opened, rec: RequestRecord, endpoint: Endpoint,

@@ -28,14 +28,14 @@ from .redact import REDACTED, SECRET_HEADER, redacted, url_without_password
 from .schema import SCHEMA, Validator
 from .types import (
     STRATEGIES, ApiKey, BackendConfig, Config, ConfigError, EngineConfig, Fallback, HealthConfig,
-    Problem, QueueConfig, RetryConfig, RouteConfig, ServerConfig, StateConfig, Timeouts,
+    Problem, QueueConfig, ResponsesConfig, RetryConfig, RouteConfig, ServerConfig, StateConfig, Timeouts,
     TracingConfig, backend,
 )
 from .source import interpolate, parse, plain
 
 __all__ = [
     "STRATEGIES", "ApiKey", "BackendConfig", "Config", "ConfigError", "EngineConfig", "Fallback",
-    "HealthConfig", "QueueConfig", "RetryConfig", "RouteConfig", "ServerConfig", "StateConfig",
+    "HealthConfig", "QueueConfig", "ResponsesConfig", "RetryConfig", "RouteConfig", "ServerConfig", "StateConfig",
     "Timeouts", "TracingConfig", "backend",
     "load_config", "load_config_text", "check", "redacted", "url_without_password",
     "REDACTED", "SECRET_HEADER",

@@ -5,8 +5,9 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from .types import (
-    ApiKey, BackendConfig, Config, EngineConfig, Fallback, HealthConfig, QueueConfig, RetryConfig,
-    RouteConfig, ServerConfig, StateConfig, Timeouts, TracingConfig, backend,
+    ApiKey, BackendConfig, Config, EngineConfig, Fallback, HealthConfig, QueueConfig,
+    ResponsesConfig, RetryConfig, RouteConfig, ServerConfig, StateConfig, Timeouts,
+    TracingConfig, backend,
 )
 
 
@@ -31,6 +32,7 @@ def build(doc: dict) -> Config:
         tracing=(TracingConfig(**given(doc["tracing"]))
                  if doc.get("tracing") is not None else None),
         state=StateConfig(**given(doc.get("state"))),
+        responses=ResponsesConfig(**given(doc.get("responses"))),
     )
 
 

@@ -103,7 +103,8 @@ SCHEMA = {
         "sample_ratio": _number(min=0, max=1),
         "service_name": _string(),
     }),
-    "state": _section({"redis": _string(check_with="redis_url")}),
+    "state": _section({"redis": _string(check_with="redis_url"), "sqlite": _string()}),
+    "responses": _section({"ttl_s": _number(gt=0), "max_stored": _integer(min=1)}),
 }
 
 _BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,

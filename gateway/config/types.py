@@ -133,6 +133,14 @@ class HealthConfig:
 @dataclass(frozen=True)
 class StateConfig:
     redis: str | None = None       # shared rate limits across replicas; None = local only
+    sqlite: str | None = None      # a file: what must survive a restart of one server
+
+
+@dataclass(frozen=True)
+class ResponsesConfig:
+    """Responses the gateway stores itself, for runtimes whose Responses keep no state."""
+    ttl_s: float = 86400           # a stored response is forgotten this long after it was made
+    max_stored: int = 10000        # past this many, the oldest are forgotten first
 
 
 @dataclass(frozen=True)
@@ -195,6 +203,7 @@ class Config:
     engine: EngineConfig = EngineConfig()
     tracing: TracingConfig | None = None
     state: StateConfig = StateConfig()
+    responses: ResponsesConfig = ResponsesConfig()
 
     def route(self, model: str) -> RouteConfig:
         return self.routes.get(model, DEFAULT_ROUTE)

@@ -159,8 +159,8 @@ def arguments(schema: Any, words: str, depth: int = 0, name: str = "") -> Any:
         props = schema.get("properties")
         props = props if isinstance(props, dict) else {}
         required = schema.get("required")
-        names = [n for n in required if n in props] if isinstance(required, list) else []
-        return {n: arguments(props[n], words, depth + 1, n) for n in names}
+        names = [n for n in required if isinstance(n, str)] if isinstance(required, list) else []
+        return {n: arguments(props.get(n, {}), words, depth + 1, n) for n in names}
     if kind == "array":
         count = schema.get("minItems", 1)
         count = min(count, MAX_ITEMS) if isinstance(count, int) and count > 0 else 1

