@@ -363,6 +363,8 @@ def test_codex_on_llama_server(clients, proxy, llama_gateway, tmp_path):
 
 
 PY_LLAMA_FLOWS = [("openai-chat", GEMMA_NATIVE), ("openai-responses", GEMMA_NATIVE),
+                  ("openai-responses-followup", GEMMA_NATIVE),
+                  ("agents-responses-followup", GEMMA_NATIVE),
                   ("langchain-chat", GEMMA_NATIVE), ("agents-chat", GEMMA_NATIVE),
                   ("anthropic-system-midway", GEMMA_NATIVE),
                   ("anthropic-system-midway", GEMMA_TRANSLATED)]
@@ -384,7 +386,14 @@ def test_python_sdk_on_llama_server(clients, proxy, llama_gateway, tmp_path, flo
     result = run([clients["CLIENTS_PYTHON"], SCRIPTS / "py_clients.py", flow,
                   llama_gateway.base + "/v1", model],
                  offline_env(tmp_path / "home", proxy), tmp_path, proxy, timeout=180)
-    check_answered(result, flow)
+    answer = check_answered(result, flow)
+    if flow == "openai-responses-followup":
+        # The follow-up can be read back from the gateway, its input the whole conversation
+        # (the first input and answer, then the new input).
+        assert answer["retrieved"] and answer["input_items"] >= 3, result.describe()
+    if flow == "agents-responses-followup":
+        assert answer["first"] and answer["second"] and answer["first"] != answer["second"], \
+            result.describe()
 
 
 @pytest.mark.llamacpp

@@ -96,6 +96,21 @@ def openai_responses(base: str, model: str) -> None:
         usage=reply.usage.model_dump() if reply.usage else None)
 
 
+def openai_responses_followup(base: str, model: str) -> None:
+    """A follow-up by previous_response_id, and the stored response read back: on a runtime
+    whose Responses keep no state the gateway keeps the conversation."""
+    from openai import OpenAI
+    client = OpenAI(base_url=base, api_key=KEY, max_retries=0, timeout=120)
+    first = client.responses.create(model=model, max_output_tokens=8, input="Say hello.")
+    second = client.responses.create(model=model, max_output_tokens=8,
+                                     previous_response_id=first.id, input="Again.")
+    again = client.responses.retrieve(second.id)
+    items = client.responses.input_items.list(second.id)
+    out("openai-responses-followup", text=second.output_text, first=first.id,
+        previous=second.previous_response_id, retrieved=again.id == second.id,
+        input_items=len(items.data))
+
+
 # ------------------------------------------------------------------ anthropic (Python SDK)
 def anthropic_tools(base: str, model: str) -> None:
     """Streamed with the SDK's stream helper (Messages; on echo through the translation)."""
@@ -177,6 +192,29 @@ def agents_chat(base: str, model: str) -> None:
     out("agents-chat", text=str(result.final_output))
 
 
+def agents_responses_followup(base: str, model: str) -> None:
+    """Two runs of an agent on the Responses API, the second chained to the first by
+    previous_response_id (the SDK then sends only the new input)."""
+    from agents import (Agent, ModelSettings, OpenAIResponsesModel, Runner,
+                        set_tracing_disabled)
+    from openai import AsyncOpenAI
+
+    set_tracing_disabled(True)
+    client = AsyncOpenAI(base_url=base, api_key=KEY, max_retries=0, timeout=120)
+    agent = Agent(name="greeter", instructions="Be brief.",
+                  model=OpenAIResponsesModel(model, client),
+                  model_settings=ModelSettings(max_tokens=8, store=True))
+
+    async def both():
+        first = await Runner.run(agent, "Say hello.", max_turns=1)
+        second = await Runner.run(agent, "Again.", max_turns=1,
+                                  previous_response_id=first.last_response_id)
+        return first, second
+    first, second = asyncio.run(both())
+    out("agents-responses-followup", text=str(second.final_output),
+        first=first.last_response_id, second=second.last_response_id)
+
+
 # ------------------------------------------------------------------ LangChain
 def langchain_tools(base: str, model: str) -> None:
     from langchain_core.messages import HumanMessage, ToolMessage
@@ -243,11 +281,13 @@ FLOWS = {
     "openai-responses-tools": openai_responses_tools,
     "openai-chat": openai_chat,
     "openai-responses": openai_responses,
+    "openai-responses-followup": openai_responses_followup,
     "anthropic-tools": anthropic_tools,
     "anthropic-system-midway": anthropic_system_midway,
     "agents-responses-tools": lambda b, m: agents_tools(b, m, "responses"),
     "agents-chat-tools": lambda b, m: agents_tools(b, m, "chat"),
     "agents-chat": agents_chat,
+    "agents-responses-followup": agents_responses_followup,
     "langchain-tools": langchain_tools,
     "langchain-chat": langchain_chat,
     "litellm-tools": litellm_tools,
