@@ -406,9 +406,10 @@ def test_node_sdk_on_llama_server(node_where, proxy, llama_gateway, tmp_path, fl
 
 
 @pytest.mark.llamacpp
-@pytest.mark.xfail(strict=True, reason="llama-server's streamed Responses events lack "
-                   "created_at, model and output, which these clients require (README: "
-                   "Clients, Known runtime limits); strict: a runtime that sends them passes")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="llama-server's streamed Responses events lack created_at, model "
+                   "and output, which these clients require (README: Clients, Known runtime "
+                   "limits); strict: a runtime that sends them passes")
 @pytest.mark.parametrize("flow", ["openai-responses-stream", "ai-sdk-responses-stream"])
 def test_node_responses_stream_on_llama_server(node_where, proxy, llama_gateway, tmp_path,
                                               flow):
