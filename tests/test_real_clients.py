@@ -18,16 +18,17 @@ Two tiers:
   SDKs on chat, Responses and Messages (a system message mid-conversation, native and
   translated) on Gemma 3 270M as the llamacpp tier runs it.
 
-No real tool call: the one small tool-capable GGUF on PyPI found (Qwen2.5-Coder 0.5B
-Instruct) answers a tool offer with the bare JSON call, without the <tool_call> tags its
-own template asks for, so llama-server's parser returns it as text (also with
-tool_choice "required", which this llama.cpp does not enforce with a grammar); given a
-tool result it repeats the call instead of answering.
+A real tool call runs through the Messages translation on llama-cpp-python's server with
+the same Qwen model and its `chatml-function-calling` format, which forces a requested call
+with a grammar. On llama-server the model's calls stay text: it writes the bare JSON call
+without the <tool_call> tags its own template asks for, so llama-server's parser does not
+see a call (also with tool_choice "required", which this llama.cpp does not enforce).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,7 @@ from tests.clients_support import (
     SCRIPTS, ProxySink, installed, missing, node_dir, offline_env, run, codex_config,
 )
 from tests.conftest import unavailable
-from tests.llama_support import LlamaServer, Runtime, find_install
+from tests.llama_support import LlamaServer, Runtime, find_install, find_llama_cpp_python
 
 pytestmark = pytest.mark.clients
 
@@ -418,3 +419,72 @@ def test_node_responses_stream_on_llama_server(node_where, proxy, llama_gateway,
                   GEMMA_NATIVE], offline_env(tmp_path / "home", proxy), where, proxy,
                  timeout=180)
     check_answered(result, flow)
+
+
+# llama-cpp-python's server with llama.cpp's weight repacking off: its AMX kernels crash as
+# the model loads on CPUs with AMX, and the server has no setting for it.
+NO_REPACK_SERVER = """
+import llama_cpp.llama_cpp as lc
+defaults = lc.llama_model_default_params
+def no_repack():
+    params = defaults()
+    params.use_extra_bufts = False
+    return params
+lc.llama_model_default_params = no_repack
+from llama_cpp.server.__main__ import main
+main()
+"""
+QWEN_FC = "qwen-function-calling"
+
+
+class FunctionCallingServer(Runtime):
+    """llama-cpp-python's server with Qwen2.5-Coder 0.5B in its `chatml-function-calling`
+    format: a named tool_choice is generated under a grammar, so even a 0.5B model calls it."""
+    health_path = "/v1/models"
+
+    def __init__(self, python: Path, model: Path, log_dir: Path):
+        self.port = free_port()
+        argv = [str(python), "-c", NO_REPACK_SERVER, "--model", str(model),
+                "--model_alias", "qwen", "--chat_format", "chatml-function-calling",
+                "--host", HOST, "--port", str(self.port), "--n_ctx", "2048",
+                "--n_threads", "2", "--n_threads_batch", "2", "--verbose", "false"]
+        super().__init__("qwen-fc", argv, log_dir / "qwen-fc.log",
+                         {**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.mark.llamacpp
+def test_tool_call_round_trip_through_messages_translation(clients, proxy, tmp_path):
+    """The anthropic SDK against a backend without Messages (translated to chat): the real
+    model's forced get_weather call comes back as a tool_use block with the city, and after
+    the tool_result it answers in text from the result."""
+    need(clients, "CLIENTS_PYTHON", "CLIENTS_TOOL_MODEL")
+    python, why = find_llama_cpp_python()
+    if python is None:
+        unavailable(why, "GATEWAY_REQUIRE_LLAMACPP")
+    with FunctionCallingServer(python, Path(clients["CLIENTS_TOOL_MODEL"]), tmp_path) as server:
+        server.start()
+        server.wait_healthy(90)
+        served = server_procs.start(tmp_path, f"""\
+server: {{host: 127.0.0.1, drain_s: 1}}
+backends:
+  qwen-fc:
+    kind: openai                 # llama-cpp-python's server: chat, no /v1/messages
+    url: {server.url}/v1
+    models: {{{QWEN_FC}: qwen}}
+    timeouts: {{connect_s: 2, first_byte_s: 120, idle_s: 60}}
+""", name="gw")
+        try:
+            result = run([clients["CLIENTS_PYTHON"], SCRIPTS / "py_clients.py",
+                          "anthropic-tool-round-trip", served.base + "/v1", QWEN_FC],
+                         offline_env(tmp_path / "home", proxy), tmp_path, proxy, timeout=180)
+        finally:
+            served.stop()
+    answer = check_answered(result, "anthropic-tool-round-trip")
+    assert answer["first_stop"] == "tool_use", result.describe()
+    assert answer["calls"] == [{"name": "get_weather", "arguments": {"city": "Paris"}}], \
+        result.describe()
+    assert answer["stop"] == "end_turn", result.describe()
+    assert "sunny" in answer["text"].lower(), result.describe()
+    messages = [e for e in access_lines(served) if e["endpoint"] == "messages"]
+    assert len(messages) == 2 and all(e["status"] == 200 and e["backend"] == "qwen-fc"
+                                      for e in messages), messages

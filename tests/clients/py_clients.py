@@ -140,6 +140,40 @@ def anthropic_tools(base: str, model: str) -> None:
     raise AssertionError("no final answer after 4 turns")
 
 
+def anthropic_tool_round_trip(base: str, model: str) -> None:
+    """A real model's tool call through the Messages translation: get_weather is forced on
+    the first turn (tool_choice `tool`), the result goes back with tool_choice `none`, and the
+    model answers in text. Temperature 0 (in the body: this SDK has no such argument). The
+    assistant turn sent back has a text block before its tool_use: llama-cpp-python's server
+    refuses an assistant message whose content is null, which is what a tool_use-only turn
+    becomes in chat completions."""
+    import anthropic
+    client = anthropic.Anthropic(base_url=base.removesuffix("/v1"), api_key=KEY, max_retries=0,
+                                 timeout=120)
+    tools = [{"name": "get_weather", "description": "The weather in a city",
+              "input_schema": WEATHER_SCHEMA}]
+    question = {"role": "user", "content": "What is the weather in Paris?"}
+    first = client.messages.create(model=model, max_tokens=64, messages=[question], tools=tools,
+                                   tool_choice={"type": "tool", "name": "get_weather"},
+                                   extra_body={"temperature": 0})
+    used = [b for b in first.content if b.type == "tool_use"]
+    assert used, first
+    call = used[0]
+    answer = [question,
+              {"role": "assistant", "content": [{"type": "text", "text": "Looking it up."},
+                                                call.model_dump()]},
+              {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
+                                            "content": weather(call.input.get("city", "?"))}]}]
+    with client.messages.stream(model=model, max_tokens=64, messages=answer, tools=tools,
+                                tool_choice={"type": "none"},
+                                extra_body={"temperature": 0}) as stream:
+        final = stream.get_final_message()
+    out("anthropic-tool-round-trip",
+        text="".join(b.text for b in final.content if b.type == "text"),
+        calls=[{"name": b.name, "arguments": b.input} for b in used],
+        first_stop=first.stop_reason, stop=final.stop_reason)
+
+
 def anthropic_system_midway(base: str, model: str) -> None:
     """What Claude Code sends: a system message after the first user turn."""
     import anthropic
@@ -283,6 +317,7 @@ FLOWS = {
     "openai-responses": openai_responses,
     "openai-responses-followup": openai_responses_followup,
     "anthropic-tools": anthropic_tools,
+    "anthropic-tool-round-trip": anthropic_tool_round_trip,
     "anthropic-system-midway": anthropic_system_midway,
     "agents-responses-tools": lambda b, m: agents_tools(b, m, "responses"),
     "agents-chat-tools": lambda b, m: agents_tools(b, m, "chat"),
