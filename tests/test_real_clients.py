@@ -447,7 +447,10 @@ class FunctionCallingServer(Runtime):
         argv = [str(python), "-c", NO_REPACK_SERVER, "--model", str(model),
                 "--model_alias", "qwen", "--chat_format", "chatml-function-calling",
                 "--host", HOST, "--port", str(self.port), "--n_ctx", "2048",
-                "--n_threads", "2", "--n_threads_batch", "2", "--verbose", "false"]
+                "--n_threads", "2", "--n_threads_batch", "2",
+                # Else any request during a stream (the gateway's health check included)
+                # ends that stream early.
+                "--interrupt_requests", "false", "--verbose", "false"]
         super().__init__("qwen-fc", argv, log_dir / "qwen-fc.log",
                          {**os.environ, "PYTHONUNBUFFERED": "1"})
 
