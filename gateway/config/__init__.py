@@ -27,14 +27,14 @@ from .messages import flatten, format_problems
 from .redact import REDACTED, SECRET_HEADER, redacted, url_without_password
 from .schema import SCHEMA, Validator
 from .types import (
-    STRATEGIES, ApiKey, BackendConfig, Config, ConfigError, EngineConfig, Fallback, HealthConfig,
+    ENGINE_PRIORITY_KINDS, PRIORITIES, STRATEGIES, ApiKey, BackendConfig, Budget, Config, ConfigError, EngineConfig, Fallback, HealthConfig,
     Problem, QueueConfig, RetryConfig, RouteConfig, ServerConfig, StateConfig, Timeouts,
     TracingConfig, backend,
 )
 from .source import interpolate, parse, plain
 
 __all__ = [
-    "STRATEGIES", "ApiKey", "BackendConfig", "Config", "ConfigError", "EngineConfig", "Fallback",
+    "ENGINE_PRIORITY_KINDS", "PRIORITIES", "STRATEGIES", "ApiKey", "BackendConfig", "Budget", "Config", "ConfigError", "EngineConfig", "Fallback",
     "HealthConfig", "QueueConfig", "RetryConfig", "RouteConfig", "ServerConfig", "StateConfig",
     "Timeouts", "TracingConfig", "backend",
     "load_config", "load_config_text", "check", "redacted", "url_without_password",

@@ -12,7 +12,7 @@ import cerberus
 from cerberus import errors as cerberus_errors
 
 from .redact import url_without_password
-from .types import STRATEGIES
+from .types import PRIORITIES, STRATEGIES
 from .source import EnvStr, describe
 from .kinds import CAPABILITIES, KINDS
 
@@ -49,6 +49,7 @@ _BACKEND = {
     "headers": {"type": "dict", "nullable": True, "check_with": "headers"},
     "health_path": _string(check_with="health_path"),
     "timeouts": _section({t: _number(gt=0) for t in ("connect_s", "first_byte_s", "idle_s")}),
+    "engine_priority": {"type": "boolean", "coerce": "env_boolean", "nullable": True},
 }
 
 _ROUTE = {
@@ -63,6 +64,11 @@ _API_KEY = {
     "models": {"type": "list", "empty": False, "schema": _string()},
     "rpm": _integer(gt=0, nullable=True),
     "tpm": _integer(gt=0, nullable=True),
+    "priority": _string(allowed=list(PRIORITIES)),
+    "share": _number(gt=0),
+    "max_concurrency": _integer(min=1, nullable=True),
+    "budget": _section({"tokens_per_day": _integer(gt=0, nullable=True),
+                        "tokens_per_month": _integer(gt=0, nullable=True)}),
 }
 
 SCHEMA = {
@@ -89,7 +95,8 @@ SCHEMA = {
         "max_cooldown_s": _number(gt=0),
     }),
     "retries": _section({"attempts": _integer(min=0), "deadline_s": _number(gt=0)}),
-    "queue": _section({"max_wait_s": _number(min=0), "max_size": _integer(min=0)}),
+    "queue": _section({"max_wait_s": _number(min=0), "max_size": _integer(min=0),
+                       "promote_after_s": _number(gt=0)}),
     "auth": _section({"keys": _list_of({"type": "dict", "schema": _API_KEY})}),
     "engine": _section({
         "interval_s": _number(gt=0),
@@ -102,7 +109,7 @@ SCHEMA = {
         "sample_ratio": _number(min=0, max=1),
         "service_name": _string(),
     }),
-    "state": _section({"redis": _string(check_with="redis_url")}),
+    "state": _section({"redis": _string(check_with="redis_url"), "sqlite": _string()}),
 }
 
 _BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
