@@ -33,6 +33,8 @@ TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 # Decode speed per token: 1 ms (fast small models) to 1 s (overloaded CPU runtimes).
 TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1)
+# Time spent in the waiting room: from a moment to queue.max_wait_s (and longer settings).
+QUEUE_WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 # The gateway's own cost per request: tens of microseconds when all is well.
 OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                     0.05, 0.1)
@@ -46,6 +48,8 @@ ENGINE_GAUGES = ("gateway_backend_queue_depth", "gateway_backend_running_request
 # Gauges labelled by backend: a removed backend's files cannot be edited, so a scrape
 # leaves out the backends the scraping worker's config no longer has.
 PER_BACKEND_GAUGES = ("gateway_in_flight_requests", "gateway_backend_up", *ENGINE_GAUGES)
+# The request classes, by index (config.PRIORITIES), as the `priority` label.
+CLASS_NAMES = ("interactive", "standard", "batch")
 
 
 class Metrics:
@@ -99,10 +103,28 @@ class Metrics:
         self.config_reloads = Counter(
             "gateway_config_reloads", "Config reloads, by result.",
             ["result"], registry=r)
-        # `key` is a configured key's name, never the key itself.
+        # `key` is a configured key's name ("" without auth), never the key itself.
         self.key_requests = Counter(
-            "gateway_key_requests", "Requests per client key, by final status.",
-            ["key", "status"], registry=r)
+            "gateway_key_requests", "Requests per client key, by model and final status.",
+            ["key", "model", "status"], registry=r)
+        self.key_tokens = Counter(
+            "gateway_key_tokens", "Tokens per client key, as reported by the runtime's usage.",
+            ["key", "model", "type"], registry=r)
+        self.key_in_flight = Gauge(
+            "gateway_key_in_flight", "A client key's requests sent and not yet ended.",
+            ["key"], registry=r, multiprocess_mode="livesum")
+        # Every worker reads the same shared counts: the latest reading, not a sum.
+        self.key_budget_remaining = Gauge(
+            "gateway_key_budget_remaining_tokens",
+            "Tokens left in a client key's budget for the UTC day or month.",
+            ["key", "period"], registry=r, multiprocess_mode="livemostrecent")
+        self.queue_depth = Gauge(
+            "gateway_queue_depth", "Requests waiting in the gateway's queue, by their class.",
+            ["model", "priority"], registry=r, multiprocess_mode="livesum")
+        self.queue_wait_seconds = Histogram(
+            "gateway_queue_wait_seconds",
+            "Time requests that waited spent in the gateway's queue, by their class.",
+            ["model", "priority"], buckets=QUEUE_WAIT_BUCKETS, registry=r)
         self.rate_limited = Counter(
             "gateway_rate_limited", "Requests refused by a client key's rate limit.",
             ["key", "limit"], registry=r)
@@ -145,6 +167,23 @@ class Metrics:
         requests pay no gauge update: a multiprocess gauge cannot read a function."""
         self._child(self.in_flight, name).set(value)
 
+    def queue_depth_step(self, model: str, cls: int, step: int) -> None:
+        self._child(self.queue_depth, model, CLASS_NAMES[cls]).inc(step)
+
+    def queue_wait(self, model: str, cls: int, seconds: float) -> None:
+        self._child(self.queue_wait_seconds, model, CLASS_NAMES[cls]).observe(seconds)
+
+    def publish_keys(self, tenants: Any, queue: Any) -> None:
+        """Per-key gauges, written when scraped (and each second under --workers)."""
+        budgets = tenants.budgets
+        for key, state in tenants.entries():
+            self._child(self.key_in_flight, state.name).set(state.in_flight)
+            if key is None or key.budget is None:
+                continue
+            for period, left in zip(("day", "month"), budgets.left(key.name, key.budget)):
+                if left is not None:
+                    self._child(self.key_budget_remaining, key.name, period).set(left)
+
     def set_engine(self, gauge: Gauge, name: str, value: float | None) -> None:
         """One engine gauge of a backend; None: no series (never a made-up 0). A series
         cannot be removed from the multiprocess files: NaN stands for none there, and
@@ -181,8 +220,9 @@ class Metrics:
     def record_request(self, rec: RequestRecord, duration: float) -> None:
         model, backend, child = rec.model, rec.backend, self._child
         child(self.requests, model, backend, rec.endpoint, str(rec.status)).inc()
-        if rec.key_name:
-            child(self.key_requests, rec.key_name, str(rec.status)).inc()
+        ticket = rec.ticket
+        if ticket is not None:
+            child(self.key_requests, ticket.key.name, model, str(rec.status)).inc()
         child(self.duration, model, backend, rec.endpoint).observe(duration)
         child(self.overhead, rec.endpoint).observe(max(0.0, duration - rec.upstream_wait))
         if rec.aborted:
@@ -199,8 +239,12 @@ class Metrics:
         completion = usage.get("completion_tokens")
         if isinstance(prompt, int) and prompt > 0:
             child(self.tokens, model, backend, "prompt").inc(prompt)
+            if ticket is not None:
+                child(self.key_tokens, ticket.key.name, model, "prompt").inc(prompt)
         if isinstance(completion, int) and completion > 0:
             child(self.tokens, model, backend, "completion").inc(completion)
+            if ticket is not None:
+                child(self.key_tokens, ticket.key.name, model, "completion").inc(completion)
             if (rec.stream and completion > 1 and rec.first_token_at is not None
                     and rec.last_token_at is not None):
                 child(self.tpot, model, backend).observe(

@@ -39,7 +39,7 @@ def upstream_request_id(request_id: str) -> str:
 class RequestRecord:
     __slots__ = ("request_id", "upstream_id", "endpoint", "api", "after_send", "model", "backend", "status", "started",
                  "upstream_wait", "first_token_at", "last_token_at", "usage", "stream",
-                 "retries", "fallback", "key_name", "error", "aborted", "trace")
+                 "retries", "fallback", "key_name", "error", "aborted", "trace", "ticket")
 
     def __init__(self, request_id: str, endpoint: str) -> None:
         self.request_id = request_id
@@ -63,6 +63,7 @@ class RequestRecord:
         self.error: str | None = None
         self.aborted: str | None = None   # why a stream ended early
         self.trace: Any = None            # a tracing.spans.RequestTrace while tracing is on
+        self.ticket: Any = None           # its dispatch.scheduler.Ticket: key, class, slot
 
     def id_for_runtimes(self) -> str:
         """The X-Request-ID every try of this request sends upstream."""

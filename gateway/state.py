@@ -15,6 +15,7 @@ from .dispatch import BackendState, Dispatcher, RouteTable
 from .server.drain import Drain
 from .metrics import Metrics
 from .limits.buckets import Limiter
+from .limits.tenants import Tenants
 from .runtimes import make_runtime
 from .runtimes.http import Transport
 
@@ -24,13 +25,14 @@ if TYPE_CHECKING:
 
 class Gateway:
     def __init__(self, config: Config, transport: Transport, metrics: Metrics,
-                 limiter: Limiter | None = None) -> None:
+                 limiter: Limiter | None = None, tenants: Tenants | None = None) -> None:
         self.transport = transport
         self.metrics = metrics
         self.dispatcher = Dispatcher(metrics)
         self.states: dict[str, BackendState] = {}
         self.drain = Drain()
         self.limiter = limiter or Limiter()   # limits.py: shared across workers or replicas
+        self.tenants = tenants or Tenants()   # keys' classes, shares, slots, budgets
         self.last_reload_error = None   # a reload.ReloadResult while the file is invalid
         self.tracing: Tracing | None = None   # set while tracing runs (gateway/tracing)
         self.last_reload = None         # the last successful reload.ReloadResult
@@ -52,11 +54,15 @@ class Gateway:
                 states[name] = old
             else:
                 states[name] = BackendState(backend, runtime)
+            shared = self.tenants.shared   # --workers: max_concurrency for the server
+            if shared is not None and backend.max_concurrency and states[name].shared is None:
+                states[name].shared = shared.counter("backend:" + name)
         for name in self.states.keys() - states.keys():
             self.metrics.forget_backend(name)
         table = RouteTable(config, states, getattr(self, "table", None))
         self.keys = KeyRing(config.auth_keys)
         self.limiter.apply(config.auth_keys)   # a key whose name stays keeps its buckets
+        self.tenants.apply(config.auth_keys)   # ...and its served count and slots
         self.config, self.states, self.table = config, states, table
         self.publish_backend_up()
 
@@ -64,6 +70,10 @@ class Gateway:
         """Copied into the gauge when scraped: no gauge update on every request."""
         for state in self.states.values():
             self.metrics.set_in_flight(state.name, state.in_flight)
+
+    def publish_keys(self) -> None:
+        """The per-key and queue gauges, copied in when scraped (as in-flight counts)."""
+        self.metrics.publish_keys(self.tenants, self.dispatcher.queue)
 
     def publish_backend_up(self) -> None:
         for state in self.states.values():

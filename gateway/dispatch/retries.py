@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Mapping, Protocol
 
 from ..config import BackendConfig, Config, HealthConfig
 from ..endpoints import BYTES, Endpoint
-from ..errors import (DeadlineExceeded, NoHealthyBackend, Reason, UpstreamError,
+from ..errors import (DeadlineExceeded, Reason, UpstreamError,
                       UpstreamStatus, UpstreamTimeout)
 from ..metrics import Metrics
 from ..record import RequestRecord
@@ -26,11 +26,12 @@ from ..api.forms import body_for
 from ..relay.chat import has_data_line, model_patterns
 from ..relay.events import stream_error
 from ..routing import RouteRequest
+from ..runtimes.priority import engine_priority
 from ..runtimes.scrub import scrub_text
 from . import ejection
 from .backend import BackendState
 from .outcome import give_up
-from .queue import CapacityQueue
+from .scheduler import FULL, STANDARD, KeyState, Scheduler, Ticket
 from .pool import Pool
 from .table import RouteTable
 from .fallbacks import Stage
@@ -81,13 +82,13 @@ class TryPlan(Protocol):
 
 
 # What Dispatcher._choose returns when every backend it could pick is at max_concurrency.
-AT_CAPACITY: Any = object()
+AT_CAPACITY: Any = FULL
 
 
 class Dispatcher:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self.queue = CapacityQueue()
+        self.queue = Scheduler(metrics)   # scheduler.py: who goes next when full
 
     # -- the walk ------------------------------------------------------------
 
@@ -106,6 +107,8 @@ class Dispatcher:
         capable_seen = False
         stages = ((Stage(pool.model, pool, (pinned,), 1),) if pinned is not None
                   else table.stages(pool))
+        if rec.ticket is not None and (refusal := rec.ticket.refusal()) is not None:
+            raise refusal   # its key's budget is spent (checked again if it waits)
         for index, stage in enumerate(stages):
             capable = stage.capable(capability)
             if plan is not None:
@@ -115,10 +118,13 @@ class Dispatcher:
             last_stage = index == len(stages) - 1
             while tries > 0:
                 desperate = last_stage   # nothing left after this stage: try the ejected
-                backend = self._choose(cfg, stage, capable, tried, route, desperate)
+                backend = (self._choose(cfg, stage, capable, tried, route, desperate)
+                           if self.queue.may_skip(rec.ticket, stage.public) else AT_CAPACITY)
                 if backend is AT_CAPACITY:
                     backend = await self._queue_for(cfg, stage, capable, tried, route,
-                                                    deadline, desperate)
+                                                    deadline, desperate, rec.ticket)
+                elif backend is not None and rec.ticket is not None:
+                    rec.ticket.take()   # one of its key's slots, until the request ends
                 if backend is None:
                     break
                 if rec.trace is not None:
@@ -174,22 +180,29 @@ class Dispatcher:
 
     async def _queue_for(self, cfg: Config, stage: Stage, capable: tuple[BackendState, ...],
                          tried: set[str], route: RouteRequest, deadline: float,
-                         desperate: bool) -> BackendState | None:
-        """Wait in the queue until `_choose` finds a backend below its cap, or refuse."""
+                         desperate: bool, ticket: Ticket | None) -> BackendState | None:
+        """Wait in the scheduler (scheduler.py) until it is this request's turn and
+        `_choose` finds a backend with room, or refuse."""
         loop = asyncio.get_running_loop()
-        queue_deadline = min(deadline, loop.time() + cfg.queue.max_wait_s)
-        while True:
-            remaining = queue_deadline - loop.time()
-            if self.queue.waiting >= cfg.queue.max_size or remaining <= 0:
-                raise NoHealthyBackend("every backend of this model is at its concurrency "
-                                       "limit or saturated; try again shortly", retry_after=1)
-            if not await self.queue.wait(remaining):
-                raise NoHealthyBackend("every backend of this model stayed at its concurrency "
-                                       "limit or saturated for the whole queue wait",
-                                       retry_after=1)
+        timeout = min(deadline, loop.time() + cfg.queue.max_wait_s) - loop.time()
+
+        def pick() -> Any:
             backend = self._choose(cfg, stage, capable, tried, route, desperate)
-            if backend is not AT_CAPACITY:
-                return backend
+            if backend is not AT_CAPACITY and backend is not None:
+                backend.in_flight += 1   # held for this waiter until it sends (_try)
+            return backend
+
+        def undo(backend: BackendState) -> None:
+            backend.in_flight -= 1
+            self.queue.notify()
+
+        backend = await self.queue.wait(
+            ticket or Ticket(KeyState(""), STANDARD), stage.public,
+            stage.public if not tried else object(), pick, timeout, cfg.queue.max_size,
+            cfg.queue.promote_after_s, undo)
+        if backend is not None:
+            backend.in_flight -= 1       # _try counts it again before it awaits anything
+        return backend
 
     @staticmethod
     def _soonest(backends: list[BackendState], now: float) -> BackendState | None:
@@ -214,6 +227,8 @@ class Dispatcher:
             drop_usage = not asked
             body["stream_options"] = {**(options if isinstance(options, dict) else {}),
                                       "include_usage": True}
+        if bcfg.engine_priority and rec.ticket is not None and isinstance(body, dict):
+            body["priority"] = engine_priority(bcfg.kind, rec.ticket.cls)
         # What the backend was busy with when this try was placed: least_latency's
         # estimate is the time to first token per unit of that load (backend.py).
         busy = backend.load + 1 if endpoint.prompt_field is not None else 1

@@ -15,6 +15,9 @@ from ..config import Config
 from ..metrics import Metrics
 from ..workers.rundir import RunDir
 from .buckets import Limiter
+from .budgets import Budgets
+from .budget_store import make_store
+from .tenants import Tenants
 
 
 def make_limiter(config: Config, run_dir: RunDir | None, metrics: Metrics) -> Limiter:
@@ -27,3 +30,13 @@ def make_limiter(config: Config, run_dir: RunDir | None, metrics: Metrics) -> Li
         return local
     from .on_redis import RedisLimiter   # the only import of `redis`
     return RedisLimiter(config.state.redis, local, metrics)   # type: ignore[return-value]
+
+
+def make_tenants(config: Config, run_dir: RunDir | None) -> Tenants:
+    """The keys' scheduling state and budgets; under --workers, key slots counted for
+    the whole server in the workers' shared file (limits/concurrency.py)."""
+    tenants = Tenants(Budgets(make_store(config)))
+    if run_dir is not None:
+        from .concurrency import SharedCounts
+        tenants.shared = SharedCounts(run_dir.file("concurrency.bin"))
+    return tenants
