@@ -51,26 +51,60 @@ class Budgets:
         self.store = store
         self.clock = clock
         self._totals: dict[tuple[str, str], int] = {}    # (key, period id) -> the store's
-        self._pending: dict[tuple[str, str], int] = {}   # (key, period id) -> not written
+        self._closed: dict[tuple[str, str], int] = {}    # not written, of periods now ended
+        self._pending: dict[str, int] = {}               # key -> not written, this period
+        self._writing: dict[tuple[str, str], int] = {}   # the batch a flush is writing now
         self._names: set[str] = set()
         self._task: asyncio.Task | None = None
         self._failing = False
+        self._periods: tuple[str, str] = ("", "")
+        self._periods_until = 0.0   # when the cached day ends: one gmtime a day, not a request
 
     def watch(self, names: Iterable[str]) -> None:
         """The keys whose totals each flush reads back (a reload's key list)."""
         self._names = set(names)
 
+    def periods(self) -> tuple[str, str]:
+        """The current UTC day and month ids; a new day sets what is pending aside under
+        the day that ended, so the next flush writes it there."""
+        now = self.clock()
+        if now >= self._periods_until or now < self._periods_until - 86400:
+            self._close(self._periods)
+            self._periods = period_ids(now)
+            self._periods_until = now + seconds_left(now, "day")
+        return self._periods
+
     def add(self, name: str, tokens: int) -> None:
+        """One request's tokens: a dict update (the periods are checked once a day)."""
         if tokens <= 0:
             return
-        for period in period_ids(self.clock()):
-            self._pending[(name, period)] = self._pending.get((name, period), 0) + tokens
+        if self.clock() >= self._periods_until:
+            self.periods()
+        pending = self._pending
+        pending[name] = pending.get(name, 0) + tokens
 
     def used(self, name: str) -> tuple[int, int]:
         """Tokens `name` used this UTC day and this month."""
-        day, month = period_ids(self.clock())
-        return (self._totals.get((name, day), 0) + self._pending.get((name, day), 0),
-                self._totals.get((name, month), 0) + self._pending.get((name, month), 0))
+        day, month = self.periods()
+        pending = self._pending.get(name, 0)
+        return tuple(self._totals.get((name, p), 0) + self._closed.get((name, p), 0) +
+                     self._writing.get((name, p), 0) + pending
+                     for p in (day, month))   # type: ignore[return-value]
+
+    def _close(self, periods: tuple[str, str]) -> None:
+        if not periods[0]:
+            return
+        closed = self._closed
+        for name, tokens in self._pending.items():
+            for period in periods:
+                closed[(name, period)] = closed.get((name, period), 0) + tokens
+        self._pending = {}
+
+    def _batch(self) -> dict[tuple[str, str], int]:
+        """Everything not written yet, by (key, period id); taken out of the counts."""
+        self._close(self.periods())
+        batch, self._closed = self._closed, {}
+        return batch
 
     def left(self, name: str, budget: Budget | None) -> tuple[int | None, int | None]:
         if budget is None:
@@ -109,13 +143,14 @@ class Budgets:
 
     async def flush(self) -> None:
         """Write what is pending in one batch, then take the store's totals."""
-        pending, self._pending = self._pending, {}
-        periods = period_ids(self.clock())
+        batch = self._writing = self._batch()
+        periods = self.periods()
         try:
-            totals = await self.store.add_and_read(pending, self._names, periods)
+            totals = await self.store.add_and_read(batch, self._names, periods)
         except Exception as exc:   # the store's own errors vary (sqlite3, redis, OSError)
-            for k, v in pending.items():   # kept for the next flush, not lost
-                self._pending[k] = self._pending.get(k, 0) + v
+            self._writing = {}
+            for k, v in batch.items():   # kept for the next flush, not lost
+                self._closed[k] = self._closed.get(k, 0) + v
             if not self._failing:
                 server_logger.warning("budget counts: the state store failed (%s: %s); "
                                       "kept in memory until it works again",
@@ -125,7 +160,7 @@ class Budgets:
         if self._failing:
             server_logger.info("budget counts: the state store works again")
         self._failing = False
-        self._totals = totals
+        self._totals, self._writing = totals, {}
 
     async def _flushing(self) -> None:
         while True:
