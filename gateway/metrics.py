@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 
+from .config import PRIORITIES
 from .record import RequestRecord
 
 # Time to first token: from a cached 10 ms answer to a 60 s queue on a busy GPU.
@@ -48,8 +49,6 @@ ENGINE_GAUGES = ("gateway_backend_queue_depth", "gateway_backend_running_request
 # Gauges labelled by backend: a removed backend's files cannot be edited, so a scrape
 # leaves out the backends the scraping worker's config no longer has.
 PER_BACKEND_GAUGES = ("gateway_in_flight_requests", "gateway_backend_up", *ENGINE_GAUGES)
-# The request classes, by index (config.PRIORITIES), as the `priority` label.
-CLASS_NAMES = ("interactive", "standard", "batch")
 
 
 class Metrics:
@@ -168,10 +167,10 @@ class Metrics:
         self._child(self.in_flight, name).set(value)
 
     def queue_depth_step(self, model: str, cls: int, step: int) -> None:
-        self._child(self.queue_depth, model, CLASS_NAMES[cls]).inc(step)
+        self._child(self.queue_depth, model, PRIORITIES[cls]).inc(step)
 
     def queue_wait(self, model: str, cls: int, seconds: float) -> None:
-        self._child(self.queue_wait_seconds, model, CLASS_NAMES[cls]).observe(seconds)
+        self._child(self.queue_wait_seconds, model, PRIORITIES[cls]).observe(seconds)
 
     def publish_keys(self, tenants: Any, queue: Any) -> None:
         """Per-key gauges, written when scraped (and each second under --workers)."""

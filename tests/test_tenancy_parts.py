@@ -87,3 +87,19 @@ def test_classes_from_the_header_and_service_tier():
     assert err.value.param == "X-Priority"
     assert [tier_class(v) for v in ("flex", "priority", "auto", "default", 3, None)] == [
         2, 0, None, None, None, None]
+
+
+def test_the_readmes_worked_example_is_a_valid_config():
+    from pathlib import Path
+
+    from gateway.config import load_config_text
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Sharing the fleet", 1)[1]
+    text = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    env = {name: f"sk-{name.lower()}" for name in
+           ("CHAT_UI_KEY", "TEAM_A_KEY", "TEAM_B_KEY", "NIGHTLY_KEY")}
+    cfg = load_config_text(text, env)
+    keys = {k.name: k for k in cfg.auth_keys}
+    assert keys["chat-ui"].priority == "interactive" and keys["chat-ui"].share == 3
+    assert keys["team-a"].budget == Budget(tokens_per_day=5000000)
+    assert cfg.backends["gpu-a"].engine_priority and cfg.queue.promote_after_s == 30

@@ -4,15 +4,16 @@ its tokens this UTC day and month, and its budget with what is left. Never the k
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..config import ApiKey
+from ..config import PRIORITIES, ApiKey
 from ..dispatch.scheduler import KeyState
-from ..metrics import CLASS_NAMES
-from ..state import Gateway
 from ..typedefs import GATEWAY
+
+if TYPE_CHECKING:
+    from ..state import Gateway
 from .admin import require_admin
 from .keys import client_key
 
@@ -38,7 +39,7 @@ def entry(gateway: Gateway, key: ApiKey | None, state: KeyState) -> dict[str, An
     in_flight = state.shared.value() if state.shared is not None else state.in_flight
     return {
         "name": state.name,
-        "priority": CLASS_NAMES[state.cls],
+        "priority": PRIORITIES[state.cls],
         "share": key.share if key is not None else 1,
         "models": list(key.models) if key is not None else ["*"],
         "rpm": key.rpm if key is not None else None,
