@@ -56,7 +56,7 @@ class Gateway:
                 states[name] = BackendState(backend, runtime)
             shared = self.tenants.shared   # --workers: max_concurrency for the server
             if shared is not None and backend.max_concurrency and states[name].shared is None:
-                states[name].shared = shared.counter("backend:" + name)
+                states[name].count_shared(shared.counter("backend:" + name))
         for name in self.states.keys() - states.keys():
             self.metrics.forget_backend(name)
         table = RouteTable(config, states, getattr(self, "table", None))

@@ -111,7 +111,8 @@ def _gateway_config(port: int, fake_port: int, dead_port: int) -> dict:
             {"name": "team-a", "key": KEY, "models": ["*"]},
             # Two requests a minute: the rest of its traffic is rate limited.
             {"name": "tiny", "key": TINY_KEY, "models": ["*"], "rpm": 2},
-            {"name": "nightly", "key": NIGHTLY_KEY, "models": ["*"], "priority": "batch"},
+            {"name": "nightly", "key": NIGHTLY_KEY, "models": ["*"], "priority": "batch",
+             "budget": {"tokens_per_day": 10 ** 9}},
         ]},
     }
 
@@ -121,6 +122,7 @@ class Gateway(Proc):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.config = _gateway_config(self.port, fake_port, free_port())
+        self.config["state"] = {"sqlite": str(tmp / "state.sqlite")}   # the budget's counts
         self.config_path = tmp / "gateway.yaml"
         self.write_config()
         env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}

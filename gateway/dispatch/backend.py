@@ -64,6 +64,13 @@ class BackendState:
             self.shared.add(value - self._in_flight)
         self._in_flight = value
 
+    def count_shared(self, counter: Any) -> None:
+        """Count in the server's count from now on (a reload may set max_concurrency while
+        requests run: they are added, so that their ends do not take from the others')."""
+        if counter is not None:
+            counter.add(self._in_flight)
+        self.shared = counter
+
     @property
     def at_capacity(self) -> bool:
         cap = self.config.max_concurrency

@@ -38,7 +38,10 @@ class Tenants:
             state.cap = key.max_concurrency
             state.budget = KeyBudget(self.budgets, key) if key.budget is not None else None
             if self.shared is not None and state.shared is None:
-                state.shared = self.shared.counter("key:" + key.name)
+                counter = self.shared.counter("key:" + key.name)
+                if counter is not None:
+                    counter.add(state.in_flight)   # its requests already running count too
+                state.shared = counter
             states[key.name] = state
             self._keys[key.name] = key
         self._states = states
