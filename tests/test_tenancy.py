@@ -404,3 +404,30 @@ async def test_admin_keys_lists_every_key(aiohttp_client, holding):
                                     "max_concurrency", "in_flight", "queued", "tokens",
                                     "budget"}
     assert "sk-a" not in await resp.text()
+
+
+async def test_a_full_queue_refuses_at_once(aiohttp_client, holding):
+    fake, client = await start(aiohttp_client, holding, A,
+                               queue=QueueConfig(max_wait_s=30, max_size=1))
+    tasks = [await send(client, A, "occupies"), await send(client, A, "waits")]
+    refused = await client.post("/v1/chat/completions", json=chat("third"), headers=bearer(A))
+    assert refused.status == 503 and "queue is full" in (await refused.json())["error"]["message"]
+    assert await drain(fake, tasks, client) == ["occupies", "waits"]
+
+
+async def test_a_reload_keeps_what_a_key_was_served_and_its_slots(aiohttp_client, holding):
+    capped = ApiKey("capped", "sk-cap", max_concurrency=1)
+    fake, client = await start(aiohttp_client, holding, capped, B, cap=None,
+                               queue=QueueConfig(max_wait_s=0.3))
+    first = await send(client, capped, "one")
+    gateway = _gateway(client)
+    served = gateway.tenants.entry_of(capped)[1].served
+    gateway.apply(type(gateway.config)(**{**gateway.config.__dict__,
+                                          "auth_keys": (capped, B, A)}))
+    state = gateway.tenants.entry_of(capped)[1]
+    assert state.served == served and state.in_flight == 1
+    refused = await client.post("/v1/chat/completions", json=chat("two"),
+                                headers=bearer(capped))
+    assert refused.status == 429
+    fake.release_all()
+    assert (await first).status == 200

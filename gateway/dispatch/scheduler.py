@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import math
 import time
 from typing import Any, Callable
 
@@ -159,6 +160,7 @@ class Scheduler:
         self._classes: list[dict[KeyState, list[Waiter]]] = [{} for _ in range(CLASSES)]
         self._seq = 0
         self._walking = False
+        self._next_promotion = math.inf   # the soonest a waiter moves up a class
 
     # -- the fast path -----------------------------------------------------------
 
@@ -214,15 +216,6 @@ class Scheduler:
         """Capacity may have changed: let through whoever can go now, in order."""
         if self.waiting and not self._walking:
             self._walk()
-
-    def depth(self) -> dict[tuple[str, int], int]:
-        """Waiters by (model, class): what /admin/keys and the gauges read."""
-        out: dict[tuple[str, int], int] = {}
-        for cls in self._classes:
-            for waiters in cls.values():
-                for w in waiters:
-                    out[(w.model, w.ticket.cls)] = out.get((w.model, w.ticket.cls), 0) + 1
-        return out
 
     def queued(self, key: KeyState) -> int:
         return sum(len(cls.get(key, ())) for cls in self._classes)
@@ -283,6 +276,9 @@ class Scheduler:
             waiter.future.set_result(None)
 
     def _promote(self, now: float) -> None:
+        if now < self._next_promotion:
+            return   # a walk per release: no pass over the waiters until one is due
+        self._next_promotion = math.inf
         for cls in range(1, CLASSES):
             moving = [(w, target) for waiters in self._classes[cls].values() for w in waiters
                       if (target := _due_class(w, now)) < cls]
@@ -290,6 +286,10 @@ class Scheduler:
                 self._remove(w)
                 w.cls = target
                 self._add(w)
+        for cls in range(1, CLASSES):
+            for waiters in self._classes[cls].values():
+                for w in waiters:
+                    self._due(w)
 
     # -- bookkeeping -------------------------------------------------------------
 
@@ -304,8 +304,17 @@ class Scheduler:
                 key.served = max(key.served, min(k.served for k in by_key))
             waiters = by_key[key] = []
         bisect.insort(waiters, waiter)
+        self._due(waiter)
         self.waiting += 1
         self._by_pool[waiter.model] = self._by_pool.get(waiter.model, 0) + 1
+
+    def _due(self, waiter: Waiter) -> None:
+        """Note when `waiter` next moves up a class (none once interactive)."""
+        if waiter.cls > 0:
+            steps = waiter.ticket.cls - waiter.cls + 1
+            due = waiter.since + steps * waiter.promote_s
+            if due < self._next_promotion:
+                self._next_promotion = due
 
     def _remove(self, waiter: Waiter) -> None:
         by_key = self._classes[waiter.cls]
