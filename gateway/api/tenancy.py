@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..config import PRIORITIES, ApiKey
-from ..dispatch.scheduler import KeyState
+from ..dispatch.tickets import KeyState
 from ..typedefs import GATEWAY
 
 if TYPE_CHECKING:

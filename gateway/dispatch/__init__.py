@@ -7,6 +7,7 @@
     ejection.py   passive ejection and 429 cooldowns: what real traffic says
     scheduler.py  the waiting room: who goes next when a pool or a key is full (classes,
                   fair share by tokens, FCFS per key, promotion, max_wait_s)
+    tickets.py    KeyState and Ticket: a key's scheduling state, a request's place
     retries.py    Dispatcher: the walk (tries, retries, fallbacks) to a first answer
     outcome.py    the error when the walk found no answer
 

@@ -31,7 +31,8 @@ from ..runtimes.scrub import scrub_text
 from . import ejection
 from .backend import BackendState
 from .outcome import give_up
-from .scheduler import FULL, STANDARD, KeyState, Scheduler, Ticket
+from .scheduler import FULL, Scheduler
+from .tickets import STANDARD, KeyState, Ticket
 from .pool import Pool
 from .table import RouteTable
 from .fallbacks import Stage

@@ -25,7 +25,8 @@ walk costs one pass over the waiters. A waiter let through gets its backend with
 one request already counted on it (`in_flight`), so a newcomer cannot take that
 room before the waiter runs; the dispatcher hands it back just before it sends.
 
-The fast path does not come here: a request for a pool nobody waits for, whose key
+Each request's key and class travel in its `Ticket` (tickets.py). The fast path does not
+come here: a request for a pool nobody waits for, whose key
 has room, is sent at once (`may_skip`: two dict lookups, no heap, no waiter). What
 waiters wait for is "capacity may have changed" (`notify`), not a release only, so
 a pool whose backends come back (cold pools) wakes its waiters the same way.
@@ -39,88 +40,8 @@ import math
 import time
 from typing import Any, Callable
 
-from ..config import PRIORITIES
 from ..errors import GatewayError, NoHealthyBackend, TooManyInFlight
-
-CLASSES = len(PRIORITIES)
-STANDARD = PRIORITIES.index("standard")
-# Weight of a finished request's tokens in its key's usual tokens per request.
-ESTIMATE_ALPHA = 0.2
-
-
-class KeyState:
-    """What the scheduler knows of one key; kept across reloads while its name stays."""
-
-    __slots__ = ("name", "cls", "share", "cap", "in_flight", "served", "estimate", "shared",
-                 "budget")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.cls = STANDARD
-        self.share = 1.0
-        self.cap: int | None = None
-        self.in_flight = 0             # this process's requests sent and not yet ended
-        self.served = 0.0              # tokens served / share (virtual time)
-        self.estimate = 1.0            # usual tokens per request, charged ahead
-        self.shared: Any = None        # a limits/concurrency.py counter under --workers
-        self.budget: Any = None        # a limits/budgets.py KeyBudget, None without one
-
-    def has_room(self) -> bool:
-        cap = self.cap
-        if cap is None:
-            return True
-        if self.shared is not None:
-            return self.shared.value() < cap
-        return self.in_flight < cap
-
-
-class Ticket:
-    """One request's place: its key, its class, whether it holds one of the key's slots."""
-
-    __slots__ = ("key", "cls", "holding", "charged")
-
-    def __init__(self, key: KeyState, cls: int) -> None:
-        self.key = key
-        self.cls = cls
-        self.holding = False
-        self.charged = 0.0
-
-    def lower(self, cls: int) -> None:
-        """The client asked for a class: it may lower its own, never raise it."""
-        if cls > self.cls:
-            self.cls = cls
-
-    def refusal(self) -> GatewayError | None:
-        """Why this request may not be sent now (its key's budget is spent), or None."""
-        budget = self.key.budget
-        return budget.refusal() if budget is not None else None
-
-    def take(self) -> None:
-        """The request is sent: one of its key's slots, and its usual tokens charged."""
-        if self.holding:
-            return
-        key = self.key
-        self.holding = True
-        key.in_flight += 1
-        if key.shared is not None:
-            key.shared.add(1)
-        self.charged = key.estimate
-        key.served += key.estimate / key.share
-
-    def done(self, tokens: int) -> bool:
-        """The request ended having used `tokens`; True when it gave a slot back."""
-        if not self.holding:
-            return False
-        key = self.key
-        self.holding = False
-        key.in_flight -= 1
-        if key.shared is not None:
-            key.shared.add(-1)
-        key.served += (tokens - self.charged) / key.share
-        if tokens:
-            key.estimate += ESTIMATE_ALPHA * (tokens - key.estimate)
-        return True
-
+from .tickets import CLASSES, KeyState, Ticket
 
 class Waiter:
     __slots__ = ("ticket", "cls", "seq", "since", "promote_s", "pool", "model", "pick",

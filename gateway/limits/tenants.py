@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ..config import ApiKey
-from ..dispatch.scheduler import KeyState, Ticket
+from ..dispatch.tickets import KeyState, Ticket
 from .budgets import Budgets, KeyBudget
 from .buckets import usage_tokens
 from .classes import CLASS_OF, header_class
