@@ -25,11 +25,19 @@ walk costs one pass over the waiters. A waiter let through gets its backend with
 one request already counted on it (`in_flight`), so a newcomer cannot take that
 room before the waiter runs; the dispatcher hands it back just before it sends.
 
-Each request's key and class travel in its `Ticket` (tickets.py). The fast path does not
-come here: a request for a pool nobody waits for, whose key
-has room, is sent at once (`may_skip`: two dict lookups, no heap, no waiter). What
-waiters wait for is "capacity may have changed" (`notify`), not a release only, so
-a pool whose backends come back (cold pools) wakes its waiters the same way.
+Each request's key and class travel in its `Ticket` (tickets.py). The fast path does
+not come here: a request for a pool nobody waits for, whose key has room, is sent at
+once (`may_skip`: two dict lookups, no waiter made, no waiter looked at).
+
+What waiters wait for is "capacity may have changed" (`notify`), not a release only:
+whatever makes a pool usable again calls `notify`, and a waiter's pick answers FULL
+(keep waiting), a backend (go), or None (nothing left to wait for: give up). A pool
+that waits for a backend to exist at all (a cold pool) is a pick that answers FULL
+while none is available, and a `notify` when one becomes so.
+
+Under `--workers N` each worker orders its own waiters; the counts that say whether
+there is room are the server's (limits/concurrency.py), and room another worker gave
+back is looked for every 20 ms while anything waits (app.py).
 """
 
 from __future__ import annotations
