@@ -132,6 +132,7 @@ async def _in_flight_gauges(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(refresh())
     yield
     task.cancel()
+    gateway.publish_keys()   # the last second's per-key counts
 
 
 def _add_routes(app: web.Application, config: Config) -> None:

@@ -150,6 +150,11 @@ class Metrics:
         # Label children of the per-request metrics, by (metric, label values): .labels()
         # takes a lock and re-validates every value, a dict lookup does neither.
         self._children: dict[tuple, Any] = {}
+        # The per-key counters' increments since they were last copied in (publish_keys):
+        # a request adds to a dict, the counters are written when scraped (and each
+        # second under --workers), as the in-flight gauges are.
+        self._key_requests: dict[tuple[str, str, str], int] = {}
+        self._key_tokens: dict[tuple[str, str, str], int] = {}
 
     @property
     def state_backend_up(self) -> Gauge:
@@ -173,7 +178,12 @@ class Metrics:
         self._child(self.queue_wait_seconds, model, PRIORITIES[cls]).observe(seconds)
 
     def publish_keys(self, tenants: Any, queue: Any) -> None:
-        """Per-key gauges, written when scraped (and each second under --workers)."""
+        """Per-key metrics, written when scraped (and each second under --workers)."""
+        for counts, counter in ((self._key_requests, self.key_requests),
+                                (self._key_tokens, self.key_tokens)):
+            for labels, n in counts.items():
+                self._child(counter, *labels).inc(n)
+            counts.clear()
         budgets = tenants.budgets
         for key, state in tenants.entries():
             self._child(self.key_in_flight, state.name).set(state.in_flight)
@@ -218,10 +228,14 @@ class Metrics:
 
     def record_request(self, rec: RequestRecord, duration: float) -> None:
         model, backend, child = rec.model, rec.backend, self._child
-        child(self.requests, model, backend, rec.endpoint, str(rec.status)).inc()
         ticket = rec.ticket
-        if ticket is not None:
-            child(self.key_requests, ticket.key.name, model, str(rec.status)).inc()
+        key = ticket.key.name if ticket is not None else None
+        status = str(rec.status)
+        child(self.requests, model, backend, rec.endpoint, status).inc()
+        if key is not None:
+            counts = self._key_requests
+            labels = (key, model, status)
+            counts[labels] = counts.get(labels, 0) + 1
         child(self.duration, model, backend, rec.endpoint).observe(duration)
         child(self.overhead, rec.endpoint).observe(max(0.0, duration - rec.upstream_wait))
         if rec.aborted:
@@ -236,14 +250,17 @@ class Metrics:
             return
         prompt = usage.get("prompt_tokens")
         completion = usage.get("completion_tokens")
+        key_tokens = self._key_tokens
         if isinstance(prompt, int) and prompt > 0:
             child(self.tokens, model, backend, "prompt").inc(prompt)
-            if ticket is not None:
-                child(self.key_tokens, ticket.key.name, model, "prompt").inc(prompt)
+            if key is not None:
+                labels = (key, model, "prompt")
+                key_tokens[labels] = key_tokens.get(labels, 0) + prompt
         if isinstance(completion, int) and completion > 0:
             child(self.tokens, model, backend, "completion").inc(completion)
-            if ticket is not None:
-                child(self.key_tokens, ticket.key.name, model, "completion").inc(completion)
+            if key is not None:
+                labels = (key, model, "completion")
+                key_tokens[labels] = key_tokens.get(labels, 0) + completion
             if (rec.stream and completion > 1 and rec.first_token_at is not None
                     and rec.last_token_at is not None):
                 child(self.tpot, model, backend).observe(
