@@ -9,7 +9,7 @@ import aiohttp_cors
 from aiohttp import hdrs, web
 
 from .log import AccessLog
-from .api import admin, info
+from .api import admin, info, tenancy
 from .api.middleware import gateway_middleware
 from .api.messages import messages
 from .api.proxy import proxy
@@ -21,7 +21,7 @@ from .endpoints import ENDPOINTS, ErrorShape
 from .health.scraper import engine_scrapes
 from .health.checks import health_checks
 from .workers.leader import Leader
-from .limits import make_limiter
+from .limits import make_limiter, make_tenants
 from .metrics import Metrics
 from .reload import config_watch
 from .workers.rundir import RunDir
@@ -43,6 +43,8 @@ HEADER_TIMEOUT_S = 15.0
 HANDLERS = {ErrorShape.ANTHROPIC: messages}
 # Under --workers, how often a worker copies its in-flight counts into the shared gauge.
 IN_FLIGHT_EVERY_S = 1.0
+# Under --workers, how often a worker's queue looks for room other workers gave back.
+WAKE_EVERY_S = 0.02
 RATE_LIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{unit}" for unit in ("requests", "tokens")
                            for what in ("limit", "remaining", "reset"))
 
@@ -57,7 +59,8 @@ def create_app(config: Config, config_path: str | None = None, *,
                                         "keepalive_timeout": header_timeout_s})
     metrics = Metrics(run_dir.metrics if run_dir else None)
     app[GATEWAY] = Gateway(config, Transport(make_session()), metrics,
-                           make_limiter(config, run_dir, metrics))
+                           make_limiter(config, run_dir, metrics),
+                           make_tenants(config, run_dir))
     app[ACCESS_LOG] = access_log or AccessLog()
     app[CONVERSATIONS] = Conversations(config)
     if config_path:
@@ -67,9 +70,11 @@ def create_app(config: Config, config_path: str | None = None, *,
         app[RUN_DIR] = run_dir
         app[LEADER] = Leader(run_dir)   # health checks and engine scrapes: one worker
         app.cleanup_ctx.append(_in_flight_gauges)
+        app.cleanup_ctx.append(_other_workers_releases)
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_limiter)
     app.cleanup_ctx.append(_conversations)
+    app.cleanup_ctx.append(_budgets)
     app.cleanup_ctx.append(health_checks)
     app.cleanup_ctx.append(elastic_pools)   # after the first health round: probes its members
     app.cleanup_ctx.append(engine_scrapes)
@@ -104,6 +109,29 @@ async def _conversations(app: web.Application) -> AsyncIterator[None]:
     await app[CONVERSATIONS].close()
 
 
+async def _budgets(app: web.Application) -> AsyncIterator[None]:
+    """Budget counts: flushed to the state store in the background, the rest at exit."""
+    budgets = app[GATEWAY].tenants.budgets
+    await budgets.start()
+    yield
+    await budgets.close()
+
+
+async def _other_workers_releases(app: web.Application) -> AsyncIterator[None]:
+    """Under --workers a slot another worker gave back wakes nobody here: while requests
+    wait, the queue looks again every WAKE_EVERY_S."""
+    queue = app[GATEWAY].dispatcher.queue
+
+    async def look() -> None:
+        while True:
+            await asyncio.sleep(WAKE_EVERY_S)
+            queue.notify()
+
+    task = asyncio.create_task(look())
+    yield
+    task.cancel()
+
+
 async def _in_flight_gauges(app: web.Application) -> AsyncIterator[None]:
     """Under --workers a scrape reads every worker's files: each keeps its share fresh."""
     gateway = app[GATEWAY]
@@ -111,11 +139,13 @@ async def _in_flight_gauges(app: web.Application) -> AsyncIterator[None]:
     async def refresh() -> None:
         while True:
             gateway.publish_in_flight()
+            gateway.publish_keys()
             await asyncio.sleep(IN_FLIGHT_EVERY_S)
 
     task = asyncio.create_task(refresh())
     yield
     task.cancel()
+    gateway.publish_keys()   # the last second's per-key counts
 
 
 def _add_routes(app: web.Application, config: Config) -> None:
@@ -128,6 +158,8 @@ def _add_routes(app: web.Application, config: Config) -> None:
     app.router.add_get("/ready", info.ready)
     app.router.add_get("/metrics", info.metrics)
     app.router.add_get("/admin/backends", admin.backends)
+    app.router.add_get("/admin/keys", tenancy.admin_keys)
+    app.router.add_get("/gateway/key", tenancy.own_key)
     app.router.add_get("/admin/config", admin.active_config)
     app.router.add_post("/admin/reload", admin.reload)
     origins = config.server.cors_origins

@@ -9,6 +9,8 @@
     │   └── ClientTooSlow        408 client_too_slow       (a stream's client stopped reading)
     ├── BodyTooLarge             413 request_too_large
     ├── RateLimited              429 rate_limit_exceeded   (carries retry_after)
+    │   ├── TooManyInFlight      429 concurrency_limit_exceeded (the key's max_concurrency)
+    │   └── BudgetExceeded       429 insufficient_quota/budget_exceeded (the key's budget)
     ├── NotImplementedByRuntime  501 capability_not_supported
     ├── UpstreamError            502 upstream_error        (a backend failed; retryable)
     │   └── UpstreamTimeout      504 upstream_timeout
@@ -145,6 +147,19 @@ class RateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+
+
+class TooManyInFlight(RateLimited):
+    """The key's max_concurrency held the request for the whole queue wait."""
+
+    code = "concurrency_limit_exceeded"
+
+
+class BudgetExceeded(RateLimited):
+    """The key's token budget for the day or month is spent (OpenAI's quota error)."""
+
+    type = "insufficient_quota"
+    code = "budget_exceeded"
 
 
 class NotImplementedByRuntime(GatewayError):

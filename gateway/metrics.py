@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 
-from .config import backend_label
+from .config import PRIORITIES, backend_label
 from .record import RequestRecord
 
 # Time to first token: from a cached 10 ms answer to a 60 s queue on a busy GPU.
@@ -34,6 +34,8 @@ TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 # Decode speed per token: 1 ms (fast small models) to 1 s (overloaded CPU runtimes).
 TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1)
+# Time spent in the waiting room: from a moment to queue.max_wait_s (and longer settings).
+QUEUE_WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 # The gateway's own cost per request: tens of microseconds when all is well.
 OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                     0.05, 0.1)
@@ -102,10 +104,28 @@ class Metrics:
         self.config_reloads = Counter(
             "gateway_config_reloads", "Config reloads, by result.",
             ["result"], registry=r)
-        # `key` is a configured key's name, never the key itself.
+        # `key` is a configured key's name ("" without auth), never the key itself.
         self.key_requests = Counter(
-            "gateway_key_requests", "Requests per client key, by final status.",
-            ["key", "status"], registry=r)
+            "gateway_key_requests", "Requests per client key, by model and final status.",
+            ["key", "model", "status"], registry=r)
+        self.key_tokens = Counter(
+            "gateway_key_tokens", "Tokens per client key, as reported by the runtime's usage.",
+            ["key", "model", "type"], registry=r)
+        self.key_in_flight = Gauge(
+            "gateway_key_in_flight", "A client key's requests sent and not yet ended.",
+            ["key"], registry=r, multiprocess_mode="livesum")
+        # Every worker reads the same shared counts: the latest reading, not a sum.
+        self.key_budget_remaining = Gauge(
+            "gateway_key_budget_remaining_tokens",
+            "Tokens left in a client key's budget for the UTC day or month.",
+            ["key", "period"], registry=r, multiprocess_mode="livemostrecent")
+        self.queue_depth = Gauge(
+            "gateway_queue_depth", "Requests waiting in the gateway's queue, by their class.",
+            ["model", "priority"], registry=r, multiprocess_mode="livesum")
+        self.queue_wait_seconds = Histogram(
+            "gateway_queue_wait_seconds",
+            "Time requests that waited spent in the gateway's queue, by their class.",
+            ["model", "priority"], buckets=QUEUE_WAIT_BUCKETS, registry=r)
         self.rate_limited = Counter(
             "gateway_rate_limited", "Requests refused by a client key's rate limit.",
             ["key", "limit"], registry=r)
@@ -150,6 +170,11 @@ class Metrics:
         # Label children of the per-request metrics, by (metric, label values): .labels()
         # takes a lock and re-validates every value, a dict lookup does neither.
         self._children: dict[tuple, Any] = {}
+        # The per-key counters' increments since they were last copied in (publish_keys):
+        # a request adds to a dict, the counters are written when scraped (and each
+        # second under --workers), as the in-flight gauges are.
+        self._key_requests: dict[tuple[str, str, str], int] = {}
+        self._key_tokens: dict[tuple[str, str, str], int] = {}
 
     @property
     def state_backend_up(self) -> Gauge:
@@ -165,6 +190,28 @@ class Metrics:
         """Written per backend at scrape time (and each second under --workers), so
         requests pay no gauge update: a multiprocess gauge cannot read a function."""
         self._child(self.in_flight, name).set(value)
+
+    def queue_depth_step(self, model: str, cls: int, step: int) -> None:
+        self._child(self.queue_depth, model, PRIORITIES[cls]).inc(step)
+
+    def queue_wait(self, model: str, cls: int, seconds: float) -> None:
+        self._child(self.queue_wait_seconds, model, PRIORITIES[cls]).observe(seconds)
+
+    def publish_keys(self, tenants: Any, queue: Any) -> None:
+        """Per-key metrics, written when scraped (and each second under --workers)."""
+        for counts, counter in ((self._key_requests, self.key_requests),
+                                (self._key_tokens, self.key_tokens)):
+            for labels, n in counts.items():
+                self._child(counter, *labels).inc(n)
+            counts.clear()
+        budgets = tenants.budgets
+        for key, state in tenants.entries():
+            self._child(self.key_in_flight, state.name).set(state.in_flight)
+            if key is None or key.budget is None:
+                continue
+            for period, left in zip(("day", "month"), budgets.left(key.name, key.budget)):
+                if left is not None:
+                    self._child(self.key_budget_remaining, key.name, period).set(left)
 
     def set_engine(self, gauge: Gauge, name: str, value: float | None) -> None:
         """One engine gauge of a backend; None: no series (never a made-up 0). A series
@@ -216,9 +263,14 @@ class Metrics:
     def record_request(self, rec: RequestRecord, duration: float) -> None:
         # A discovered member counts under its configured backend's name.
         model, backend, child = rec.model, backend_label(rec.backend), self._child
-        child(self.requests, model, backend, rec.endpoint, str(rec.status)).inc()
-        if rec.key_name:
-            child(self.key_requests, rec.key_name, str(rec.status)).inc()
+        ticket = rec.ticket
+        key = ticket.key.name if ticket is not None else None
+        status = str(rec.status)
+        child(self.requests, model, backend, rec.endpoint, status).inc()
+        if key is not None:
+            counts = self._key_requests
+            labels = (key, model, status)
+            counts[labels] = counts.get(labels, 0) + 1
         child(self.duration, model, backend, rec.endpoint).observe(duration)
         child(self.overhead, rec.endpoint).observe(max(0.0, duration - rec.upstream_wait))
         if rec.aborted:
@@ -233,10 +285,17 @@ class Metrics:
             return
         prompt = usage.get("prompt_tokens")
         completion = usage.get("completion_tokens")
+        key_tokens = self._key_tokens
         if isinstance(prompt, int) and prompt > 0:
             child(self.tokens, model, backend, "prompt").inc(prompt)
+            if key is not None:
+                labels = (key, model, "prompt")
+                key_tokens[labels] = key_tokens.get(labels, 0) + prompt
         if isinstance(completion, int) and completion > 0:
             child(self.tokens, model, backend, "completion").inc(completion)
+            if key is not None:
+                labels = (key, model, "completion")
+                key_tokens[labels] = key_tokens.get(labels, 0) + completion
             if (rec.stream and completion > 1 and rec.first_token_at is not None
                     and rec.last_token_at is not None):
                 child(self.tpot, model, backend).observe(

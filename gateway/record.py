@@ -40,7 +40,7 @@ class RequestRecord:
     __slots__ = ("request_id", "upstream_id", "endpoint", "api", "after_send", "model", "backend", "status", "started",
                  "upstream_wait", "first_token_at", "last_token_at", "usage", "stream",
                  "retries", "fallback", "key_name", "error", "aborted", "trace",
-                 "explain", "route")
+                 "explain", "route", "ticket")
 
     def __init__(self, request_id: str, endpoint: str) -> None:
         self.request_id = request_id
@@ -66,6 +66,7 @@ class RequestRecord:
         self.trace: Any = None            # a tracing.spans.RequestTrace while tracing is on
         self.explain = False              # the client sent X-Gateway-Explain: 1
         self.route: str | None = None     # then the last pick's X-Gateway-Route
+        self.ticket: Any = None           # its dispatch.scheduler.Ticket: key, class, slot
 
     def id_for_runtimes(self) -> str:
         """The X-Request-ID every try of this request sends upstream."""

@@ -101,6 +101,8 @@ def restart_required(old: Config, new: Config) -> list[str]:
         changed.append("tracing")
     if old.state.redis != new.state.redis:
         changed.append("state.redis")   # the limiter is chosen once, at start
+    if old.state.sqlite != new.state.sqlite:
+        changed.append("state.sqlite")  # so is the budgets' store
     return changed
 
 

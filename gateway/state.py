@@ -16,6 +16,7 @@ from .dispatch.members import Members
 from .relay.drain import Drain
 from .metrics import Metrics
 from .limits.buckets import Limiter
+from .limits.tenants import Tenants
 from .runtimes import make_runtime
 from .runtimes.http import Transport
 
@@ -25,13 +26,14 @@ if TYPE_CHECKING:
 
 class Gateway:
     def __init__(self, config: Config, transport: Transport, metrics: Metrics,
-                 limiter: Limiter | None = None) -> None:
+                 limiter: Limiter | None = None, tenants: Tenants | None = None) -> None:
         self.transport = transport
         self.metrics = metrics
         self.dispatcher = Dispatcher(metrics)
         self.states: dict[str, BackendState] = {}
         self.drain = Drain()
         self.limiter = limiter or Limiter()   # limits.py: shared across workers or replicas
+        self.tenants = tenants or Tenants()   # keys' classes, shares, slots, budgets
         self.last_reload_error = None   # a reload.ReloadResult while the file is invalid
         self.tracing: Tracing | None = None   # set while tracing runs (gateway/tracing)
         self.last_reload = None         # the last successful reload.ReloadResult
@@ -55,6 +57,9 @@ class Gateway:
                 states[name] = old
             else:
                 states[name] = BackendState(backend, runtime)
+            shared = self.tenants.shared   # --workers: max_concurrency for the server
+            if shared is not None and backend.max_concurrency and states[name].shared is None:
+                states[name].count_shared(shared.counter("backend:" + name))
         for name in {s.config.label for s in self.states.values()} - config.backends.keys():
             self.metrics.forget_backend(name)
         for backend in config.backends.values():
@@ -63,6 +68,7 @@ class Gateway:
         table = RouteTable(config, states, getattr(self, "table", None))
         self.keys = KeyRing(config.auth_keys)
         self.limiter.apply(config.auth_keys)   # a key whose name stays keeps its buckets
+        self.tenants.apply(config.auth_keys)   # ...and its served count and slots
         self.config, self.states, self.table = config, states, table
         self.publish_backend_up()
 
@@ -76,6 +82,10 @@ class Gateway:
             totals[state.config.label] = totals.get(state.config.label, 0) + state.in_flight
         for name, value in totals.items():
             self.metrics.set_in_flight(name, value)
+
+    def publish_keys(self) -> None:
+        """The per-key and queue gauges, copied in when scraped (as in-flight counts)."""
+        self.metrics.publish_keys(self.tenants, self.dispatcher.queue)
 
     def publish_backend_up(self) -> None:
         """1 while the backend (for a discover backend: any of its members) is available."""

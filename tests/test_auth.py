@@ -198,8 +198,8 @@ async def test_key_name_is_logged_and_measured_never_the_key(start_runtime, gate
                                                                  ("team-a", 404)]
     assert TEAM_A.key not in caplog.text
     metrics = await (await client.get("/metrics")).text()
-    assert 'gateway_key_requests_total{key="team-a",status="200"} 1.0' in metrics
-    assert 'gateway_key_requests_total{key="team-a",status="404"} 1.0' in metrics
+    assert 'gateway_key_requests_total{key="team-a",model="llama",status="200"} 1.0' in metrics
+    assert 'gateway_key_requests_total{key="team-a",model="",status="404"} 1.0' in metrics
     assert TEAM_A.key not in metrics
 
 
@@ -222,7 +222,7 @@ async def test_rpm_limit_answers_429_with_openai_headers(start_runtime, gateway_
     assert len(fake.requests) == 2
     metrics = await (await client.get("/metrics")).text()
     assert 'gateway_rate_limited_total{key="team-a",limit="rpm"} 1.0' in metrics
-    assert 'gateway_key_requests_total{key="team-a",status="429"} 1.0' in metrics
+    assert 'gateway_key_requests_total{key="team-a",model="",status="429"} 1.0' in metrics
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ DASHBOARD = ROOT / "grafana" / "dashboards" / "gateway.json"
 # What Grafana puts in for its own variables and the dashboard's (model and backend at "All").
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "5m",
                      "$model": ".*", "$backend": ".*"}
-KEY, TINY_KEY = "sk-test-team-a", "sk-test-tiny"
+KEY, TINY_KEY, NIGHTLY_KEY = "sk-test-team-a", "sk-test-tiny", "sk-test-nightly"
 
 
 def _binary(name: str) -> str:
@@ -61,8 +62,10 @@ def _binary(name: str) -> str:
 # streams midway and "failing" answers 500; "echo-model" always gets 503, so the gateway
 # retries it on another backend of its pool. Its /metrics is a vLLM's, so the backend of
 # kind vllm on it has engine gauges.
-FAKE_SWITCHES = {"words": 3, "models": ["nousage", "broken", "failing"], "by_model": {
-    "nousage": {"send_usage": False}, "broken": {"close_after": 1},
+# "queued" answers after 0.3 s on a backend of max_concurrency 1: requests sent together
+# wait in the gateway's queue (its depth and wait panels).
+FAKE_SWITCHES = {"words": 3, "models": ["nousage", "broken", "failing", "queued"], "by_model": {
+    "nousage": {"send_usage": False}, "broken": {"close_after": 1}, "queued": {"hang_s": 0.3},
     "failing": {"status": 500}, "echo-model": {"status": 503}},
     "pages": {"/metrics": vllm_metrics(running=2, waiting=3, kv=0.4, model="echo-model")}}
 
@@ -106,6 +109,9 @@ def _gateway_config(port: int, fake_port: int, dead_port: int, nameserver: str) 
             "cold": {"kind": "openai", "url": f"http://cold.test:{fake_port}/v1",
                      "models": ["sleepy"], "discover": discover,
                      "wake": {"url": f"http://127.0.0.1:{dead_port}/up", "method": "POST"}},
+            "narrow": {"kind": "openai", "url": f"http://127.0.0.1:{fake_port}/v1",
+                       "models": ["queued"], "max_concurrency": 1,
+                       "timeouts": {"connect_s": 2, "first_byte_s": 5, "idle_s": 5}},
         },
         # "flaky" lives on the dead backend only: its requests go to the echo-model pool.
         # least_busy over two backends whose kind exposes no load: routed on the gateway's
@@ -119,6 +125,8 @@ def _gateway_config(port: int, fake_port: int, dead_port: int, nameserver: str) 
             {"name": "team-a", "key": KEY, "models": ["*"]},
             # Two requests a minute: the rest of its traffic is rate limited.
             {"name": "tiny", "key": TINY_KEY, "models": ["*"], "rpm": 2},
+            {"name": "nightly", "key": NIGHTLY_KEY, "models": ["*"], "priority": "batch",
+             "budget": {"tokens_per_day": 10 ** 9}},
         ]},
     }
 
@@ -128,6 +136,7 @@ class Gateway(Proc):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.config = _gateway_config(self.port, fake_port, free_port(), nameserver)
+        self.config["state"] = {"sqlite": str(tmp / "state.sqlite")}   # the budget's counts
         self.config_path = tmp / "gateway.yaml"
         self.write_config()
         env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}
@@ -219,6 +228,10 @@ def _one_round(base: str) -> None:
     assert _post(base, "/v1/chat/completions", _chat("echo-model"), key=None) == 401
     for _ in range(3):
         _post(base, "/v1/chat/completions", _chat("echo-model"), key=TINY_KEY)
+    # Three at once on a backend that takes one: two wait in the queue, in two classes.
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda key: _post(base, "/v1/chat/completions", _chat("queued"), key=key),
+                      (KEY, NIGHTLY_KEY, KEY)))
 
 
 def drive_traffic(gw: Gateway, wanted: set[str], min_s: float = 6, max_rounds: int = 20,

@@ -136,7 +136,7 @@ async def test_two_gateways_on_one_redis_hold_one_keys_rpm(redis_server, gateway
     for g in (a, b):   # both took part, and both see Redis
         samples = await scrape(g.base)
         assert samples[("gateway_state_backend_up", ())] == 1
-        assert samples[("gateway_key_requests_total", (("key", "team"), ("status", "200")))] > 0
+        assert samples[("gateway_key_requests_total", (("key", "team"), ("model", "m"), ("status", "200")))] > 0
 
 
 async def test_redis_killed_mid_test_fails_no_request_and_comes_back(redis_server, gateway):

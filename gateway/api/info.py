@@ -33,5 +33,6 @@ async def ready(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     gateway.publish_in_flight()
+    gateway.publish_keys()
     body = gateway.metrics.expose(gateway.config.backends.keys())
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})

@@ -9,6 +9,7 @@ from ..limits.auth import check_model
 from ..config import ApiKey
 from ..dispatch import Pool, RouteTable
 from ..errors import ModelNotFound, RateLimited
+from ..limits.classes import tier_class
 from ..record import RequestRecord
 from ..typedefs import GATEWAY, RECORD
 
@@ -21,9 +22,12 @@ async def client_key(request: web.Request, *,
     headers = request.headers
     key = gateway.keys.authenticate(headers.get("Authorization"), headers.get("x-api-key"),
                                     accepts_x_api_key=accepts_x_api_key)
+    rec = request[RECORD]
+    # Its class (X-Priority may lower it: a 400 when it names none), slot and budget.
+    rec.ticket = gateway.tenants.ticket(key, headers.get("X-Priority"))
     if key is None:
         return None
-    request[RECORD].key_name = key.name
+    rec.key_name = key.name
     refusal = await gateway.limiter.acquire(key.name)   # Redis: a round trip
     if refusal is not None:
         gateway.metrics.rate_limited.labels(key.name, refusal.limit).inc()
@@ -40,4 +44,9 @@ def model_pool(key: ApiKey | None, table: RouteTable, payload: dict,
     if pool is None:
         raise ModelNotFound(f"The model '{model}' does not exist", param="model")
     rec.model = model
+    ticket = rec.ticket
+    if ticket is not None and "service_tier" in payload:
+        cls = tier_class(payload["service_tier"])   # passed upstream unchanged
+        if cls is not None:
+            ticket.lower(cls)
     return pool

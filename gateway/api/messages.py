@@ -51,7 +51,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         cap_output("messages", payload, table.config.route(pool.model).max_output_tokens)
     rec.stream = bool(payload.get("stream")) and not counting
     plan_type = CountTokensPlan if counting else MessagesPlan
-    plan = plan_type(payload, passed_headers(request.headers))
+    plan = plan_type(payload, passed_headers(request.headers), rec.ticket)
     plan.check(table.stages(pool))
     route = pool.strategy.route_key(endpoint, payload, request.headers)
     opened = await gateway.dispatcher.open(Call(table, pool, endpoint, payload, rec, route,

@@ -25,13 +25,14 @@ import orjson
 from ..config import BackendConfig
 from ..dispatch import Shaped
 from ..dispatch.fallbacks import Stage
+from ..limits.tickets import Ticket
 from ..endpoints import BY_NAME, BY_PATH, Endpoint, Streams
 from ..errors import BadRequest, NotImplementedByRuntime
 from ..relay.chat import model_patterns
 from ..relay.formats import FORMATS
 from ..translate.anthropic import TranslationError, messages_to_chat
 from ..translate.content import content_text
-from .plans import ask_stream_usage
+from .plans import ask_priority, ask_stream_usage
 
 
 class Way(enum.Enum):
@@ -66,13 +67,15 @@ def passed_headers(headers: Mapping[str, str]) -> Mapping[str, str] | None:
 class MessagesPlan:
     """POST /v1/messages: natively where the backend serves it, else translated."""
 
-    __slots__ = ("payload", "headers", "_chat", "_error")
+    __slots__ = ("payload", "headers", "ticket", "_chat", "_error")
 
     selective = True   # a backend that cannot take the translation is not tried
 
-    def __init__(self, payload: dict[str, Any], headers: Mapping[str, str] | None) -> None:
+    def __init__(self, payload: dict[str, Any], headers: Mapping[str, str] | None,
+                 ticket: Ticket | None = None) -> None:
         self.payload = payload
         self.headers = headers
+        self.ticket = ticket
         self._chat: dict[str, Any] | None = None
         self._error: TranslationError | None = None
 
@@ -93,11 +96,13 @@ class MessagesPlan:
         model_id = backend.model_id(public)
         if self.way(backend) is Way.NATIVE:
             body = {**self.payload, "model": model_id}
+            ask_priority(body, backend, self.ticket)
             return Shaped(MESSAGES, body, self.headers, NATIVE_EVENTS if stream else None,
                           model_patterns(model_id, public))
         chat = {**(self._translated() or {}), "model": model_id}
         if stream:   # Anthropic's streams end with usage; chat's say it only when asked
             ask_stream_usage(chat, backend)
+        ask_priority(chat, backend, self.ticket)
         # The translated answer is made with the public name: nothing to rewrite.
         return Shaped(CHAT, chat, None, TRANSLATED_EVENTS if stream else None)
 

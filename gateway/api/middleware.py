@@ -154,6 +154,8 @@ def _finish(request: web.Request, rec: RequestRecord) -> None:
     if rec.endpoint:
         gateway = request.app[GATEWAY]
         gateway.limiter.charge(rec.key_name, rec.usage)   # tpm: the real usage, once known
+        if rec.ticket is not None and gateway.tenants.finished(rec.ticket, rec.usage):
+            gateway.dispatcher.queue.notify()   # a slot of its key came free
         gateway.metrics.record_request(rec, duration)
     log = request.app[ACCESS_LOG]
     if log.enabled():

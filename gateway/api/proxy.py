@@ -67,8 +67,9 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         if endpoint.upstream_path == SAME_PATH:
             target = request.rel_url.raw_path
         route = pool.strategy.route_key(endpoint, payload, request.headers)
+    plan = AsIs(endpoint, payload, rec.ticket)
     opened = await gateway.dispatcher.open(Call(table, pool, endpoint, payload, rec, route,
-                                                AsIs(endpoint, payload), pinned, target))
+                                                plan, pinned, target))
     if endpoint.stored_ids and ids is None:
         ids = IdRewriter(opened.backend.name)
     # A runtime that keeps nothing: the gateway stores the answer as it is relayed.

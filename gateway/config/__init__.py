@@ -27,18 +27,19 @@ from .messages import flatten, format_problems
 from .redact import REDACTED, SECRET_HEADER, redacted, url_without_password
 from .schema import SCHEMA, Validator
 from .types import (
-    MEMBER_SEP, STRATEGIES, ApiKey, BackendConfig, Config, ConfigError, DiscoverConfig,
-    EngineConfig, Fallback, HealthConfig, Problem, QueueConfig, ResponsesConfig, RetryConfig,
-    RouteConfig, ServerConfig, StateConfig, Timeouts, TracingConfig, WakeConfig, backend,
-    backend_label,
+    ENGINE_PRIORITY_KINDS, MEMBER_SEP, PRIORITIES, STRATEGIES, ApiKey, BackendConfig, Budget,
+    Config, ConfigError, DiscoverConfig, EngineConfig, Fallback, HealthConfig, Problem,
+    QueueConfig, ResponsesConfig, RetryConfig, RouteConfig, ServerConfig, StateConfig, Timeouts,
+    TracingConfig, WakeConfig, backend, backend_label,
 )
 from .source import interpolate, parse, plain
 
 __all__ = [
-    "MEMBER_SEP", "STRATEGIES", "ApiKey", "BackendConfig", "Config", "ConfigError",
-    "DiscoverConfig", "EngineConfig", "Fallback", "HealthConfig", "QueueConfig",
-    "ResponsesConfig", "RetryConfig", "RouteConfig", "ServerConfig", "StateConfig", "Timeouts",
-    "TracingConfig", "WakeConfig", "backend", "backend_label",
+    "ENGINE_PRIORITY_KINDS", "MEMBER_SEP", "PRIORITIES", "STRATEGIES", "ApiKey",
+    "BackendConfig", "Budget", "Config", "ConfigError", "DiscoverConfig", "EngineConfig",
+    "Fallback", "HealthConfig", "QueueConfig", "ResponsesConfig", "RetryConfig", "RouteConfig",
+    "ServerConfig", "StateConfig", "Timeouts", "TracingConfig", "WakeConfig", "backend",
+    "backend_label",
     "load_config", "load_config_text", "check", "redacted", "url_without_password",
     "REDACTED", "SECRET_HEADER",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from .types import (
-    ApiKey, BackendConfig, Config, DiscoverConfig, EngineConfig, Fallback, HealthConfig,
+    ApiKey, BackendConfig, Budget, Config, DiscoverConfig, EngineConfig, Fallback, HealthConfig,
     QueueConfig, ResponsesConfig, RetryConfig, RouteConfig, ServerConfig, StateConfig, Timeouts,
     TracingConfig, WakeConfig, backend,
 )
@@ -63,4 +63,6 @@ def _route(kw: dict) -> RouteConfig:
 def _api_key(kw: dict) -> ApiKey:
     if "models" in kw:
         kw["models"] = tuple(kw["models"])
+    if "budget" in kw:
+        kw["budget"] = Budget(**given(kw["budget"])) if given(kw["budget"]) else None
     return ApiKey(**kw)

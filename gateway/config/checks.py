@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .build import given
-from .types import EngineConfig, HealthConfig, Problem
+from .types import ENGINE_PRIORITY_KINDS, EngineConfig, HealthConfig, Problem
 
 
 def references(doc: dict) -> list[Problem]:
@@ -24,7 +24,10 @@ def references(doc: dict) -> list[Problem]:
             path = ("routes", model, "fallbacks", i)
             problems += _fallback_problems(path, model, fallback, backends, known)
     problems += _cycle_problems(routes)
-    problems += _auth_problems(((doc.get("auth") or {}).get("keys")) or [], known)
+    keys = ((doc.get("auth") or {}).get("keys")) or []
+    problems += _auth_problems(keys, known)
+    problems += _budget_problems(keys, doc.get("state") or {})
+    problems += _engine_priority_problems(backends)
     problems += _health_problems(doc.get("health"))
     problems += _engine_problems(doc.get("engine"))
     return problems
@@ -108,6 +111,24 @@ def _auth_problems(keys: list, known) -> list[Problem]:
             if not any(c in pattern for c in "*?[") and not known(pattern):
                 problems.append((path + ("models", j), f"unknown model '{pattern}'"))
     return problems
+
+
+def _budget_problems(keys: list, state: dict) -> list[Problem]:
+    """Budget counts must outlive the process: they need a store to live in."""
+    if state.get("sqlite") or state.get("redis"):
+        return []
+    return [(("auth", "keys", i, "budget"),
+             "a budget needs a store for its counts: set state.sqlite (one server) or "
+             "state.redis (shared by replicas)")
+            for i, key in enumerate(keys) if given(key.get("budget"))]
+
+
+def _engine_priority_problems(backends: dict) -> list[Problem]:
+    return [(("backends", name, "engine_priority"),
+             f"only kinds {' and '.join(ENGINE_PRIORITY_KINDS)} order requests by priority, "
+             f"not kind '{b['kind']}'")
+            for name, b in backends.items()
+            if b.get("engine_priority") and b["kind"] not in ENGINE_PRIORITY_KINDS]
 
 
 def _health_problems(health: dict | None) -> list[Problem]:

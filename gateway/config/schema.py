@@ -13,7 +13,7 @@ import cerberus
 from cerberus import errors as cerberus_errors
 
 from .redact import url_without_password
-from .types import STRATEGIES
+from .types import PRIORITIES, STRATEGIES
 from .source import EnvStr, describe
 from .kinds import CAPABILITIES, KINDS
 
@@ -59,6 +59,7 @@ _BACKEND = {
         "url": _string(required=True, check_with="wake_url"),
         "method": _string(allowed=["GET", "POST", "PUT"]),
     }),
+    "engine_priority": {"type": "boolean", "coerce": "env_boolean", "nullable": True},
 }
 
 _ROUTE = {
@@ -74,6 +75,11 @@ _API_KEY = {
     "models": {"type": "list", "empty": False, "schema": _string()},
     "rpm": _integer(gt=0, nullable=True),
     "tpm": _integer(gt=0, nullable=True),
+    "priority": _string(allowed=list(PRIORITIES)),
+    "share": _number(gt=0),
+    "max_concurrency": _integer(min=1, nullable=True),
+    "budget": _section({"tokens_per_day": _integer(gt=0, nullable=True),
+                        "tokens_per_month": _integer(gt=0, nullable=True)}),
 }
 
 SCHEMA = {
@@ -100,7 +106,8 @@ SCHEMA = {
         "max_cooldown_s": _number(gt=0),
     }),
     "retries": _section({"attempts": _integer(min=0), "deadline_s": _number(gt=0)}),
-    "queue": _section({"max_wait_s": _number(min=0), "max_size": _integer(min=0)}),
+    "queue": _section({"max_wait_s": _number(min=0), "max_size": _integer(min=0),
+                       "promote_after_s": _number(gt=0)}),
     "auth": _section({"keys": _list_of({"type": "dict", "schema": _API_KEY})}),
     "engine": _section({
         "interval_s": _number(gt=0),

@@ -14,6 +14,10 @@ from .kinds import KINDS, normalise_root
 
 USER_AGENT = "llm-edge-gateway"
 STRATEGIES = ("weighted", "least_busy", "prefix_affinity", "session_affinity", "least_latency")
+# The request classes, first served first (limits/classes.py reads requests into them).
+PRIORITIES = ("interactive", "standard", "batch")
+# Kinds whose runtimes order their own queue by a request's `priority` (engine_priority).
+ENGINE_PRIORITY_KINDS = ("vllm", "sglang")
 
 # While loading, problems travel as (key path, message) pairs;
 # config_messages turns them into "key.path: message" lines at the end.
@@ -71,6 +75,7 @@ class BackendConfig:
     headers: Mapping[str, str] = field(default_factory=dict)
     health_path: str = ""
     timeouts: Timeouts = Timeouts()
+    engine_priority: bool = False               # the class as the body's `priority` (vllm, sglang)
     discover: DiscoverConfig | None = None      # set: members come from DNS
     wake: WakeConfig | None = None
     member_of: str | None = None                # a discovered member: its configured backend
@@ -175,7 +180,8 @@ class HealthConfig:
 @dataclass(frozen=True)
 class StateConfig:
     redis: str | None = None       # shared rate limits across replicas; None = local only
-    sqlite: str | None = None      # a file: what must survive a restart of one server
+    sqlite: str | None = None      # a file: one server's lasting state (budget counts,
+                                   # responses kept for stateless runtimes)
 
 
 @dataclass(frozen=True)
@@ -196,6 +202,7 @@ class QueueConfig:
     """Where a request waits when every backend of its pool is at max_concurrency."""
     max_wait_s: float = 10
     max_size: int = 1000
+    promote_after_s: float = 30    # a waiting request moves up one class per this long
 
 
 @dataclass(frozen=True)
@@ -225,12 +232,23 @@ class TracingConfig:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """A key's tokens (prompt + completion) per UTC day and calendar month; None = no cap."""
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+
+
+@dataclass(frozen=True)
 class ApiKey:
     name: str
     key: str
     models: tuple[str, ...] = ("*",)
     rpm: int | None = None
     tpm: int | None = None
+    priority: str = "standard"          # its class: one of PRIORITIES
+    share: float = 1                    # its weight against the keys of its class
+    max_concurrency: int | None = None  # its requests in flight, whole server
+    budget: Budget | None = None
 
 
 @dataclass(frozen=True)

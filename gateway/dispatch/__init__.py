@@ -7,7 +7,9 @@
     fallbacks.py  Stage: the pool, then each fallback, in the order a request walks
     backend.py    BackendState: a backend's transport, load, health and cooldowns
     ejection.py   passive ejection and 429 cooldowns: what real traffic says
-    queue.py      the waiting room while every backend is at max_concurrency or saturated
+    scheduler.py  the waiting room: who goes next when a pool or a key is full (classes,
+                  fair share by tokens, FCFS per key, promotion, max_wait_s)
+    tickets.py    KeyState and Ticket: a key's scheduling state, a request's place
     retries.py    Dispatcher: the walk (tries, retries, fallbacks) to a first answer
     outcome.py    the error when the walk found no answer
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from typing import Any
 
 from ..config import BackendConfig, EngineConfig
 from ..engine.signals import saturated, specs_for
@@ -24,7 +25,7 @@ SERVICE_EWMA_ALPHA = 0.2
 
 
 class BackendState:
-    __slots__ = ("config", "runtime", "in_flight", "healthy", "checked", "discovered_models",
+    __slots__ = ("config", "runtime", "_in_flight", "shared", "healthy", "checked", "discovered_models",
                  "consecutive_failures", "ejections", "ejected_until",
                  "cooling_until", "health_ok_streak", "health_fail_streak", "engine",
                  "ewma_ttft", "own_service", "scraped")
@@ -32,7 +33,9 @@ class BackendState:
     def __init__(self, config: BackendConfig, runtime: Runtime) -> None:
         self.config = config
         self.runtime = runtime
-        self.in_flight = 0
+        self._in_flight = 0
+        # Under --workers: the server's count (limits/concurrency.py), which at_capacity reads.
+        self.shared: Any = None
         # A backend is assumed healthy until its first active check says otherwise;
         # the health checker flips this to False for a backend still loading. A member
         # found by discovery gets traffic only once it passed a check.
@@ -59,9 +62,31 @@ class BackendState:
         return self.config.weight
 
     @property
+    def in_flight(self) -> int:
+        """This process's requests sent to the backend and not yet released."""
+        return self._in_flight
+
+    @in_flight.setter
+    def in_flight(self, value: int) -> None:
+        if self.shared is not None:
+            self.shared.add(value - self._in_flight)
+        self._in_flight = value
+
+    def count_shared(self, counter: Any) -> None:
+        """Count in the server's count from now on (a reload may set max_concurrency while
+        requests run: they are added, so that their ends do not take from the others')."""
+        if counter is not None:
+            counter.add(self._in_flight)
+        self.shared = counter
+
+    @property
     def at_capacity(self) -> bool:
         cap = self.config.max_concurrency
-        return cap is not None and self.in_flight >= cap
+        if cap is None:
+            return False
+        if self.shared is not None:
+            return self.shared.value() >= cap
+        return self._in_flight >= cap
 
     @property
     def load(self) -> int:

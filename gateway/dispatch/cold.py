@@ -5,7 +5,7 @@ it that can serve the request is healthy and awake, and some could become so: a
 backend down by its health checks, a discover backend with no member yet or only
 members not checked yet, a runtime scaled to zero, or one put to sleep (vLLM's sleep
 mode: its /health answers, its /metrics says `sleep_state="awake"` 0). The request then waits in the
-queue's waiting room (queue.py: counted against `queue.max_size`, woken by its
+scheduler's waiting room (scheduler.py `settle`: counted against `queue.max_size`, woken by its
 notifies, and looking again every POLL_S) for up to `queue.max_wait_s` within its
 retry deadline, then gets 503 with Retry-After. The first wait of a cold period
 calls the backends' `wake` hooks (discovery/wake.py), once for the server.
@@ -29,7 +29,7 @@ from ..errors import NoHealthyBackend
 from .backend import BackendState
 from .fallbacks import Stage
 from .pool import Pool
-from .queue import CapacityQueue
+from .scheduler import Scheduler
 from .table import RouteTable
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class Wakes(Protocol):
 
 
 class ColdPools:
-    def __init__(self, queue: CapacityQueue) -> None:
+    def __init__(self, queue: Scheduler) -> None:
         self.queue = queue
         self.waker: Wakes | None = None                      # set by discovery/run.py
         self.current: Callable[[], RouteTable] | None = None  # the gateway's live table
@@ -83,7 +83,7 @@ class ColdPools:
                 raise NoHealthyBackend(
                     f"no backend of model '{pool.model}' is available (the pool is cold); "
                     f"try again shortly", retry_after=1)
-            await self.queue.wait(min(remaining, POLL_S))
+            await self.queue.settle(min(remaining, POLL_S))
             if self.current is not None:
                 table = self.current()
                 pool = table.pool(pool.model) or pool

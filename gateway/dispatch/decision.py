@@ -24,7 +24,7 @@ from ..routing.ring import hash_point
 if TYPE_CHECKING:
     from ..config import EngineConfig
     from .backend import BackendState
-    from ..dispatch.fallbacks import Stage
+    from .fallbacks import Stage
     from ..routing import RouteRequest
 
 # Why the strategy picked the backend it picked, when it had a choice.

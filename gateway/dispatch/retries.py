@@ -17,8 +17,8 @@ import time
 from typing import Any, AsyncIterator
 
 from ..config import BackendConfig, Config, HealthConfig, backend_label
-from ..errors import (DeadlineExceeded, NoHealthyBackend, Reason, UpstreamError,
-                      UpstreamStatus, UpstreamTimeout)
+from ..errors import (DeadlineExceeded, Reason, UpstreamError, UpstreamStatus,
+                      UpstreamTimeout)
 from ..metrics import Metrics
 from ..routing import FRESH, RouteRequest
 from ..runtimes.scrub import scrub_text
@@ -29,8 +29,9 @@ from .call import Call, FirstEvent, Shaped
 from .cold import ColdPools, prefer_loaded
 from .fallbacks import Stage
 from .outcome import give_up
-from .queue import CapacityQueue
 from .sample import SAMPLE_ABOVE, sampled_pick
+from .scheduler import FULL, Scheduler
+from ..limits.tickets import STANDARD, KeyState, Ticket
 
 
 class Opened:
@@ -74,13 +75,13 @@ class Opened:
 
 
 # What Dispatcher._choose returns when every backend it could pick is at max_concurrency.
-AT_CAPACITY: Any = object()
+AT_CAPACITY: Any = FULL
 
 
 class Dispatcher:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self.queue = CapacityQueue()
+        self.queue = Scheduler(metrics)   # scheduler.py: who goes next when full
         self.cold = ColdPools(self.queue)   # cold.py: waits for a pool none of which is up
         self._explained: dict[tuple, tuple[str, ...]] = {}   # decision.explain's cache
 
@@ -99,6 +100,8 @@ class Dispatcher:
         capable_seen = False
         stages = ((Stage(pool.model, pool, (call.pinned,), 1),) if call.pinned is not None
                   else table.stages(pool))
+        if rec.ticket is not None and (refusal := rec.ticket.refusal()) is not None:
+            raise refusal   # its key's budget is spent (checked again if it waits)
         if call.pinned is None and self.cold.is_cold(stages, capability, call.plan):
             # Nothing was sent yet: the walk starts on the table of the moment the pool
             # warmed, which holds the members that came up meanwhile.
@@ -115,10 +118,13 @@ class Dispatcher:
             last_stage = index == len(stages) - 1
             while tries > 0:
                 desperate = last_stage   # nothing left after this stage: try the ejected
-                backend = self._choose(cfg, stage, capable, tried, route, desperate)
+                backend = (self._choose(cfg, stage, capable, tried, route, desperate)
+                           if self.queue.may_skip(rec.ticket, stage.public) else AT_CAPACITY)
                 if backend is AT_CAPACITY:
                     backend = await self._queue_for(cfg, stage, capable, tried, route,
-                                                    deadline, desperate)
+                                                    deadline, desperate, rec.ticket)
+                elif backend is not None and rec.ticket is not None:
+                    rec.ticket.take()   # one of its key's slots, until the request ends
                 if backend is None:
                     break
                 if rec.trace is not None:
@@ -203,22 +209,29 @@ class Dispatcher:
 
     async def _queue_for(self, cfg: Config, stage: Stage, capable: tuple[BackendState, ...],
                          tried: set[str], route: RouteRequest, deadline: float,
-                         desperate: bool) -> BackendState | None:
-        """Wait in the queue until `_choose` finds a backend below its cap, or refuse."""
+                         desperate: bool, ticket: Ticket | None) -> BackendState | None:
+        """Wait in the scheduler (scheduler.py) until it is this request's turn and
+        `_choose` finds a backend with room, or refuse."""
         loop = asyncio.get_running_loop()
-        queue_deadline = min(deadline, loop.time() + cfg.queue.max_wait_s)
-        while True:
-            remaining = queue_deadline - loop.time()
-            if self.queue.waiting >= cfg.queue.max_size or remaining <= 0:
-                raise NoHealthyBackend("every backend of this model is at its concurrency "
-                                       "limit or saturated; try again shortly", retry_after=1)
-            if not await self.queue.wait(remaining):
-                raise NoHealthyBackend("every backend of this model stayed at its concurrency "
-                                       "limit or saturated for the whole queue wait",
-                                       retry_after=1)
+        timeout = min(deadline, loop.time() + cfg.queue.max_wait_s) - loop.time()
+
+        def pick() -> Any:
             backend = self._choose(cfg, stage, capable, tried, route, desperate)
-            if backend is not AT_CAPACITY:
-                return backend
+            if backend is not AT_CAPACITY and backend is not None:
+                backend.in_flight += 1   # held for this waiter until it sends (_try)
+            return backend
+
+        def undo(backend: BackendState) -> None:
+            backend.in_flight -= 1
+            self.queue.notify()
+
+        backend = await self.queue.wait(
+            ticket or Ticket(KeyState(""), STANDARD), stage.public,
+            stage.public if not tried else object(), pick, timeout, cfg.queue.max_size,
+            cfg.queue.promote_after_s, undo)
+        if backend is not None:
+            backend.in_flight -= 1       # _try counts it again before it awaits anything
+        return backend
 
     @staticmethod
     def _soonest(backends: list[BackendState], now: float) -> BackendState | None:

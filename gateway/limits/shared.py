@@ -41,35 +41,45 @@ EMPTY = bytes(16)
 
 
 class SlotTable:
-    def __init__(self, path: str) -> None:
+    """Records of `size` bytes, each starting with its name's 16-byte digest; the other
+    users of the same mechanism (limits/concurrency.py) give their own record size."""
+
+    def __init__(self, path: str, size: int = SIZE, slots: int = SLOTS) -> None:
+        self._size, self._slots = size, slots
+        file_size = size * (slots + 1)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        if os.fstat(self._fd).st_size < FILE_SIZE:
-            os.ftruncate(self._fd, FILE_SIZE)   # zeros: every record empty
-        self._map = mmap.mmap(self._fd, FILE_SIZE)
+        if os.fstat(self._fd).st_size < file_size:
+            os.ftruncate(self._fd, file_size)   # zeros: every record empty
+        self._map = mmap.mmap(self._fd, file_size)
+
+    @property
+    def map(self) -> mmap.mmap:
+        return self._map
 
     def close(self) -> None:
         self._map.close()
         os.close(self._fd)
 
     def lock(self, offset: int) -> None:
-        fcntl.lockf(self._fd, fcntl.LOCK_EX, SIZE, offset)
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, self._size, offset)
 
     def unlock(self, offset: int) -> None:
-        fcntl.lockf(self._fd, fcntl.LOCK_UN, SIZE, offset)
+        fcntl.lockf(self._fd, fcntl.LOCK_UN, self._size, offset)
 
     def claim(self, name: str) -> int | None:
         """The offset of `name`'s record, claimed if new; None when the table is full."""
         digest = hashlib.blake2b(name.encode(), digest_size=16).digest()
-        start = int.from_bytes(digest[:8], "little") % SLOTS
+        slots, size = self._slots, self._size
+        start = int.from_bytes(digest[:8], "little") % slots
         self.lock(0)
         try:
-            for i in range(SLOTS):
-                offset = SIZE * (1 + (start + i) % SLOTS)
+            for i in range(slots):
+                offset = size * (1 + (start + i) % slots)
                 held = self._map[offset:offset + 16]
                 if held == digest:
                     return offset
                 if held == EMPTY:
-                    RECORD.pack_into(self._map, offset, digest, 0, 0, 0, 0, 0, 0)
+                    self._map[offset:offset + 16] = digest   # the rest is zeros already
                     return offset
             return None
         finally:
