@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.procs import HOST
+from tests.llama_support import env_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "clients"
@@ -31,16 +32,7 @@ RUN_TIMEOUT_S = 180
 
 def installed() -> dict[str, str]:
     """What .ci/install-clients.sh wrote to its env file, overridden by the environment."""
-    found: dict[str, str] = {}
-    if ENV_FILE.is_file():
-        for line in ENV_FILE.read_text().splitlines():
-            key, sep, value = line.partition("=")
-            if sep:
-                found[key.strip()] = value.strip()
-    for key in KEYS:
-        if os.environ.get(key):
-            found[key] = os.environ[key]
-    return found
+    return env_file(ENV_FILE, KEYS)
 
 
 def missing(found: dict[str, str], *keys: str) -> str:

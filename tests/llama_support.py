@@ -27,18 +27,24 @@ ADMIN_KEY = "llamacpp-test-admin"
 ENV_FILE = Path(os.environ.get("LLAMA_CACHE") or Path.home() / ".cache" / "gateway-llama") / "env"
 
 
-def installed() -> dict[str, str]:
-    """What the install scripts wrote to the env file, overridden by the environment."""
+def env_file(path: Path, keys: tuple[str, ...]) -> dict[str, str]:
+    """What an install script wrote to its env file (KEY=VALUE lines), each of `keys`
+    overridden by the environment."""
     found: dict[str, str] = {}
-    if ENV_FILE.is_file():
-        for line in ENV_FILE.read_text().splitlines():
+    if path.is_file():
+        for line in path.read_text().splitlines():
             key, sep, value = line.partition("=")
             if sep:
                 found[key.strip()] = value.strip()
-    for key in ("LLAMA_SERVER_BIN", "LLAMA_MODEL", "LLAMA_CPP_PYTHON"):
+    for key in keys:
         if os.environ.get(key):
             found[key] = os.environ[key]
     return found
+
+
+def installed() -> dict[str, str]:
+    """What the llama install scripts wrote to their env file, overridden by the environment."""
+    return env_file(ENV_FILE, ("LLAMA_SERVER_BIN", "LLAMA_MODEL", "LLAMA_CPP_PYTHON"))
 
 
 def find_install() -> tuple[Path | None, Path | None, str]:

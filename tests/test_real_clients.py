@@ -39,7 +39,8 @@ from tests.clients_support import (
     SCRIPTS, ProxySink, installed, missing, node_dir, offline_env, run, codex_config,
 )
 from tests.conftest import unavailable
-from tests.llama_support import LlamaServer, Runtime, find_install, find_llama_cpp_python
+from tests.llama_support import (NO_REPACK_SERVER, LlamaServer, Runtime, find_install,
+                                 find_llama_cpp_python)
 
 pytestmark = pytest.mark.clients
 
@@ -418,19 +419,6 @@ def test_node_responses_stream_on_llama_server(node_where, proxy, llama_gateway,
     check_answered(result, flow)
 
 
-# llama-cpp-python's server with llama.cpp's weight repacking off: its AMX kernels crash as
-# the model loads on CPUs with AMX, and the server has no setting for it.
-NO_REPACK_SERVER = """
-import llama_cpp.llama_cpp as lc
-defaults = lc.llama_model_default_params
-def no_repack():
-    params = defaults()
-    params.use_extra_bufts = False
-    return params
-lc.llama_model_default_params = no_repack
-from llama_cpp.server.__main__ import main
-main()
-"""
 QWEN_FC = "qwen-function-calling"
 
 
