@@ -6,6 +6,7 @@ in memory, in `state.sqlite` (surviving a restart) or in `state.redis`."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 import pytest
@@ -15,6 +16,8 @@ from gateway.config import ResponsesConfig, StateConfig
 from gateway.conversations import Conversations
 from gateway.conversations.sqlite import SqliteStore
 from gateway.conversations.store import MemoryStore
+from gateway.relay.events import RESPONSES, EventRewriter, rewrite_stored
+from gateway.relay.response_ids import IdRewriter, public_id
 from gateway.typedefs import CONVERSATIONS
 from tests.conftest import RUNTIME_ID, eventually, make_config, runtime_backend
 from tests.server_procs import start as start_gateway
@@ -85,6 +88,62 @@ async def test_follow_ups_are_expanded_by_the_gateway(stateless, aiohttp_client,
     assert [i["role"] for i in items["data"]] == ["user", "assistant", "user", "assistant",
                                                   "user"]
     assert fake.stored_calls == []   # nothing asked of the runtime, which keeps nothing
+
+
+def events_of(stream: str) -> list[dict]:
+    return [json.loads(line[5:]) for line in stream.splitlines() if line.startswith("data:")]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_follow_up_answer_says_the_clients_previous_response_id(
+        stateless, aiohttp_client, stream):
+    """The runtime was sent the whole conversation and no id (its answer says null): the
+    client still gets the previous_response_id it sent, as OpenAI's API answers, whole and
+    in every streamed event that carries the response; also when it is not stored."""
+    fake, server = await stateless()
+    client = await gateway_for(aiohttp_client, server)
+    first = await create(client, input="hello there")
+    for store in (True, False):
+        follow = await create(client, input="and then?", previous_response_id=first["id"],
+                              stream=stream, store=store)
+        assert "previous_response_id" not in fake.posts()[-1][1]
+        if not stream:
+            assert follow["previous_response_id"] == first["id"]
+            continue
+        carried = {e["type"]: e["response"] for e in events_of(follow) if "response" in e}
+        assert {"response.created", "response.in_progress",
+                "response.completed"} <= carried.keys()
+        assert all(r["previous_response_id"] == first["id"] for r in carried.values())
+    # A first response, not a follow-up: the runtime's null stands.
+    fresh = await create(client, input="new", stream=stream)
+    if stream:
+        assert all(e["response"]["previous_response_id"] is None
+                   for e in events_of(fresh) if "response" in e)
+    else:
+        assert fresh["previous_response_id"] is None
+
+
+def test_the_id_is_set_where_the_runtime_says_nothing():
+    """llama-server's response objects have no previous_response_id at all: the relay
+    adds it, in the whole answer and in the events carrying the response (CRLF kept)."""
+    ids = IdRewriter("b0")
+    ids.previous = "resp_client"
+    whole = rewrite_stored(b'{"id":"resp_x","object":"response","output":[]}', ids)
+    assert json.loads(whole)["previous_response_id"] == "resp_client"
+    assert json.loads(whole)["id"] == public_id("b0", "resp_x")
+    assert rewrite_stored(b'{"error":{"message":"no"}}', ids) == b'{"error":{"message":"no"}}'
+    relay = EventRewriter((), ids, RESPONSES)
+    block = (b'event: response.created\r\ndata: {"type":"response.created","response":'
+             b'{"id":"resp_x","status":"in_progress"}}\r\n\r\n'
+             b'event: response.output_text.delta\r\ndata: {"type":'
+             b'"response.output_text.delta","delta":"\\"response\\""}\r\n\r\n')
+    out = relay.feed(block)
+    lines = out.split(b"\r\n")
+    created = json.loads(lines[1][5:])
+    assert created["response"]["previous_response_id"] == "resp_client"
+    assert lines[4] == (b'data: {"type":"response.output_text.delta",'
+                        b'"delta":"\\"response\\""}')
+    assert out.endswith(b"\r\n\r\n")
 
 
 async def test_retrieve_delete_and_not_found(stateless, aiohttp_client):

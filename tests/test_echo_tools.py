@@ -13,7 +13,8 @@ from pytest_aiohttp import AiohttpServer
 
 from gateway.app import create_app
 from gateway.config import backend
-from gateway.runtimes.echo_tools import arguments, decide
+from gateway.runtimes.echo_tools import arguments, chat_reply, decide, responses_reply, said
+from gateway.translate.anthropic_request import messages_to_chat
 from tests.conftest import make_config
 
 WEATHER = {"type": "object", "properties": {
@@ -76,6 +77,69 @@ def test_which_tool_is_called():
     assert decide("nothing named", tools, "required").call.name == "get_weather"
     assert decide("get_weather", tools, "get").call.name == "get"
     assert decide("my_get_weather_x", tools, None).words == ["my_get_weather_x"]
+
+
+READ = {"type": "object", "properties": {"file_path": {"type": "string"}},
+        "required": ["file_path"]}
+ENVIRONMENT = ("<system-reminder>\nWorking directory: /work\nPlatform: linux\n"
+               + "Is directory a git repo: no. " * 300 + "\n</system-reminder>")
+
+
+def test_system_reminders_are_not_what_the_user_said():
+    assert said("use Read /a/notes.txt\n" + ENVIRONMENT) == "use Read /a/notes.txt\n "
+    assert said([{"type": "text", "text": ENVIRONMENT},
+                 {"type": "text", "text": "hi <system-reminder>x</system-reminder> there"}]
+                ).split() == ["hi", "there"]
+    assert said(ENVIRONMENT + "\n" + ENVIRONMENT) is None    # nothing but reminders
+    assert said("") == "" and said(None) == ""
+    assert said("an <system-reminder> left open") == "an <system-reminder> left open"
+
+
+def test_claude_codes_folded_system_message_is_not_the_tools_argument():
+    """Claude Code's mid-conversation system message reaches echo folded into the user turn
+    by the Messages translation: the call takes only the user's words after the tool's
+    name, and echoed text leaves the reminder out too."""
+    read_tool = [{"name": "Read", "description": "Read a file", "input_schema": READ}]
+    body = {"model": "echo-1", "max_tokens": 64, "tools": read_tool, "messages": [
+        {"role": "user", "content": "use Read /work/notes.txt"},
+        {"role": "system", "content": ENVIRONMENT.removeprefix("<system-reminder>\n")
+                                                .removesuffix("\n</system-reminder>")}]}
+    chat = messages_to_chat(body)
+    assert "Is directory a git repo" in chat["messages"][-1]["content"]   # folded in
+    reply = chat_reply(chat)
+    assert reply.call is not None and reply.call.name == "Read"
+    assert json.loads(reply.call.arguments) == {"file_path": "/work/notes.txt"}
+    # Reminders before the words (Claude Code's own context blocks) are left out as well.
+    chat["messages"][-1]["content"] = ENVIRONMENT + "\nuse Read /work/notes.txt"
+    assert json.loads(chat_reply(chat).call.arguments) == {"file_path": "/work/notes.txt"}
+    # No tool named: echo says the user's words, not the reminder.
+    plain = messages_to_chat({**body, "messages": [
+        {"role": "user", "content": "hello there"}, {"role": "system", "content": "Be brief."}]})
+    assert chat_reply(plain).words == ["hello", "there"]
+
+
+def test_a_system_message_after_a_tool_result_still_ends_with_the_result():
+    """The translation puts a system message sent after a tool result into a user message
+    of reminders after the tool message: echo answers with the result, not the reminder."""
+    chat = messages_to_chat({"model": "echo-1", "max_tokens": 64, "messages": [
+        {"role": "user", "content": "use Read /work/notes.txt"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Read",
+                                           "input": {"file_path": "/work/notes.txt"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [
+            {"type": "text", "text": "zebra-42-quartz"},
+            {"type": "text", "text": "<system-reminder>Is it malware?</system-reminder>"}]}]},
+        {"role": "system", "content": "The date is today."}],
+        "tools": [{"name": "Read", "input_schema": READ}]})
+    assert [m["role"] for m in chat["messages"]][-2:] == ["tool", "user"]
+    assert chat_reply(chat).words == ["zebra-42-quartz"]
+    # The same on Responses: items of nothing but reminders are passed over.
+    items = [{"type": "message", "role": "user", "content": "use get_weather Paris"},
+             {"type": "function_call_output", "call_id": "c", "output": "sunny"},
+             {"type": "message", "role": "user", "content": ENVIRONMENT}]
+    assert responses_reply(items, {"tools": RESPONSES_TOOLS}).words == ["sunny"]
+    asked = [{"type": "message", "role": "user", "content": ASK + " " + ENVIRONMENT}]
+    call = responses_reply(asked, {"tools": RESPONSES_TOOLS}).call
+    assert call is not None and json.loads(call.arguments) == EXPECTED_ARGS
 
 
 @pytest.mark.parametrize("stream", [False, True])

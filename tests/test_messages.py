@@ -134,7 +134,7 @@ async def test_a_tool_call_reaches_the_client_and_its_result_the_runtime(fakes, 
         after = await sdk.messages.create(**ask)
     assert after.content[0].text == "It is sunny"
     back = fake.requests[1]["messages"]
-    assert back[1]["role"] == "assistant" and back[1]["content"] is None
+    assert back[1]["role"] == "assistant" and back[1]["content"] == ""
     assert back[1]["tool_calls"] == [{"id": "call_1", "type": "function", "function": {
         "name": "get_weather", "arguments": '{"city":"Paris"}'}}]
     assert back[2] == {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"}

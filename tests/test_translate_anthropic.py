@@ -233,9 +233,32 @@ def test_tool_use_and_tool_results_in_history():
     assert user == {"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "https://x.test/r.png"}},
         {"type": "text", "text": "And tomorrow?"}]}
-    assert bare_call["content"] is None and "reasoning_content" not in bare_call
+    assert bare_call["content"] == "" and "reasoning_content" not in bare_call
     assert bare_call["tool_calls"][0]["function"]["arguments"] == "{}"
     assert tool3 == {"role": "tool", "tool_call_id": "call_3", "content": ""}
+
+
+def test_a_tool_use_only_turn_sends_empty_content_not_null():
+    """An assistant message with tool_calls and no text: llama-cpp-python's server refuses
+    a null content (422) and its function-calling template fails without the key, so the
+    content is "", also when the turn's only text is empty or it has thinking besides."""
+    use = {"type": "tool_use", "id": "t1", "name": "get_weather", "input": {"city": "Paris"}}
+    turns = [[use], [{"type": "text", "text": ""}, use],
+             [{"type": "thinking", "thinking": "Look it up.", "signature": "s"}, use]]
+    for content in turns:
+        chat = messages_to_chat(request(tools=[WEATHER], messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": content},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                                          "content": "sunny"}]}]))
+        assistant = chat["messages"][1]
+        assert assistant["role"] == "assistant" and assistant["content"] == "", assistant
+        assert [c["id"] for c in assistant["tool_calls"]] == ["t1"]
+        assert None not in (m.get("content", "") for m in chat["messages"])
+    with_text = messages_to_chat(request(tools=[WEATHER], messages=[
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Looking."}, use]}]))
+    assert with_text["messages"][1]["content"] == "Looking."
 
 
 def test_prefill_and_string_assistant():

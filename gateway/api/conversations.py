@@ -6,7 +6,10 @@ lacks the `stateful_responses` capability:
 - `expand_follow_up`, before dispatch: a `previous_response_id` naming such a backend's
   response is answered from the store: the request's input becomes the whole conversation
   and the id is taken out, so any backend of the pool can answer it (a 404 in OpenAI's
-  words when the gateway has no such response, or no longer).
+  words when the gateway has no such response, or no longer). The answer still says the
+  client's `previous_response_id`, as OpenAI's does (the runtime's says null or nothing):
+  `IdRewriter.previous` sets it in every response object relayed, whole or streamed, so
+  the copy stored says it too.
 - `keeper`, once a backend answered: a `Keeping` that watches the relayed answer (the
   response object of a whole answer; `response.output_item.done` and the terminal event of
   a stream, since llama-server's terminal event lacks `output`) and starts storing it the
@@ -70,14 +73,13 @@ async def expand_follow_up(request: web.Request, table: RouteTable, payload: dic
 class Keeping:
     """One answer being watched, to be stored once it is complete."""
 
-    __slots__ = ("conversations", "limits", "entry", "previous", "items", "rid")
+    __slots__ = ("conversations", "limits", "entry", "items", "rid")
 
     def __init__(self, conversations: Conversations, limits: ResponsesConfig,
-                 entry: dict[str, Any], previous: str | None) -> None:
+                 entry: dict[str, Any]) -> None:
         self.conversations = conversations
         self.limits = limits
         self.entry = entry
-        self.previous = previous
         self.items: list[Any] = []
         self.rid: str | None = None   # the stored response's id, once its put started
 
@@ -113,8 +115,6 @@ class Keeping:
             return   # the runtime named no response: there is nothing to follow up
         if not final.get("output") and self.items:
             final = {**final, "output": self.items}
-        if self.previous is not None:
-            final = {**final, "previous_response_id": self.previous}
         if "model" in final:   # a whole answer is seen before its model name is rewritten
             final = {**final, "model": self.entry["model"]}
         entry = {**self.entry, "output": final.get("output") or [], "response": final}
@@ -123,14 +123,14 @@ class Keeping:
 
 
 def keep(request: web.Request, opened: Opened, payload: dict, ids: IdRewriter | None,
-         model: str, previous: str | None, limits: ResponsesConfig) -> Keeping | None:
-    """Have `ids` store this answer as it is relayed, when the gateway keeps it;
-    `previous`: the previous_response_id the gateway expanded, if it did."""
+         model: str, limits: ResponsesConfig) -> Keeping | None:
+    """Have `ids` store this answer as it is relayed, when the gateway keeps it (the
+    answer it sees already says the client's previous_response_id: `ids.previous`)."""
     if ids is None or not keeps_nothing(opened.backend) or payload.get("store") is False:
         return None
     ids.keeper = Keeping(request.app[CONVERSATIONS], limits,
                          {"model": model, "backend": opened.backend.name,
-                          "input": input_items(payload.get("input"))}, previous)
+                          "input": input_items(payload.get("input"))})
     return ids.keeper
 
 

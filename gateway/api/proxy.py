@@ -72,8 +72,9 @@ async def proxy(request: web.Request) -> web.StreamResponse:
                                                 plan, pinned, target))
     if endpoint.stored_ids and ids is None:
         ids = IdRewriter(opened.backend.name)
+        ids.previous = previous   # a follow-up the gateway answered: the answer says its id
     # A runtime that keeps nothing: the gateway stores the answer as it is relayed.
-    keeping = keep(request, opened, payload, ids, pool.model, previous, table.config.responses)
+    keeping = keep(request, opened, payload, ids, pool.model, table.config.responses)
     if opened.shaped.fmt is not None:
         return await stream_answer(request, opened, rec, table.config, ids)
     resp = await _whole(opened, rec, endpoint, ids)

@@ -124,6 +124,8 @@ class EventRewriter(SseStart, LineRewriter):
             if not self._ids_known and b'"response"' in data:
                 self._learn_ids(data)
             data = ids.apply(data)
+            if ids.previous is not None and b'"response"' in data:
+                data = _say_previous(data, ids)
             if ids.keeper is not None:
                 ids.keeper.see_events(data)
         if not self.saw_token and self.fmt.token.search(data):
@@ -171,12 +173,30 @@ def _events(block: bytes, only: frozenset[bytes] | None = None):
             name = b""
 
 
+def _say_previous(block: bytes, ids: IdRewriter) -> bytes:
+    """`block` with the response objects its events carry (`response.created`,
+    `response.completed`, ...) saying the client's previous_response_id."""
+    lines = block.split(b"\n")
+    for i, line in enumerate(lines):
+        if line.startswith(b"data:") and b'"response"' in line:
+            event = loads_object(line[5:])
+            if event is not None and ids.say_previous(event.get("response")):
+                lines[i] = b"data: " + orjson.dumps(event) + (b"\r" if line.endswith(b"\r")
+                                                              else b"")
+    return b"\n".join(lines)
+
+
 def rewrite_stored(body: bytes, ids: IdRewriter) -> bytes:
-    """A whole answer of the Responses API with its response ids made public."""
+    """A whole answer of the Responses API with its response ids made public (and the
+    client's previous_response_id, when the gateway answered the follow-up)."""
     parsed = loads_object(body)
     if parsed is not None:
         ids.learn_from(parsed)
     body = ids.apply(body)
+    if ids.previous is not None and parsed is not None:
+        parsed = loads_object(body)
+        if parsed is not None and ids.say_previous(parsed):
+            body = orjson.dumps(parsed)
     if ids.keeper is not None:
         ids.keeper.see_whole(body)
     return body

@@ -63,7 +63,7 @@ class IdRewriter:
     is replaced wherever it is, so streamed events need no parsing once it is known.
     """
 
-    __slots__ = ("backend", "patterns", "keeper", "_known")
+    __slots__ = ("backend", "patterns", "keeper", "previous", "_known")
 
     def __init__(self, backend: str, known: Iterable[str] = ()) -> None:
         self.backend = backend
@@ -71,6 +71,10 @@ class IdRewriter:
         # What watches the answer with its ids made public, when the gateway stores it
         # (api/conversations.Keeping: see_whole, see_events); None: nothing does.
         self.keeper: Any = None
+        # The previous_response_id the client sent, when the gateway answered it from its
+        # own store (api/conversations: the runtime got the whole conversation and no id):
+        # every response object relayed says it, as OpenAI's do; None: the runtime's own.
+        self.previous: str | None = None
         self._known: set[str] = set()
         for runtime_id in known:
             self.learn(runtime_id)
@@ -95,3 +99,13 @@ class IdRewriter:
             if old in data:
                 data = data.replace(old, new)
         return data
+
+    def say_previous(self, response: Any) -> bool:
+        """Set `previous_response_id` in a response object (one that names itself) when
+        the gateway answered the follow-up; True when it changed."""
+        if self.previous is None or not isinstance(response, dict) \
+                or not isinstance(response.get("id"), str) \
+                or response.get("previous_response_id") == self.previous:
+            return False
+        response["previous_response_id"] = self.previous
+        return True

@@ -10,6 +10,14 @@ Messages API reaches it translated to chat):
    JSON schema (`arguments`);
 3. otherwise: it echoes the last user message, as without tools.
 
+What echo reads of a message (`said`) leaves `<system-reminder>` blocks out: they are what
+a client tells the model beside the user's words, not the user's words (Claude Code puts
+its context in them, and the Messages translation folds a system message sent mid-
+conversation into a user turn as one: translate/anthropic_system.py). Read as words, ~9k
+characters of Claude Code's environment became a tool's argument. A user message holding
+nothing but reminders is passed over, so a tool result followed by a folded system message
+still reads as the conversation ending with that result.
+
 `tool_choice` is honoured as far as it says something echo can do: "none" never calls, a
 named function (or Messages' `tool`, translated to it) calls that one, "required" calls the
 named tool or else the first. Arguments fill the schema's required properties: a string
@@ -32,6 +40,7 @@ from ..translate.content import content_text
 
 MAX_DEPTH = 6      # nested object schemas deeper than this get {}
 MAX_ITEMS = 16     # minItems beyond this is not honoured (echo is a test runtime)
+_REMINDER = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,38 +80,49 @@ def responses_tools(tools: Any) -> dict[str, dict]:
     return found
 
 
+def said(content: Any) -> str | None:
+    """The text echo reads in a message's content: its text without `<system-reminder>`
+    blocks; None when it had text and all of it was reminders."""
+    text = content_text(content)
+    if "<system-reminder>" not in text:
+        return text
+    left = _REMINDER.sub(" ", text)
+    return None if not left.strip() and text.strip() else left
+
+
 def chat_reply(payload: Mapping[str, Any]) -> Reply:
     """Echo's answer to a chat request (with or without tools)."""
-    messages = [m for m in payload.get("messages") or () if isinstance(m, dict)]
+    messages = [m for m in payload.get("messages") or () if isinstance(m, dict)
+                and not (m.get("role") == "user" and said(m.get("content")) is None)]
     results = []
     for message in reversed(messages):
         if message.get("role") != "tool":
             break
-        results.append(content_text(message.get("content")))
+        results.append(said(message.get("content")) or "")
     if results:
         return Reply(" ".join(reversed(results)).split())
     text = ""
     for message in reversed(messages):
         if message.get("role") == "user":
-            text = content_text(message.get("content"))
+            text = said(message.get("content")) or ""
             break
     return decide(text, chat_tools(payload.get("tools")), _chat_choice(payload))
 
 
 def responses_reply(items: list[dict], payload: Mapping[str, Any]) -> Reply:
     """Echo's answer to a Responses request's input items."""
+    items = [i for i in items if not (_user_item(i) and said(i.get("content")) is None)]
     results = []
     for item in reversed(items):
         if item.get("type") != "function_call_output":
             break
-        output = item.get("output")
-        results.append(output if isinstance(output, str) else content_text(output))
+        results.append(said(item.get("output")) or "")
     if results:
         return Reply(" ".join(reversed(results)).split())
     text = ""
     for item in reversed(items):
-        if item.get("role", "user") == "user" and item.get("type", "message") == "message":
-            text = content_text(item.get("content"))
+        if _user_item(item):
+            text = said(item.get("content")) or ""
             break
     choice = payload.get("tool_choice")
     if isinstance(choice, dict) and choice.get("type") == "function":
@@ -188,6 +208,10 @@ def _words_after(text: str, name: str) -> str:
     match = re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text)
     rest = text[match.end():] if match else ""
     return " ".join(rest.split()).strip(" .,;:!?\"'()[]")
+
+
+def _user_item(item: dict) -> bool:
+    return item.get("role", "user") == "user" and item.get("type", "message") == "message"
 
 
 def _chat_choice(payload: Mapping[str, Any]) -> Any:

@@ -16,8 +16,8 @@ to lose):
   vLLM's chat templates read back), not dropped: models that think between tool calls need
   their earlier reasoning; templates that do not use it ignore it. `redacted_thinking` is
   opaque and dropped. Signatures are not checked: only Anthropic could.
-- An assistant turn with tool calls and no text has `content: null`, as chat completions
-  defines it.
+- An assistant turn with tool calls and no text has `content: ""`, not null: OpenAI's chat
+  spec takes a string there, and some runtimes refuse null (see `_assistant_message`).
 - `top_k` is passed through (vLLM, SGLang, llama.cpp and Ollama accept it). `thinking` and
   other Anthropic-only settings are not forwarded: the runtime's reasoning parser decides.
 - Blocks and tools chat completions cannot express (documents, server tools, file sources)
@@ -152,7 +152,13 @@ def _assistant_message(content: Any, where: str) -> dict[str, Any]:
     # Assistant text blocks are pieces of one generation (split by citations or tool
     # calls), so they are joined as they were produced, without a separator.
     text = "".join(texts)
-    msg: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+    # Tool calls and no text: an empty string. OpenAI's chat spec lets such a message omit
+    # `content` or send null, but llama-cpp-python's server (0.3.x) takes neither: its
+    # request schema refuses null (422), and with the key left out its
+    # `chatml-function-calling` template (rendered with StrictUndefined) fails on
+    # `message.content`, ending the stream before its first event. "" passes both (and
+    # llama-server takes all three forms).
+    msg: dict[str, Any] = {"role": "assistant", "content": text}
     if calls:
         msg["tool_calls"] = calls
     if any(reasoning):

@@ -144,9 +144,8 @@ def anthropic_tool_round_trip(base: str, model: str) -> None:
     """A real model's tool call through the Messages translation: get_weather is forced on
     the first turn (tool_choice `tool`), the result goes back with tool_choice `none`, and the
     model answers in text. Temperature 0 (in the body: this SDK has no such argument). The
-    assistant turn sent back has a text block before its tool_use: llama-cpp-python's server
-    refuses an assistant message whose content is null, which is what a tool_use-only turn
-    becomes in chat completions."""
+    assistant turn sent back is its tool_use alone: llama-cpp-python's server refuses an
+    assistant message whose content is null or missing, and the translation sends ""."""
     import anthropic
     client = anthropic.Anthropic(base_url=base.removesuffix("/v1"), api_key=KEY, max_retries=0,
                                  timeout=120)
@@ -160,8 +159,7 @@ def anthropic_tool_round_trip(base: str, model: str) -> None:
     assert used, first
     call = used[0]
     answer = [question,
-              {"role": "assistant", "content": [{"type": "text", "text": "Looking it up."},
-                                                call.model_dump()]},
+              {"role": "assistant", "content": [call.model_dump()]},
               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
                                             "content": weather(call.input.get("city", "?"))}]}]
     with client.messages.stream(model=model, max_tokens=64, messages=answer, tools=tools,
