@@ -8,10 +8,13 @@ Builds a gateway app with 20 backends (echo, so no runtime is needed) and 10 cli
 fills its 15-minute history (every point, for every backend) and its tail (200 real
 requests), then makes REFRESHES refreshes as the page does, signed in with the session
 cookie, from a client in another thread: with the history and the config
-(GET /admin/console/state, /admin/config, /admin/keys), as at the first refresh and
-whenever the history has a new point, and without them (the others). The server's CPU is its own thread's (time.thread_time), so the client's
-work is not counted. Also prints the history ring's memory (tracemalloc) and what the
-console adds to each proxied request (the tail's append, timed alone).
+(GET /admin/console/state, /admin/config), as at the first refresh and whenever the
+history has a new point, and without them (the others; the state carries the keys'
+/admin/keys figures and the queue's rows). The server's CPU is its own thread's
+(time.thread_time), so the client's work is not counted. Also prints the history ring's
+memory (tracemalloc), what the console adds to each proxied request (the tail's append,
+timed alone), and the queue's rows with a full waiting room (`queue.max_size` waiters,
+timed alone: the refreshes above have nobody waiting).
 """
 
 from __future__ import annotations
@@ -35,14 +38,16 @@ from aiohttp import web  # noqa: E402
 
 from gateway.log import AccessLog  # noqa: E402
 from gateway.app import create_app  # noqa: E402
-from gateway.config import ApiKey, Config, ServerConfig, backend  # noqa: E402
+from gateway.config import ApiKey, Config, QueueConfig, ServerConfig, backend  # noqa: E402
+from gateway.dispatch.scheduler import Scheduler, Waiter  # noqa: E402
+from gateway.limits.tickets import KeyState, Ticket  # noqa: E402
 from gateway.console.history import BOUNDS, POINTS, Counts, History  # noqa: E402
 from gateway.console.tail import Tail  # noqa: E402
 from gateway.typedefs import CONSOLE  # noqa: E402
 
 ADMIN = "bench-admin-key"
 BACKENDS, KEYS, REFRESHES = 20, 10, 200
-PATHS = ("/admin/console/state", "/admin/config", "/admin/keys")
+PATHS = ("/admin/console/state", "/admin/config")
 
 
 def fleet() -> Config:
@@ -125,7 +130,7 @@ async def measure(server: ServerThread, refreshes: int) -> dict[str, float]:
             first = await r.read()
             version = (await r.json())["history_version"]
         full = PATHS   # a page's first refresh, and one after each new history point
-        steady = (f"{PATHS[0]}?history={version}", PATHS[2])   # the others
+        steady = (f"{PATHS[0]}?history={version}",)   # the others
         costs = {}
         for name, paths in (("full", full), ("steady", steady)):
             per_refresh = []
@@ -172,6 +177,21 @@ def tail_cost_ns() -> float:
     return timeit.timeit(lambda: tail.write(fields), number=n) / n * 1e9
 
 
+def queue_rows_us(waiters: int) -> float:
+    """`Scheduler.rows` (what a refresh reads of the waiting room) with `waiters` waiting,
+    over 5 models, 3 classes and the KEYS keys."""
+    scheduler = Scheduler()
+    keys = [KeyState(f"team-{i}") for i in range(KEYS)]
+    now = time.monotonic()
+    for i in range(waiters):
+        model = f"model-{i % 5}"
+        scheduler._seq += 1
+        scheduler._add(Waiter(Ticket(keys[i % KEYS], i % 3), scheduler._seq, now - i * 0.01,
+                              QueueConfig().promote_after_s, model, model, lambda: None))
+    n = 200
+    return timeit.timeit(scheduler.rows, number=n) / n * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--refreshes", type=int, default=REFRESHES)
@@ -200,6 +220,9 @@ def main() -> None:
     print(f"history ring, {BACKENDS} backends x {POINTS} points: "
           f"{history_memory(names) / 1024:.0f} KiB")
     print(f"per proxied request, the tail's append: {tail_cost_ns():.0f} ns")
+    full = QueueConfig().max_size
+    print(f"the queue's rows with {full} waiting (queue.max_size): "
+          f"{queue_rows_us(full):.0f} µs a refresh")
 
 
 if __name__ == "__main__":

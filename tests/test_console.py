@@ -3,6 +3,7 @@ Content-Security-Policy, what its JSON shows (history, tail, states), and --work
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import time
@@ -11,15 +12,18 @@ from dataclasses import replace
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from gateway.app import create_app
-from gateway.config import ApiKey, ServerConfig, backend
+from gateway.config import ApiKey, Budget, ServerConfig, StateConfig, backend
 from gateway.console.history import BOUNDS, STEP_S, Counts, History, p50, read_counts
 from gateway.console.pages import CSP
 from gateway.console.session import COOKIE, Sessions
 from gateway.console.share import FRESH_S, WorkerShare
+from gateway.dispatch.scheduler import Scheduler, Waiter
+from gateway.limits.tickets import KeyState, Ticket
 from gateway.workers.rundir import RunDir
 from gateway.typedefs import CONSOLE, GATEWAY
 from tests.conftest import CHAT, bearer, eventually, make_config
@@ -347,3 +351,140 @@ async def test_another_workers_figures_are_added_to_this_ones(client, tmp_path):
     assert [line["request_id"] for line in state["tail"]] == ["from-the-other-worker", "mine"]
     assert share.is_open()   # the page asked: every worker publishes now
     gateway.states["a"].in_flight = 0
+
+
+class Gate:
+    """A runtime that holds every answer until `open()`."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.arrived = 0
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.arrived += 1
+        await self.event.wait()
+        return web.json_response({
+            "id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "ok"}}],
+            "usage": {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}})
+
+
+async def test_a_request_held_waiting_shows_in_the_queue_rows_and_its_keys_figures(
+        aiohttp_client, aiohttp_server, tmp_path):
+    """A backend at its max_concurrency: the next request waits. The state shows it per
+    model and class with a growing oldest wait, and its key's /admin/keys figures (in
+    flight, queued, tokens, budget left); once it runs the row is gone."""
+    gate = Gate()
+    runtime = web.Application()
+    runtime.router.add_post("/v1/chat/completions", gate.handle)
+    runtime.router.add_get("/health", gate.health)
+    upstream = await aiohttp_server(runtime)
+    metered = ApiKey("metered", "sk-metered", priority="batch",
+                     budget=Budget(tokens_per_day=1000, tokens_per_month=50_000))
+    config = make_config(
+        backend("x", "vllm", f"http://127.0.0.1:{upstream.port}/v1", models=("m",),
+                max_concurrency=1),
+        server=ServerConfig(admin_key=ADMIN), auth_keys=(metered, ApiKey("team", "sk-team")),
+        state=StateConfig(sqlite=str(tmp_path / "state.sqlite")))
+    client = await aiohttp_client(create_app(config))
+    await sign_in(client)
+
+    async def state() -> dict:
+        resp = await client.get("/admin/console/state")
+        assert resp.status == 200
+        return await resp.json()
+    empty = await state()
+    assert empty["queue"]["rows"] == [] and empty["queue"]["waiting"] == 0
+    first = asyncio.create_task(client.post("/v1/chat/completions", json=ECHO_CHAT,
+                                            headers=bearer("sk-team")))
+    assert await eventually(lambda: gate.arrived == 1, timeout=3)
+    waiting = asyncio.create_task(client.post("/v1/chat/completions", json=ECHO_CHAT,
+                                              headers=bearer("sk-metered")))
+    queue = client.app[GATEWAY].dispatcher.queue
+    assert await eventually(lambda: queue.waiting == 1, timeout=3)
+    await asyncio.sleep(0.3)
+    held = await state()
+    [row] = held["queue"]["rows"]
+    assert row["model"] == "m" and row["priority"] == "batch" and row["waiting"] == 1
+    assert 0.3 <= row["oldest_wait_s"] < 5
+    assert held["queue"]["waiting"] == 1 and held["queue"]["cold"] == 0
+    keys = {k["name"]: k for k in held["keys"]}
+    assert keys["metered"]["queued"] == 1 and keys["metered"]["in_flight"] == 0
+    assert keys["metered"]["priority"] == "batch"
+    assert keys["metered"]["budget"] == {"tokens_per_day": 1000, "tokens_per_month": 50_000,
+                                         "left_day": 1000, "left_month": 50_000}
+    assert keys["team"]["in_flight"] == 1 and keys["team"]["queued"] == 0
+    assert keys["team"]["budget"] is None
+    # The console's keys are GET /admin/keys' entries.
+    admin = await (await client.get("/admin/keys")).json()
+    assert admin["keys"] == held["keys"]
+    later = (await state())["queue"]["rows"][0]["oldest_wait_s"]
+    assert later >= row["oldest_wait_s"]
+
+    gate.event.set()
+    assert (await asyncio.wait_for(first, 5)).status == 200
+    assert (await asyncio.wait_for(waiting, 5)).status == 200
+    done = await state()
+    assert done["queue"]["rows"] == [] and done["queue"]["waiting"] == 0
+    metered_after = next(k for k in done["keys"] if k["name"] == "metered")
+    assert metered_after["queued"] == 0 and metered_after["tokens"]["day"] == 10
+    assert metered_after["budget"]["left_day"] == 990
+
+
+def test_the_rows_count_by_model_and_class_with_promotion_and_the_oldest_wait():
+    """`Scheduler.rows` on waiters put in directly: per model and class, the class the
+    one a waiter has been promoted to, the oldest wait the earliest arrival's."""
+    scheduler = Scheduler()
+    now = time.monotonic()
+    key = KeyState("k")
+
+    def put(model: str, cls: int, waited: float, promote_s: float = 30.0) -> None:
+        scheduler._seq += 1
+        scheduler._add(Waiter(Ticket(key, cls), scheduler._seq, now - waited, promote_s,
+                              model, model, lambda: None))
+    put("m", 2, 1.0)
+    put("m", 2, 4.0)
+    put("m", 0, 0.5)
+    put("other", 1, 2.0)
+    put("m", 2, 35.0)   # batch for 35 s with promote_after_s 30: standard now
+    rows = {(m, c): (n, age) for m, c, n, age in scheduler.rows()}
+    assert set(rows) == {("m", 0), ("m", 1), ("m", 2), ("other", 1)}
+    assert rows[("m", 2)][0] == 2 and 4.0 <= rows[("m", 2)][1] < 5.0
+    assert rows[("m", 1)][0] == 1 and 35.0 <= rows[("m", 1)][1] < 36.0
+    assert rows[("m", 0)][0] == 1 and rows[("other", 1)][0] == 1
+    assert [r[:2] for r in scheduler.rows()] == [("m", 0), ("m", 1), ("m", 2), ("other", 1)]
+    assert sum(r[2] for r in scheduler.rows()) == scheduler.waiting == 5
+
+
+async def test_other_workers_queue_rows_and_keys_queued_are_merged(client, tmp_path):
+    """Under --workers: the queue's rows summed per model and class, the oldest wait the
+    longest of any worker's (from the wall-clock arrival each publishes, so a file a
+    second old is not a second short), each key's queued summed; a worker's waiters
+    with no row (a cold pool's) are `cold`."""
+    client.app[CONSOLE].share = WorkerShare(RunDir(str(tmp_path)))
+    await sign_in(client)
+    now = time.time()
+    base = {"in_flight": {}, "ejected_until": {}, "cooling_until": {}, "tail": []}
+    one = {**base, "waiting": 5, "queued": {"team": 2},
+           "queue": [{"model": "m", "priority": "batch", "waiting": 2, "oldest_since": now - 12},
+                     {"model": "m", "priority": "interactive", "waiting": 1,
+                      "oldest_since": now - 1}]}
+    two = {**base, "waiting": 3, "queued": {"team": 3},
+           "queue": [{"model": "m", "priority": "batch", "waiting": 3, "oldest_since": now - 4}]}
+    for name, figures in (("999997", one), ("999996", two)):
+        (tmp_path / "console-workers" / f"{name}.json").write_bytes(orjson.dumps(figures))
+    state = await (await client.get("/admin/console/state")).json()
+    assert state["workers"] == 3
+    queue = state["queue"]
+    assert [(r["model"], r["priority"], r["waiting"]) for r in queue["rows"]] == [
+        ("m", "interactive", 1), ("m", "batch", 5)]
+    assert 12 <= queue["rows"][1]["oldest_wait_s"] < 14
+    assert 1 <= queue["rows"][0]["oldest_wait_s"] < 3
+    assert queue["waiting"] == 8 and queue["cold"] == 2
+    [team] = state["keys"]
+    assert team["name"] == "team" and team["queued"] == 5

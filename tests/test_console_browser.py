@@ -14,12 +14,13 @@ import asyncio
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import load_config
@@ -38,15 +39,54 @@ REFRESH_S = 2.0     # the page's refresh (console.js REFRESH_MS)
 WIDTHS = (390, 1440)
 
 
-def gateway_yaml(fake_url: str, extra_backend: str = "", broken: bool = False) -> str:
+def gateway_yaml(fake_url: str, gate_url: str, state: Path, extra_backend: str = "",
+                 broken: bool = False) -> str:
     return (f"server: {{admin_key: {ADMIN}}}\n"
             f"health: {{interval_s: {HEALTH_S}, unhealthy_after: 1, healthy_after: 1}}\n"
+            "queue: {max_wait_s: 120}\n"   # the held requests wait out the whole test
+            f"state: {{sqlite: '{state}'}}\n"
             "auth:\n  keys:\n    - {name: team, key: sk-team-secret-1}\n"
+            "    - {name: batch-jobs, key: sk-batch-secret-2, priority: batch, share: 2,\n"
+            "       max_concurrency: 4, budget: {tokens_per_day: 200000,"
+            " tokens_per_month: 5000000}}\n"
             "backends:\n"
             f"  gpu-a: {{kind: vllm, url: '{fake_url}', models: {{m: {RUNTIME_ID}}}}}\n"
             "  cpu-b: {kind: echo, models: [m], max_concurrency: 8}\n"
+            f"  gpu-q: {{kind: openai, url: '{gate_url}', models: [{SLOW}], max_concurrency: 1}}\n"
             + extra_backend
             + ("routes: {m: {strategy: no-such-strategy}}\n" if broken else ""))
+
+
+SLOW = "slow"   # the model of gpu-q, a runtime that holds every answer until let go
+KEYS = {"team": "sk-team-secret-1", "batch-jobs": "sk-batch-secret-2"}
+
+
+class Gate:
+    """gpu-q's runtime: each answer waits until `open()`; at max_concurrency 1 the
+    gateway queues the rest."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.arrived = 0
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": SLOW, "object": "model"}]})
+
+    async def chat(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.arrived += 1
+        await self.event.wait()
+        return web.json_response({
+            "id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "ok"}}],
+            "usage": {"prompt_tokens": 40, "completion_tokens": 60, "total_tokens": 100}})
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        return app
 
 
 @dataclass
@@ -55,26 +95,52 @@ class Served:
     path: Path
     fake: Any
     app: Any
+    gate: Gate
+    urls: tuple[str, str, Path]   # gateway_yaml's: the fake's, the gate's, the state file
+    held: list[asyncio.Task] = field(default_factory=list)
 
-    async def chat(self, request_id: str, model: str = "m", stream: bool = False) -> int:
+    def yaml(self, **kw: Any) -> str:
+        return gateway_yaml(*self.urls, **kw)
+
+    async def chat(self, request_id: str, model: str = "m", stream: bool = False,
+                   key: str = "team") -> int:
         async with aiohttp.ClientSession() as s:
             async with s.post(self.base + "/v1/chat/completions", json={
                     "model": model, "stream": stream,
                     "messages": [{"role": "user", "content": "hello console"}]},
-                    headers={"Authorization": "Bearer sk-team-secret-1",
+                    headers={"Authorization": f"Bearer {KEYS[key]}",
                              "X-Request-ID": request_id}) as r:
                 await r.read()
                 return r.status
 
+    async def hold(self) -> None:
+        """One request of `team` running on gpu-q, held; then `team`'s and two of
+        `batch-jobs` waiting behind it, in the queue's standard and batch rows."""
+        queue = self.app[GATEWAY].dispatcher.queue
+        for i, key in enumerate(("team", "team", "batch-jobs", "batch-jobs")):
+            self.held.append(asyncio.create_task(self.chat(f"held-{i}", SLOW, key=key)))
+            assert await eventually(lambda: self.gate.arrived == 1 and queue.waiting == i,
+                                    timeout=5)
+
+    async def release(self) -> list[int]:
+        self.gate.event.set()
+        return list(await asyncio.wait_for(asyncio.gather(*self.held), 10))
+
 
 @pytest.fixture
-async def served(tmp_path, aiohttp_server, start_runtime) -> Served:
+async def served(tmp_path, aiohttp_server, start_runtime) -> AsyncIterator[Served]:
     fake, runtime = await start_runtime(models=(RUNTIME_ID,))
+    gate = Gate()
+    gate_server = await aiohttp_server(gate.app(), host="127.0.0.1")
+    urls = (runtime.url("/v1"), f"http://127.0.0.1:{gate_server.port}/v1",
+            tmp_path / "state.sqlite")
     path = tmp_path / "gateway.yaml"
-    path.write_text(gateway_yaml(runtime.url("/v1")))
+    path.write_text(gateway_yaml(*urls))
     app = create_app(load_config(str(path)), str(path))
     server = await aiohttp_server(app, host="127.0.0.1")
-    return Served(f"http://127.0.0.1:{server.port}", path, fake, app)
+    found = Served(f"http://127.0.0.1:{server.port}", path, fake, app, gate, urls)
+    yield found
+    gate.event.set()   # nothing left held when the servers close
 
 
 @pytest.fixture
@@ -97,8 +163,7 @@ async def browser() -> AsyncIterator[Any]:
 class Tab:
     page: Any
     requests: list[str]
-    problems: list[str]   # script errors and CSP violations (not a 404 the page expects:
-                          # GET /admin/keys until the tenancy endpoint is served)
+    problems: list[str]   # script errors and CSP violations
 
 
 async def open_tab(browser, width: int = 1440, **context: Any) -> Tab:
@@ -221,15 +286,14 @@ async def test_reload_applies_an_edit_of_the_file_and_reports_a_bad_one(served, 
     page = tab.page
     await sign_in(tab, served.base)
     await live(tab)
-    fake_url = served.app[GATEWAY].config.backends["gpu-a"].url
-    served.path.write_text(gateway_yaml(fake_url, "  new-c: {kind: echo, models: [m2]}\n"))
+    served.path.write_text(served.yaml(extra_backend="  new-c: {kind: echo, models: [m2]}\n"))
     await page.click("#reload")
     await page.wait_for_selector("#reload-result.ok", timeout=5000)
     assert "applied" in await page.locator("#reload-result").inner_text()
     await page.wait_for_selector('#backends tr[data-backend="new-c"]', timeout=5000)
     await page.wait_for_selector('#models tr[data-model="m2"]', timeout=5000)
 
-    served.path.write_text(gateway_yaml(fake_url, broken=True))
+    served.path.write_text(served.yaml(broken=True))
     await page.click("#reload")
     await page.wait_for_selector("#reload-result.error", timeout=5000)
     text = await page.locator("#reload-result").inner_text()
@@ -250,8 +314,10 @@ async def test_both_widths_by_keyboard_alone_with_screenshots(fast_history, serv
     shots = Path(os.environ.get("GATEWAY_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     for i in range(12):   # traffic over a few history steps: charts with a shape
-        assert await served.chat(f"shot-{i}", stream=True) == 200
+        assert await served.chat(f"shot-{i}", stream=True,
+                                 key="batch-jobs" if i % 3 == 0 else "team") == 200
         await asyncio.sleep(0.15 * (i % 4))
+    await served.hold()   # keys with requests in flight and queued, the queue's rows
     for width in WIDTHS:
         tab = await open_tab(browser, width)
         page = tab.page
@@ -273,12 +339,16 @@ async def test_both_widths_by_keyboard_alone_with_screenshots(fast_history, serv
         # Nothing wider than the window: no sideways scrolling of the page itself.
         assert await page.evaluate("document.documentElement.scrollWidth") <= width
         await page.wait_for_selector("#backends svg.spark polyline", timeout=5000)
+        await page.wait_for_selector('#queue-table tr[data-priority="batch"]', timeout=5000)
         await page.screenshot(path=str(shots / f"console-{width}.png"), full_page=True)
-        if width == 1440:   # the README's picture: the top of the page
-            await page.evaluate("window.scrollTo(0, 0)")
-            await page.screenshot(path=str(shots / "console.png"))
+        if width == 1440:   # the README's picture: the fleet, the keys and the queue
+            bottom = await page.evaluate("document.getElementById('keys')"
+                                         ".getBoundingClientRect().bottom + window.scrollY")
+            await page.screenshot(path=str(shots / "console.png"), full_page=True,
+                                  clip={"x": 0, "y": 0, "width": width, "height": bottom + 16})
         assert tab.problems == []
         await page.context.close()
+    assert await served.release() == [200] * 4
 
 
 async def test_no_serious_or_critical_axe_violations_at_either_width(served, browser):
@@ -298,8 +368,66 @@ async def test_no_serious_or_critical_axe_violations_at_either_width(served, bro
         await page.wait_for_url(served.base + "/admin/")
         await live(tab)
         await page.wait_for_selector("#tail-table tbody tr", timeout=5000)
+        if width == WIDTHS[0]:
+            await served.hold()   # the queue's table with rows, the keys with figures
+        await page.wait_for_selector('#queue-table tr[data-priority="batch"]', timeout=5000)
         assert await serious_violations(page, axe) == []
         await page.context.close()
+    assert await served.release() == [200] * 4
+
+
+async def cells(row) -> list[str]:
+    return [text.strip() for text in await row.locator("td").all_inner_texts()]
+
+
+async def test_the_keys_and_queue_views_show_live_figures(served, browser):
+    """GET /admin/keys' figures per key (class, in flight, queued, tokens, budget left) and
+    the queue per model and class with its oldest wait, in a table with headers; the
+    queue's rows gone once the requests run."""
+    tab = await open_tab(browser)
+    page = tab.page
+    assert await served.chat("spend", key="batch-jobs") == 200
+    await sign_in(tab, served.base)
+    await live(tab)
+    await served.hold()
+    batch = page.locator('#queue-table tr[data-model="slow"][data-priority="batch"]')
+    await batch.wait_for(timeout=REFRESH_S * 1000 + 1500)
+    heads = await page.locator("#queue-table thead th[scope=col]").all_inner_texts()
+    assert heads == ["Model", "Class", "Waiting", "Oldest wait"]
+    assert "model and class" in await page.locator("#queue-table caption").inner_text()
+    model, cls, waiting, oldest = await cells(batch)
+    assert (model, cls, waiting) == ("slow", "batch", "2")
+    assert oldest.endswith(" s") and float(oldest[:-2]) >= 0
+    standard = page.locator('#queue-table tr[data-model="slow"][data-priority="standard"]')
+    assert (await cells(standard))[:3] == ["slow", "standard", "1"]
+    # The oldest wait grows from one refresh to the next.
+    grown = await eventually(lambda: _longer(batch, float(oldest[:-2])), timeout=5,
+                             interval=0.2)
+    assert grown, "the oldest wait did not grow"
+    summary = await page.locator("#queue").inner_text()
+    assert summary.startswith("3 request(s) waiting")
+
+    key = await cells(page.locator('#keys-table tr[data-key="batch-jobs"]'))
+    used = served.app[GATEWAY].tenants.budgets.used("batch-jobs")[0]
+    assert used > 0   # the "spend" request's tokens
+    assert key[:2] == ["batch-jobs", "batch"] and key[2] == "2"
+    assert key[5:7] == ["0 / 4", "2"]   # in flight / its max_concurrency, queued
+    assert key[7] == f"{used} / {used}"
+    assert key[8] == f"{200000 - used} / {5000000 - used}"
+    team = await cells(page.locator('#keys-table tr[data-key="team"]'))
+    assert team[5:7] == ["1 / no limit", "1"] and team[8] == "no budget"
+    assert "does not serve" not in await page.locator("#keys").inner_text()
+
+    assert await served.release() == [200] * 4
+    await page.locator("#queue-table tbody tr", has_text="Nothing is waiting").wait_for(
+        timeout=REFRESH_S * 1000 + 1500)
+    assert await page.locator("#queue-table tr[data-priority]").count() == 0
+    assert tab.problems == []
+
+
+async def _longer(row, than: float) -> bool:
+    oldest = (await cells(row))[3]
+    return float(oldest[:-2]) > than
 
 
 async def serious_violations(page, axe: str) -> list[str]:

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import PRIORITIES
 from ..state import Gateway
 from .history import History
 from .session import Sessions
@@ -22,7 +23,9 @@ class Console:
 
 
 def worker_figures(gateway: Gateway) -> dict[str, Any]:
-    """This worker's own part of the server's figures (ejections as wall-clock ends)."""
+    """This worker's own part of the server's figures: in flight per backend, ejections
+    and cooldowns as wall-clock ends, its waiting room (all that wait; per model and
+    class, the oldest's arrival as a wall-clock time) and what each key has waiting."""
     now, wall = time.monotonic(), time.time()
     in_flight, ejected, cooling = {}, {}, {}
     for name, state in gateway.states.items():
@@ -31,5 +34,10 @@ def worker_figures(gateway: Gateway) -> dict[str, Any]:
             ejected[name] = wall + state.ejected_until - now
         if state.cooling_until > now:
             cooling[name] = wall + state.cooling_until - now
+    queue = gateway.dispatcher.queue
+    rows = [{"model": model, "priority": PRIORITIES[cls], "waiting": n,
+             "oldest_since": wall - age} for model, cls, n, age in queue.rows()]
+    queued = {state.name: n for _, state in gateway.tenants.entries()
+              if (n := queue.queued(state))}
     return {"in_flight": in_flight, "ejected_until": ejected, "cooling_until": cooling,
-            "waiting": gateway.dispatcher.queue.waiting}
+            "waiting": queue.waiting, "queue": rows, "queued": queued}

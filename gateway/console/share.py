@@ -2,7 +2,8 @@
 
 Health and engine readings are the server's already (the leader publishes them); what
 each worker holds alone is its requests in flight, its passive ejections and 429
-cooldowns, its queue and its tail. While a console is open (a page asked within
+cooldowns, its queue (per model and class, the oldest's arrival as a wall-clock time, so a
+file a second old still tells the wait to now), each key's waiters, and its tail. While a console is open (a page asked within
 `OPEN_FOR_S`, marked by the `console-open` file's time), every worker writes these
 to `console-workers/<pid>.json` each `EVERY_S` (written aside, then renamed), and the
 worker that answers the page adds up the others' files that are fresh. With no console

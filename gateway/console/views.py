@@ -1,13 +1,15 @@
 """The console's JSON: one answer per refresh with everything the page shows but the
-config (`GET /admin/config`, asked again only when `config_version` changes) and the keys
-(`GET /admin/keys`, where served). The history is sent when it has a point the page has
-not seen (`?history=<version>` names the one it has), else null: a new point comes every
-5 s, a refresh every 2 s.
+config (`GET /admin/config`, asked again only when `config_version` changes). The keys
+are `GET /admin/keys`' entries (api/tenancy.py), and the queue is the scheduler's room per
+model and class with its oldest wait (`Scheduler.rows`, read only when a page asks). The
+history is sent when it has a point the page has not seen (`?history=<version>` names the
+one it has), else null: a new point comes every 5 s, a refresh every 2 s.
 
 Under --workers the worker that answers adds the other workers' figures (share.py) to
-its own: in flight and queue summed, an ejection or cooldown in any worker shown with
-the longest time left, the tails merged by time. Health, engine readings and the
-history are the server's already.
+its own: in flight, the queue's counts and each key's queued summed, the oldest wait the
+longest of any worker's, an ejection or cooldown in any worker shown with the longest
+time left, the tails merged by time. Health, engine readings, the history, a key's in
+flight and its tokens are the server's already.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import orjson
 from aiohttp import web
 
 from ..api.admin import require_admin
-from ..config import ApiKey
+from ..api.tenancy import entry
+from ..config import PRIORITIES
 from ..dispatch import BackendState
 from ..errors import Unauthorized
 from ..state import Gateway
@@ -48,10 +51,8 @@ async def state(request: web.Request) -> web.Response:
         "health_interval_s": gateway.config.health.interval_s,
         "models": _models(gateway),
         "backends": [_backend(s, gateway, figures) for s in gateway.states.values()],
-        "queue": {"waiting": sum(f["waiting"] for f in figures),
-                  "max_size": gateway.config.queue.max_size,
-                  "max_wait_s": gateway.config.queue.max_wait_s},
-        "keys": [_key(k) for k in gateway.config.auth_keys],
+        "queue": _queue(gateway, figures),
+        "keys": _keys(gateway, others),
         "last_reload": _last_reload(gateway),
         "config_version": gateway.reloads,
         "tail": _tail(console, others),
@@ -125,12 +126,38 @@ def _engine(state: BackendState) -> dict[str, Any] | None:
             "last_failure": view.failure}
 
 
-def _key(key: ApiKey) -> dict[str, Any]:
-    """A configured key as the keys view shows it until GET /admin/keys is served (the
-    figures only that endpoint knows are null). Never the key itself."""
-    return {"name": key.name, "models": list(key.models), "rpm": key.rpm, "tpm": key.tpm,
-            "priority": None, "share": None, "max_concurrency": None, "in_flight": None,
-            "queued": None, "tokens": None, "budget": None}
+def _queue(gateway: Gateway, figures: list[dict[str, Any]]) -> dict[str, Any]:
+    """The room: every waiter (`waiting`), per model and class those that take a turn
+    (`rows`), and those waiting for a cold pool to come up (`cold`: no class, no turn)."""
+    merged: dict[tuple[str, int], list] = {}
+    for f in figures:
+        for row in f.get("queue", ()):
+            at = (row["model"], PRIORITIES.index(row["priority"]))
+            found = merged.get(at)
+            if found is None:
+                merged[at] = [row["waiting"], row["oldest_since"]]
+            else:
+                found[0] += row["waiting"]
+                found[1] = min(found[1], row["oldest_since"])
+    wall = time.time()
+    rows = [{"model": model, "priority": PRIORITIES[cls], "waiting": n,
+             "oldest_wait_s": round(max(0.0, wall - since), 2)}
+            for (model, cls), (n, since) in sorted(merged.items())]
+    waiting = sum(f["waiting"] for f in figures)
+    queue = gateway.config.queue
+    return {"waiting": waiting, "cold": max(0, waiting - sum(r["waiting"] for r in rows)),
+            "rows": rows, "max_size": queue.max_size, "max_wait_s": queue.max_wait_s,
+            "promote_after_s": queue.promote_after_s}
+
+
+def _keys(gateway: Gateway, others: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`GET /admin/keys`' entries (never the key itself), each key's queued counting the
+    other workers' waiters too."""
+    rows = [entry(gateway, key, state) for key, state in gateway.tenants.entries()]
+    if others:
+        for row in rows:
+            row["queued"] += sum(f.get("queued", {}).get(row["name"], 0) for f in others)
+    return rows
 
 
 def _last_reload(gateway: Gateway) -> dict[str, Any] | None:

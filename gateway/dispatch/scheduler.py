@@ -173,6 +173,29 @@ class Scheduler:
     def queued(self, key: KeyState) -> int:
         return sum(len(cls.get(key, ())) for cls in self._classes)
 
+    def rows(self) -> list[tuple[str, int, int, float]]:
+        """The room as the console shows it, asked when a page refreshes (never per
+        request; read only): `(model, class, waiting, oldest wait in seconds)` for each
+        model and class someone waits in, by model then class. The class is the one a
+        waiter is in now, the promotions its wait has earned counted (the metrics'
+        `priority` is the class it came with). Cold pools' waiters (`settle`) take no
+        turn and are not here: `waiting` less these rows' sum. One pass over the waiters."""
+        now = time.monotonic()
+        found: dict[tuple[str, int], list] = {}
+        for by_key in self._classes:
+            for waiters in by_key.values():
+                for w in waiters:
+                    at = (w.model, _due_class(w, now))
+                    row = found.get(at)
+                    if row is None:
+                        found[at] = [1, w.since]
+                    else:
+                        row[0] += 1
+                        if w.since < row[1]:
+                            row[1] = w.since
+        return [(model, cls, n, now - since)
+                for (model, cls), (n, since) in sorted(found.items())]
+
     # -- the walk ----------------------------------------------------------------
 
     def _walk(self) -> None:

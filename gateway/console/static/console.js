@@ -10,7 +10,6 @@
   let history = null, historyVersion = -1;   // sent again only when it has a new point
   let config = null, configVersion = -1;     // asked again only after a reload
   let lastTail = null;                       // redrawn at once when a filter changes
-  let keysServed = true;                     // until GET /admin/keys answers 404
 
   function cell(text, label, cls) {
     const td = document.createElement("td");
@@ -102,23 +101,25 @@
     }));
   }
 
-  function renderKeys(state, keys) {
-    const served = keys !== null;
-    const list = served ? keys.keys : state.keys;
-    $("keys-note").textContent = served ? ""
-      : "This gateway does not serve GET /admin/keys yet: the configured keys are shown, their live figures are not.";
+  function renderKeys(state) {
     const h = headers("keys-table");
     const pair = (a, b) => (a === null && b === null ? null : `${a ?? "—"} / ${b ?? "—"}`);
-    fill("keys-table", list.map((k) => row([
-      cell(k.name, h[0]), cell(k.priority, h[1]), cell(k.share, h[2]),
+    fill("keys-table", state.keys.map((k) => row([
+      cell(k.name === "" ? "anonymous (no auth.keys)" : k.name, h[0]), cell(k.priority, h[1]), cell(k.share, h[2]),
       cell((k.models || []).join(", "), h[3]), cell(pair(k.rpm, k.tpm), h[4], "num"),
-      cell(pair(k.in_flight, k.max_concurrency), h[5], "num"), cell(k.queued, h[6], "num"),
-      cell(k.tokens ? pair(k.tokens.day, k.tokens.month) : null, h[7], "num"),
-      cell(k.budget ? pair(k.budget.left_day, k.budget.left_month) : null, h[8], "num"),
+      cell(`${k.in_flight} / ${k.max_concurrency ?? "no limit"}`, h[5], "num"), cell(k.queued, h[6], "num"),
+      cell(pair(k.tokens.day, k.tokens.month), h[7], "num"),
+      cell(k.budget ? pair(k.budget.left_day ?? "no limit", k.budget.left_month ?? "no limit") : "no budget", h[8], "num"),
     ], { key: k.name })));
-    if (list.length === 0) fill("keys-table", [row([cell("No client keys are configured (auth.keys): every request is anonymous.", h[0])])]);
     const q = state.queue;
-    $("queue").textContent = `${q.waiting} request(s) waiting for a backend (at most ${q.max_size}, each up to ${q.max_wait_s} s).`;
+    const cold = q.cold > 0 ? ` ${q.cold} of them wait for a cold pool to come up.` : "";
+    $("queue").textContent = `${q.waiting} request(s) waiting for a backend (at most ${q.max_size}, each up to ${q.max_wait_s} s; one class up every ${q.promote_after_s} s waited).${cold}`;
+    const qh = headers("queue-table");
+    fill("queue-table", q.rows.map((r) => row([
+      cell(r.model, qh[0]), cell(r.priority, qh[1]), cell(r.waiting, qh[2], "num"),
+      cell(`${Number(r.oldest_wait_s).toFixed(1)} s`, qh[3], "num"),
+    ], { model: r.model, priority: r.priority })));
+    if (q.rows.length === 0) fill("queue-table", [row([cell("Nothing is waiting for its turn.", qh[0])])]);
   }
 
   function syncOptions(select, values) {
@@ -176,19 +177,14 @@
 
   let failing = false;
   async function refresh() {
-    // GET /admin/keys comes with the tenancy feature: once it answers 404 it is not asked
-    // again (a gateway gains routes only by a restart, which reloads this page's session).
-    const [state, keys] = await Promise.all([
-      getJSON(`/admin/console/state?history=${historyVersion}`),
-      keysServed ? getJSON("/admin/keys") : null]);
-    if (keys === null) keysServed = false;
+    const state = await getJSON(`/admin/console/state?history=${historyVersion}`);
     if (state.history !== null) [history, historyVersion] = [state.history, state.history_version];
     if (state.config_version !== configVersion) {
       config = await getJSON("/admin/config");
       configVersion = state.config_version;
     }
     renderFleet(state);
-    renderKeys(state, keys);
+    renderKeys(state);
     lastTail = state.tail;
     renderTail(state.tail);
     renderConfig(state, config);
