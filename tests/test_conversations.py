@@ -245,7 +245,9 @@ async def test_redis_keeps_them_for_every_replica(stateless, aiohttp_client,
 async def test_a_store_that_fails_is_a_503_not_a_traceback(stateless, aiohttp_client,
                                                            tmp_path, caplog):
     _, server = await stateless()
-    state = StateConfig(sqlite=str(tmp_path / "no-such-dir" / "state.sqlite"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")   # where the store's folder would be: it can be neither made nor opened
+    state = StateConfig(sqlite=str(blocker / "state.sqlite"))
     client = await gateway_for(aiohttp_client, server, state=state)
     first = await create(client, input="hi")    # answered; storing it failed (logged)
     resp = await client.get(f"/v1/responses/{first['id']}")
