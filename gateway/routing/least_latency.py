@@ -28,7 +28,7 @@ Where each term comes from, and how old it may be:
   finished since; the gateway's own in-flight count alone once the reading is older than
   `engine.stale_after_s` or when the kind exposes none (`Candidate.signal`; the
   dispatcher counts it in `gateway_routing_signal_fallbacks_total`, and the trace and
-  `X-Gateway-Route` name it: tracing/decision.py).
+  `X-Gateway-Route` name it: dispatch/decision.py).
 - `batch`: the most requests the runtime has reported running (`EngineView.batch`): while
   requests wait, the batch is full, so the largest running count seen is the batch size
   once the runtime has been busy once; a lower bound before that, which only makes the

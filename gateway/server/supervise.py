@@ -12,7 +12,7 @@ runs the app with aiohttp's gunicorn worker class. What the gateway changes in i
   socket then dies with it and the connections waiting in it are reset; a slot's socket
   stays open in the master, and the worker that replaces a dead one takes it over.
 - SIGHUP: gunicorn's own replaces every worker; here it is passed to every worker,
-  whose app reloads gateway.yaml in place (server/reload.py), dropping no request.
+  whose app reloads gateway.yaml in place (gateway/reload.py), dropping no request.
   `POST /admin/reload` on any worker asks the master for the same.
 - No worker outlives the master, however it dies: each worker asks the kernel for
   SIGKILL when its parent exits (PR_SET_PDEATHSIG).
