@@ -16,6 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from bench.procs import Proc, free_port
@@ -136,3 +137,17 @@ def start(tmp: Path, text: str, *args: str, workers: int = 1,
         served.stop()
         raise AssertionError(f"gateway not ready:\n{served.stderr()}")
     return served
+
+
+@pytest.fixture
+def gateway_processes(tmp_path):
+    """Start gateway processes (`start`'s arguments); every one is stopped after the test."""
+    started = []
+
+    def run(text: str, **kw):
+        served = start(tmp_path, text, name=f"gw{len(started)}", **kw)
+        started.append(served)
+        return served
+    yield run
+    for served in started:
+        served.stop()

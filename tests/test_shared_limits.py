@@ -23,7 +23,7 @@ from gateway.limits.shared import SharedLimiter
 from gateway.metrics import Metrics
 from gateway.limits.buckets import Limiter
 from tests.conftest import eventually, unavailable
-from tests.server_procs import ROOT, start, wait_until
+from tests.server_procs import ROOT, gateway_processes, start, wait_until
 from tests.test_workers import CHAT, echo_config, scrape
 
 KEY = {"Authorization": "Bearer sk-team"}
@@ -94,17 +94,7 @@ class RedisServer(Proc):
             return False
 
 
-@pytest.fixture
-def gateway(tmp_path):
-    started = []
-
-    def run(text: str, **kw):
-        served = start(tmp_path, text, name=f"gw{len(started)}", **kw)
-        started.append(served)
-        return served
-    yield run
-    for served in started:
-        served.stop()
+gateway = gateway_processes
 
 
 def keyed(redis_url: str, rpm: int) -> str:

@@ -12,6 +12,7 @@ from gateway.config import ApiKey, Budget
 from gateway.errors import BadRequest, BudgetExceeded
 from gateway.limits.budgets import Budgets, period_ids, seconds_left
 from gateway.limits.classes import header_class, tier_class
+from gateway.limits import concurrency
 from gateway.limits.concurrency import CELL, HEAD, SharedCounts
 
 
@@ -55,7 +56,7 @@ def test_a_dead_workers_cells_are_taken_over(tmp_path):
     # A worker that died holding three requests: its cell stays in the total...
     table, offset = counter._table, counter._offset
     dead = 2 ** 22 + 7
-    while _alive(dead):
+    while concurrency._alive(dead):
         dead += 1
     CELL.pack_into(table.map, offset + HEAD.size, dead, 3)
     assert counter.value() == 3
@@ -68,16 +69,6 @@ def test_a_dead_workers_cells_are_taken_over(tmp_path):
     other.add(2)
     assert other.value() == 2 and counter.value() == 0
     counts.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def test_classes_from_the_header_and_service_tier():

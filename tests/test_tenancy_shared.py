@@ -15,7 +15,7 @@ import pytest
 
 from bench.procs import Proc, free_port
 from tests.conftest import eventually
-from tests.server_procs import ROOT, start
+from tests.server_procs import ROOT, gateway_processes, start
 from tests.test_shared_limits import redis_server  # noqa: F401 - the fixture
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "one two three"}]}
@@ -30,17 +30,7 @@ def config(state: str, budget: str = "{tokens_per_day: 40}", backend: str =
             f"state: {state}\n")
 
 
-@pytest.fixture
-def gateways(tmp_path):
-    started = []
-
-    def run(text: str, **kw):
-        served = start(tmp_path, text, name=f"gw{len(started)}", **kw)
-        started.append(served)
-        return served
-    yield run
-    for served in started:
-        served.stop()
+gateways = gateway_processes
 
 
 async def post(base: str) -> int:
