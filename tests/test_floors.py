@@ -1,4 +1,5 @@
-"""The floors of ARCHITECTURE.md, checked: no run-time import in gateway/ points up a floor.
+"""The floors of ARCHITECTURE.md, checked: no run-time import in gateway/ points up a floor;
+and its module lines, checked both ways: every module has one, every one names a module.
 
 Imports made for type checking only (`if TYPE_CHECKING:`) are not counted: they cost
 nothing at run time and make no cycle. Each module's floor is that of the longest prefix
@@ -9,6 +10,7 @@ module gets a floor when it is added.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "gateway"
@@ -104,3 +106,17 @@ def test_every_module_has_its_line_in_architecture_md():
         if f"| `{name}` |" not in text:
             missing.append(str(rel))
     assert missing == []
+
+
+def test_every_module_line_in_architecture_md_names_a_module_that_exists():
+    section = None
+    gone = []
+    for line in (PACKAGE.parent / "ARCHITECTURE.md").read_text().splitlines():
+        heading = re.match(r"## `gateway/([a-z_/]*)`", line)
+        if heading or line.startswith("## "):
+            section = heading.group(1) if heading else None
+            continue
+        row = re.match(r"\| `([a-z_]+\.py)` \|", line)
+        if row and section is not None and not (PACKAGE / section / row.group(1)).exists():
+            gone.append(f"gateway/{section}{row.group(1)}")
+    assert gone == []
