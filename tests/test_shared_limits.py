@@ -23,7 +23,7 @@ from gateway.limits.shared import SharedLimiter
 from gateway.metrics import Metrics
 from gateway.limits.buckets import Limiter
 from tests.conftest import eventually, unavailable
-from tests.server_procs import ROOT, gateway_processes, start, wait_until
+from tests.server_procs import ROOT, gateway_processes, wait_until
 from tests.test_workers import CHAT, echo_config, scrape
 
 KEY = {"Authorization": "Bearer sk-team"}

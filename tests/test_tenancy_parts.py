@@ -4,7 +4,6 @@ in-flight cells, request classes."""
 from __future__ import annotations
 
 import calendar
-import os
 
 import pytest
 

@@ -15,7 +15,7 @@ import pytest
 
 from bench.procs import Proc, free_port
 from tests.conftest import eventually
-from tests.server_procs import ROOT, gateway_processes, start
+from tests.server_procs import ROOT, gateway_processes
 from tests.test_shared_limits import redis_server  # noqa: F401 - the fixture
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "one two three"}]}
