@@ -4,6 +4,7 @@ bytes, capabilities, limits and bad input."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 
@@ -236,6 +237,22 @@ async def test_a_form_without_file_or_model_is_a_400(strict, fields, param):
     assert resp.status == 400
     assert (await resp.json())["error"]["param"] == param
     assert not fake.uploads()
+
+
+async def test_a_refused_form_is_logged_with_the_model_and_stream_it_named(strict, caplog):
+    client, _ = strict
+    for fields in ({"model": "llama", "stream": "true"},                # no file
+                   {"model": "not-configured", "file": "not a file part"}):
+        data = FormData(default_to_multipart=True)   # multipart, though it has no file
+        for name, given in fields.items():
+            data.add_field(name, given)
+        resp = await client.post("/v1/audio/transcriptions", data=data)
+        assert resp.status == 400 and (await resp.json())["error"]["param"] == "file"
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+    assert [(line["endpoint"], line["model"], line["stream"], line["status"])
+            for line in lines] == [("transcriptions", "llama", True, 400),
+                                   # metric labels take configured names only
+                                   ("transcriptions", "", False, 400)]
 
 
 async def test_a_body_that_is_not_a_form_is_a_400(strict):

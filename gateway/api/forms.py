@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 from aiohttp.helpers import parse_mimetype
@@ -103,8 +103,10 @@ class SlicesPayload(Payload):
         await self.write(writer)
 
 
-async def read_form(request: web.Request, limit: int) -> Form:
-    """The request's multipart form, checked: a `model` field and a file are required."""
+async def read_form(request: web.Request, limit: int,
+                    noted: Callable[[dict[str, Any]], None] | None = None) -> Form:
+    """The request's multipart form, checked: a `model` field and a file are required.
+    `noted`: told what the form names (its model, stream flag) before any check refuses it."""
     mime = parse_mimetype(request.headers.get("Content-Type", ""))
     boundary = mime.parameters.get("boundary", "")
     if (mime.type, mime.subtype) != ("multipart", "form-data") or not boundary:
@@ -112,6 +114,9 @@ async def read_form(request: web.Request, limit: int) -> Form:
                          "(send the file as the 'file' field)", param="file")
     form = Form(await _read_into_buffer(request, limit), request.headers["Content-Type"])
     _parse(form, boundary.encode("latin-1"))
+    if noted is not None:
+        noted({"model": form.get("model"),
+               "stream": str(form.get("stream", "")).strip().lower() == "true"})
     model = form.get("model")
     if not isinstance(model, str) or not model.strip():
         raise BadRequest("'model' is required and must be a non-empty form field", param="model")

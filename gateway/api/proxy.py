@@ -21,7 +21,7 @@ from ..relay.response_ids import IdRewriter
 from ..relay.whole import body_response, body_usage, read_whole
 from ..routing import NO_AFFINITY
 from ..typedefs import GATEWAY, RECORD
-from .body import parse_payload, read_body
+from .body import note_named, parse_payload, read_body
 from .conversations import answer_kept, expand_follow_up, keep
 from .forms import read_form
 from .keys import client_key, model_pool
@@ -54,7 +54,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         route = NO_AFFINITY
     else:
         if endpoint.body is Body.MULTIPART:
-            payload = await read_form(request, limit)
+            payload = await read_form(request, limit,
+                                      lambda named: note_named(rec, named, table))
         else:
             payload = parse_payload(await read_body(request, limit), endpoint, rec, table)
         pool = model_pool(key, table, payload, rec)
