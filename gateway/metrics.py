@@ -197,6 +197,20 @@ class Metrics:
     def queue_wait(self, model: str, cls: int, seconds: float) -> None:
         self._child(self.queue_wait_seconds, model, PRIORITIES[cls]).observe(seconds)
 
+    def forget_key(self, name: str) -> None:
+        """A key removed by a reload: its gauges would otherwise report its last values
+        forever (its counters stay: what it was served is history)."""
+        self._children.clear()
+        if self.multiprocess_dir:
+            return   # the files keep them, as a removed backend's
+        for gauge, labels in ((self.key_in_flight, (name,)),
+                              (self.key_budget_remaining, (name, "day")),
+                              (self.key_budget_remaining, (name, "month"))):
+            try:
+                gauge.remove(*labels)
+            except KeyError:
+                pass
+
     def publish_keys(self, tenants: Any, queue: Any) -> None:
         """Per-key metrics, written when scraped (and each second under --workers)."""
         for counts, counter in ((self._key_requests, self.key_requests),

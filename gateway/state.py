@@ -66,6 +66,10 @@ class Gateway:
             if backend.wake is not None:
                 self.metrics.expect_wakes(backend.name)
         table = RouteTable(config, states, getattr(self, "table", None))
+        old = getattr(self, "config", None)
+        if old is not None:
+            for name in {k.name for k in old.auth_keys} - {k.name for k in config.auth_keys}:
+                self.metrics.forget_key(name)
         self.keys = KeyRing(config.auth_keys)
         self.limiter.apply(config.auth_keys)   # a key whose name stays keeps its buckets
         self.tenants.apply(config.auth_keys)   # ...and its served count and slots

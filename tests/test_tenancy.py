@@ -431,3 +431,25 @@ async def test_a_reload_keeps_what_a_key_was_served_and_its_slots(aiohttp_client
     assert refused.status == 429
     fake.release_all()
     assert (await first).status == 200
+
+
+async def test_a_key_removed_by_a_reload_leaves_no_gauges(aiohttp_client, holding, tmp_path):
+    key = budgeted(tmp_path)
+    fake, client = await start(aiohttp_client, holding, key, B, cap=None,
+                               state=StateConfig(sqlite=str(tmp_path / "state.sqlite")))
+    task = await send(client, key, "one")
+    fake.release_all()
+    assert (await task).status == 200
+
+    def present(found, name, **labels) -> bool:
+        return (name, tuple(sorted(labels.items()))) in found
+    found = await samples(client)
+    assert present(found, "gateway_key_in_flight", key=key.name)
+    assert present(found, "gateway_key_budget_remaining_tokens", key=key.name, period="day")
+    gateway = _gateway(client)
+    gateway.apply(type(gateway.config)(**{**gateway.config.__dict__, "auth_keys": (B,)}))
+    found = await samples(client)
+    assert not present(found, "gateway_key_in_flight", key=key.name)
+    assert not present(found, "gateway_key_budget_remaining_tokens", key=key.name,
+                       period="day")
+    assert present(found, "gateway_key_in_flight", key=B.name)
