@@ -60,7 +60,7 @@ def create_app(config: Config, config_path: str | None = None, *,
     metrics = Metrics(run_dir.metrics if run_dir else None)
     app[GATEWAY] = Gateway(config, Transport(make_session()), metrics,
                            make_limiter(config, run_dir, metrics),
-                           make_tenants(config, run_dir))
+                           make_tenants(config, run_dir, metrics))
     app[ACCESS_LOG] = access_log or AccessLog()
     app[CONVERSATIONS] = Conversations(config)
     if config_path:

@@ -7,6 +7,7 @@ import calendar
 
 import pytest
 
+from bench.procs import free_port
 from gateway.config import ApiKey, Budget
 from gateway.errors import BadRequest, BudgetExceeded
 from gateway.limits.budgets import Budgets, period_ids, seconds_left
@@ -93,3 +94,29 @@ def test_the_readmes_worked_example_is_a_valid_config():
     assert keys["chat-ui"].priority == "interactive" and keys["chat-ui"].share == 3
     assert keys["team-a"].budget == Budget(tokens_per_day=5000000)
     assert cfg.backends["gpu-a"].engine_priority and cfg.queue.promote_after_s == 30
+
+
+async def test_budgets_on_a_redis_that_is_down_say_so_in_the_state_gauge():
+    """As the rate limits do: `gateway_state_backend_up` 0 while the store fails (the
+    counts kept in memory), 1 once it works."""
+    from gateway.config import Config, StateConfig
+    from gateway.limits import make_tenants
+    from gateway.metrics import Metrics
+
+    metrics = Metrics()
+    nothing_there = f"redis://127.0.0.1:{free_port()}/0"
+    tenants = make_tenants(Config(state=StateConfig(redis=nothing_there)), None, metrics)
+    budgets = tenants.budgets
+    budgets.watch(["k"])
+    budgets.add("k", 7)
+    await budgets.flush()
+    assert metrics.state_backend_up._value.get() == 0
+    assert budgets.used("k")[0] == 7   # kept, not lost
+    await budgets.store.close()
+
+    class Works:
+        async def add_and_read(self, pending, names, periods):
+            return {(k, p): n for (k, p), n in pending.items()}
+    budgets.store = Works()
+    await budgets.flush()
+    assert metrics.state_backend_up._value.get() == 1

@@ -35,14 +35,22 @@ def make_limiter(config: Config, run_dir: RunDir | None, metrics: Metrics) -> Li
     return RedisLimiter(config.state.redis, local, metrics)   # type: ignore[return-value]
 
 
-def make_tenants(config: Config, run_dir: RunDir | None) -> Tenants:
+def make_tenants(config: Config, run_dir: RunDir | None,
+                 metrics: Metrics | None = None) -> Tenants:
     """The keys' scheduling state and budgets; under --workers, key slots counted for
-    the whole server in the workers' shared file (limits/concurrency.py)."""
+    the whole server in the workers' shared file (limits/concurrency.py). Budgets on
+    Redis say whether it works in `gateway_state_backend_up`, as the rate limits do."""
     store = None
+    on_state = None
     if config.state.redis or config.state.sqlite:
         from .budget_store import make_store   # sqlite3 or redis: only when configured
         store = make_store(config)
-    tenants = Tenants(Budgets(store))
+        if config.state.redis and metrics is not None:
+            gauge = metrics.state_backend_up
+
+            def on_state(works: bool) -> None:
+                gauge.set(1 if works else 0)
+    tenants = Tenants(Budgets(store, on_state=on_state))
     if run_dir is not None:
         from .concurrency import SharedCounts
         tenants.shared = SharedCounts(run_dir.file("concurrency.bin"))

@@ -47,9 +47,13 @@ def seconds_left(now: float, period: str) -> float:
 class Budgets:
     """Counts per key and period: the store's last totals plus what is not written yet."""
 
-    def __init__(self, store: Any = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Any = None, clock: Callable[[], float] = time.time,
+                 on_state: Callable[[bool], None] | None = None) -> None:
+        """`on_state`: told whether the store works, at the first flush and at each change
+        (with `state.redis`: `gateway_state_backend_up`, as the rate limits set it)."""
         self.store = store
         self.clock = clock
+        self.on_state = on_state
         self._totals: dict[tuple[str, str], int] = {}    # (key, period id) -> the store's
         self._closed: dict[tuple[str, str], int] = {}    # not written, of periods now ended
         self._pending: dict[str, int] = {}               # key -> not written, this period
@@ -57,6 +61,7 @@ class Budgets:
         self._names: set[str] = set()
         self._task: asyncio.Task | None = None
         self._failing = False
+        self._told = False   # on_state has heard from a flush
         self._periods: tuple[str, str] = ("", "")
         self._periods_until = 0.0   # when the cached day ends: one gmtime a day, not a request
 
@@ -155,12 +160,20 @@ class Budgets:
                 server_logger.warning("budget counts: the state store failed (%s: %s); "
                                       "kept in memory until it works again",
                                       type(exc).__name__, exc)
+                self._state(False)
             self._failing = True
             return
         if self._failing:
             server_logger.info("budget counts: the state store works again")
+        if self._failing or not self._told:
+            self._state(True)
         self._failing = False
         self._totals, self._writing = totals, {}
+
+    def _state(self, works: bool) -> None:
+        self._told = True
+        if self.on_state is not None:
+            self.on_state(works)
 
     async def _flushing(self) -> None:
         while True:
