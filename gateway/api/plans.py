@@ -14,8 +14,8 @@ from typing import Any
 
 from ..config import BackendConfig
 from ..dispatch import Shaped
-from ..limits.tickets import Ticket
 from ..endpoints import Body, Endpoint, Streams
+from ..limits.tickets import Ticket
 from ..relay.chat import model_patterns
 from ..relay.formats import FORMATS
 from ..runtimes.priority import engine_priority

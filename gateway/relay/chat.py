@@ -1,8 +1,7 @@
 """Chat's stream format (and the audio APIs', its cousin): model-name rewriting and usage.
 
-Non-streamed bodies are rewritten with one byte replace (the runtime's model id
-becomes the public name) and parsed once for `usage`, after the client has them.
-Streams are relayed in whole SSE lines as they arrive, never buffered whole; a
+The model is rewritten with one byte replace (the runtime's model id becomes the public
+name), here for streams and in whole.py for whole answers. Streams are relayed in whole SSE lines as they arrive, never buffered whole; a
 chunk is parsed only when it carries usage or an error, so the per-chunk cost
 stays a few byte scans. Every event reaches the client with its terminator,
 `data: [DONE]` included; a `"usage": null` the gateway's own `include_usage`
