@@ -1,19 +1,13 @@
-"""Stored responses in a SQLite file (`state.sqlite`): they survive a restart of one server.
-
-Python's sqlite3 in WAL mode (readers never wait for the writer; every worker of
-`--workers N` opens the same file), `synchronous=NORMAL` (a crash loses at most the last
-commits, never the file). Calls run on one thread of their own, so the event loop never
-waits on the disk. The table is the gateway's own (`stored_responses`): other state may
-share the file.
-"""
+"""Stored responses in the SQLite file (`state.sqlite`, opened as workers/state_file.py
+says): they survive a restart of one server. Their table is `stored_responses`; budget
+counts share the file."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+
+from ..workers.state_file import StateFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stored_responses (
@@ -30,22 +24,8 @@ class SqliteStore:
     FAILURES = (sqlite3.Error,)
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite")
-        self._db: sqlite3.Connection | None = None
-
-    def _open(self) -> sqlite3.Connection:
-        if self._db is None:
-            db = sqlite3.connect(self.path, timeout=5, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(SCHEMA)
-            self._db = db
-        return self._db
-
-    async def _run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, lambda: work(self._open()))
+        self._file = StateFile(path, SCHEMA, "gateway-sqlite")
+        self._run = self._file.run
 
     async def get(self, rid: str) -> bytes | None:
         def work(db: sqlite3.Connection) -> bytes | None:
@@ -78,9 +58,4 @@ class SqliteStore:
         return await self._run(work)
 
     async def close(self) -> None:
-        def work() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-        await asyncio.get_running_loop().run_in_executor(self._thread, work)
-        self._thread.shutdown(wait=True)
+        await self._file.close()

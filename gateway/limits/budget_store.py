@@ -4,11 +4,10 @@ Both do one thing, `add_and_read`: add a batch of (key, period) token counts and
 return the current periods' totals of the watched keys. limits/budgets.py calls it
 off the request path, every FLUSH_S and once more at cleanup.
 
-SQLite: Python's own sqlite3, in WAL mode (readers never wait for the writer), one
-connection per process, used from one worker thread so the event loop never waits
-on the disk. Every worker of `--workers N` opens the same file; a write is one short
-transaction, and `busy_timeout` lets a worker wait for another's. The table is the
-budgets' own (`budget_tokens`): other state may share the file.
+SQLite: the file as workers/state_file.py opens it (WAL, its own thread); every worker of
+`--workers N` opens the same file; a write is one short transaction, and the connection's
+timeout lets a worker wait for another's. The table is the budgets' own
+(`budget_tokens`): the responses kept for stateless runtimes share the file.
 
 Redis: INCRBY per (key, period) and an expiry after the period (a month and a day
 past it), then MGET of the watched keys' periods, in one pipeline.
@@ -16,43 +15,28 @@ past it), then MGET of the watched keys' periods, in one pipeline.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
 from ..config import Config
+from ..workers.state_file import StateFile
 
 Counts = dict[tuple[str, str], int]
 PREFIX = "gateway:budget:"
 KEEP_S = 32 * 86400 + 86400     # how long a period's count outlives its start (Redis)
+SCHEMA = ("CREATE TABLE IF NOT EXISTS budget_tokens (key TEXT NOT NULL, period TEXT NOT NULL, "
+          "tokens INTEGER NOT NULL, PRIMARY KEY (key, period))")
 
 
 class SqliteStore:
+    """Counts in `state.sqlite` (workers/state_file.py), table `budget_tokens`."""
+
     def __init__(self, path: str) -> None:
-        self.path = path
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="budget-sqlite")
-        self._db: sqlite3.Connection | None = None
+        self._file = StateFile(path, SCHEMA, "budget-sqlite")
 
-    def _open(self) -> sqlite3.Connection:
-        if self._db is None:
-            folder = os.path.dirname(self.path)
-            if folder:
-                os.makedirs(folder, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=5, isolation_level=None,
-                                 check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("CREATE TABLE IF NOT EXISTS budget_tokens (key TEXT NOT NULL, "
-                       "period TEXT NOT NULL, tokens INTEGER NOT NULL, "
-                       "PRIMARY KEY (key, period))")
-            self._db = db
-        return self._db
-
-    def _add_and_read(self, pending: Counts, names: set[str],
+    @staticmethod
+    def _add_and_read(db: sqlite3.Connection, pending: Counts, names: set[str],
                       periods: tuple[str, str]) -> Counts:
-        db = self._open()
         if pending:
             with db:   # one transaction
                 db.execute("BEGIN IMMEDIATE")
@@ -66,17 +50,12 @@ class SqliteStore:
 
     async def add_and_read(self, pending: Counts, names: Iterable[str],
                            periods: tuple[str, str]) -> Counts:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._add_and_read, pending, set(names), periods)
-
-    def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        wanted = set(names)
+        return await self._file.run(
+            lambda db: self._add_and_read(db, pending, wanted, periods))
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._close)
-        self._pool.shutdown(wait=False)
+        await self._file.close()
 
 
 class RedisStore:
