@@ -12,7 +12,6 @@ from dataclasses import replace
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
@@ -27,6 +26,7 @@ from gateway.limits.tickets import KeyState, Ticket
 from gateway.workers.rundir import RunDir
 from gateway.typedefs import CONSOLE, GATEWAY
 from tests.conftest import CHAT, bearer, eventually, make_config
+from tests.holding import Holding
 from tests.server_procs import Served, start
 
 ADMIN = "the-admin-key-0123456789"
@@ -353,37 +353,13 @@ async def test_another_workers_figures_are_added_to_this_ones(client, tmp_path):
     gateway.states["a"].in_flight = 0
 
 
-class Gate:
-    """A runtime that holds every answer until `open()`."""
-
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-        self.arrived = 0
-
-    async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({})
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        self.arrived += 1
-        await self.event.wait()
-        return web.json_response({
-            "id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": "ok"}}],
-            "usage": {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}})
-
-
 async def test_a_request_held_waiting_shows_in_the_queue_rows_and_its_keys_figures(
         aiohttp_client, aiohttp_server, tmp_path):
     """A backend at its max_concurrency: the next request waits. The state shows it per
     model and class with a growing oldest wait, and its key's /admin/keys figures (in
     flight, queued, tokens, budget left); once it runs the row is gone."""
-    gate = Gate()
-    runtime = web.Application()
-    runtime.router.add_post("/v1/chat/completions", gate.handle)
-    runtime.router.add_get("/health", gate.health)
-    upstream = await aiohttp_server(runtime)
+    gate = Holding(usage=(4, 6))
+    upstream = await aiohttp_server(gate.app())
     metered = ApiKey("metered", "sk-metered", priority="batch",
                      budget=Budget(tokens_per_day=1000, tokens_per_month=50_000))
     config = make_config(
@@ -402,7 +378,7 @@ async def test_a_request_held_waiting_shows_in_the_queue_rows_and_its_keys_figur
     assert empty["queue"]["rows"] == [] and empty["queue"]["waiting"] == 0
     first = asyncio.create_task(client.post("/v1/chat/completions", json=ECHO_CHAT,
                                             headers=bearer("sk-team")))
-    assert await eventually(lambda: gate.arrived == 1, timeout=3)
+    assert await eventually(lambda: len(gate.arrived) == 1, timeout=3)
     waiting = asyncio.create_task(client.post("/v1/chat/completions", json=ECHO_CHAT,
                                               headers=bearer("sk-metered")))
     queue = client.app[GATEWAY].dispatcher.queue
@@ -426,7 +402,7 @@ async def test_a_request_held_waiting_shows_in_the_queue_rows_and_its_keys_figur
     later = (await state())["queue"]["rows"][0]["oldest_wait_s"]
     assert later >= row["oldest_wait_s"]
 
-    gate.event.set()
+    gate.release_all()
     assert (await asyncio.wait_for(first, 5)).status == 200
     assert (await asyncio.wait_for(waiting, 5)).status == 200
     done = await state()

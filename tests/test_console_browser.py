@@ -20,13 +20,13 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import load_config
 from gateway.console import setup as console_setup
 from gateway.typedefs import GATEWAY
 from tests.conftest import RUNTIME_ID, eventually, unavailable
+from tests.holding import Holding
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("GATEWAY_CHROMIUM", "/usr/bin/chromium")
@@ -61,41 +61,13 @@ SLOW = "slow"   # the model of gpu-q, a runtime that holds every answer until le
 KEYS = {"team": "sk-team-secret-1", "batch-jobs": "sk-batch-secret-2"}
 
 
-class Gate:
-    """gpu-q's runtime: each answer waits until `open()`; at max_concurrency 1 the
-    gateway queues the rest."""
-
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-        self.arrived = 0
-
-    async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": SLOW, "object": "model"}]})
-
-    async def chat(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        self.arrived += 1
-        await self.event.wait()
-        return web.json_response({
-            "id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": "ok"}}],
-            "usage": {"prompt_tokens": 40, "completion_tokens": 60, "total_tokens": 100}})
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/v1/models", self.models)
-        app.router.add_post("/v1/chat/completions", self.chat)
-        return app
-
-
 @dataclass
 class Served:
     base: str
     path: Path
     fake: Any
     app: Any
-    gate: Gate
+    gate: Holding
     urls: tuple[str, str, Path]   # gateway_yaml's: the fake's, the gate's, the state file
     held: list[asyncio.Task] = field(default_factory=list)
 
@@ -119,18 +91,18 @@ class Served:
         queue = self.app[GATEWAY].dispatcher.queue
         for i, key in enumerate(("team", "team", "batch-jobs", "batch-jobs")):
             self.held.append(asyncio.create_task(self.chat(f"held-{i}", SLOW, key=key)))
-            assert await eventually(lambda: self.gate.arrived == 1 and queue.waiting == i,
+            assert await eventually(lambda: len(self.gate.arrived) == 1 and queue.waiting == i,
                                     timeout=5)
 
     async def release(self) -> list[int]:
-        self.gate.event.set()
+        self.gate.release_all()
         return list(await asyncio.wait_for(asyncio.gather(*self.held), 10))
 
 
 @pytest.fixture
 async def served(tmp_path, aiohttp_server, start_runtime) -> AsyncIterator[Served]:
     fake, runtime = await start_runtime(models=(RUNTIME_ID,))
-    gate = Gate()
+    gate = Holding(usage=(40, 60), models=(SLOW,))
     gate_server = await aiohttp_server(gate.app(), host="127.0.0.1")
     urls = (runtime.url("/v1"), f"http://127.0.0.1:{gate_server.port}/v1",
             tmp_path / "state.sqlite")
@@ -140,7 +112,7 @@ async def served(tmp_path, aiohttp_server, start_runtime) -> AsyncIterator[Serve
     server = await aiohttp_server(app, host="127.0.0.1")
     found = Served(f"http://127.0.0.1:{server.port}", path, fake, app, gate, urls)
     yield found
-    gate.event.set()   # nothing left held when the servers close
+    gate.release_all()   # nothing left held when the servers close
 
 
 @pytest.fixture

@@ -12,67 +12,20 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import ApiKey, Budget, QueueConfig, StateConfig, backend
 from tests.conftest import bearer, eventually, make_config, samples, value
+from tests.holding import Holding
 
 MODEL = "llama"
 TOKENS = 10   # each answer's usage: 4 prompt + 6 completion
 
 
-class Holding:
-    """A runtime whose answers wait until `release()`: arrivals are recorded in order."""
-
-    def __init__(self) -> None:
-        self.arrived: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self._gates: list[asyncio.Event] = []
-        self.open = False   # release_all: from then on nothing is held
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        gate = asyncio.Event()
-        self.arrived.append(body)
-        self.headers.append(dict(request.headers))
-        self._gates.append(gate)
-        if not self.open:
-            await gate.wait()
-        return web.json_response({
-            "id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": "ok"}}],
-            "usage": {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": TOKENS}})
-
-    def release(self, n: int = 1) -> None:
-        for gate in self._gates:
-            if not gate.is_set():
-                gate.set()
-                n -= 1
-                if n == 0:
-                    return
-
-    def release_all(self) -> None:
-        self.open = True
-        for gate in self._gates:
-            gate.set()
-
-    def tags(self) -> list[str]:
-        return [b["messages"][0]["content"] for b in self.arrived]
-
-
-async def healthy(request: web.Request) -> web.Response:
-    return web.json_response({})
-
-
 @pytest.fixture
 async def holding(aiohttp_server):
-    fake = Holding()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", fake.handle)
-    app.router.add_get("/health", healthy)
-    server = await aiohttp_server(app)
+    fake = Holding(usage=(4, TOKENS - 4))
+    server = await aiohttp_server(fake.app())
     yield fake, server
     fake.release_all()
 
