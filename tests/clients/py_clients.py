@@ -32,18 +32,19 @@ def out(flow: str, **fields) -> None:
 
 
 # ------------------------------------------------------------------ openai (Python SDK)
-def openai_chat_tools(base: str, model: str) -> None:
-    from openai import OpenAI
-    client = OpenAI(base_url=base, api_key=KEY, max_retries=0, timeout=60)
-    tools = [{"type": "function", "function": {"name": "get_weather", "description":
-              "The weather in a city", "parameters": WEATHER_SCHEMA}}]
+CHAT_TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city", "parameters": WEATHER_SCHEMA}}]
+
+
+def chat_tool_loop(flow: str, complete) -> None:
+    """An agent loop on chat completions: `complete(messages)` answers (any client whose
+    reply has OpenAI's shape); each tool call is run and its result sent back."""
     messages: list = [{"role": "user", "content": PROMPT}]
     calls = []
     for _ in range(4):
-        reply = client.chat.completions.create(model=model, messages=messages, tools=tools)
-        message = reply.choices[0].message
+        message = complete(messages).choices[0].message
         if not message.tool_calls:
-            return out("openai-chat-tools", text=message.content, calls=calls)
+            return out(flow, text=message.content, calls=calls)
         messages.append(message.model_dump(exclude_none=True))
         for call in message.tool_calls:
             args = json.loads(call.function.arguments)
@@ -51,6 +52,13 @@ def openai_chat_tools(base: str, model: str) -> None:
             messages.append({"role": "tool", "tool_call_id": call.id,
                              "content": weather(**args)})
     raise AssertionError("no final answer after 4 turns")
+
+
+def openai_chat_tools(base: str, model: str) -> None:
+    from openai import OpenAI
+    client = OpenAI(base_url=base, api_key=KEY, max_retries=0, timeout=60)
+    chat_tool_loop("openai-chat-tools", lambda messages: client.chat.completions.create(
+        model=model, messages=messages, tools=CHAT_TOOLS))
 
 
 def openai_responses_tools(base: str, model: str) -> None:
@@ -289,23 +297,9 @@ def langchain_chat(base: str, model: str) -> None:
 # ------------------------------------------------------------------ LiteLLM (as a client)
 def litellm_tools(base: str, model: str) -> None:
     import litellm
-    tools = [{"type": "function", "function": {"name": "get_weather", "description":
-              "The weather in a city", "parameters": WEATHER_SCHEMA}}]
-    messages: list = [{"role": "user", "content": PROMPT}]
-    calls = []
-    for _ in range(4):
-        reply = litellm.completion(model=f"openai/{model}", api_base=base, api_key=KEY,
-                                   messages=messages, tools=tools, num_retries=0, timeout=60)
-        message = reply.choices[0].message
-        if not message.tool_calls:
-            return out("litellm-tools", text=message.content, calls=calls)
-        messages.append(message.model_dump(exclude_none=True))
-        for call in message.tool_calls:
-            args = json.loads(call.function.arguments)
-            calls.append({"name": call.function.name, "arguments": args})
-            messages.append({"role": "tool", "tool_call_id": call.id,
-                             "content": weather(**args)})
-    raise AssertionError("no final answer after 4 turns")
+    chat_tool_loop("litellm-tools", lambda messages: litellm.completion(
+        model=f"openai/{model}", api_base=base, api_key=KEY, messages=messages,
+        tools=CHAT_TOOLS, num_retries=0, timeout=60))
 
 
 FLOWS = {
