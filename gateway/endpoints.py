@@ -63,6 +63,8 @@ class Endpoint:
     has_usage: bool = True                    # its answers report token usage
     asks_stream_usage: bool = False           # streams get stream_options.include_usage
     stored_ids: bool = False                  # carries stored-response ids (Responses)
+    output_fields: tuple[str, ...] = ()       # the fields that ask for an output limit, the
+                                              # first set when none is (max_output_tokens)
 
     def capability_for(self, payload: Mapping[str, Any]) -> str:
         if self.tools_capability and payload.get("tools"):
@@ -77,20 +79,23 @@ _RESPONSE_FIELDS = (("input", (str, list)), ("previous_response_id", (str,)),
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("chat", ("/v1/chat/completions",), "/chat/completions", "chat",
              required=("messages", (list,)), streams=Streams.CHAT, prompt_field="messages",
-             tools_capability="tools", asks_stream_usage=True),
+             tools_capability="tools", asks_stream_usage=True,
+             output_fields=("max_tokens", "max_completion_tokens")),
     Endpoint("completions", ("/v1/completions",), "/completions", "completions",
              required=("prompt", (str, list)), streams=Streams.CHAT, prompt_field="prompt",
-             asks_stream_usage=True),
+             asks_stream_usage=True, output_fields=("max_tokens",)),
     Endpoint("embeddings", ("/v1/embeddings",), "/embeddings", "embeddings",
              required=("input", (str, list))),
     # Anthropic Messages (gateway/api/messages.py): kinds without the `messages` capability
     # get it translated to chat completions, so any backend that can chat can answer.
     Endpoint("messages", ("/v1/messages",), "/messages", "chat", streams=Streams.ANTHROPIC,
-             error_shape=ErrorShape.ANTHROPIC, prompt_field="messages", tools_capability="tools"),
+             error_shape=ErrorShape.ANTHROPIC, prompt_field="messages", tools_capability="tools",
+             output_fields=("max_tokens",)),
     Endpoint("messages", ("/v1/messages/count_tokens",), "/messages/count_tokens", "chat",
              error_shape=ErrorShape.ANTHROPIC),
     Endpoint("responses", ("/v1/responses",), "/responses", "responses",
-             streams=Streams.RESPONSES, optional=_RESPONSE_FIELDS, stored_ids=True),
+             streams=Streams.RESPONSES, optional=_RESPONSE_FIELDS, stored_ids=True,
+             output_fields=("max_output_tokens",)),
     # GET ?stream=true replays a stored (background) response's events.
     Endpoint("responses", ("/v1/responses/{response_id}",), "/responses/{response_id}",
              method="GET", streams=Streams.RESPONSES, **_STORED),

@@ -47,8 +47,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     raw = await read_body(request, table.config.server.max_body_bytes)
     payload = parse_messages(raw, rec, table)
     pool = model_pool(key, table, payload, rec)
-    if not counting:
-        cap_output("messages", payload, table.config.route(pool.model).max_output_tokens)
+    cap_output(endpoint, payload, table.config.route(pool.model).max_output_tokens)
     rec.stream = bool(payload.get("stream")) and not counting
     plan_type = CountTokensPlan if counting else MessagesPlan
     plan = plan_type(payload, passed_headers(request.headers), rec.ticket)

@@ -12,22 +12,15 @@ holds on its fallbacks too.
 
 from __future__ import annotations
 
-from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
-# Per API: the fields that ask for an output limit, the first being the one set when none is.
-FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "chat": ("max_tokens", "max_completion_tokens"),
-    "completions": ("max_tokens",),
-    "responses": ("max_output_tokens",),
-    "messages": ("max_tokens",),
-})
+from ..endpoints import Endpoint
 
-
-def cap_output(api: str, payload: dict[str, Any], cap: int | None) -> None:
-    """Apply `cap` to the request body of API `api`, in place (nothing without a cap)."""
-    fields = FIELDS.get(api)
-    if cap is None or fields is None:
+def cap_output(endpoint: Endpoint, payload: dict[str, Any], cap: int | None) -> None:
+    """Apply `cap` to a request body of `endpoint`, in place, in the fields its row names
+    (`output_fields`; nothing without a cap, or for an API that generates no text)."""
+    fields = endpoint.output_fields
+    if cap is None or not fields:
         return
     asked = False
     for name in fields:

@@ -59,7 +59,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         else:
             payload = parse_payload(await read_body(request, limit), endpoint, rec, table)
         pool = model_pool(key, table, payload, rec)
-        cap_output(endpoint.name, payload, table.config.route(pool.model).max_output_tokens)
+        cap_output(endpoint, payload, table.config.route(pool.model).max_output_tokens)
         rec.stream = bool(payload.get("stream"))
         if endpoint.stored_ids:
             previous = await expand_follow_up(request, table, payload, key)
